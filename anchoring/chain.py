@@ -1,0 +1,359 @@
+"""The only module that talks to the chain (SPEC §7, §8), over web3.py.
+
+Every state-changing call checks the chain first (check-before-send), so a stage killed at any
+point can be re-run: an anchor or rewards root already on chain is found and recorded, never
+sent twice. Private keys never appear in logs or error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipeline import layout
+from pipeline.errors import (
+    AlreadyExists,
+    BadInput,
+    ChainError,
+    ConflictError,
+    FormatError,
+    NotFound,
+    ServiceUnavailable,
+)
+from pipeline.storage import Lake
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_FORMAT = "anchorlake.deployment/1"
+ANCHOR_FORMAT = "anchorlake.anchor/1"
+REWARDS_FORMAT = "anchorlake.rewards-publication/1"
+TOKEN_SUPPLY = 10**9 * 10**18
+ZERO32 = b"\x00" * 32
+
+
+def _artifacts() -> dict[str, Any]:
+    from anchoring.compile import build
+
+    return build()
+
+
+class Chain:
+    """A JSON-RPC connection and, optionally, the signing account."""
+
+    def __init__(self, rpc_url: str, key: str | None = None, confirmations: int = 1,
+                 timeout: float = 120.0) -> None:
+        from web3 import Web3
+
+        self.rpc_url = rpc_url
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+        self.confirmations = confirmations
+        self.timeout = timeout
+        self.account = None
+        if key is not None:
+            from eth_account import Account
+
+            try:
+                self.account = Account.from_key(key)
+            except Exception:
+                raise BadInput("the anchorer key is not a valid private key") from None
+        self.chain_id = self._rpc(lambda: self.w3.eth.chain_id)
+
+    def _rpc(self, call: Callable[[], Any]) -> Any:
+        import requests
+
+        try:
+            return call()
+        except requests.exceptions.ConnectionError:
+            raise ServiceUnavailable(f"chain RPC at {self.rpc_url} cannot be reached") from None
+        except requests.exceptions.Timeout:
+            raise ServiceUnavailable(f"chain RPC at {self.rpc_url} timed out") from None
+
+    @property
+    def address(self) -> str:
+        if self.account is None:
+            raise BadInput("no signing key is configured (ANCHORLAKE_ANCHORER_KEY)")
+        return str(self.account.address)
+
+    def contract(self, name: str, address: str) -> Any:
+        return self.w3.eth.contract(address=self.w3.to_checksum_address(address), abi=_artifacts()[name]["abi"])
+
+    def has_code(self, address: str) -> bool:
+        code = self._rpc(lambda: self.w3.eth.get_code(self.w3.to_checksum_address(address)))
+        return len(code) > 0
+
+    def _revert_reason(self, error: Exception) -> str:
+        """Name the custom error a revert carries, or fall back to the node's message."""
+        data = getattr(error, "data", None)
+        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+            from eth_utils import keccak
+
+            for artifact in _artifacts().values():
+                for entry in artifact["abi"]:
+                    if entry.get("type") == "error":
+                        signature = f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
+                        if keccak(text=signature)[:4].hex() == data[2:10]:
+                            return str(entry["name"])
+        return str(getattr(error, "message", None) or error)
+
+    def transact(self, name: str, call: Any, what: str) -> Any:
+        """Sign and send a contract call; wait for its receipt and confirmations."""
+        from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+
+        sender = self.address
+        try:
+            nonce = self._rpc(lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+            tx = self._rpc(lambda: call.build_transaction({"from": sender, "nonce": nonce, "chainId": self.chain_id}))
+        except ContractLogicError as e:
+            raise ChainError(f"{what} would revert: {self._revert_reason(e)}") from None
+        except Web3RPCError as e:
+            message = str(getattr(e, "message", e))
+            if "insufficient funds" in message:
+                raise ChainError(f"{what}: account {sender} has no funds to pay gas") from None
+            raise ChainError(f"{what} refused by the node: {message}") from None
+        signed = self.account.sign_transaction(tx)  # type: ignore[union-attr]
+        try:
+            tx_hash = self._rpc(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction))
+        except Web3RPCError as e:
+            message = str(getattr(e, "message", e))
+            if "insufficient funds" in message:
+                raise ChainError(f"{what}: account {sender} has no funds to pay gas") from None
+            raise ChainError(f"{what} refused by the node: {message}") from None
+        try:
+            receipt = self._rpc(lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout))
+        except TimeExhausted:
+            raise ServiceUnavailable(f"{what}: transaction {tx_hash.hex()} not mined within {self.timeout:.0f}s") from None
+        if receipt["status"] != 1:
+            raise ChainError(f"{what}: transaction {tx_hash.hex()} reverted")
+        self.wait_confirmations(receipt["blockNumber"])
+        return receipt
+
+    def wait_confirmations(self, block_number: int) -> int:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            head = self._rpc(lambda: self.w3.eth.block_number)
+            confirmations = head - block_number + 1
+            if confirmations >= self.confirmations:
+                return int(confirmations)
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"block {block_number} has {confirmations} of {self.confirmations} confirmations")
+            time.sleep(1)
+
+    def deploy(self, name: str, *args: Any) -> str:
+        artifact = _artifacts()[name]
+        factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        receipt = self.transact(name, factory.constructor(*args), f"deploying {name}")
+        return str(receipt["contractAddress"]).lower()
+
+
+# --- deployments ------------------------------------------------------------------------
+
+
+def load_deployment(lake: Lake, chain_id: int) -> dict[str, Any] | None:
+    key = layout.deployment(chain_id)
+    try:
+        data = json.loads(lake.read(key))
+    except NotFound:
+        return None
+    except ValueError as e:
+        raise FormatError(lake.uri(key), "(file)", f"invalid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != DEPLOYMENT_FORMAT:
+        raise FormatError(lake.uri(key), "format", f"expected {DEPLOYMENT_FORMAT!r}")
+    if data.get("chain_id") != chain_id:
+        raise ConflictError(f"{lake.uri(key)} is for chain {data.get('chain_id')}, the RPC serves chain {chain_id}")
+    return data
+
+
+def ensure_deployment(chain: Chain, lake: Lake, token: str | None = None) -> dict[str, Any]:
+    """Deploy whatever `deployments/<chain_id>.json` lacks; return the deployment.
+
+    Contracts listed there must have code on the chain; a devnet that lost its state is
+    reported, not silently redeployed over.
+    """
+    deployment = load_deployment(lake, chain.chain_id) or {"format": DEPLOYMENT_FORMAT, "chain_id": chain.chain_id}
+    for name in ("RewardToken", "BatchAnchor", "RewardDistributor"):
+        address = deployment.get(name)
+        if address and not chain.has_code(address):
+            raise ConflictError(
+                f"deployments/{chain.chain_id}.json names {name} at {address}, but the chain has no code there "
+                "(was the devnet reset? `anchorlake down --purge` starts the embedded default afresh)")
+    me = chain.address
+    if token and not deployment.get("RewardToken"):
+        deployment["RewardToken"] = token.lower()
+    steps: list[tuple[str, Callable[[], tuple[Any, ...]]]] = [
+        ("RewardToken", lambda: (me, TOKEN_SUPPLY)),
+        ("BatchAnchor", lambda: (me, me)),
+        ("RewardDistributor", lambda: (me, me, chain.w3.to_checksum_address(deployment["RewardToken"]))),
+    ]
+    for name, args in steps:
+        if deployment.get(name):
+            continue
+        deployment[name] = chain.deploy(name, *args())
+        log.info("deployed %s at %s on chain %d", name, deployment[name], chain.chain_id)
+        lake.write(layout.deployment(chain.chain_id), json.dumps(deployment, indent=2).encode())
+    return deployment
+
+
+def require_deployment(chain: Chain, lake: Lake, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    deployment = dict(load_deployment(lake, chain.chain_id) or {})
+    deployment.update({k: v.lower() for k, v in (overrides or {}).items()})
+    if not deployment.get("BatchAnchor"):
+        raise NotFound(f"no contracts are deployed on chain {chain.chain_id}: run `anchorlake up` first")
+    return deployment
+
+
+# --- anchoring --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnchoredBatch:
+    root: bytes
+    tree_size: int
+    manifest_hash: bytes
+    anchored_at: int
+
+    @property
+    def exists(self) -> bool:
+        return self.manifest_hash != ZERO32
+
+
+def read_batch(chain: Chain, address: str, dataset_id: bytes, seq: int) -> AnchoredBatch:
+    contract = chain.contract("BatchAnchor", address)
+    root, size, manifest_hash, at = chain._rpc(lambda: contract.functions.batch(dataset_id, seq).call())
+    return AnchoredBatch(bytes(root), int(size), bytes(manifest_hash), int(at))
+
+
+def next_anchor_seq(chain: Chain, address: str, dataset_id: bytes) -> int:
+    contract = chain.contract("BatchAnchor", address)
+    return int(chain._rpc(lambda: contract.functions.nextSeq(dataset_id).call()))
+
+
+def _find_event(chain: Chain, contract: Any, event: str, dataset_id: bytes, seq: int) -> Any:
+    logs = chain._rpc(lambda: getattr(contract.events, event).get_logs(
+        argument_filters={"datasetId": dataset_id, "seq": seq}, from_block=0))
+    if not logs:
+        raise ChainError(f"{event} for seq {seq} is in contract state but no event was found")
+    return logs[-1]
+
+
+def anchor_batch(chain: Chain, address: str, dataset_id: bytes, seq: int, root: bytes, tree_size: int,
+                 manifest_hash: bytes) -> dict[str, Any]:
+    """Make sure (dataset_id, seq) is anchored with exactly these values; return the anchor record.
+
+    Raises ConflictError if the chain holds other values for the seq, ChainError if an earlier
+    seq is not anchored yet.
+    """
+    contract = chain.contract("BatchAnchor", address)
+    onchain = read_batch(chain, address, dataset_id, seq)
+    if not onchain.exists:
+        expected = next_anchor_seq(chain, address, dataset_id)
+        if expected != seq:
+            raise ChainError(f"cannot anchor seq {seq}: the contract expects seq {expected} next")
+        chain.transact("BatchAnchor", contract.functions.anchor(dataset_id, seq, root, tree_size, manifest_hash),
+                       f"anchoring seq {seq}")
+        onchain = read_batch(chain, address, dataset_id, seq)
+    if (onchain.root, onchain.tree_size, onchain.manifest_hash) != (root, tree_size, manifest_hash):
+        raise ConflictError(
+            f"seq {seq} is anchored with root {onchain.root.hex()}, size {onchain.tree_size}, manifest "
+            f"{onchain.manifest_hash.hex()}; the lake has root {root.hex()}, size {tree_size}, manifest {manifest_hash.hex()}")
+    event = _find_event(chain, contract, "BatchAnchored", dataset_id, seq)
+    confirmations = chain.wait_confirmations(event["blockNumber"])
+    return {
+        "format": ANCHOR_FORMAT,
+        "chain_id": chain.chain_id,
+        "contract": address.lower(),
+        "dataset_id": "0x" + dataset_id.hex(),
+        "seq": seq,
+        "root": root.hex(),
+        "manifest_sha256": manifest_hash.hex(),
+        "tx_hash": "0x" + bytes(event["transactionHash"]).hex(),
+        "block_number": int(event["blockNumber"]),
+        "block_hash": "0x" + bytes(event["blockHash"]).hex(),
+        "confirmations": confirmations,
+    }
+
+
+def block_hash(chain: Chain, number: int) -> str | None:
+    block = chain._rpc(lambda: chain.w3.eth.get_block(number))
+    return "0x" + bytes(block["hash"]).hex() if block else None
+
+
+# --- rewards ----------------------------------------------------------------------------
+
+
+def published_root(chain: Chain, address: str, dataset_id: bytes, seq: int) -> bytes | None:
+    contract = chain.contract("RewardDistributor", address)
+    next_seq = int(chain._rpc(lambda: contract.functions.nextSeq(dataset_id).call()))
+    if seq >= next_seq:
+        return None
+    return bytes(chain._rpc(lambda: contract.functions.rootAt(dataset_id, seq).call()))
+
+
+def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes, seq: int, root: bytes,
+                    cumulative_total: int) -> dict[str, Any]:
+    """Publish the rewards root of `seq` (check-before-send) and fund the increase."""
+    address = deployment["RewardDistributor"]
+    distributor = chain.contract("RewardDistributor", address)
+    existing = published_root(chain, address, dataset_id, seq)
+    if existing is None:
+        expected = int(chain._rpc(lambda: distributor.functions.nextSeq(dataset_id).call()))
+        if expected != seq:
+            raise ChainError(f"cannot publish rewards for seq {seq}: the contract expects seq {expected} next")
+        previous = int(chain._rpc(lambda: distributor.functions.cumulativeTotal(dataset_id).call()))
+        increase = cumulative_total - previous
+        if increase < 0:
+            raise ConflictError(f"cumulative total {cumulative_total} is below the published {previous}")
+        if increase:
+            token = chain.contract("RewardToken", deployment["RewardToken"])
+            spender = chain.w3.to_checksum_address(address)
+            allowance = int(chain._rpc(lambda: token.functions.allowance(chain.address, spender).call()))
+            if allowance < increase:
+                chain.transact("RewardToken", token.functions.approve(spender, increase), "approving reward funds")
+        chain.transact("RewardDistributor", distributor.functions.publish(dataset_id, seq, root, cumulative_total),
+                       f"publishing rewards for seq {seq}")
+        existing = published_root(chain, address, dataset_id, seq)
+    if existing != root:
+        raise ConflictError(f"rewards for seq {seq} are published with root {existing.hex() if existing else None}, "
+                            f"the lake has {root.hex()}")
+    event = _find_event(chain, distributor, "RewardsPublished", dataset_id, seq)
+    return {
+        "format": REWARDS_FORMAT,
+        "chain_id": chain.chain_id,
+        "contract": address.lower(),
+        "seq": seq,
+        "root": root.hex(),
+        "cumulative_total": str(cumulative_total),
+        "tx_hash": "0x" + bytes(event["transactionHash"]).hex(),
+        "block_number": int(event["blockNumber"]),
+    }
+
+
+def claim(chain: Chain, address: str, dataset_id: bytes, account: str, cumulative_amount: int,
+          proof: list[bytes]) -> Any:
+    distributor = chain.contract("RewardDistributor", address)
+    return chain.transact("RewardDistributor", distributor.functions.claim(
+        dataset_id, chain.w3.to_checksum_address(account), cumulative_amount, proof), f"claiming for {account}")
+
+
+def claimed(chain: Chain, address: str, dataset_id: bytes, account: str) -> int:
+    distributor = chain.contract("RewardDistributor", address)
+    return int(chain._rpc(lambda: distributor.functions.claimed(dataset_id, chain.w3.to_checksum_address(account)).call()))
+
+
+def token_balance(chain: Chain, token: str, account: str) -> int:
+    contract = chain.contract("RewardToken", token)
+    return int(chain._rpc(lambda: contract.functions.balanceOf(chain.w3.to_checksum_address(account)).call()))
+
+
+def create_once(lake: Lake, key: str, data: bytes) -> None:
+    """Create a write-once record; an identical existing one is fine, a different one is a conflict."""
+    try:
+        lake.create(key, data)
+    except AlreadyExists:
+        existing = json.loads(lake.read(key))
+        fresh = json.loads(data)
+        for field in ("root", "manifest_sha256", "tx_hash", "seq"):
+            if field in fresh and existing.get(field) != fresh.get(field):
+                raise ConflictError(f"{lake.uri(key)} exists with {field} {existing.get(field)}, not {fresh.get(field)}") from None

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+
+/// @title RewardDistributor
+/// @notice Pays an ERC-20 token by cumulative Merkle claims. Per dataset, a rewards root is
+///         published for each batch seq, in order; it commits every contributor's cumulative
+///         amount over batches 0..seq as an OpenZeppelin StandardMerkleTree leaf of
+///         (address, uint256). A claim pays the difference to what the account already received.
+contract RewardDistributor is AccessControl {
+    using SafeERC20 for IERC20;
+
+    bytes32 public constant DISTRIBUTOR_ROLE = keccak256("DISTRIBUTOR_ROLE");
+
+    IERC20 public immutable token;
+
+    mapping(bytes32 datasetId => uint64) private _nextSeq;
+    mapping(bytes32 datasetId => bytes32) public latestRoot;
+    mapping(bytes32 datasetId => uint256) public cumulativeTotal;
+    mapping(bytes32 datasetId => mapping(uint64 seq => bytes32)) public rootAt;
+    mapping(bytes32 datasetId => mapping(address account => uint256)) public claimed;
+
+    event RewardsPublished(bytes32 indexed datasetId, uint64 indexed seq, bytes32 root, uint256 cumulativeTotal);
+    event Claimed(bytes32 indexed datasetId, address indexed account, uint256 amount, uint256 cumulativeAmount);
+
+    error SeqNotNext(bytes32 datasetId, uint64 expected, uint64 given);
+    error TotalDecreased(uint256 previous, uint256 given);
+    error InvalidProof();
+    error NothingToClaim();
+
+    constructor(address admin, address distributor, IERC20 token_) {
+        token = token_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(DISTRIBUTOR_ROLE, distributor);
+    }
+
+    function nextSeq(bytes32 datasetId) external view returns (uint64) {
+        return _nextSeq[datasetId];
+    }
+
+    /// @notice Publish the rewards root of batch `seq`; pulls the increase of the cumulative
+    ///         total from the caller, so the contract always holds what can still be claimed.
+    function publish(bytes32 datasetId, uint64 seq, bytes32 root, uint256 newCumulativeTotal)
+        external
+        onlyRole(DISTRIBUTOR_ROLE)
+    {
+        uint64 expected = _nextSeq[datasetId];
+        if (seq != expected) revert SeqNotNext(datasetId, expected, seq);
+        uint256 previous = cumulativeTotal[datasetId];
+        if (newCumulativeTotal < previous) revert TotalDecreased(previous, newCumulativeTotal);
+        _nextSeq[datasetId] = expected + 1;
+        latestRoot[datasetId] = root;
+        rootAt[datasetId][seq] = root;
+        cumulativeTotal[datasetId] = newCumulativeTotal;
+        emit RewardsPublished(datasetId, seq, root, newCumulativeTotal);
+        if (newCumulativeTotal > previous) {
+            token.safeTransferFrom(msg.sender, address(this), newCumulativeTotal - previous);
+        }
+    }
+
+    /// @notice Pay `account` its cumulative amount under the latest root, less what it was paid.
+    ///         Anyone may submit the claim; the tokens always go to `account`.
+    function claim(bytes32 datasetId, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
+        external
+    {
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
+        if (!MerkleProof.verifyCalldata(proof, latestRoot[datasetId], leaf)) revert InvalidProof();
+        uint256 already = claimed[datasetId][account];
+        if (cumulativeAmount <= already) revert NothingToClaim();
+        claimed[datasetId][account] = cumulativeAmount;
+        uint256 amount = cumulativeAmount - already;
+        emit Claimed(datasetId, account, amount, cumulativeAmount);
+        token.safeTransfer(account, amount);
+    }
+}

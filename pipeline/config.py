@@ -1,0 +1,110 @@
+"""Configuration: the only module that reads the environment (SPEC §11).
+
+Everything else receives a `Settings` value. Under Airflow the same names are set on the
+worker (or mapped from Connections by the DAG file) before the task calls into pipeline/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from pipeline.errors import BadInput
+
+# anvil's first funded account (mnemonic "test test ... junk"); used only for the local devnet.
+DEVNET_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+DEVNET_CHAIN_ID = 31337
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    lake_url: str
+    s3: S3Settings
+    rpc_url: str | None
+    anchorer_key: str | None = field(repr=False)
+    confirmations: int
+    datasets_dir: Path
+    samples_dir: Path
+    contracts: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def devnet_dir(self) -> Path:
+        return self.home / "devnet"
+
+    def with_lake(self, lake_url: str) -> "Settings":
+        return replace(self, lake_url=lake_url)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _devnet_url(home: Path) -> str | None:
+    """The RPC URL of the devnet `anchorlake up` started, if its record exists."""
+    record = home / "devnet" / "devnet.json"
+    try:
+        return str(json.loads(record.read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from the environment (or the given mapping)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("ANCHORLAKE_HOME", ".anchorlake")).resolve()
+    lake_url = env.get("ANCHORLAKE_LAKE") or (home / "lake").as_uri()
+    raw_conf = env.get("ANCHORLAKE_CONFIRMATIONS", "1")
+    try:
+        confirmations = int(raw_conf)
+        if confirmations < 1:
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"ANCHORLAKE_CONFIRMATIONS must be a whole number >= 1, got {raw_conf!r}") from None
+    rpc_url = env.get("ANCHORLAKE_RPC_URL") or None
+    anchorer_key = env.get("ANCHORLAKE_ANCHORER_KEY") or None
+    if rpc_url is None:
+        rpc_url = _devnet_url(home)
+        # The devnet's well-known funded key is a default only for the local devnet.
+        anchorer_key = anchorer_key or DEVNET_KEY
+    contracts = {
+        name: env[var]
+        for name, var in (
+            ("BatchAnchor", "ANCHORLAKE_BATCH_ANCHOR"),
+            ("RewardDistributor", "ANCHORLAKE_REWARD_DISTRIBUTOR"),
+            ("RewardToken", "ANCHORLAKE_REWARD_TOKEN"),
+        )
+        if env.get(var)
+    }
+    return Settings(
+        home=home,
+        lake_url=lake_url,
+        s3=S3Settings(
+            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        ),
+        rpc_url=rpc_url,
+        anchorer_key=anchorer_key,
+        confirmations=confirmations,
+        datasets_dir=Path(env.get("ANCHORLAKE_DATASETS", str(REPO_ROOT / "expectations"))),
+        samples_dir=Path(env.get("ANCHORLAKE_SAMPLES", str(REPO_ROOT / "samples"))),
+        contracts=contracts,
+    )
+
+
+def rpc_url_is_external(env: Mapping[str, str] | None = None) -> bool:
+    """True when the user pointed anchorlake at their own chain (no local devnet)."""
+    env = os.environ if env is None else env
+    return bool(env.get("ANCHORLAKE_RPC_URL"))

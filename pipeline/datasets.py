@@ -1,0 +1,157 @@
+"""Dataset declarations (SPEC §2): schema, suite, dedupe key and reward rule, from files.
+
+A dataset is `expectations/<name>.dataset.json` beside its Great Expectations suite. Adding a
+dataset means adding those two files; no Python changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_hash.auto import keccak
+
+from pipeline.errors import FormatError, NotFound
+
+FORMAT = "anchorlake.dataset/1"
+TYPES = ("string", "int64", "float64", "bool", "timestamp", "list<string>")
+RESERVED = ("contributor", "salt")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    max_length: int | None = None  # characters for strings, items for lists
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    rule: str
+    pool: int  # base units per batch
+    unit: str
+    payout: str  # "token" (on-chain ERC-20) or "points" (ledger and root only)
+    weight_column: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    columns: tuple[Column, ...]
+    dedupe_key: tuple[str, ...]
+    unknown_columns: str  # "quarantine" or "drop"
+    max_record_bytes: int
+    suite_path: Path
+    rewards: RewardSpec
+
+    @property
+    def dataset_id(self) -> bytes:
+        """keccak256(bytes(name)), the on-chain id (SPEC §8)."""
+        return keccak(self.name.encode("utf-8"))
+
+    @property
+    def committed_columns(self) -> tuple[Column, ...]:
+        """Schema columns plus `contributor` and `salt`, the columns every leaf covers."""
+        return self.columns + (Column("contributor", "string"), Column("salt", "string"))
+
+    def suite_json(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.suite_path.read_text())
+        except (OSError, ValueError) as e:
+            raise FormatError(str(self.suite_path), "(file)", f"unreadable suite: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
+            raise FormatError(str(self.suite_path), "expectations", "must be a list")
+        return data
+
+    def suite_sha256(self) -> str:
+        return hashlib.sha256(self.suite_path.read_bytes()).hexdigest()
+
+
+def _require(data: dict[str, Any], key: str, kind: type, source: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise FormatError(source, key, f"must be a {kind.__name__}")
+    return value
+
+
+def parse(data: Any, source: str, base: Path) -> Dataset:
+    """Validate a dataset declaration; raise FormatError naming the file and field."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FormatError(source, "format", f"expected {FORMAT!r}")
+    name = _require(data, "name", str, source)
+    if not _NAME.match(name):
+        raise FormatError(source, "name", "must be lowercase letters, digits and '_'")
+    columns = []
+    seen: set[str] = set()
+    for i, col in enumerate(_require(data, "columns", list, source)):
+        where = f"columns[{i}]"
+        if not isinstance(col, dict) or not isinstance(col.get("name"), str):
+            raise FormatError(source, where, "must be an object with a name")
+        cname, ctype = col["name"], col.get("type")
+        if not _NAME.match(cname) or cname in RESERVED or cname in seen:
+            raise FormatError(source, f"{where}.name", f"{cname!r} is invalid, reserved or repeated")
+        if ctype not in TYPES:
+            raise FormatError(source, f"{where}.type", f"must be one of {', '.join(TYPES)}")
+        max_length = col.get("max_length")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+            raise FormatError(source, f"{where}.max_length", "must be a positive integer")
+        seen.add(cname)
+        columns.append(Column(cname, ctype, max_length))
+    dedupe = tuple(_require(data, "dedupe_key", list, source))
+    for key in dedupe:
+        if key not in seen:
+            raise FormatError(source, "dedupe_key", f"{key!r} is not a column")
+    unknown = data.get("unknown_columns", "quarantine")
+    if unknown not in ("quarantine", "drop"):
+        raise FormatError(source, "unknown_columns", "must be 'quarantine' or 'drop'")
+    max_record_bytes = data.get("max_record_bytes", 1 << 20)
+    if not isinstance(max_record_bytes, int) or max_record_bytes < 1:
+        raise FormatError(source, "max_record_bytes", "must be a positive integer")
+    suite_path = base / _require(data, "suite", str, source)
+    r = _require(data, "rewards", dict, source)
+    if r.get("rule") != "proportional/1":
+        raise FormatError(source, "rewards.rule", "only 'proportional/1' is known")
+    try:
+        pool = int(r.get("pool"))  # a decimal string: base units do not fit a JSON double
+        if pool < 0 or not isinstance(r.get("pool"), str):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise FormatError(source, "rewards.pool", "must be a decimal string of base units >= 0") from None
+    payout = r.get("payout", "token")
+    if payout not in ("token", "points"):
+        raise FormatError(source, "rewards.payout", "must be 'token' or 'points'")
+    weight_column = r.get("weight_column")
+    if weight_column is not None and not any(c.name == weight_column and c.type == "int64" for c in columns):
+        raise FormatError(source, "rewards.weight_column", "must name an int64 column")
+    rewards = RewardSpec(
+        rule="proportional/1",
+        pool=pool,
+        unit=str(r.get("unit", "base units")),
+        payout=payout,
+        weight_column=weight_column,
+    )
+    return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards)
+
+
+def load(directory: Path, name: str) -> Dataset:
+    path = directory / f"{name}.dataset.json"
+    if not _NAME.match(name) or not path.is_file():
+        known = ", ".join(available(directory)) or "none"
+        raise NotFound(f"unknown dataset {name!r} (known: {known})")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise FormatError(str(path), "(file)", f"invalid JSON: {e}") from None
+    dataset = parse(data, str(path), directory)
+    if dataset.name != name:
+        raise FormatError(str(path), "name", f"declares {dataset.name!r}, file is named {name!r}")
+    return dataset
+
+
+def available(directory: Path) -> list[str]:
+    return sorted(p.name[: -len(".dataset.json")] for p in directory.glob("*.dataset.json"))

@@ -1,0 +1,72 @@
+"""One error tree for anchorlake.
+
+Each error carries the CLI exit code it maps to (SPEC §10) and whether a retry can help
+(Airflow retries transient errors; terminal ones fail the task at once).
+"""
+
+from __future__ import annotations
+
+
+class AnchorlakeError(Exception):
+    """Root of every error anchorlake raises on purpose."""
+
+    exit_code: int = 1
+    transient: bool = False
+
+
+class CheckFailed(AnchorlakeError):
+    """A proof, checksum, root or on-chain value does not match. Exit 1."""
+
+    exit_code = 1
+
+
+class RootMismatchError(CheckFailed):
+    """A recomputed root differs from the expected one."""
+
+    def __init__(self, expected: str, calculated: str, what: str = "root") -> None:
+        super().__init__(f"{what} mismatch: expected {expected}, calculated {calculated}")
+        self.expected = expected
+        self.calculated = calculated
+
+
+class ConflictError(CheckFailed):
+    """What is stored (on chain or in the lake) contradicts what we were about to write."""
+
+
+class BadInput(AnchorlakeError, ValueError):
+    """Bad usage or malformed input (a file, an argument, a declaration). Exit 2."""
+
+    exit_code = 2
+
+
+class FormatError(BadInput):
+    """A file anchorlake reads is not of the format it claims; names the file and the field."""
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        super().__init__(f"{source}: {field}: {problem}")
+        self.source = source
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(BadInput, LookupError):
+    """A named object (dataset, batch, key, receipt) does not exist."""
+
+
+class AlreadyExists(AnchorlakeError, FileExistsError):
+    """A create-once object exists already (a manifest, a deployment)."""
+
+    exit_code = 1
+
+
+class ServiceUnavailable(AnchorlakeError, ConnectionError):
+    """S3 or the chain RPC cannot be reached. Exit 3; a retry may help."""
+
+    exit_code = 3
+    transient = True
+
+
+class ChainError(AnchorlakeError):
+    """The chain refused what we sent (revert, missing role, no funds, wrong chain)."""
+
+    exit_code = 1

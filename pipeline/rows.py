@@ -1,0 +1,61 @@
+"""Committed rows as JSON objects, leaf bytes and record ids (SPEC §4). Pure.
+
+The receipt's `record` is exactly the JSON object whose JCS bytes are the leaf, so anyone can
+recompute a leaf from a receipt without knowing the schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from pipeline.datasets import Column
+from pipeline.jcs import canonical_bytes, canonicalize
+from pipeline.merkle import leaf_hash
+
+def json_value(column_type: str, value: Any) -> Any:
+    """The JSON form of a committed value: timestamps become UTC strings with microseconds."""
+    if value is None:
+        return None
+    if column_type == "timestamp":
+        if not isinstance(value, datetime):
+            raise TypeError(f"timestamp value {value!r} is not a datetime")
+        t = value.astimezone(timezone.utc)
+        # Formatted by hand: strftime does not zero-pad years below 1000 on every platform.
+        return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+                f"{t.second:02d}.{t.microsecond:06d}Z")
+    if column_type == "list<string>":
+        return list(value)
+    if column_type == "float64":
+        return float(value)
+    return value
+
+
+def record_object(columns: Sequence[Column], row: dict[str, Any]) -> dict[str, Any]:
+    return {c.name: json_value(c.type, row.get(c.name)) for c in columns}
+
+
+def leaf_bytes(record: dict[str, Any]) -> bytes:
+    return canonical_bytes(record)
+
+
+def record_leaf_hashes(columns: Sequence[Column], rows: Iterable[dict[str, Any]]) -> list[bytes]:
+    return [leaf_hash(leaf_bytes(record_object(columns, row))) for row in rows]
+
+
+def normalize_text(value: Any) -> Any:
+    """Dedupe normalisation: NFKC, case-folded, whitespace collapsed."""
+    if isinstance(value, str):
+        return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+    if isinstance(value, list):
+        return [normalize_text(v) for v in value]
+    return value
+
+
+def dedupe_key(columns: Sequence[Column], key_columns: Sequence[str], row: dict[str, Any]) -> bytes:
+    """SHA-256 of the JCS array of the normalised key values."""
+    types = {c.name: c.type for c in columns}
+    values = [normalize_text(json_value(types[name], row.get(name))) for name in key_columns]
+    return hashlib.sha256(canonicalize(values).encode("utf-8")).digest()

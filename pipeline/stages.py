@@ -1,0 +1,160 @@
+"""The stages of a batch, as the DAG and the CLI both run them.
+
+stage -> commit -> anchor -> publish_rewards -> publish_receipts. Each takes explicit
+arguments, is idempotent, and can be killed at any instant and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipeline import datasets, layout, manifest as manifests
+from pipeline.commit import commit_batch, stage_sources
+from pipeline.config import Settings
+from pipeline.datasets import Dataset
+from pipeline.errors import NotFound, ServiceUnavailable
+from pipeline.receipts import build_receipts
+from pipeline.storage import Lake, open_lake
+
+log = logging.getLogger(__name__)
+
+RECEIPTS_INDEX_FORMAT = "anchorlake.receipts-index/1"
+
+
+def lake_for(settings: Settings) -> Lake:
+    return open_lake(settings.lake_url, settings.s3)
+
+
+def dataset_for(settings: Settings, name: str) -> Dataset:
+    return datasets.load(settings.datasets_dir, name)
+
+
+def chain_for(settings: Settings) -> Any:
+    from anchoring.chain import Chain
+
+    if not settings.rpc_url:
+        raise ServiceUnavailable("no chain is configured: run `anchorlake up` or set ANCHORLAKE_RPC_URL")
+    return Chain(settings.rpc_url, settings.anchorer_key, settings.confirmations)
+
+
+def stage(settings: Settings, dataset: str) -> int | None:
+    """Freeze the next batch's sources; its seq, or None when nothing new arrived."""
+    return stage_sources(lake_for(settings), dataset_for(settings, dataset))
+
+
+def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
+    m = commit_batch(lake_for(settings), dataset_for(settings, dataset), seq)
+    return {"seq": m.seq, "root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
+
+
+def _read_json(lake: Lake, key: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(lake.read(key)))
+    except NotFound:
+        return None
+
+
+def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
+    """Anchor every committed batch up to `seq` that is not anchored yet, in seq order."""
+    from anchoring.chain import anchor_batch, create_once, require_deployment
+
+    lake = lake_for(settings)
+    spec = dataset_for(settings, dataset)
+    chain = chain_for(settings)
+    deployment = require_deployment(chain, lake, dict(settings.contracts))
+    record: dict[str, Any] | None = None
+    for s in range(seq + 1):
+        key = layout.anchor(dataset, s)
+        record = _read_json(lake, key)
+        if record is not None:
+            continue
+        m = manifests.load(lake, dataset, s)
+        record = anchor_batch(chain, deployment["BatchAnchor"], spec.dataset_id, s, bytes.fromhex(m.root),
+                              m.tree_size, bytes.fromhex(m.sha256))
+        create_once(lake, key, json.dumps(record, indent=1).encode())
+        log.info("anchored %s batch %d in %s", dataset, s, record["tx_hash"])
+    assert record is not None
+    return record
+
+
+def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any] | None:
+    """Publish the rewards root of every committed batch up to `seq`, in order (token payout)."""
+    from anchoring.chain import create_once, publish_rewards as publish, require_deployment
+
+    lake = lake_for(settings)
+    spec = dataset_for(settings, dataset)
+    if spec.rewards.payout != "token":
+        return None
+    chain = chain_for(settings)
+    deployment = require_deployment(chain, lake, dict(settings.contracts))
+    record: dict[str, Any] | None = None
+    for s in range(seq + 1):
+        key = layout.rewards_published(dataset, s)
+        record = _read_json(lake, key)
+        if record is not None:
+            continue
+        rewards = manifests.load(lake, dataset, s).data["rewards"]
+        record = publish(chain, deployment, spec.dataset_id, s, bytes.fromhex(rewards["root"]),
+                         int(rewards["cumulative_total"]))
+        create_once(lake, key, json.dumps(record, indent=1).encode())
+    return record
+
+
+def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
+    """Write every contributor's receipt for batch `seq`; the index is written last."""
+    lake = lake_for(settings)
+    spec = dataset_for(settings, dataset)
+    m = manifests.load(lake, dataset, seq)
+    anchor_record = _read_json(lake, layout.anchor(dataset, seq))
+    published = _read_json(lake, layout.rewards_published(dataset, seq))
+    count = build_receipts(lake, spec, m, anchor_record, published["contract"] if published else None)
+    lake.write(f"receipts/{dataset}/{layout.seq_part(seq)}/index.json", json.dumps(
+        {"format": RECEIPTS_INDEX_FORMAT, "dataset": dataset, "seq": seq, "receipts": count}).encode())
+    return count
+
+
+def batch_finished(lake: Lake, dataset: Dataset, seq: int) -> bool:
+    needs = [layout.anchor(dataset.name, seq), f"receipts/{dataset.name}/{layout.seq_part(seq)}/index.json"]
+    if dataset.rewards.payout == "token":
+        needs.append(layout.rewards_published(dataset.name, seq))
+    return all(lake.exists(k) for k in needs)
+
+
+@dataclass
+class RunReport:
+    dataset: str
+    committed: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+
+
+def finish(settings: Settings, dataset: str, seq: int, progress: Callable[[str], None]) -> None:
+    progress(f"anchoring batch {seq}")
+    anchor(settings, dataset, seq)
+    progress(f"publishing rewards of batch {seq}")
+    publish_rewards(settings, dataset, seq)
+    progress(f"writing receipts of batch {seq}")
+    publish_receipts(settings, dataset, seq)
+
+
+def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None) -> RunReport:
+    """One batch now, every stage: finish what an earlier run left, then commit what is new."""
+    lake = lake_for(settings)
+    spec = dataset_for(settings, dataset)
+    report = RunReport(dataset)
+    for seq in manifests.committed_seqs(lake, dataset):
+        if not batch_finished(lake, spec, seq):
+            finish(settings, dataset, seq, progress)
+            report.finished.append(seq)
+    progress("staging new sources")
+    seq = stage(settings, dataset)
+    if seq is None:
+        progress("no new sources")
+        return report
+    progress(f"validating and committing batch {seq}")
+    report.committed.append(commit(settings, dataset, seq))
+    finish(settings, dataset, seq, progress)
+    report.finished.append(seq)
+    return report

@@ -1,0 +1,229 @@
+"""The lake: the only module that talks to storage (SPEC §3).
+
+`open_lake(url, s3)` gives a `Lake` over `file:///path` or `s3://bucket/prefix`. Keys are
+'/'-separated paths relative to the lake root. `create` is the conditional create used for
+manifests: on S3 a put with `If-None-Match: *`, on a file system a hard link of a fully
+written temporary file, so a reader never sees a partial object and two writers never both win.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+from pipeline.config import S3Settings
+from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Lake(ABC):
+    url: str
+
+    @abstractmethod
+    def read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Write (or replace) an object atomically: readers see the old or the new bytes."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> None:
+        """Create an object only if none exists; raise AlreadyExists otherwise."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def read_text(self, key: str) -> str:
+        return self.read(key).decode("utf-8")
+
+    def uri(self, key: str) -> str:
+        return self.url.rstrip("/") + "/" + key
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BadInput(f"invalid lake key {key!r}")
+    return key
+
+
+class FileLake(Lake):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def _temp(self, path: Path, data: bytes) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._temp(path, data), path)
+
+    def create(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._temp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise AlreadyExists(f"{self.uri(key)} exists already") from None
+        finally:
+            os.unlink(tmp)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return iter(())
+        found = []
+        for dirpath, _, filenames in os.walk(base):
+            for name in filenames:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append(ObjectInfo(key, full.stat().st_size))
+        return iter(sorted(found, key=lambda o: o.key))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class S3Lake(Lake):
+    def __init__(self, bucket: str, prefix: str, s3: S3Settings) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=s3.endpoint_url,
+            aws_access_key_id=s3.access_key_id,
+            aws_secret_access_key=s3.secret_access_key,
+            region_name=s3.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, fn, **kwargs):  # type: ignore[no-untyped-def]
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except EndpointConnectionError as e:
+            raise ServiceUnavailable(f"S3 at {e.kwargs.get('endpoint_url', '?')} cannot be reached") from None
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"{self.uri(key)} does not exist") from None
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+                raise AlreadyExists(f"{self.uri(key)} exists already") from None
+            if code == "NoSuchBucket":
+                raise NotFound(f"bucket {self.bucket} does not exist") from None
+            if status is not None and status >= 500:
+                raise ServiceUnavailable(f"S3 {what} {self.uri(key)} failed: {code} ({status})") from None
+            raise BadInput(f"S3 {what} {self.uri(key)} refused: {code}") from None
+        except BotoCoreError as e:
+            raise ServiceUnavailable(f"S3 {what} {self.uri(key)} failed: {e}") from None
+
+    def read(self, key: str) -> bytes:
+        body = self._call("read", key, self._client.get_object, Key=self._key(key))["Body"]
+        return bytes(body.read())
+
+    def write(self, key: str, data: bytes) -> None:
+        self._call("write", key, self._client.put_object, Key=self._key(key), Body=data)
+
+    def create(self, key: str, data: bytes) -> None:
+        self._call("create", key, self._client.put_object, Key=self._key(key), Body=data, IfNoneMatch="*")
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("head", key, self._client.head_object, Key=self._key(key))
+            return True
+        except NotFound:
+            return False
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        token: str | None = None
+        while True:
+            kwargs: dict[str, str] = {"Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list", prefix or "", self._client.list_objects_v2, **kwargs)
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]))
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self._client.delete_object, Key=self._key(key))
+
+    def ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._call("create bucket", "", self._client.create_bucket)
+
+
+def open_lake(url: str, s3: S3Settings | None = None) -> Lake:
+    """Open `file:///path` or `s3://bucket/prefix`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return FileLake(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise BadInput(f"lake URL {url!r} names no bucket")
+        return S3Lake(parsed.netloc, parsed.path, s3 or S3Settings())
+    if parsed.scheme == "" and url:
+        return FileLake(Path(url).resolve())
+    raise BadInput(f"lake URL {url!r} must be s3://bucket/prefix or file:///path")
