@@ -1,0 +1,159 @@
+"""The whole product end to end through the real CLI, on file:// and on SeaweedFS s3://,
+anchored on a real anvil devnet."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, cli, cli_json
+
+pytestmark = pytest.mark.e2e
+SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
+ALICE = "0x1111111111111111111111111111111111111111"
+
+
+def committed_flow(env: dict[str, str], tmp_path: Path) -> dict:
+    cli(env, "up")
+    cli(env, "contribute", "--dataset", "instructions", *SAMPLES)
+    report = cli_json(env, "run", "--dataset", "instructions")
+    assert [c["seq"] for c in report["committed"]] == [0]
+    return report["committed"][0]
+
+
+@pytest.fixture(params=["file", "s3"])
+def lake_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    return request.getfixturevalue(f"{request.param}_env")
+
+
+def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str], tmp_path: Path) -> None:
+    batch = committed_flow(lake_env, tmp_path)
+    counts = batch["counts"]
+    assert counts == {"input": 30, "accepted": 25, "quarantined": 4, "duplicate": 1}
+    status = cli_json(lake_env, "status", "--dataset", "instructions")["batches"]
+    assert [(b["seq"], b["anchored"], b["root"]) for b in status] == [(0, True, batch["root"])]
+
+    receipt = tmp_path / "alice.json"
+    cli(lake_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    assert cli(lake_env, "verify", str(receipt)).returncode == 0
+    assert cli(lake_env, "verify", str(receipt), "--root", batch["root"]).returncode == 0
+
+    data = json.loads(receipt.read_text())
+    assert data["root"] == batch["root"] and data["tree_size"] == 25
+    assert all(row["record"]["contributor"] == ALICE for row in data["rows"])
+    tampered = tmp_path / "tampered.json"
+    prompt = data["rows"][0]["record"]["prompt"]
+    data["rows"][0]["record"]["prompt"] = prompt[:-1] + ("x" if prompt[-1] != "x" else "y")
+    tampered.write_text(json.dumps(data))
+    proc = cli(lake_env, "verify", str(tampered), check=False)
+    assert proc.returncode == 1
+    assert "row 0 (leaf" in proc.stderr and "folds to root" in proc.stderr
+
+    # AI teams: pull checks every file and the root against the chain.
+    pulled = cli_json(lake_env, "pull", "--dataset", "instructions", "--dest", str(tmp_path / "pulled"))
+    assert pulled["pulled"][0]["verified"] is True
+    table = pq.read_table(tmp_path / "pulled" / "instructions" / "000000" / "data" / "part-00000.parquet")
+    assert table.num_rows == 25 and {"contributor", "salt", "prompt", "created_at"} <= set(table.column_names)
+
+    rewards = cli_json(lake_env, "rewards", "--dataset", "instructions", "--verify")
+    assert rewards["verified"] is True
+    paid = sum(int(r["amount"]) for r in rewards["rows"])
+    assert paid == int(rewards["rewards"]["pool"]) == int(rewards["rewards"]["total"])
+
+
+def test_a_second_batch_links_to_the_first_and_rewards_accumulate(file_env: dict[str, str], tmp_path: Path) -> None:
+    committed_flow(file_env, tmp_path)
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"prompt": "What is a ledger?", "response": "A record of balances.", "language": "en",
+                                 "consent": True, "created_at": "2026-11-20T08:00:00Z", "contributor": ALICE}) + "\n")
+    cli(file_env, "contribute", "--dataset", "instructions", str(extra), *SAMPLES)
+    report = cli_json(file_env, "run", "--dataset", "instructions")
+    assert [(c["seq"], c["counts"]["accepted"]) for c in report["committed"]] == [(1, 1)]
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    first = (lake / "batches/instructions/000000/manifest.json").read_bytes()
+    second = json.loads((lake / "batches/instructions/000001/manifest.json").read_bytes())
+    import hashlib
+
+    assert second["previous"] == {"seq": 0, "manifest_sha256": hashlib.sha256(first).hexdigest()}
+    receipt = tmp_path / "alice1.json"
+    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "1", "--contributor", ALICE, "-o", str(receipt))
+    reward = json.loads(receipt.read_text())["reward"]
+    assert int(reward["amount"]) == 10**21  # Alice is the only contributor of batch 1: the whole pool
+    assert cli(file_env, "verify", str(receipt)).returncode == 0
+
+
+def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dict[str, str], tmp_path: Path) -> None:
+    committed_flow(file_env, tmp_path)
+    good = tmp_path / "alice.json"
+    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(good))
+    data = json.loads(good.read_text())
+    cases = {
+        "not-json.json": "{not json",
+        "wrong-tag.json": json.dumps(data | {"format": "anchorlake.receipt/0"}),
+        "short-root.json": json.dumps(data | {"root": data["root"][:-2]}),
+        "index-past-size.json": json.dumps(data | {"rows": [data["rows"][0] | {"leaf_index": data["tree_size"]}]}),
+        "path-length.json": json.dumps(data | {"rows": [data["rows"][0] | {"path": data["rows"][0]["path"][:-1]}]}),
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        proc = cli(file_env, "verify", str(path), check=False)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for args in (["verify"], ["frobnicate"], ["receipt", "--dataset", "instructions", "--batch", "x", "--contributor", ALICE],
+                 ["run", "--dataset", "no-such-dataset"]):
+        proc = cli(file_env, *args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_unreachable_chain_exits_3(file_env: dict[str, str], tmp_path: Path) -> None:
+    committed_flow(file_env, tmp_path)
+    receipt = tmp_path / "alice.json"
+    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    proc = cli(file_env, "verify", str(receipt), "--rpc", "http://127.0.0.1:9", check=False)
+    assert proc.returncode == 3 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_read_only_identity_reads_batches_and_cannot_write(s3_env: dict[str, str], seaweed, tmp_path: Path) -> None:
+    committed_flow(s3_env, tmp_path)
+    bucket_prefix = s3_env["ANCHORLAKE_LAKE"][len("s3://"):]
+    reader = pafs.S3FileSystem(access_key=seaweed.reader.access_key, secret_key=seaweed.reader.secret_key,
+                               endpoint_override=seaweed.endpoint, region="us-east-1")
+    table = pq.read_table(f"{bucket_prefix}/batches/instructions/000000/data/part-00000.parquet", filesystem=reader)
+    assert table.num_rows == 25
+    with pytest.raises(OSError, match="(?i)denied"):
+        with reader.open_output_stream(f"{bucket_prefix}/batches/instructions/000000/data/part-00001.parquet") as f:
+            f.write(b"not allowed")
+    info = reader.get_file_info(f"{bucket_prefix}/batches/instructions/000000/data/part-00001.parquet")
+    assert info.type == pafs.FileType.NotFound
+
+
+def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_path: Path) -> None:
+    from anchoring.chain import Chain, claim, claimed, token_balance
+    from pipeline.config import DEVNET_KEY
+
+    committed_flow(file_env, tmp_path)
+    receipt = tmp_path / "alice.json"
+    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    reward = json.loads(receipt.read_text())["reward"]
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    deployment = json.loads((lake / "deployments/31337.json").read_text())
+    chain = Chain(file_env["ANCHORLAKE_RPC_URL"], DEVNET_KEY)
+    from eth_hash.auto import keccak
+
+    dataset_id = keccak(b"instructions")
+    proof = [bytes.fromhex(p[2:]) for p in reward["proof"]]
+    before = token_balance(chain, deployment["RewardToken"], ALICE)
+    claim(chain, deployment["RewardDistributor"], dataset_id, ALICE, int(reward["cumulative_amount"]), proof)
+    assert token_balance(chain, deployment["RewardToken"], ALICE) - before == int(reward["cumulative_amount"])
+    assert claimed(chain, deployment["RewardDistributor"], dataset_id, ALICE) == int(reward["cumulative_amount"])
+    from pipeline.errors import ChainError
+
+    with pytest.raises(ChainError, match="NothingToClaim"):
+        claim(chain, deployment["RewardDistributor"], dataset_id, ALICE, int(reward["cumulative_amount"]), proof)
