@@ -1,0 +1,103 @@
+"""The lake's conditional create on both back-ends; killed runs re-run without loss or
+duplication; the embedded devnet keeps its chain across down/up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
+from pipeline.config import S3Settings
+from pipeline.errors import AlreadyExists
+from pipeline.storage import open_lake
+
+SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_only_one_of_many_concurrent_creates_wins(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "file":
+        lake = open_lake((tmp_path / "lake").as_uri())
+    else:
+        seaweed = request.getfixturevalue("seaweed")
+        seaweed.create_bucket("create-race")
+        env = seaweed.env()
+        lake = open_lake(f"s3://create-race/{tmp_path.name}", S3Settings(env["AWS_ENDPOINT_URL"],
+                         env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+
+    def attempt(i: int) -> bool:
+        try:
+            lake.create("batches/d/000000/manifest.json", f"writer {i}".encode())
+            return True
+        except AlreadyExists:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(attempt, range(16)))
+    assert wins.count(True) == 1
+    assert lake.read("batches/d/000000/manifest.json") == f"writer {wins.index(True)}".encode()
+
+
+@pytest.mark.e2e
+def test_a_run_killed_at_any_moment_reruns_to_exactly_one_anchored_batch(file_env: dict[str, str], tmp_path: Path) -> None:
+    cli(file_env, "up")
+    cli(file_env, "contribute", "--dataset", "instructions", *SAMPLES)
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    # Kill the run at increasing delays, so it dies in different stages; then let it finish.
+    for delay in (0.5, 1.5, 2.5, 3.5):
+        proc = subprocess.Popen([ANCHORLAKE, "--quiet", "run", "--dataset", "instructions"], env=file_env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cli(file_env, "run", "--dataset", "instructions")
+    again = cli_json(file_env, "run", "--dataset", "instructions")
+    assert again["committed"] == []
+    status = cli_json(file_env, "status", "--dataset", "instructions")["batches"]
+    assert [(b["seq"], b["anchored"], b["counts"]["input"]) for b in status] == [(0, True, 30)]
+    assert not (lake / "batches/instructions/000001").exists()
+    # Exactly one BatchAnchored event for the dataset; the anchor record matches the manifest.
+    from anchoring.chain import Chain
+    from eth_hash.auto import keccak
+
+    deployment = json.loads((lake / "deployments/31337.json").read_text())
+    chain = Chain(file_env["ANCHORLAKE_RPC_URL"])
+    events = [e for e in chain.contract("BatchAnchor", deployment["BatchAnchor"]).events.BatchAnchored.get_logs(from_block=0)
+              if e["args"]["datasetId"] == keccak(b"instructions")]
+    assert len(events) == 1
+    anchor = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
+    assert anchor["root"] == status[0]["root"] and anchor["manifest_sha256"] == status[0]["manifest_sha256"]
+    receipts = list((lake / "receipts/instructions/000000").glob("0x*.json"))
+    assert len(receipts) == 5
+    assert cli(file_env, "verify", *map(str, receipts)).returncode == 0
+
+
+@pytest.mark.e2e
+def test_the_embedded_devnet_keeps_its_chain_across_down_and_up(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    env.pop("ANCHORLAKE_ANCHORER_KEY")
+    try:
+        first = cli_json(env, "up")["deployment"]
+        cli(env, "contribute", "--dataset", "instructions", *SAMPLES)
+        cli(env, "run", "--dataset", "instructions")
+        cli(env, "down")
+        second = cli_json(env, "up")["deployment"]
+        assert second == first  # nothing redeployed: the chain state survived
+        receipt = tmp_path / "r.json"
+        cli(env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor",
+            "0x2222222222222222222222222222222222222222", "-o", str(receipt))
+        assert cli(env, "verify", str(receipt)).returncode == 0
+    finally:
+        cli(env, "down", check=False)
+    record = json.loads((tmp_path / "home" / "devnet" / "devnet.json").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(record["pid"], 0)
