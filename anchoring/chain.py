@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pipeline import layout
 from pipeline.errors import (
@@ -72,10 +73,11 @@ class Chain:
             raise ServiceUnavailable(f"chain RPC at {self.rpc_url} timed out") from None
 
     @property
-    def address(self) -> str:
+    def address(self) -> Any:
+        """The signing account's checksum address."""
         if self.account is None:
             raise BadInput("no signing key is configured (ANCHORLAKE_ANCHORER_KEY)")
-        return str(self.account.address)
+        return self.account.address
 
     def contract(self, name: str, address: str) -> Any:
         return self.w3.eth.contract(address=self.w3.to_checksum_address(address), abi=_artifacts()[name]["abi"])

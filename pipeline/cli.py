@@ -12,10 +12,12 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
-from pipeline import config, layout, manifest as manifests
+from pipeline import config, layout
+from pipeline import manifest as manifests
 from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, NotFound
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
@@ -207,8 +209,9 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 def _verify_on_chain(receipt: Any, settings: config.Settings, rpc: str | None, chain: Any) -> tuple[Any, list[str]]:
-    from anchoring.chain import Chain, published_root, read_batch
     from eth_hash.auto import keccak
+
+    from anchoring.chain import Chain, published_root, read_batch
     from pipeline.receipts import verify_reward_proof
 
     url = rpc or settings.rpc_url
@@ -248,8 +251,8 @@ def _verify_on_chain(receipt: Any, settings: config.Settings, rpc: str | None, c
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
-    from pipeline.merkle import build_levels, leaf_hash, root_from_levels
     from pipeline.jcs import canonical_bytes
+    from pipeline.merkle import build_levels, leaf_hash, root_from_levels
     from pipeline.receipts import batch_records
 
     settings = config.load()

@@ -15,10 +15,11 @@ import logging
 import secrets
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import layout, manifest as manifests
+from pipeline import layout
+from pipeline import manifest as manifests
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import AlreadyExists, CheckFailed, FormatError, NotFound
 from pipeline.ingest import Record, parse_source, source_extension
@@ -157,7 +158,7 @@ def _prior_keys(lake: Lake, dataset: str, seq: int) -> dict[bytes, str]:
     for earlier in range(seq):
         table = pq.read_table(io.BytesIO(lake.read(layout.index(dataset, earlier))),
                               columns=["dedupe_key", "record_id"])
-        for k, rid in zip(table.column("dedupe_key").to_pylist(), table.column("record_id").to_pylist()):
+        for k, rid in zip(table.column("dedupe_key").to_pylist(), table.column("record_id").to_pylist(), strict=False):
             keys.setdefault(k, rid)
     return keys
 
@@ -206,7 +207,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int) -> manifests.Manifest:
     accepted: list[Record] = []
     accepted_leaves: list[bytes] = []
     accepted_keys: list[bytes] = []
-    for r, leaf in zip(candidates, leaves):
+    for r, leaf in zip(candidates, leaves, strict=False):
         key = dedupe_key(columns, dataset.dedupe_key, r.values)  # type: ignore[arg-type]
         first = prior.get(key) or seen.get(key)
         if first is not None:
@@ -218,8 +219,8 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int) -> manifests.Manifest:
         accepted_leaves.append(leaf)
         accepted_keys.append(key)
 
-    counts = Counter()
-    per_source: list[Counter] = [Counter() for _ in plan]
+    counts: Counter[str] = Counter()
+    per_source: list[Counter[str]] = [Counter() for _ in plan]
     for r in records:
         kind = "accepted" if r.values is not None else "duplicate" if r.reason == "duplicate" else "quarantined"
         counts[kind] += 1
@@ -301,7 +302,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int) -> manifests.Manifest:
         "format": manifests.FORMAT,
         "dataset": name,
         "seq": seq,
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "previous": previous,
         "sources": [
             {"key": s.key, "sha256": s.sha256, "bytes": s.bytes, "records": sum(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 from pipeline.errors import BadInput
 
@@ -43,7 +43,7 @@ class Settings:
     def devnet_dir(self) -> Path:
         return self.home / "devnet"
 
-    def with_lake(self, lake_url: str) -> "Settings":
+    def with_lake(self, lake_url: str) -> Settings:
         return replace(self, lake_url=lake_url)
 
 

@@ -10,9 +10,10 @@ import gzip
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from eth_utils import is_checksum_address
 
@@ -36,7 +37,7 @@ class Record:
     detail: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def reject(self, reason: str, detail: str) -> "Record":
+    def reject(self, reason: str, detail: str) -> Record:
         self.values, self.reason, self.detail = None, reason, detail
         return self
 
@@ -90,7 +91,7 @@ def _coerce(column: Column, value: Any) -> tuple[Any, str | None]:
             return None, f"{column.name} is not an ISO 8601 timestamp"
         if parsed.tzinfo is None:
             return None, f"{column.name} has no time zone"
-        return parsed.astimezone(timezone.utc), None
+        return parsed.astimezone(UTC), None
     if t == "list<string>":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return None, f"{column.name} must be a list of strings"

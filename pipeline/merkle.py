@@ -7,8 +7,8 @@ Indices are 0-based. pymerkle 7 (`InmemoryTree(algorithm="sha256")`) computes th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pipeline.errors import CheckFailed, RootMismatchError
 

@@ -60,6 +60,7 @@ def run_suite(dataset: Dataset, frame: Any) -> QualityResult:
     refusals = []
     for res in validation.results:
         config = res.expectation_config
+        assert config is not None
         policy = (config.meta or {}).get("anchorlake", {})
         reason = policy.get("reason", config.type)
         if res.exception_info and res.exception_info.get("raised_exception"):
@@ -73,7 +74,7 @@ def run_suite(dataset: Dataset, frame: Any) -> QualityResult:
             continue
         column = config.kwargs.get("column", "")
         for i in indices:
-            position = int(i if not isinstance(i, dict) else i.get("index"))
+            position = int(i["index"] if isinstance(i, dict) else i)
             result.failures.setdefault(position, (reason, f"{config.type} on {column}".strip()))
         share = len(indices) / rows
         limit = policy.get("max_failing_share")

@@ -10,8 +10,9 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline import layout
 from pipeline.datasets import Dataset
@@ -96,7 +97,7 @@ def _batch_amounts(lake: Lake, dataset: str, seq: int) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(io.BytesIO(lake.read(layout.rewards(dataset, seq))), columns=["contributor", "amount"])
-    return dict(zip(table.column("contributor").to_pylist(), table.column("amount").to_pylist()))
+    return dict(zip(table.column("contributor").to_pylist(), table.column("amount").to_pylist(), strict=False))
 
 
 def read_receipt(lake: Lake, dataset: str, seq: int, contributor: str) -> dict[str, Any]:

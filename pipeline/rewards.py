@@ -7,8 +7,8 @@ StandardMerkleTree over `(address, uint256)` leaves, so `@openzeppelin/merkle-tr
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from eth_hash.auto import keccak
 
@@ -77,7 +77,7 @@ class RewardsTree:
     tree_index: tuple[int, ...]  # tree_index[i] is where values[i]'s leaf sits in `tree`
 
     @classmethod
-    def build(cls, values: Sequence[tuple[str, int]]) -> "RewardsTree":
+    def build(cls, values: Sequence[tuple[str, int]]) -> RewardsTree:
         """Build from values in the given order (anchorlake passes them sorted by address)."""
         leaves = [(reward_leaf(a, v), i) for i, (a, v) in enumerate(values)]
         leaves.sort(key=lambda li: li[0])
@@ -116,12 +116,12 @@ class RewardsTree:
             "tree": ["0x" + node.hex() for node in self.tree],
             "values": [
                 {"value": [address, str(amount)], "treeIndex": index}
-                for (address, amount), index in zip(self.values, self.tree_index)
+                for (address, amount), index in zip(self.values, self.tree_index, strict=False)
             ],
         }
 
     @classmethod
-    def load(cls, data: object, source: str = "rewards tree") -> "RewardsTree":
+    def load(cls, data: object, source: str = "rewards tree") -> RewardsTree:
         if not isinstance(data, dict) or data.get("format") != "standard-v1":
             raise FormatError(source, "format", "expected 'standard-v1'")
         if data.get("leafEncoding") != ["address", "uint256"]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.datasets import Column
 from pipeline.jcs import canonical_bytes, canonicalize
 from pipeline.merkle import leaf_hash
+
 
 def json_value(column_type: str, value: Any) -> Any:
     """The JSON form of a committed value: timestamps become UTC strings with microseconds."""
@@ -22,7 +24,7 @@ def json_value(column_type: str, value: Any) -> Any:
     if column_type == "timestamp":
         if not isinstance(value, datetime):
             raise TypeError(f"timestamp value {value!r} is not a datetime")
-        t = value.astimezone(timezone.utc)
+        t = value.astimezone(UTC)
         # Formatted by hand: strftime does not zero-pad years below 1000 on every platform.
         return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
                 f"{t.second:02d}.{t.microsecond:06d}Z")

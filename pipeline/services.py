@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import ServiceUnavailable
 
@@ -128,7 +129,7 @@ class SeaweedFS:
     def log_path(self) -> Path:
         return self.workdir / "weed.log"
 
-    def start(self, timeout: float = 60.0) -> "SeaweedFS":
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
         identities = {"identities": [
@@ -219,7 +220,7 @@ class Anvil:
     def log_path(self) -> Path:
         return self.workdir / "anvil.log"
 
-    def start(self, timeout: float = 30.0, detach: bool = False) -> "Anvil":
+    def start(self, timeout: float = 30.0, detach: bool = False) -> Anvil:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
@@ -260,7 +261,7 @@ def rpc_ready(url: str) -> bool:
 # --- the embedded default's devnet, kept running between commands by `anchorlake up` ---------
 
 
-def devnet_record(home: Path) -> dict[str, object] | None:
+def devnet_record(home: Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads((home / "devnet" / "devnet.json").read_text()))
     except (OSError, ValueError):
@@ -280,10 +281,10 @@ def pid_alive(pid: int) -> bool:
 def devnet_up(home: Path) -> tuple[str, bool]:
     """Start the embedded devnet if it is not running; return (url, started_now)."""
     record = devnet_record(home)
-    if record and pid_alive(int(record["pid"])) and rpc_ready(str(record["url"])):  # type: ignore[arg-type]
+    if record and pid_alive(int(record["pid"])) and rpc_ready(str(record["url"])):
         return str(record["url"]), False
     workdir = home / "devnet"
-    anvil = Anvil(workdir=workdir, state=workdir / "state.json", port=int(record["port"]) if record else 0)  # type: ignore[arg-type]
+    anvil = Anvil(workdir=workdir, state=workdir / "state.json", port=int(record["port"]) if record else 0)
     if anvil.port and not port_free(anvil.port):
         anvil.port = 0
     anvil.start()
@@ -295,7 +296,7 @@ def devnet_up(home: Path) -> tuple[str, bool]:
 def devnet_down(home: Path) -> bool:
     """Stop the embedded devnet (its state is dumped on exit); True if one was running."""
     record = devnet_record(home)
-    if not record or not pid_alive(int(record["pid"])):  # type: ignore[arg-type]
+    if not record or not pid_alive(int(record["pid"])):
         return False
-    stop_process(int(record["pid"]), grace=10.0)  # type: ignore[arg-type]
+    stop_process(int(record["pid"]), grace=10.0)
     return True

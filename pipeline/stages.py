@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from pipeline import datasets, layout, manifest as manifests
+from pipeline import datasets, layout
+from pipeline import manifest as manifests
 from pipeline.commit import commit_batch, stage_sources
 from pipeline.config import Settings
 from pipeline.datasets import Dataset
@@ -82,7 +84,8 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
 
 def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any] | None:
     """Publish the rewards root of every committed batch up to `seq`, in order (token payout)."""
-    from anchoring.chain import create_once, publish_rewards as publish, require_deployment
+    from anchoring.chain import create_once, require_deployment
+    from anchoring.chain import publish_rewards as publish
 
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
@@ -149,12 +152,12 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
             finish(settings, dataset, seq, progress)
             report.finished.append(seq)
     progress("staging new sources")
-    seq = stage(settings, dataset)
-    if seq is None:
+    staged = stage(settings, dataset)
+    if staged is None:
         progress("no new sources")
         return report
-    progress(f"validating and committing batch {seq}")
-    report.committed.append(commit(settings, dataset, seq))
-    finish(settings, dataset, seq, progress)
-    report.finished.append(seq)
+    progress(f"validating and committing batch {staged}")
+    report.committed.append(commit(settings, dataset, staged))
+    finish(settings, dataset, staged, progress)
+    report.finished.append(staged)
     return report

@@ -3,14 +3,12 @@ anchored on a real anvil devnet."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO, cli, cli_json
 
 pytestmark = pytest.mark.e2e

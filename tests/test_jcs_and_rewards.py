@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import rfc8785
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import BadInput
 from pipeline.jcs import canonical_number, canonicalize

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
+
 from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists
 from pipeline.storage import open_lake
@@ -66,8 +66,9 @@ def test_a_run_killed_at_any_moment_reruns_to_exactly_one_anchored_batch(file_en
     assert [(b["seq"], b["anchored"], b["counts"]["input"]) for b in status] == [(0, True, 30)]
     assert not (lake / "batches/instructions/000001").exists()
     # Exactly one BatchAnchored event for the dataset; the anchor record matches the manifest.
-    from anchoring.chain import Chain
     from eth_hash.auto import keccak
+
+    from anchoring.chain import Chain
 
     deployment = json.loads((lake / "deployments/31337.json").read_text())
     chain = Chain(file_env["ANCHORLAKE_RPC_URL"])

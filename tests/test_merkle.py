@@ -6,9 +6,11 @@ import hashlib
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymerkle import InmemoryTree
 
+from pipeline.errors import RootMismatchError
 from pipeline.merkle import (
     EMPTY_ROOT,
     InclusionProof,
@@ -21,7 +23,6 @@ from pipeline.merkle import (
     root_from_inclusion,
     verify_inclusion,
 )
-from pipeline.errors import RootMismatchError
 
 pytestmark = pytest.mark.unit
 
