@@ -1,186 +1,517 @@
 """Parse contribution files into typed records or quarantine entries (SPEC §2).
 
-Pure over bytes: `parse_source` takes a source's bytes and its declared dataset and returns one
-`Record` per input record, each either typed values or a reason code. Nothing is dropped.
+`parse_source` streams one source (JSONL, CSV or Parquet, optionally gzip-compressed) and yields
+one `Record` per input record: typed values, or a reason code with the raw text. Nothing is
+dropped and memory stays bounded by the longest allowed record, whatever the file's size.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
-import json
+import io
+import math
+import os
 import re
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
+import orjson
 from eth_utils import is_checksum_address
 
 from pipeline.datasets import Column, Dataset
 from pipeline.jcs import MAX_SAFE_INTEGER
 
-FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".ndjson.gz": "jsonl"}
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_UTC_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|\+00:00)\Z")
+_BOM = b"\xef\xbb\xbf"
+MAX_DEPTH = 64  # deeper JSON is a nesting bomb, not a record
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One input record: `values` when it parsed, else `reason` (a quarantine code)."""
 
     source: int  # index of the source in the batch
-    line: int  # 1-based line (JSONL) or record number
-    raw: str
+    line: int  # 1-based line (JSONL, CSV) or row number (Parquet); 0 for the source as a whole
+    raw: bytes | str
     values: dict[str, Any] | None = None
     contributor: str | None = None
     reason: str | None = None
     detail: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    duplicate_of: str | None = None
+    leaf: bytes | None = None  # set with a fresh salt once the record is typed (see seal)
+    key: bytes | None = None  # dedupe key
 
     def reject(self, reason: str, detail: str) -> Record:
         self.values, self.reason, self.detail = None, reason, detail
         return self
 
+    def raw_text(self) -> str:
+        raw = self.raw
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
-def source_format(key: str) -> str | None:
+
+@dataclass
+class Block:
+    """Records of one source in columns: what workers send back, cheap to pickle.
+
+    `values[column]` holds committed values (None where the record was rejected); `leaf` and
+    `key` are set for typed records once sealed.
+    """
+
+    source: int
+    line: list[int]
+    raw: list[bytes | str]
+    reason: list[str | None]
+    detail: list[str | None]
+    contributor: list[str | None]
+    values: dict[str, list[Any]]
+    leaf: list[bytes | None]
+    key: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.line)
+
+
+def to_block(source: int, records: list[Record], column_names: tuple[str, ...]) -> Block:
+    return Block(
+        source,
+        [r.line for r in records],
+        [r.raw for r in records],
+        [r.reason for r in records],
+        [r.detail for r in records],
+        [r.contributor for r in records],
+        {name: [r.values[name] if r.values is not None else None for r in records] for name in column_names},
+        [r.leaf for r in records],
+        [r.key for r in records],
+    )
+
+
+def source_format(key: str) -> tuple[str | None, bool]:
+    """(format, gzip) from the key's suffix: jsonl, csv or parquet, optionally .gz."""
     lower = key.lower()
-    for suffix, fmt in FORMATS.items():
+    compressed = lower.endswith(".gz")
+    if compressed:
+        lower = lower[:-3]
+    for suffix, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"), (".csv", "csv"),
+                        (".parquet", "parquet")):
         if lower.endswith(suffix):
-            return fmt
-    return None
+            return fmt, compressed
+    return None, compressed
 
 
 def source_extension(key: str) -> str:
-    lower = key.lower()
-    for suffix in sorted(FORMATS, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return suffix.lstrip(".")
-    name = lower.rsplit("/", 1)[-1]
-    return name.split(".", 1)[1] if "." in name else "bin"
-
-
-def _coerce(column: Column, value: Any) -> tuple[Any, str | None]:
-    """Return (typed value, None) or (None, problem)."""
-    if value is None:
-        return None, None
-    t = column.type
-    if t == "string":
-        if not isinstance(value, str):
-            return None, f"{column.name} must be a string"
-        if column.max_length is not None and len(value) > column.max_length:
-            return None, f"{column.name} is {len(value)} characters, over {column.max_length}"
-        return value, None
-    if t == "int64":
-        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_SAFE_INTEGER:
-            return None, f"{column.name} must be an integer within +-(2^53-1)"
-        return value, None
-    if t == "float64":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None, f"{column.name} must be a number"
-        return float(value), None
-    if t == "bool":
-        if not isinstance(value, bool):
-            return None, f"{column.name} must be true or false"
-        return value, None
-    if t == "timestamp":
-        if not isinstance(value, str):
-            return None, f"{column.name} must be an ISO 8601 timestamp string"
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-        except ValueError:
-            return None, f"{column.name} is not an ISO 8601 timestamp"
-        if parsed.tzinfo is None:
-            return None, f"{column.name} has no time zone"
-        return parsed.astimezone(UTC), None
-    if t == "list<string>":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return None, f"{column.name} must be a list of strings"
-        if column.max_length is not None and len(value) > column.max_length:
-            return None, f"{column.name} has {len(value)} items, over {column.max_length}"
-        return value, None
-    raise AssertionError(f"unknown type {t}")
-
-
-def typed_record(dataset: Dataset, record: Record, obj: Any) -> Record:
-    """Check an already-decoded object against the dataset schema."""
-    if not isinstance(obj, dict):
-        return record.reject("not_an_object", f"a record must be a JSON object, got {type(obj).__name__}")
-    contributor = obj.get("contributor")
-    if contributor is None:
-        return record.reject("missing_contributor", "the record names no contributor")
-    if not isinstance(contributor, str) or not _ADDRESS.match(contributor):
-        return record.reject("invalid_contributor", "contributor must be 0x and 40 hex digits")
-    if contributor != contributor.lower() and contributor[2:] != contributor[2:].upper():
-        if not is_checksum_address(contributor):
-            return record.reject("invalid_contributor", "mixed-case contributor fails its EIP-55 checksum")
-    record.contributor = contributor.lower()
-    known = {c.name for c in dataset.columns}
-    unknown = sorted(k for k in obj if k not in known and k != "contributor")
-    if "salt" in unknown:
-        return record.reject("reserved_column", "'salt' is assigned by anchorlake, not by contributors")
-    if unknown and dataset.unknown_columns == "quarantine":
-        return record.reject("unknown_column", f"unknown columns: {', '.join(unknown)[:200]}")
-    values: dict[str, Any] = {}
-    for column in dataset.columns:
-        typed, problem = _coerce(column, obj.get(column.name))
-        if problem:
-            reason = "field_too_long" if "over" in problem else "wrong_type"
-            return record.reject(reason, problem)
-        values[column.name] = typed
-    values["contributor"] = record.contributor
-    record.values = values
-    return record
-
-
-def _decompress(key: str, data: bytes) -> bytes:
-    if key.lower().endswith(".gz"):
-        return gzip.decompress(data)
-    return data
-
-
-def parse_source(dataset: Dataset, index: int, key: str, data: bytes) -> Iterator[Record]:
-    """Yield one Record for every record in the source; a source that cannot be read at all
-    yields a single quarantined Record naming why."""
-    fmt = source_format(key)
+    fmt, compressed = source_format(key)
     if fmt is None:
-        yield Record(index, 0, "", reason="unsupported_format", detail=f"{key}: not JSONL (.jsonl, .jsonl.gz)")
-        return
+        name = key.rsplit("/", 1)[-1].lower()
+        ext = name.split(".", 1)[1] if "." in name else "bin"
+        return re.sub(r"[^a-z0-9.]", "_", ext)[:32] or "bin"
+    return fmt + (".gz" if compressed else "")
+
+
+# --- typing values against the schema -------------------------------------------------------
+
+Checker = Callable[[Any], tuple[Any, str | None]]
+
+
+def canonical_timestamp(t: datetime) -> str:
+    t = t.astimezone(UTC)
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+            f"{t.second:02d}.{t.microsecond:06d}Z")
+
+
+def _checker(column: Column) -> Checker:
+    """Return a function mapping a decoded value to (committed value, None) or (None, problem).
+
+    Timestamps are committed in their canonical string form `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    """
+    name, limit = column.name, column.max_length
+
+    def string(v: Any) -> tuple[Any, str | None]:
+        if not isinstance(v, str):
+            return None, f"{name} must be a string"
+        if limit is not None and len(v) > limit:
+            return None, f"{name} is {len(v)} characters, over the limit of {limit}"
+        return v, None
+
+    def int64(v: Any) -> tuple[Any, str | None]:
+        if isinstance(v, bool) or not isinstance(v, int) or abs(v) > MAX_SAFE_INTEGER:
+            return None, f"{name} must be an integer within +-(2^53-1)"
+        return v, None
+
+    def float64(v: Any) -> tuple[Any, str | None]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None, f"{name} must be a finite number"
+        return float(v), None
+
+    def boolean(v: Any) -> tuple[Any, str | None]:
+        return (v, None) if isinstance(v, bool) else (None, f"{name} must be true or false")
+
+    def timestamp(v: Any) -> tuple[Any, str | None]:
+        if isinstance(v, str):
+            try:
+                parsed = datetime.fromisoformat(v)
+            except ValueError:
+                return None, f"{name} is not an ISO 8601 timestamp"
+            # Fast path for the common UTC forms: the canonical text is a re-spelling of the input.
+            match = _UTC_TEXT.match(v)
+            if match is not None:
+                return f"{v[:19]}.{(match.group(1) or '').ljust(6, '0')}Z", None
+            v = parsed
+        if not isinstance(v, datetime):
+            return None, f"{name} must be an ISO 8601 timestamp"
+        if v.tzinfo is None:
+            return None, f"{name} has no time zone"
+        return canonical_timestamp(v), None
+
+    def string_list(v: Any) -> tuple[Any, str | None]:
+        if not isinstance(v, list) or not all(isinstance(item, str) for item in v):
+            return None, f"{name} must be a list of strings"
+        if limit is not None and len(v) > limit:
+            return None, f"{name} has {len(v)} items, over the limit of {limit}"
+        return v, None
+
+    return {"string": string, "int64": int64, "float64": float64, "bool": boolean, "timestamp": timestamp,
+            "list<string>": string_list}[column.type]
+
+
+class RecordTyper:
+    """Checks decoded objects against one dataset's schema (built once per batch)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.checkers = [(c.name, _checker(c)) for c in dataset.columns]
+        self.known = {c.name for c in dataset.columns} | {"contributor"}
+        self.quarantine_unknown = dataset.unknown_columns == "quarantine"
+
+    def type(self, record: Record, obj: Any) -> Record:
+        if not isinstance(obj, dict):
+            return record.reject("not_an_object", f"a record must be a JSON object, got {type(obj).__name__}")
+        contributor = obj.get("contributor")
+        if contributor is None:
+            return record.reject("missing_contributor", "the record names no contributor")
+        if not isinstance(contributor, str) or not _ADDRESS.match(contributor):
+            return record.reject("invalid_contributor", "contributor must be 0x and 40 hex digits")
+        lower = contributor.lower()
+        if contributor != lower and contributor[2:] != contributor[2:].upper() and not is_checksum_address(contributor):
+            return record.reject("invalid_contributor", "mixed-case contributor fails its EIP-55 checksum")
+        record.contributor = lower
+        if len(obj) > len(self.known) or not self.known.issuperset(obj):
+            unknown = sorted(k for k in obj if k not in self.known)
+            if "salt" in unknown:
+                return record.reject("reserved_column", "'salt' is assigned by anchorlake, not by contributors")
+            if unknown and self.quarantine_unknown:
+                return record.reject("unknown_column", f"unknown columns: {', '.join(map(str, unknown))[:200]}")
+        values: dict[str, Any] = {}
+        for name, check in self.checkers:
+            value = obj.get(name)
+            if value is None:
+                values[name] = None
+                continue
+            typed, problem = check(value)
+            if problem is not None:
+                return record.reject("field_too_long" if "over the limit" in problem else "wrong_type", problem)
+            values[name] = typed
+        values["contributor"] = lower
+        record.values = values
+        return record
+
+
+# --- reading sources ------------------------------------------------------------------------
+
+
+class Sealer:
+    """Gives typed records their salt, leaf hash and dedupe key (CPU-heavy; runs in workers)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        from pipeline.rows import dedupe_key_function, leaf_function
+
+        columns = dataset.committed_columns
+        self.column_names = tuple(c.name for c in columns)
+        self.leaf = leaf_function(columns)
+        self.key = dedupe_key_function(columns, dataset.dedupe_key)
+
+    def seal(self, records: list[Record]) -> list[Record]:
+        typed = [r for r in records if r.values is not None]
+        salts = os.urandom(16 * len(typed)).hex()
+        for n, r in enumerate(typed):
+            values = r.values
+            assert values is not None
+            r.key = self.key(values)
+            values["salt"] = salts[32 * n: 32 * n + 32]
+            r.leaf = self.leaf(values)
+        return records
+
+
+_WORKER_STATE: dict[str, tuple[RecordTyper, Sealer]] = {}
+
+
+def _state(dataset: Dataset) -> tuple[RecordTyper, Sealer]:
+    state = _WORKER_STATE.get(dataset.name)
+    if state is None or state[0].dataset != dataset:
+        state = _WORKER_STATE[dataset.name] = (RecordTyper(dataset), Sealer(dataset))
+    return state
+
+
+def _jsonl_block(dataset: Dataset, index: int, lines: list[tuple[int, bytes, bool]]) -> Block:
+    """Worker: parse, type and seal a block of JSONL lines."""
+    typer, sealer = _state(dataset)
+    records = sealer.seal(list(_jsonl_lines(dataset, typer, index, iter(lines))))
+    return to_block(index, records, sealer.column_names)
+
+
+def _blocks(dataset: Dataset, index: int, records: Iterator[Record]) -> Iterator[Block]:
+    """Group records read in this process into sealed blocks."""
+    _, sealer = _state(dataset)
+    pending: list[Record] = []
+    failure: BaseException | None = None
     try:
-        text = _decompress(key, data)
+        for record in records:
+            pending.append(record)
+            if len(pending) >= BLOCK_LINES:
+                yield to_block(index, sealer.seal(pending), sealer.column_names)
+                pending = []
+    except (OSError, EOFError, zlib.error, _CorruptSource) as e:
+        failure = e  # the source breaks off here: keep what was read before it
+    if pending:
+        yield to_block(index, sealer.seal(pending), sealer.column_names)
+    if failure is not None:
+        raise failure
+
+
+BLOCK_LINES = 20_000
+
+
+
+def _jsonl_parallel(dataset: Dataset, index: int, body: IO[bytes],
+                    pool: Executor) -> Iterator[tuple[Future[Block], int]]:
+    """Non-blank JSONL lines sent to a process pool in blocks; yields (future, last line number)
+    in order (the caller bounds how many are in flight). Lines read before a read error are sent
+    before it is raised."""
+    block: list[tuple[int, bytes, bool]] = []
+    failure: BaseException | None = None
+    try:
+        for item in _lines(body, dataset.max_record_bytes):
+            if not item[2] and not item[1].strip():
+                continue
+            block.append(item)
+            if len(block) >= BLOCK_LINES:
+                yield pool.submit(_jsonl_block, dataset, index, block), block[-1][0]
+                block = []
     except (OSError, EOFError, zlib.error) as e:
-        yield Record(index, 0, "", reason="corrupt_compression", detail=f"{key}: {e}")
-        return
-    if not text.strip():
-        yield Record(index, 0, "", reason="empty_source", detail=f"{key} holds no records")
-        return
-    yield from _parse_jsonl(dataset, index, text)
+        failure = e  # the source breaks off here: keep what was read before it
+    if block:
+        yield pool.submit(_jsonl_block, dataset, index, block), block[-1][0]
+    if failure is not None:
+        raise failure
 
 
-def _parse_jsonl(dataset: Dataset, index: int, text: bytes) -> Iterator[Record]:
-    for number, line in enumerate(text.split(b"\n"), start=1):
+def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes],
+                 pool: Executor | None = None) -> Iterator[Block | Future[Block]]:
+    """Yield every record of the source, typed and sealed, in blocks (or futures of blocks when
+    a pool parses them). A source that cannot be read at all, or breaks off part-way, ends with
+    a quarantined record saying why; records before it are kept."""
+    typer, sealer = _state(dataset)
+    names = sealer.column_names
+    produced = 0
+    last_line = 0
+    try:
+        for item in _parse_blocks(dataset, typer, index, key, stream, pool):
+            if isinstance(item, Block):
+                produced += len(item)
+                last_line = item.line[-1] if item.line else last_line
+                yield item
+            else:
+                future, last_line = item
+                produced += 1  # a block of at least one record, parsed by the pool
+                yield future
+    except _SourceBroken as e:
+        produced += 1
+        yield to_block(index, [Record(index, last_line + 1 if e.reason == "corrupt_compression" else 0, b"",
+                                      reason=e.reason, detail=str(e))], names)
+    if produced == 0:
+        yield to_block(index, [Record(index, 0, b"", reason="empty_source", detail=f"{key} holds no records")], names)
+
+
+class _SourceBroken(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, stream: IO[bytes],
+                  pool: Executor | None) -> Iterator[Block | tuple[Future[Block], int]]:
+    fmt, compressed = source_format(key)
+    if fmt is None:
+        raise _SourceBroken("unsupported_format", f"{key}: not .jsonl, .csv or .parquet (optionally .gz)")
+    body: IO[bytes] = gzip.GzipFile(fileobj=stream, mode="rb") if compressed else stream  # type: ignore[assignment]
+    try:
+        if fmt == "jsonl" and pool is not None:
+            yield from _jsonl_parallel(dataset, index, body, pool)
+        else:
+            reader = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[fmt]
+            yield from _blocks(dataset, index, reader(dataset, typer, index, body))
+    except (OSError, EOFError, zlib.error) as e:
+        reason = "corrupt_compression" if compressed else "corrupt_source"
+        raise _SourceBroken(reason, f"{key}: unreadable part-way: {e}") from None
+    except _CorruptSource as e:
+        raise _SourceBroken("corrupt_source", f"{key}: {e}") from None
+
+
+class _CorruptSource(Exception):
+    pass
+
+
+def _lines(body: IO[bytes], limit: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line without its end, too_long) with at most `limit` bytes held per line."""
+    number = 0
+    while True:
+        line = body.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if number == 1 and line.startswith(_BOM):
+            line = line[3:]
+        if len(line) > limit and not line.endswith(b"\n"):
+            head = line[:1024]
+            while line and not line.endswith(b"\n"):  # skip the rest of an over-long line
+                line = body.readline(1 << 20)
+            yield number, head, True
+            continue
+        yield number, line.rstrip(b"\r\n"), False
+
+
+def _depth_ok(obj: Any, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(obj, dict):
+        return all(_depth_ok(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_depth_ok(v, depth + 1) for v in obj)
+    return True
+
+
+def _jsonl(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
+    return _jsonl_lines(dataset, typer, index, _lines(body, dataset.max_record_bytes))
+
+
+def _jsonl_lines(dataset: Dataset, typer: RecordTyper, index: int,
+                 lines: Iterator[tuple[int, bytes, bool]]) -> Iterator[Record]:
+    limit = dataset.max_record_bytes
+    loads = orjson.loads
+    for number, line, too_long in lines:
+        if too_long:
+            yield Record(index, number, line, reason="record_too_large", detail=f"line is over {limit} bytes")
+            continue
         if not line.strip():
             continue
-        if len(line) > dataset.max_record_bytes:
-            raw = line[:1024].decode("utf-8", "replace")
-            yield Record(index, number, raw, reason="record_too_large",
-                         detail=f"{len(line)} bytes, over {dataset.max_record_bytes}")
+        record = Record(index, number, line)
+        try:
+            obj = loads(line)
+        except orjson.JSONDecodeError as e:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as u:
+                yield record.reject("invalid_utf8", f"byte {u.start}: {u.reason}")
+                continue
+            message = str(e)
+            if "depth" in message.lower() or "recursion" in message.lower():
+                yield record.reject("nested_too_deep", f"JSON nesting is deeper than {MAX_DEPTH}")
+            else:
+                yield record.reject("invalid_json", message[:200])
+            continue
+        if line.count(b"[") + line.count(b"{") > MAX_DEPTH and not _depth_ok(obj):
+            yield record.reject("nested_too_deep", f"JSON nesting is deeper than {MAX_DEPTH}")
+            continue
+        yield typer.type(record, obj)
+
+
+_CSV_BOOL = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _csv_value(column: Column | None, cell: str) -> Any:
+    """A CSV cell as the JSON value it stands for; an empty cell is null. Raises ValueError."""
+    if cell == "":
+        return None
+    if column is None or column.type == "string":
+        return cell
+    if column.type == "int64":
+        return int(cell)
+    if column.type == "float64":
+        value = float(cell)
+        if not math.isfinite(value):
+            raise ValueError(f"{column.name}: {cell!r} is not a finite number")
+        return value
+    if column.type == "bool":
+        try:
+            return _CSV_BOOL[cell.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{column.name}: {cell!r} is not true or false") from None
+    if column.type == "list<string>":
+        value = orjson.loads(cell)
+        if not isinstance(value, list):
+            raise ValueError(f"{column.name}: a list must be a JSON array")
+        return value
+    return cell  # timestamp: typed by the schema checker
+
+
+def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
+    limit = dataset.max_record_bytes
+    columns = {c.name: c for c in dataset.columns}
+    header: list[str] | None = None
+    for number, line, too_long in _lines(body, limit):
+        if too_long:
+            yield Record(index, number, line, reason="record_too_large", detail=f"line is over {limit} bytes")
+            continue
+        if not line.strip():
             continue
         try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield Record(index, number, line.decode("utf-8", "replace"), reason="invalid_utf8", detail=str(e))
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as u:
+            yield Record(index, number, line, reason="invalid_utf8", detail=f"byte {u.start}: {u.reason}")
             continue
-        record = Record(index, number, decoded)
         try:
-            obj = json.loads(decoded, parse_constant=_reject_constant)
-        except RecursionError:
-            yield record.reject("nested_too_deep", "JSON nesting is too deep")
+            cells = next(csv.reader([text], strict=True))
+        except csv.Error as e:
+            yield Record(index, number, line, reason="invalid_csv", detail=str(e))
             continue
+        if header is None:
+            header = [h.strip() for h in cells]
+            if len(set(header)) != len(header):
+                raise _CorruptSource("the CSV header repeats a column name")
+            continue
+        record = Record(index, number, line)
+        if len(cells) != len(header):
+            yield record.reject("csv_column_count", f"{len(cells)} fields, the header has {len(header)}")
+            continue
+        try:
+            obj = {name: _csv_value(columns.get(name), cell) for name, cell in zip(header, cells, strict=True)}
         except ValueError as e:
-            yield record.reject("invalid_json", str(e))
+            yield record.reject("wrong_type", str(e)[:200])
             continue
-        yield typed_record(dataset, record, obj)
+        yield typer.type(record, obj)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = body if body.seekable() else io.BytesIO(body.read())
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _CorruptSource(f"not a readable Parquet file: {e}") from None
+    number = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=65536):
+            for row in batch.to_pylist():
+                number += 1
+                raw = orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
+                yield typer.type(Record(index, number, raw), row)
+    except pa.ArrowException as e:
+        raise _CorruptSource(f"unreadable after row {number}: {e}") from None

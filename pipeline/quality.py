@@ -2,15 +2,17 @@
 
 Each expectation in the suite may carry `meta.anchorlake`:
   `reason`             the quarantine code for rows it rejects (default: the expectation type)
-  `max_failing_share`  if more than this share of rows fail it, the whole batch is refused
+  `max_failing_share`  if more than this share of the batch's rows fail it, the whole batch is
+                       refused (nothing is committed; the operator decides)
 Rows an expectation rejects are found with `unexpected_index_list` (result_format COMPLETE),
-never with the capped partial lists.
+never with the capped partial lists. A batch is validated in chunks; `QualityReport` adds them up.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,67 +29,146 @@ class BatchRejected(AnchorlakeError):
 
 
 @dataclass
-class QualityResult:
-    failures: dict[int, tuple[str, str]] = field(default_factory=dict)  # row position -> (reason, detail)
-    validation: dict[str, Any] = field(default_factory=dict)
-    success: bool = True
+class ExpectationTally:
+    type: str
+    kwargs: dict[str, Any]
+    reason: str
+    max_failing_share: float | None
+    evaluated: int = 0
+    unexpected: int = 0
+
+    @property
+    def success(self) -> bool:
+        return self.unexpected == 0
 
 
-def run_suite(dataset: Dataset, frame: Any) -> QualityResult:
-    """Validate `frame` (a pandas DataFrame with a 0..n-1 index) against the dataset's suite."""
-    suite_json = dataset.suite_json()
-    result = QualityResult()
-    if len(frame) == 0:
-        result.validation = {"suite_name": suite_json.get("name"), "success": True, "results": [],
-                             "statistics": {"evaluated_expectations": 0}, "note": "no rows to validate"}
-        return result
+@dataclass
+class ChunkResult:
+    failures: dict[int, tuple[str, str]]  # row position in the chunk -> (reason, detail)
+    gx_result: Any  # the ExpectationSuiteValidationResult, for Data Docs
 
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+@dataclass
+class QualityReport:
+    """Validation of a whole batch, accumulated over its chunks."""
+
+    dataset: Dataset
+    suite: dict[str, Any] = field(default_factory=dict)
+    tallies: list[ExpectationTally] = field(default_factory=list)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    docs: list[str] = field(default_factory=list)  # one Data Docs HTML page per chunk
+    _context: Any = None
+
+    def __post_init__(self) -> None:
+        self.suite = self.dataset.suite_json()
+        for e in self.suite["expectations"]:
+            policy = (e.get("meta") or {}).get("anchorlake", {})
+            limit = policy.get("max_failing_share")
+            self.tallies.append(ExpectationTally(e.get("type", "?"), e.get("kwargs", {}),
+                                                 policy.get("reason", e.get("type", "?")),
+                                                 None if limit is None else float(limit)))
+
+    def _validator(self) -> Any:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        if self._context is None:
+            from great_expectations.execution_engine import pandas_execution_engine
+
+            # GX fingerprints every in-memory batch (an MD5 over all values, ~3 s per million rows)
+            # only to label it; anchorlake pins every byte with SHA-256 already, so skip it.
+            pandas_execution_engine.HASH_THRESHOLD = 0
+            logging.getLogger("great_expectations").setLevel(logging.WARNING)
+            context = gx.get_context(mode="ephemeral")
+            context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+            # GX may return results in another order than the suite's: tag each expectation.
+            expectations = [dict(e, meta={**(e.get("meta") or {}), "anchorlake_position": i})
+                            for i, e in enumerate(self.suite["expectations"])]
+            try:
+                suite = gx.ExpectationSuite(name=self.suite.get("name", self.dataset.name), expectations=expectations,
+                                            meta=self.suite.get("meta") or {})
+            except Exception as e:  # GX raises many kinds for a malformed suite
+                raise BadInput(f"{self.dataset.suite_path}: not a valid Great Expectations suite: {e}") from None
+            asset = context.data_sources.add_pandas("anchorlake").add_dataframe_asset(self.dataset.name)
+            self._context = (asset.add_batch_definition_whole_dataframe("chunk"), suite)
+        return self._context
+
+    @property
+    def columns(self) -> list[str] | None:
+        """The columns the suite reads, or None if an expectation reads the whole table."""
+        names: list[str] = []
+        for t in self.tallies:
+            found = [t.kwargs[k] for k in ("column", "column_A", "column_B") if k in t.kwargs]
+            found += list(t.kwargs.get("column_list", []))
+            if not found:
+                return None
+            names += [n for n in found if n not in names]
+        return names
+
+    def validate(self, frame: Any) -> ChunkResult:
+        """Validate one chunk (a pandas DataFrame indexed 0..n-1)."""
+        if len(frame) == 0:
+            return ChunkResult({}, None)
+        definition, suite = self._validator()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = definition.get_batch(batch_parameters={"dataframe": frame})
+            result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+        failures: dict[int, tuple[str, str]] = {}
+        for res in result.results:
+            tally = self.tallies[int(res.expectation_config.meta["anchorlake_position"])]
+            if res.exception_info and res.exception_info.get("raised_exception"):
+                message = res.exception_info.get("exception_message")
+                raise BadInput(f"{self.dataset.suite_path}: expectation {tally.type} cannot run: {message}")
+            tally.evaluated += len(frame)
+            if res.success:
+                continue
+            indices = (res.result or {}).get("unexpected_index_list")
+            if indices is None:
+                raise BatchRejected(f"dataset {self.dataset.name}: {tally.type} failed for the batch as a whole")
+            tally.unexpected += len(indices)
+            column = tally.kwargs.get("column", "")
+            for i in indices:
+                position = int(i["index"] if isinstance(i, dict) else i)
+                failures.setdefault(position, (tally.reason, f"{tally.type} on {column}".strip()))
+        summary = result.to_json_dict()
+        for res in summary.get("results", []):
+            for key in ("unexpected_index_list", "unexpected_list", "unexpected_index_query",
+                        "partial_unexpected_index_list"):
+                (res.get("result") or {}).pop(key, None)
+        self.chunks.append(json.loads(json.dumps(summary, default=str)))
+        self.docs.append(_render_docs(result))
+        return ChunkResult(failures, result)
+
+    def check_thresholds(self) -> None:
+        """Refuse the batch if any expectation's failing share is over its declared limit."""
+        refusals = []
+        for t in self.tallies:
+            if t.max_failing_share is not None and t.evaluated and t.unexpected / t.evaluated > t.max_failing_share:
+                refusals.append(f"{t.type} on {t.kwargs.get('column', '')}: {t.unexpected / t.evaluated:.1%} of rows "
+                                f"fail, over {t.max_failing_share:.1%}")
+        if refusals:
+            raise BatchRejected(f"dataset {self.dataset.name}: the quality gate refuses the batch: " + "; ".join(refusals))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "format": "anchorlake.validation/1",
+            "suite": self.suite.get("name"),
+            "success": all(t.success for t in self.tallies),
+            "expectations": [{"type": t.type, "kwargs": t.kwargs, "reason": t.reason,
+                              "max_failing_share": t.max_failing_share, "evaluated": t.evaluated,
+                              "unexpected": t.unexpected, "success": t.success} for t in self.tallies],
+            "gx_results": self.chunks,
+        }
+
+
+def _render_docs(result: Any) -> str:
+    """Great Expectations Data Docs page for one validation result."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
     try:
-        suite = gx.ExpectationSuite(**{k: v for k, v in suite_json.items() if k in ("name", "expectations", "meta")})
-    except Exception as e:  # GX raises many kinds for a malformed suite
-        raise BadInput(f"{dataset.suite_path}: not a valid Great Expectations suite: {e}") from None
-    source = context.data_sources.add_pandas("anchorlake")
-    asset = source.add_dataframe_asset(dataset.name)
-    definition = asset.add_batch_definition_whole_dataframe("batch")
-    batch = definition.get_batch(batch_parameters={"dataframe": frame})
-    validation = batch.validate(suite, result_format={"result_format": "COMPLETE"})
-    rows = len(frame)
-    refusals = []
-    for res in validation.results:
-        config = res.expectation_config
-        assert config is not None
-        policy = (config.meta or {}).get("anchorlake", {})
-        reason = policy.get("reason", config.type)
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            message = res.exception_info.get("exception_message")
-            raise BadInput(f"{dataset.suite_path}: expectation {config.type} cannot run: {message}")
-        if res.success:
-            continue
-        indices = (res.result or {}).get("unexpected_index_list")
-        if indices is None:
-            refusals.append(f"{config.type} failed for the table as a whole")
-            continue
-        column = config.kwargs.get("column", "")
-        for i in indices:
-            position = int(i["index"] if isinstance(i, dict) else i)
-            result.failures.setdefault(position, (reason, f"{config.type} on {column}".strip()))
-        share = len(indices) / rows
-        limit = policy.get("max_failing_share")
-        if limit is not None and share > float(limit):
-            refusals.append(f"{config.type} on {column}: {share:.1%} of rows fail, over {float(limit):.1%}")
-    # Row indices are kept out of validation.json: quarantine.parquet is the row-level record.
-    summary = validation.to_json_dict()
-    for res in summary.get("results", []):
-        (res.get("result") or {}).pop("unexpected_index_list", None)
-        (res.get("result") or {}).pop("unexpected_list", None)
-        (res.get("result") or {}).pop("unexpected_index_query", None)
-    result.validation = json.loads(json.dumps(summary, default=str))
-    result.success = bool(validation.success)
-    if refusals:
-        raise BatchRejected(f"dataset {dataset.name}: the quality gate refuses the batch: " + "; ".join(refusals))
-    return result
+        return str(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result)))
+    except Exception as e:  # rendering is a report, never a reason to lose a batch
+        log.warning("Data Docs rendering failed: %s", e)
+        return f"<html><body><p>Data Docs could not be rendered: {e}</p></body></html>"

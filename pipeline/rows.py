@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from pipeline.datasets import Column
 from pipeline.jcs import canonical_bytes, canonicalize
@@ -50,10 +52,36 @@ def record_leaf_hashes(columns: Sequence[Column], rows: Iterable[dict[str, Any]]
 def normalize_text(value: Any) -> Any:
     """Dedupe normalisation: NFKC, case-folded, whitespace collapsed."""
     if isinstance(value, str):
+        if value.isascii():  # ASCII is NFKC-stable and case-folds to lower case
+            return " ".join(value.lower().split())
         return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
     if isinstance(value, list):
         return [normalize_text(v) for v in value]
     return value
+
+
+def leaf_function(columns: Sequence[Column]) -> Callable[[dict[str, Any]], bytes]:
+    """Leaf hash of a committed row (values in committed form: timestamps as canonical text).
+
+    orjson with sorted keys is byte-identical to JCS for strings, safe integers, booleans, null
+    and lists of those (tests check it against the rfc8785 package); rows with float columns
+    take the general JCS path.
+    """
+    sha256 = hashlib.sha256
+    if any(c.type == "float64" for c in columns):
+        return lambda row: sha256(b"\x00" + canonical_bytes(row)).digest()
+    dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
+    return lambda row: sha256(b"\x00" + dumps(row, option=option)).digest()
+
+
+def dedupe_key_function(columns: Sequence[Column], key_columns: Sequence[str]) -> Callable[[dict[str, Any]], bytes]:
+    """SHA-256 of the JCS array of the normalised key values of a row in committed form."""
+    types = {c.name: c.type for c in columns}
+    sha256, dumps = hashlib.sha256, orjson.dumps
+    if all(types[k] in ("string", "timestamp", "bool", "list<string>") for k in key_columns):
+        keys = tuple(key_columns)
+        return lambda row: sha256(dumps([normalize_text(row[k]) for k in keys])).digest()
+    return lambda row: sha256(canonicalize([normalize_text(row.get(k)) for k in key_columns]).encode()).digest()
 
 
 def dedupe_key(columns: Sequence[Column], key_columns: Sequence[str], row: dict[str, Any]) -> bytes:

@@ -8,12 +8,15 @@ written temporary file, so a reader never sees a partial object and two writers 
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from pipeline.config import S3Settings
@@ -49,6 +52,18 @@ class Lake(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A buffered binary stream over the object; memory stays bounded whatever its size."""
+
+    @abstractmethod
+    def write_file(self, key: str, path: Path) -> None:
+        """Upload a local file (streamed; large files go up in parts), atomically replacing."""
+
+    @abstractmethod
+    def local_copy(self, key: str, directory: Path) -> Path:
+        """A seekable local file with the object's bytes (the object itself on file://)."""
 
     def read_text(self, key: str) -> str:
         return self.read(key).decode("utf-8")
@@ -121,6 +136,26 @@ class FileLake(Lake):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def write_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+    def local_copy(self, key: str, directory: Path) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"{self.uri(key)} does not exist")
+        return path
 
 
 class S3Lake(Lake):
@@ -206,6 +241,23 @@ class S3Lake(Lake):
     def delete(self, key: str) -> None:
         self._call("delete", key, self._client.delete_object, Key=self._key(key))
 
+    def open(self, key: str) -> BinaryIO:
+        body = self._call("read", key, self._client.get_object, Key=self._key(key))["Body"]
+        return io.BufferedReader(_StreamingRaw(body), buffer_size=1 << 20)  # type: ignore[return-value,type-var]
+
+    def write_file(self, key: str, path: Path) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+        self._call("upload", key, lambda Bucket: self._client.upload_file(str(path), Bucket, self._key(key),
+                                                                          Config=config))
+
+    def local_copy(self, key: str, directory: Path) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix="lake-", dir=directory)
+        with os.fdopen(fd, "wb") as f, self.open(key) as stream:
+            shutil.copyfileobj(stream, f, 8 << 20)
+        return Path(tmp)
+
     def ensure_bucket(self) -> None:
         from botocore.exceptions import ClientError
 
@@ -213,6 +265,25 @@ class S3Lake(Lake):
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self._call("create bucket", "", self._client.create_bucket)
+
+
+class _StreamingRaw(io.RawIOBase):
+    """A raw stream over botocore's StreamingBody, so io.BufferedReader can wrap it."""
+
+    def __init__(self, body: object) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        data = self._body.read(len(buffer))  # type: ignore[attr-defined]
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()  # type: ignore[attr-defined]
+        super().close()
 
 
 def open_lake(url: str, s3: S3Settings | None = None) -> Lake:

@@ -1,0 +1,202 @@
+"""A corpus of hostile and broken contributions: every record ends accepted or quarantined with
+the expected reason code, the good rows still commit, and nothing is unaccounted for."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import layout
+from pipeline.commit import commit_batch, stage_sources
+from pipeline.config import REPO_ROOT
+from pipeline.datasets import load as load_dataset
+from pipeline.storage import open_lake
+
+pytestmark = pytest.mark.integration
+
+ALICE = "0x1111111111111111111111111111111111111111"
+CHECKSUMMED = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+
+
+def good(i: int, **changes: object) -> dict:
+    record = {"prompt": f"Tell me fact number {i} about the sea.", "response": f"Fact {i}: the sea is salty.",
+              "language": "en", "consent": True, "created_at": "2026-11-01T10:00:00Z", "contributor": ALICE}
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def line(record: dict) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode()
+
+
+def jsonl(*lines: bytes) -> bytes:
+    return b"\n".join(lines) + b"\n"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+nested = "[" * 200 + "]" * 200
+bomb = "[" * 5000 + "]" * 5000
+csv_header = b"prompt,response,language,consent,created_at,contributor\n"
+full = gzip.compress(jsonl(*(line(good(900 + i)) for i in range(200))))
+
+# (file name, bytes, expected quarantine reasons in that source, accepted rows in that source)
+CASES: list[tuple[str, bytes, list[str], int]] = [
+    ("json-truncated.jsonl", jsonl(line(good(1)), b'{"prompt": "x"'), ["invalid_json"], 1),
+    ("json-trailing.jsonl", jsonl(line(good(2)), line(good(3)) + b" trailing"), ["invalid_json"], 1),
+    ("json-nan.jsonl", jsonl(line(good(4)), b'{"prompt": NaN, "contributor": "' + ALICE.encode() + b'"}'), ["invalid_json"], 1),
+    ("utf8-invalid.jsonl", jsonl(line(good(5)), line(good(6)).replace(b"sea", b"s\xff\xfea")), ["invalid_utf8"], 1),
+    ("surrogate.jsonl", jsonl(line(good(7)), line(good(8)).replace(b"sea", b"\\ud800")), ["invalid_json"], 1),
+    ("array.jsonl", jsonl(line(good(9)), b"[1, 2, 3]"), ["not_an_object"], 1),
+    ("string.jsonl", jsonl(line(good(10)), b'"just a string"'), ["not_an_object"], 1),
+    ("no-contributor.jsonl", jsonl(line(good(11)), line(good(12, contributor=_DROP))), ["missing_contributor"], 1),
+    ("short-address.jsonl", jsonl(line(good(13)), line(good(14, contributor="0x1234"))), ["invalid_contributor"], 1),
+    ("nonhex-address.jsonl", jsonl(line(good(15)), line(good(16, contributor="0x" + "g" * 40))), ["invalid_contributor"], 1),
+    ("bad-checksum.jsonl", jsonl(line(good(17, contributor=CHECKSUMMED)),
+                                 line(good(18, contributor=CHECKSUMMED.replace("0x5aAeb", "0x5AAeb")))), ["invalid_contributor"], 1),
+    ("number-address.jsonl", jsonl(line(good(19)), line(good(20, contributor=12345))), ["invalid_contributor"], 1),
+    ("prompt-number.jsonl", jsonl(line(good(21)), line(good(22, prompt=42))), ["wrong_type"], 1),
+    ("consent-string.jsonl", jsonl(line(good(23)), line(good(24, consent="yes"))), ["wrong_type"], 1),
+    ("bad-timestamp.jsonl", jsonl(line(good(25)), line(good(26, created_at="yesterday"))), ["wrong_type"], 1),
+    ("naive-timestamp.jsonl", jsonl(line(good(27)), line(good(28, created_at="2026-11-01T10:00:00"))), ["wrong_type"], 1),
+    ("too-long.jsonl", jsonl(line(good(29)), line(good(30, prompt="p" * 9000))), ["field_too_long"], 1),
+    ("unknown-column.jsonl", jsonl(line(good(31)), line(good(32, mood="happy"))), ["unknown_column"], 1),
+    ("salt.jsonl", jsonl(line(good(33)), line(good(34, salt="00" * 16))), ["reserved_column"], 1),
+    ("nested.jsonl", jsonl(line(good(35)), ('{"prompt": ' + nested + "}").encode()), ["nested_too_deep"], 1),
+    ("bomb.jsonl", jsonl(line(good(36)), ('{"prompt": ' + bomb + "}").encode()), ["nested_too_deep"], 1),
+    ("huge-line.jsonl", jsonl(line(good(37)), line(good(38, response="r" * 300_000))), ["record_too_large"], 1),
+    ("null-prompt.jsonl", jsonl(line(good(39)), line(good(40, prompt=None))), ["missing_prompt"], 1),
+    ("no-consent.jsonl", jsonl(line(good(41)), line(good(42, consent=False))), ["no_consent"], 1),
+    ("bad-language.jsonl", jsonl(line(good(43)), line(good(44, language="English"))), ["invalid_language"], 1),
+    ("short-prompt.jsonl", jsonl(line(good(45)), line(good(46, prompt="hi"))), ["prompt_too_short"], 1),
+    ("empty-response.jsonl", jsonl(line(good(47)), line(good(48, response=""))), ["response_empty"], 1),
+    ("null-created.jsonl", jsonl(line(good(49)), line(good(50, created_at=None))), ["missing_created_at"], 1),
+    ("dup-in-batch.jsonl", jsonl(line(good(51)), line(good(51, prompt="  TELL me fact number 51 about the sea. "))),
+     ["duplicate"], 1),
+    ("empty.jsonl", b"", ["empty_source"], 0),
+    ("blank.jsonl", b"\n  \n\t\n", ["empty_source"], 0),
+    ("corrupt.jsonl.gz", b"\x1f\x8b\x08\x00garbage-not-deflate", ["corrupt_compression"], 0),
+    ("truncated.jsonl.gz", full[: len(full) // 2], ["corrupt_compression"], -1),
+    ("notes.xml", b"<records><r/></records>", ["unsupported_format"], 0),
+    ("columns.csv", csv_header + b'"Tell me fact 60 about the sea.","ok",en,true,2026-11-01T10:00:00Z,' + ALICE.encode()
+     + b"\n" + b"only,three,fields\n", ["csv_column_count"], 1),
+    ("bool.csv", csv_header + b'"Tell me fact 61 about the sea.","ok",en,perhaps,2026-11-01T10:00:00Z,' + ALICE.encode()
+     + b"\n", ["wrong_type"], 0),
+    ("quoting.csv", csv_header + b'"Tell me fact 62 about the sea.","ok",en,true,2026-11-01T10:00:00Z,' + ALICE.encode()
+     + b"\n" + b'"unterminated,quote\n', ["invalid_csv"], 1),
+    ("corrupt.parquet", b"PAR1 this is not parquet", ["corrupt_source"], 0),
+    ("types.parquet", parquet_bytes(pa.table({"prompt": [63, 64], "response": ["a", "b"], "language": ["en", "en"],
+                                             "consent": [True, True], "contributor": [ALICE, ALICE]})),
+     ["wrong_type", "wrong_type"], 0),
+    ("bom-crlf.jsonl", b"\xef\xbb\xbf" + line(good(65)) + b"\r\n" + line(good(66)) + b"\r\n", [], 2),
+    ("good.jsonl.gz", gzip.compress(jsonl(line(good(67)), line(good(68)))), [], 2),
+    ("good.csv.gz", gzip.compress(csv_header + b'"Tell me fact 69 about the sea.","ok",en,true,2026-11-01T10:00:00Z,'
+                                  + ALICE.encode() + b"\n"), [], 1),
+    ("good.parquet", parquet_bytes(pa.table({"prompt": ["Tell me fact 70 about the sea."], "response": ["ok"],
+                                            "language": ["en"], "consent": [True],
+                                            "created_at": pa.array([1_700_000_000_000_000], pa.timestamp("us", tz="UTC")),
+                                            "contributor": [ALICE]})), [], 1),
+]
+
+
+@pytest.fixture(params=["worker processes", "one process"])
+def committed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    if request.param == "one process":  # the path a single-core machine takes
+        monkeypatch.setattr("pipeline.commit._pool", lambda: None)
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    for name, data, _, _ in CASES:
+        lake.write(f"incoming/instructions/corpus/{name}", data)
+    lake.write("incoming/instructions/corpus/zz-copy-of-good.jsonl.gz", dict((c[0], c[1]) for c in CASES)["good.jsonl.gz"])
+    seq = stage_sources(lake, dataset)
+    assert seq == 0
+    return lake, dataset, commit_batch(lake, dataset, seq)
+
+
+def test_the_corpus_has_at_least_30_kinds_of_bad_input() -> None:
+    assert sum(1 for c in CASES if c[2]) >= 30
+
+
+def test_every_bad_record_gets_its_reason_and_good_rows_commit(committed: tuple) -> None:
+    lake, _, manifest = committed
+    quarantine = pq.read_table(io.BytesIO(lake.read(layout.quarantine("instructions", 0)))).to_pylist()
+    by_source: dict[str, list[str]] = {}
+    for row in quarantine:
+        by_source.setdefault(row["source_key"].rsplit("/", 1)[1], []).append(row["reason"])
+        assert row["source_sha256"] and row["detail"]
+    sources = {s["key"].rsplit("/", 1)[1]: s for s in manifest.data["sources"]}
+    for name, _, reasons, accepted in CASES:
+        got = by_source.get(name, [])
+        if name == "truncated.jsonl.gz":
+            assert got == ["corrupt_compression"] and 0 < sources[name]["accepted"] < 200, (name, got)
+            continue
+        assert sorted(got) == sorted(reasons), (name, got)
+        assert sources[name]["accepted"] == accepted, (name, sources[name])
+
+
+def test_every_input_record_is_accounted_for(committed: tuple) -> None:
+    lake, _, manifest = committed
+    counts = manifest.data["counts"]
+    assert counts["input"] == counts["accepted"] + counts["quarantined"] + counts["duplicate"]
+    assert counts["input"] == sum(s["records"] for s in manifest.data["sources"])
+    for s in manifest.data["sources"]:
+        assert s["records"] == s["accepted"] + s["quarantined"] + s["duplicate"]
+    data_rows = sum(pq.read_table(io.BytesIO(lake.read(layout.batch("instructions", 0) + f["path"]))).num_rows
+                    for f in manifest.data["files"])
+    quarantined = pq.read_table(io.BytesIO(lake.read(layout.quarantine("instructions", 0)))).num_rows
+    assert data_rows == counts["accepted"] == manifest.tree_size
+    assert quarantined == counts["quarantined"] + counts["duplicate"]
+    rewards = pq.read_table(io.BytesIO(lake.read(layout.rewards("instructions", 0)))).to_pylist()
+    assert sum(r["accepted"] for r in rewards) == counts["accepted"]
+
+
+def test_the_same_bytes_under_another_key_are_a_duplicate_source(committed: tuple) -> None:
+    _, _, manifest = committed
+    skipped = manifest.data["skipped_sources"]
+    assert [(s["key"].rsplit("/", 1)[1], s["reason"], s["first_key"].rsplit("/", 1)[1]) for s in skipped] == \
+        [("zz-copy-of-good.jsonl.gz", "duplicate_source", "good.jsonl.gz")]
+
+
+def test_a_duplicate_of_an_earlier_batch_names_the_first_record(committed: tuple) -> None:
+    lake, dataset, first = committed
+    lake.write("incoming/instructions/later.jsonl", jsonl(line(good(1, contributor=CHECKSUMMED)), line(good(500))))
+    assert stage_sources(lake, dataset) == 1
+    second = commit_batch(lake, dataset, 1)
+    assert second.data["counts"] == {"input": 2, "accepted": 1, "quarantined": 0, "duplicate": 1}
+    assert [s["key"] for s in second.data["sources"]] == ["incoming/instructions/later.jsonl"]
+    row = pq.read_table(io.BytesIO(lake.read(layout.quarantine("instructions", 1)))).to_pylist()[0]
+    index = pq.read_table(io.BytesIO(lake.read(layout.index("instructions", 0)))).column("record_id").to_pylist()
+    assert row["reason"] == "duplicate" and row["duplicate_of"] in index
+
+
+def test_new_bytes_under_a_known_key_are_a_new_source(committed: tuple) -> None:
+    lake, dataset, _ = committed
+    lake.write("incoming/instructions/corpus/good.jsonl.gz", gzip.compress(jsonl(line(good(600)))))
+    assert stage_sources(lake, dataset) == 1
+    assert commit_batch(lake, dataset, 1).data["counts"]["accepted"] == 1
+
+
+def test_a_quality_threshold_refuses_the_batch_and_commits_nothing(tmp_path: Path) -> None:
+    from pipeline.quality import BatchRejected
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    lake.write("incoming/instructions/mostly-undated.jsonl",
+               jsonl(line(good(1)), *(line(good(i, created_at=None)) for i in range(2, 6))))
+    seq = stage_sources(lake, dataset)
+    with pytest.raises(BatchRejected, match="missing_created_at|created_at"):
+        commit_batch(lake, dataset, seq)
+    assert not lake.exists(layout.manifest("instructions", 0))
