@@ -37,7 +37,7 @@ from pipeline.storage import Lake
 log = logging.getLogger(__name__)
 
 SOURCES_FORMAT = "anchorlake.sources/1"
-CHUNK_RECORDS = 250_000
+CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
 _COPY_BLOCK = 8 << 20
 

@@ -200,3 +200,29 @@ def test_a_quality_threshold_refuses_the_batch_and_commits_nothing(tmp_path: Pat
     with pytest.raises(BatchRejected, match="missing_created_at|created_at"):
         commit_batch(lake, dataset, seq)
     assert not lake.exists(layout.manifest("instructions", 0))
+
+
+def test_sources_arriving_while_a_batch_runs_go_to_the_next_batch(tmp_path: Path) -> None:
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    lake.write("incoming/instructions/a.jsonl", jsonl(line(good(1))))
+    assert stage_sources(lake, dataset) == 0
+    lake.write("incoming/instructions/b.jsonl", jsonl(line(good(2))))
+    assert stage_sources(lake, dataset) == 0  # the plan of batch 0 is frozen; a re-run reuses it
+    first = commit_batch(lake, dataset, 0)
+    assert [s["key"] for s in first.data["sources"]] == ["incoming/instructions/a.jsonl"]
+    assert stage_sources(lake, dataset) == 1
+    second = commit_batch(lake, dataset, 1)
+    assert [s["key"] for s in second.data["sources"]] == ["incoming/instructions/b.jsonl"]
+    assert stage_sources(lake, dataset) is None  # nothing new: no empty batch
+
+
+def test_raw_copies_are_byte_exact_and_named_by_their_hash(committed: tuple) -> None:
+    import hashlib
+
+    lake, _, manifest = committed
+    for source in manifest.data["sources"]:
+        ext = source["key"].rsplit("/", 1)[1].split(".", 1)[1]
+        raw = lake.read(f"raw/instructions/000000/{source['sha256']}.{ext}")
+        assert hashlib.sha256(raw).hexdigest() == source["sha256"] and len(raw) == source["bytes"]
+        assert raw == lake.read(source["key"])
