@@ -162,6 +162,24 @@ def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_proof(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import stages
+    from pipeline.receipts import serve_proof
+
+    settings = config.load()
+    lake = stages.lake_for(settings)
+    m = manifests.load(lake, args.dataset, args.batch)
+    proof = serve_proof(lake, args.dataset, args.batch, args.leaf) | {"root": m.root, "manifest_sha256": m.sha256}
+    if out.as_json:
+        out.result(proof)
+    else:
+        out.line(f"leaf {proof['leaf_index']} of {proof['tree_size']} in {args.dataset} batch {args.batch}: {proof['leaf']}")
+        for n, node in enumerate(proof["path"]):
+            out.line(f"  path[{n}] {node}")
+        out.line(f"root {m.root}")
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     from pipeline.receipts import parse_receipt, verify_rows
 
@@ -251,9 +269,9 @@ def _verify_on_chain(receipt: Any, settings: config.Settings, rpc: str | None, c
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
-    from pipeline.jcs import canonical_bytes
-    from pipeline.merkle import build_levels, leaf_hash, root_from_levels
+    from pipeline.merkle import build_levels, root_from_levels
     from pipeline.receipts import batch_records
+    from pipeline.rows import leaf_function
 
     settings = config.load()
     lake = stages.lake_for(settings)
@@ -269,7 +287,8 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
         if not args.no_verify:
             out.progress(f"verifying batch {seq}")
             records = batch_records(lake, spec, m)  # checks every file's SHA-256
-            root = root_from_levels(build_levels([leaf_hash(canonical_bytes(r)) for r in records])).hex()
+            leaf = leaf_function(spec.committed_columns)  # recomputed from the rows themselves
+            root = root_from_levels(build_levels([leaf(r) for r in records])).hex()
             if root != m.root:
                 raise CheckFailed(f"batch {seq}: data recomputes to root {root}, manifest says {m.root}")
             from anchoring.chain import read_batch, require_deployment
@@ -401,6 +420,10 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("--batch", required=True, type=_seq)
     rc.add_argument("--contributor", required=True, type=_address)
     rc.add_argument("-o", "--output")
+    pf = sub.add_parser("proof", help="one leaf's inclusion proof, served from the stored tree")
+    pf.add_argument("--dataset", required=True)
+    pf.add_argument("--batch", required=True, type=_seq)
+    pf.add_argument("--leaf", required=True, type=_seq)
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
     v.add_argument("receipts", nargs="+", metavar="RECEIPT")
     v.add_argument("--rpc")
@@ -432,7 +455,7 @@ def _address(text: str) -> str:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
-            "receipt": cmd_receipt, "verify": cmd_verify, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
+            "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import layout
+from pipeline import layout, treefile
 from pipeline import manifest as manifests
 from pipeline.datasets import Column, Dataset
 from pipeline.dedupe import PriorKeys
 from pipeline.errors import AlreadyExists, CheckFailed, FormatError, NotFound
 from pipeline.ingest import Block, parse_source, source_extension, source_format
 from pipeline.jcs import canonical_bytes
-from pipeline.merkle import build_levels, root_from_levels
 from pipeline.quality import QualityReport
 from pipeline.rewards import RULE, RewardsTree, split_proportional
 from pipeline.storage import Lake
@@ -469,10 +468,10 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
             data = _parquet(_table(builder.columns, {c.name: [] for c in builder.columns}))
             entry = _artifact(lake, layout.data_part(name, seq, 0), data)
             builder.files.append(entry | {"rows": 0})
-        levels = build_levels(builder.leaves)
-        root = root_from_levels(levels)
+        tree_bytes, root = treefile.encode(builder.leaves)
 
         artifacts = [
+            _artifact(lake, layout.tree(name, seq), tree_bytes),
             _file_artifact(lake, layout.quarantine(name, seq), builder.quarantine_path),
             _file_artifact(lake, layout.index(name, seq), builder.index_path),
             _artifact(lake, layout.validation(name, seq), canonical_bytes(builder.quality.summary())),

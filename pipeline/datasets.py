@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_hash.auto import keccak
-
 from pipeline.errors import FormatError, NotFound
 
 FORMAT = "anchorlake.dataset/1"
@@ -52,6 +50,8 @@ class Dataset:
     @property
     def dataset_id(self) -> bytes:
         """keccak256(bytes(name)), the on-chain id (SPEC §8)."""
+        from eth_hash.auto import keccak
+
         return keccak(self.name.encode("utf-8"))
 
     @property

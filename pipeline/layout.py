@@ -58,6 +58,11 @@ def index(dataset: str, seq: int) -> str:
     return batch(dataset, seq) + "index.parquet"
 
 
+def tree(dataset: str, seq: int) -> str:
+    """Every node of the batch's Merkle tree (see pipeline.treefile)."""
+    return batch(dataset, seq) + "tree.bin"
+
+
 def rewards_published(dataset: str, seq: int) -> str:
     return batch(dataset, seq) + "rewards-published.json"
 

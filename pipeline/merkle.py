@@ -20,6 +20,12 @@ def leaf_hash(leaf: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + leaf).digest()
 
 
+def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
+    """leaf_hash of each, in order (the bulk form)."""
+    sha = hashlib.sha256
+    return [sha(b"\x00" + leaf).digest() for leaf in leaves]
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
@@ -34,7 +40,7 @@ def build_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     current = levels[0]
     sha = hashlib.sha256
     while len(current) > 1:
-        nxt = [sha(b"\x01" + current[i] + current[i + 1]).digest() for i in range(0, len(current) - 1, 2)]
+        nxt = [sha(b"\x01" + left + right).digest() for left, right in zip(current[0::2], current[1::2], strict=False)]
         if len(current) % 2:
             nxt.append(current[-1])
         levels.append(nxt)

@@ -19,10 +19,19 @@ from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed, FormatError, NotFound
 from pipeline.jcs import canonical_bytes
 from pipeline.manifest import Manifest
-from pipeline.merkle import InclusionProof, ProofError, build_levels, inclusion_path, leaf_hash, root_from_inclusion
+from pipeline.merkle import (
+    EMPTY_ROOT,
+    InclusionProof,
+    ProofError,
+    build_levels,
+    inclusion_path,
+    leaf_hash,
+    root_from_inclusion,
+)
 from pipeline.rewards import RewardsTree, verify_reward
 from pipeline.rows import record_object
 from pipeline.storage import Lake
+from pipeline.treefile import TreeFile
 
 FORMAT = "anchorlake.receipt/1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -48,14 +57,39 @@ def batch_records(lake: Lake, dataset: Dataset, manifest: Manifest) -> list[dict
     return records
 
 
+def _pinned(lake: Lake, dataset: str, manifest: Manifest, relative: str) -> bytes:
+    """Read a batch artifact and check it against the SHA-256 the manifest pins."""
+    key = layout.batch(dataset, manifest.seq) + relative
+    data = lake.read(key)
+    for entry in manifest.data.get("artifacts", []):
+        if entry["path"] == relative:
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise CheckFailed(f"{lake.uri(key)}: SHA-256 differs from the manifest's {entry['sha256']}")
+            return data
+    raise CheckFailed(f"{lake.uri(key)} is not pinned by the manifest of batch {manifest.seq}")
+
+
+def batch_leaves(lake: Lake, dataset: str, manifest: Manifest) -> list[bytes]:
+    """The batch's leaf hashes in leaf order, from its pinned index (no re-hashing of rows)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(_pinned(lake, dataset, manifest, "index.parquet")), columns=["record_id"])
+    return [bytes.fromhex(h) for h in table.column("record_id").to_pylist()]
+
+
 def build_receipts(lake: Lake, dataset: Dataset, manifest: Manifest, anchor: dict[str, Any] | None,
                    rewards_contract: str | None = None) -> int:
-    """Write `receipts/<dataset>/<seq>/<contributor>.json` for every contributor of the batch."""
+    """Write `receipts/<dataset>/<seq>/<contributor>.json` for every contributor of the batch.
+
+    Checks the data files and the index against the manifest, and the leaves against its root.
+    """
     records = batch_records(lake, dataset, manifest)
-    levels = build_levels([leaf_hash(canonical_bytes(r)) for r in records])
-    root = levels[-1][0].hex() if records else manifest.root
-    if root != manifest.root:
-        raise CheckFailed(f"batch {manifest.seq}: data recomputes to root {root}, manifest says {manifest.root}")
+    leaves = batch_leaves(lake, dataset.name, manifest)
+    levels = build_levels(leaves)
+    root = (levels[-1][0] if leaves else EMPTY_ROOT).hex()
+    if root != manifest.root or len(records) != len(leaves):
+        raise CheckFailed(f"batch {manifest.seq}: index recomputes to root {root} over {len(leaves)} leaves, "
+                          f"manifest says {manifest.root} over {manifest.tree_size}")
     by_contributor: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_contributor.setdefault(r["contributor"], []).append(i)
@@ -98,6 +132,19 @@ def _batch_amounts(lake: Lake, dataset: str, seq: int) -> dict[str, str]:
 
     table = pq.read_table(io.BytesIO(lake.read(layout.rewards(dataset, seq))), columns=["contributor", "amount"])
     return dict(zip(table.column("contributor").to_pylist(), table.column("amount").to_pylist(), strict=False))
+
+
+def serve_proof(lake: Lake, dataset: str, seq: int, index: int) -> dict[str, Any]:
+    """One leaf's inclusion proof, read from the stored tree with two ranged reads.
+
+    Requires 0 <= index < tree_size. The caller checks the result against the anchored root.
+    """
+    stored = TreeFile(lambda offset, length: lake.read_range(layout.tree(dataset, seq), offset, length),
+                      lake.uri(layout.tree(dataset, seq)))
+    if not 0 <= index < stored.tree_size:
+        raise NotFound(f"{dataset} batch {seq} has {stored.tree_size} leaves; there is no leaf {index}")
+    return {"leaf_index": index, "tree_size": stored.tree_size, "leaf": stored.leaf(index).hex(),
+            "path": [p.hex() for p in stored.proof(index)]}
 
 
 def read_receipt(lake: Lake, dataset: str, seq: int, contributor: str) -> dict[str, Any]:

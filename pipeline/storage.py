@@ -58,6 +58,10 @@ class Lake(ABC):
         """A buffered binary stream over the object; memory stays bounded whatever its size."""
 
     @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (a ranged GET on S3)."""
+
+    @abstractmethod
     def write_file(self, key: str, path: Path) -> None:
         """Upload a local file (streamed; large files go up in parts), atomically replacing."""
 
@@ -142,6 +146,11 @@ class FileLake(Lake):
             return open(self._path(key), "rb")
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        with self.open(key) as f:
+            f.seek(offset)
+            return f.read(length)
 
     def write_file(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -244,6 +253,13 @@ class S3Lake(Lake):
     def open(self, key: str) -> BinaryIO:
         body = self._call("read", key, self._client.get_object, Key=self._key(key))["Body"]
         return io.BufferedReader(_StreamingRaw(body), buffer_size=1 << 20)  # type: ignore[return-value,type-var]
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        body = self._call("read", key, self._client.get_object, Key=self._key(key),
+                          Range=f"bytes={offset}-{offset + length - 1}")["Body"]
+        return bytes(body.read())
 
     def write_file(self, key: str, path: Path) -> None:
         from boto3.s3.transfer import TransferConfig

@@ -52,6 +52,11 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     assert proc.returncode == 1
     assert "row 0 (leaf" in proc.stderr and "folds to root" in proc.stderr
 
+    # Any leaf's proof is served from the stored tree and equals the receipt's path.
+    row = json.loads(receipt.read_text())["rows"][0]
+    served = cli_json(lake_env, "proof", "--dataset", "instructions", "--batch", "0", "--leaf", str(row["leaf_index"]))
+    assert served["path"] == row["path"] and served["tree_size"] == 25 and served["root"] == batch["root"]
+
     # AI teams: pull checks every file and the root against the chain.
     pulled = cli_json(lake_env, "pull", "--dataset", "instructions", "--dest", str(tmp_path / "pulled"))
     assert pulled["pulled"][0]["verified"] is True

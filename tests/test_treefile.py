@@ -1,0 +1,35 @@
+"""The stored tree serves the same proofs and root as the in-memory RFC 9162 tree."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.merkle import EMPTY_ROOT, InclusionProof, build_levels, inclusion_path, leaf_hash, root, verify_inclusion
+from pipeline.treefile import encode, from_bytes
+
+pytestmark = pytest.mark.unit
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=1, max_value=300), st.integers(min_value=0, max_value=4), st.data())
+def test_stored_proofs_equal_in_memory_proofs_for_any_size_and_tile(size: int, height: int, data: st.DataObject) -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    blob, top = encode(leaves, tile_height=height)
+    assert top == root(leaves)
+    stored = from_bytes(blob)
+    assert stored.tree_size == size and stored.root() == top
+    levels = build_levels(leaves)
+    for index in {0, size - 1, data.draw(st.integers(0, size - 1))}:
+        path = stored.proof(index)
+        assert path == inclusion_path(levels, index)
+        assert stored.leaf(index) == leaves[index]
+        verify_inclusion(InclusionProof(index, size, tuple(path)), leaves[index], top)
+
+
+def test_an_empty_tree_has_the_empty_root() -> None:
+    blob, top = encode([])
+    assert top == EMPTY_ROOT and from_bytes(blob).root() == EMPTY_ROOT
+    with pytest.raises(IndexError):
+        from_bytes(blob).proof(0)
