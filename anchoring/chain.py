@@ -14,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from eth_typing import HexStr
+
 from pipeline import layout
+from pipeline.config import fault_point
 from pipeline.errors import (
     AlreadyExists,
     BadInput,
@@ -150,6 +153,193 @@ class Chain:
         return str(receipt["contractAddress"]).lower()
 
 
+# --- resumable transactions ------------------------------------------------------------------
+
+INTENT_FORMAT = "anchorlake.tx-intent/1"
+FEE_BUMP_NUM, FEE_BUMP_DEN = 5, 4  # +25%: above the 10-12.5% nodes require of a replacement
+
+
+@dataclass
+class IntentStore:
+    """Where a resumable transaction keeps its intent (nonce, signed attempts) between runs."""
+
+    load: Callable[[], dict[str, Any] | None]
+    save: Callable[[dict[str, Any]], None]
+
+
+def _fees(chain: Chain) -> tuple[int, int]:
+    """(maxFeePerGas, maxPriorityFeePerGas) for EIP-1559: twice the base fee plus the tip."""
+    block = chain._rpc(lambda: chain.w3.eth.get_block("latest"))
+    base = int(block.get("baseFeePerGas") or 0)
+    try:
+        tip = int(chain._rpc(lambda: chain.w3.eth.max_priority_fee))
+    except ServiceUnavailable:
+        raise
+    except Exception:
+        tip = 10**9
+    tip = max(tip, 1)
+    return 2 * base + tip, tip
+
+
+def _sign(chain: Chain, tx: dict[str, Any]) -> tuple[str, str]:
+    signed = chain.account.sign_transaction(tx)  # type: ignore[union-attr]
+    return "0x" + bytes(signed.hash).hex(), "0x" + bytes(signed.raw_transaction).hex()
+
+
+def _broadcast(chain: Chain, raw: str, what: str) -> str:
+    """Send a signed transaction; returns "sent", "known", "nonce_used" or "underpriced"."""
+    from web3.exceptions import Web3RPCError
+
+    try:
+        chain._rpc(lambda: chain.w3.eth.send_raw_transaction(HexStr(raw)))
+        return "sent"
+    except Web3RPCError as e:
+        message = str(getattr(e, "message", e)).lower()
+        if "already known" in message or "already imported" in message:
+            return "known"
+        if "nonce too low" in message or "nonce has already been used" in message:
+            return "nonce_used"
+        if "underpriced" in message or "fee" in message and ("base fee" in message or "too low" in message):
+            return "underpriced"
+        if "insufficient funds" in message:
+            raise ChainError(f"{what}: the sending account has no funds to pay gas") from None
+        raise ChainError(f"{what} refused by the node: {getattr(e, 'message', e)}") from None
+
+
+def _receipt(chain: Chain, tx_hash: str) -> Any:
+    from web3.exceptions import TransactionNotFound
+
+    try:
+        return chain._rpc(lambda: chain.w3.eth.get_transaction_receipt(HexStr(tx_hash)))
+    except TransactionNotFound:
+        return None
+
+
+def ensure_transaction(chain: Chain, name: str, call: Any, what: str, is_done: Callable[[], bool],
+                       intents: IntentStore, replace_after: float = 30.0, timeout: float = 600.0,
+                       poll: float = 0.5) -> None:
+    """Bring the chain to a state where `is_done()` holds, sending `call` at most once in effect.
+
+    The intent (nonce and every signed attempt) is saved before each broadcast, so a run killed
+    at any instant resumes the same transaction instead of sending a second one. A transaction
+    pending longer than `replace_after` seconds, or refused as underpriced, is replaced with
+    25% higher fees and the same nonce. After inclusion it waits for `chain.confirmations` and
+    checks the block is still canonical; if a reorganisation dropped it, it sends again.
+    """
+    from web3.exceptions import ContractLogicError
+
+    deadline = time.monotonic() + timeout
+    sender = chain.address
+    while True:
+        if is_done():
+            return
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"{what}: not confirmed within {timeout:.0f}s")
+        intent = intents.load()
+        latest_nonce = int(chain._rpc(lambda: chain.w3.eth.get_transaction_count(sender, "latest")))
+        if intent is not None:
+            mined = _mined_attempt(chain, intent)
+            if mined is not None:
+                receipt = mined
+                if receipt["status"] != 1:
+                    raise ChainError(f"{what}: transaction {receipt['transactionHash'].hex()} reverted")
+                _confirmed(chain, receipt, deadline)  # False after a reorg: the loop sends again
+                continue
+            if latest_nonce > int(intent["nonce"]):
+                intent = None  # the nonce went to another transaction; ours can never be mined
+        if intent is None:
+            try:
+                tx = chain._rpc(lambda: call.build_transaction({"from": sender, "chainId": chain.chain_id}))
+            except ContractLogicError as e:
+                raise ChainError(f"{what} would revert: {chain._revert_reason(e)}") from None
+            max_fee, tip = _fees(chain)
+            nonce = int(chain._rpc(lambda: chain.w3.eth.get_transaction_count(sender, "pending")))
+            tx.update({"nonce": nonce, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip,
+                       "gas": int(tx["gas"] * 6 // 5), "type": 2})
+            tx.pop("gasPrice", None)
+            tx_hash, raw = _sign(chain, tx)
+            intent = {"format": INTENT_FORMAT, "what": what, "chain_id": chain.chain_id, "from": sender.lower(),
+                      "nonce": nonce, "tx": _jsonable(tx), "attempts": [
+                          {"tx_hash": tx_hash, "raw": raw, "max_fee": max_fee, "tip": tip, "sent_at": time.time()}]}
+            intents.save(intent)
+            fault_point("chain.after_sign")
+        status = _broadcast(chain, intent["attempts"][-1]["raw"], what)
+        fault_point("chain.after_broadcast")
+        if status == "nonce_used":
+            continue  # mined meanwhile (ours or another): the loop sorts out which
+        if status == "underpriced":
+            intent = _bump(chain, intent)
+            intents.save(intent)
+            continue
+        _wait_or_bump(chain, intent, intents, replace_after, deadline, poll)
+
+
+def _jsonable(tx: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in tx.items():
+        out[key] = value if isinstance(value, (int, str)) else "0x" + bytes(value).hex()
+    return out
+
+
+def _mined_attempt(chain: Chain, intent: dict[str, Any]) -> Any:
+    for attempt in intent["attempts"]:
+        receipt = _receipt(chain, attempt["tx_hash"])
+        if receipt is not None:
+            return receipt
+    return None
+
+
+def _confirmed(chain: Chain, receipt: Any, deadline: float) -> bool:
+    """Wait for confirmations; False if the block left the canonical chain meanwhile."""
+    number, expected = int(receipt["blockNumber"]), bytes(receipt["blockHash"])
+    while True:
+        head = int(chain._rpc(lambda: chain.w3.eth.block_number))
+        block = chain._rpc(lambda: chain.w3.eth.get_block(number)) if head >= number else None
+        if block is None or bytes(block["hash"]) != expected:
+            log.warning("block %d with our transaction was reorganised away; sending again", number)
+            return False
+        if head - number + 1 >= chain.confirmations:
+            return True
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"block {number} has {head - number + 1} of {chain.confirmations} confirmations")
+        time.sleep(0.25)
+
+
+def _bump(chain: Chain, intent: dict[str, Any]) -> dict[str, Any]:
+    last = intent["attempts"][-1]
+    market_fee, market_tip = _fees(chain)
+    tip = max(last["tip"] * FEE_BUMP_NUM // FEE_BUMP_DEN + 1, market_tip)
+    max_fee = max(last["max_fee"] * FEE_BUMP_NUM // FEE_BUMP_DEN + 1, market_fee, tip)
+    tx = dict(intent["tx"], maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
+    tx_hash, raw = _sign(chain, _native(tx))
+    log.info("replacing %s with fees %d/%d", last["tx_hash"], max_fee, tip)
+    attempts = intent["attempts"] + [{"tx_hash": tx_hash, "raw": raw, "max_fee": max_fee, "tip": tip,
+                                      "sent_at": time.time()}]
+    return dict(intent, tx=tx, attempts=attempts)
+
+
+def _native(tx: dict[str, Any]) -> dict[str, Any]:
+    return {k: (bytes.fromhex(v[2:]) if k == "data" and isinstance(v, str) else v) for k, v in tx.items()}
+
+
+def _wait_or_bump(chain: Chain, intent: dict[str, Any], intents: IntentStore, replace_after: float,
+                  deadline: float, poll: float) -> None:
+    """Wait until an attempt is mined (then return) or replace it after `replace_after` seconds."""
+    sent = time.monotonic()
+    while time.monotonic() < deadline:
+        if _mined_attempt(chain, intent) is not None:
+            return
+        if time.monotonic() - sent > replace_after:
+            bumped = _bump(chain, intent)
+            intents.save(bumped)
+            status = _broadcast(chain, bumped["attempts"][-1]["raw"], intent["what"])
+            if status in ("nonce_used",):
+                return
+            intent, sent = bumped, time.monotonic()
+            continue
+        time.sleep(poll)
+
+
 # --- deployments ------------------------------------------------------------------------
 
 
@@ -241,27 +431,40 @@ def _find_event(chain: Chain, contract: Any, event: str, dataset_id: bytes, seq:
 
 
 def anchor_batch(chain: Chain, address: str, dataset_id: bytes, seq: int, root: bytes, tree_size: int,
-                 manifest_hash: bytes) -> dict[str, Any]:
+                 manifest_hash: bytes, intents: IntentStore | None = None, replace_after: float = 30.0,
+                 timeout: float = 600.0) -> dict[str, Any]:
     """Make sure (dataset_id, seq) is anchored with exactly these values; return the anchor record.
 
-    Raises ConflictError if the chain holds other values for the seq, ChainError if an earlier
-    seq is not anchored yet.
+    Check-before-send: values already on chain are recorded, not sent again. Raises
+    ConflictError if the chain holds other values for the seq, ChainError if an earlier seq is
+    not anchored yet or the key lacks the anchorer role.
     """
     contract = chain.contract("BatchAnchor", address)
-    onchain = read_batch(chain, address, dataset_id, seq)
-    if not onchain.exists:
+    wanted = (root, tree_size, manifest_hash)
+
+    def done() -> bool:
+        onchain = read_batch(chain, address, dataset_id, seq)
+        if not onchain.exists:
+            return False
+        if (onchain.root, onchain.tree_size, onchain.manifest_hash) != wanted:
+            raise ConflictError(
+                f"seq {seq} is anchored with root {onchain.root.hex()}, size {onchain.tree_size}, manifest "
+                f"{onchain.manifest_hash.hex()}; the lake has root {root.hex()}, size {tree_size}, manifest "
+                f"{manifest_hash.hex()}")
+        return True
+
+    if not done():
         expected = next_anchor_seq(chain, address, dataset_id)
         if expected != seq:
             raise ChainError(f"cannot anchor seq {seq}: the contract expects seq {expected} next")
-        chain.transact("BatchAnchor", contract.functions.anchor(dataset_id, seq, root, tree_size, manifest_hash),
-                       f"anchoring seq {seq}")
-        onchain = read_batch(chain, address, dataset_id, seq)
-    if (onchain.root, onchain.tree_size, onchain.manifest_hash) != (root, tree_size, manifest_hash):
-        raise ConflictError(
-            f"seq {seq} is anchored with root {onchain.root.hex()}, size {onchain.tree_size}, manifest "
-            f"{onchain.manifest_hash.hex()}; the lake has root {root.hex()}, size {tree_size}, manifest {manifest_hash.hex()}")
+        memory: dict[str, Any] = {}
+        store = intents or IntentStore(lambda: memory.get("intent"), lambda i: memory.__setitem__("intent", i))
+        ensure_transaction(chain, "BatchAnchor", contract.functions.anchor(dataset_id, seq, root, tree_size,
+                                                                            manifest_hash),
+                           f"anchoring seq {seq}", done, store, replace_after, timeout)
     event = _find_event(chain, contract, "BatchAnchored", dataset_id, seq)
     confirmations = chain.wait_confirmations(event["blockNumber"])
+    fault_point("chain.before_record")
     return {
         "format": ANCHOR_FORMAT,
         "chain_id": chain.chain_id,
@@ -294,12 +497,25 @@ def published_root(chain: Chain, address: str, dataset_id: bytes, seq: int) -> b
 
 
 def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes, seq: int, root: bytes,
-                    cumulative_total: int) -> dict[str, Any]:
-    """Publish the rewards root of `seq` (check-before-send) and fund the increase."""
+                    cumulative_total: int, intents: Callable[[str], IntentStore] | None = None,
+                    replace_after: float = 30.0, timeout: float = 600.0) -> dict[str, Any]:
+    """Publish the rewards root of `seq` (check-before-send) and fund the increase.
+
+    `intents(step)` gives the intent store of each step ("approve", "publish").
+    """
     address = deployment["RewardDistributor"]
     distributor = chain.contract("RewardDistributor", address)
-    existing = published_root(chain, address, dataset_id, seq)
-    if existing is None:
+    memory: dict[str, Any] = {}
+
+    def store(step: str) -> IntentStore:
+        if intents is not None:
+            return intents(step)
+        return IntentStore(lambda: memory.get(step), lambda i: memory.__setitem__(step, i))
+
+    def published() -> bool:
+        return published_root(chain, address, dataset_id, seq) is not None
+
+    if not published():
         expected = int(chain._rpc(lambda: distributor.functions.nextSeq(dataset_id).call()))
         if expected != seq:
             raise ChainError(f"cannot publish rewards for seq {seq}: the contract expects seq {expected} next")
@@ -310,12 +526,17 @@ def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes,
         if increase:
             token = chain.contract("RewardToken", deployment["RewardToken"])
             spender = chain.w3.to_checksum_address(address)
-            allowance = int(chain._rpc(lambda: token.functions.allowance(chain.address, spender).call()))
-            if allowance < increase:
-                chain.transact("RewardToken", token.functions.approve(spender, increase), "approving reward funds")
-        chain.transact("RewardDistributor", distributor.functions.publish(dataset_id, seq, root, cumulative_total),
-                       f"publishing rewards for seq {seq}")
-        existing = published_root(chain, address, dataset_id, seq)
+
+            def approved() -> bool:
+                return int(chain._rpc(lambda: token.functions.allowance(chain.address, spender).call())) >= increase
+
+            ensure_transaction(chain, "RewardToken", token.functions.approve(spender, increase),
+                               "approving reward funds", lambda: published() or approved(), store("approve"),
+                               replace_after, timeout)
+        ensure_transaction(chain, "RewardDistributor",
+                           distributor.functions.publish(dataset_id, seq, root, cumulative_total),
+                           f"publishing rewards for seq {seq}", published, store("publish"), replace_after, timeout)
+    existing = published_root(chain, address, dataset_id, seq)
     if existing != root:
         raise ConflictError(f"rewards for seq {seq} are published with root {existing.hex() if existing else None}, "
                             f"the lake has {root.hex()}")

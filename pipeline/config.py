@@ -38,6 +38,8 @@ class Settings:
     datasets_dir: Path
     samples_dir: Path
     contracts: Mapping[str, str] = field(default_factory=dict)
+    replace_after: float = 30.0  # seconds a transaction may stay pending before its fees are bumped
+    chain_timeout: float = 600.0  # seconds the anchor stage waits for inclusion and confirmations
 
     @property
     def devnet_dir(self) -> Path:
@@ -71,6 +73,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise BadInput(f"ANCHORLAKE_CONFIRMATIONS must be a whole number >= 1, got {raw_conf!r}") from None
+    try:
+        replace_after = float(env.get("ANCHORLAKE_REPLACE_AFTER", "30"))
+        chain_timeout = float(env.get("ANCHORLAKE_CHAIN_TIMEOUT", "600"))
+    except ValueError:
+        raise BadInput("ANCHORLAKE_REPLACE_AFTER and ANCHORLAKE_CHAIN_TIMEOUT must be numbers of seconds") from None
     rpc_url = env.get("ANCHORLAKE_RPC_URL") or None
     anchorer_key = env.get("ANCHORLAKE_ANCHORER_KEY") or None
     if rpc_url is None:
@@ -101,7 +108,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         datasets_dir=Path(env.get("ANCHORLAKE_DATASETS", str(REPO_ROOT / "expectations"))),
         samples_dir=Path(env.get("ANCHORLAKE_SAMPLES", str(REPO_ROOT / "samples"))),
         contracts=contracts,
+        replace_after=replace_after,
+        chain_timeout=chain_timeout,
     )
+
+
+def fault_point(name: str, env: Mapping[str, str] | None = None) -> None:
+    """Die on the spot (SIGKILL) if ANCHORLAKE_FAULT names this point: how the kill tests stop a
+    stage at an exact instant. Unset in production; costs one dictionary lookup."""
+    env = os.environ if env is None else env
+    if env.get("ANCHORLAKE_FAULT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rpc_url_is_external(env: Mapping[str, str] | None = None) -> bool:

@@ -71,5 +71,10 @@ def receipt(dataset: str, seq: int, contributor: str) -> str:
     return f"receipts/{dataset}/{seq_part(seq)}/{contributor}.json"
 
 
+def intent(dataset: str, seq: int, step: str) -> str:
+    """Operational state of a resumable transaction (nonce, signed attempts); rewritten freely."""
+    return f"state/{dataset}/{seq_part(seq)}/{step}-intent.json"
+
+
 def deployment(chain_id: int) -> str:
     return f"deployments/{chain_id}.json"

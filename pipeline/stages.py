@@ -59,6 +59,14 @@ def _read_json(lake: Lake, key: str) -> dict[str, Any] | None:
         return None
 
 
+def intent_store(lake: Lake, dataset: str, seq: int, step: str) -> Any:
+    """Lake-backed store for the intent of one transaction step of one batch."""
+    from anchoring.chain import IntentStore
+
+    key = layout.intent(dataset, seq, step)
+    return IntentStore(lambda: _read_json(lake, key), lambda data: lake.write(key, json.dumps(data, indent=1).encode()))
+
+
 def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     """Anchor every committed batch up to `seq` that is not anchored yet, in seq order."""
     from anchoring.chain import anchor_batch, create_once, require_deployment
@@ -75,7 +83,8 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
             continue
         m = manifests.load(lake, dataset, s)
         record = anchor_batch(chain, deployment["BatchAnchor"], spec.dataset_id, s, bytes.fromhex(m.root),
-                              m.tree_size, bytes.fromhex(m.sha256))
+                              m.tree_size, bytes.fromhex(m.sha256), intent_store(lake, dataset, s, "anchor"),
+                              settings.replace_after, settings.chain_timeout)
         create_once(lake, key, json.dumps(record, indent=1).encode())
         log.info("anchored %s batch %d in %s", dataset, s, record["tx_hash"])
     assert record is not None
@@ -101,7 +110,9 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
             continue
         rewards = manifests.load(lake, dataset, s).data["rewards"]
         record = publish(chain, deployment, spec.dataset_id, s, bytes.fromhex(rewards["root"]),
-                         int(rewards["cumulative_total"]))
+                         int(rewards["cumulative_total"]),
+                         lambda step, s=s: intent_store(lake, dataset, s, f"rewards-{step}"),  # type: ignore[misc]
+                         settings.replace_after, settings.chain_timeout)
         create_once(lake, key, json.dumps(record, indent=1).encode())
     return record
 
