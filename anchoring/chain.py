@@ -243,8 +243,7 @@ def ensure_transaction(chain: Chain, name: str, call: Any, what: str, is_done: C
                 receipt = mined
                 if receipt["status"] != 1:
                     raise ChainError(f"{what}: transaction {receipt['transactionHash'].hex()} reverted")
-                _confirmed(chain, receipt, deadline)  # False after a reorg: the loop sends again
-                continue
+                continue  # is_done() should hold now
             if latest_nonce > int(intent["nonce"]):
                 intent = None  # the nonce went to another transaction; ours can never be mined
         if intent is None:
@@ -274,11 +273,35 @@ def ensure_transaction(chain: Chain, name: str, call: Any, what: str, is_done: C
         _wait_or_bump(chain, intent, intents, replace_after, deadline, poll)
 
 
+def ensure_confirmed(chain: Chain, name: str, call: Any, what: str, is_done: Callable[[], bool],
+                     find_event: Callable[[], Any], intents: IntentStore, replace_after: float = 30.0,
+                     timeout: float = 600.0) -> Any:
+    """ensure_transaction, then wait until the event that did it has `chain.confirmations` on the
+    canonical chain; if a reorganisation removes its block meanwhile, start over (send again).
+    Returns the confirmed event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ensure_transaction(chain, name, call, what, is_done, intents, replace_after,
+                           max(deadline - time.monotonic(), 1.0))
+        event = find_event()
+        if _confirmed(chain, event, deadline) and is_done():
+            return event
+
+
 def _jsonable(tx: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in tx.items():
         out[key] = value if isinstance(value, (int, str)) else "0x" + bytes(value).hex()
     return out
+
+
+def _known(chain: Chain, tx_hash: str) -> bool:
+    from web3.exceptions import TransactionNotFound
+
+    try:
+        return chain._rpc(lambda: chain.w3.eth.get_transaction(HexStr(tx_hash))) is not None
+    except TransactionNotFound:
+        return False
 
 
 def _mined_attempt(chain: Chain, intent: dict[str, Any]) -> Any:
@@ -325,10 +348,17 @@ def _native(tx: dict[str, Any]) -> dict[str, Any]:
 def _wait_or_bump(chain: Chain, intent: dict[str, Any], intents: IntentStore, replace_after: float,
                   deadline: float, poll: float) -> None:
     """Wait until an attempt is mined (then return) or replace it after `replace_after` seconds."""
-    sent = time.monotonic()
+    sent = checked = time.monotonic()
     while time.monotonic() < deadline:
         if _mined_attempt(chain, intent) is not None:
             return
+        if time.monotonic() - checked > 2.0:
+            checked = time.monotonic()
+            if not _known(chain, intent["attempts"][-1]["tx_hash"]):
+                log.warning("transaction %s was dropped from the mempool; sending it again",
+                            intent["attempts"][-1]["tx_hash"])
+                if _broadcast(chain, intent["attempts"][-1]["raw"], intent["what"]) == "nonce_used":
+                    return
         if time.monotonic() - sent > replace_after:
             bumped = _bump(chain, intent)
             intents.save(bumped)
@@ -457,13 +487,15 @@ def anchor_batch(chain: Chain, address: str, dataset_id: bytes, seq: int, root: 
         expected = next_anchor_seq(chain, address, dataset_id)
         if expected != seq:
             raise ChainError(f"cannot anchor seq {seq}: the contract expects seq {expected} next")
-        memory: dict[str, Any] = {}
-        store = intents or IntentStore(lambda: memory.get("intent"), lambda i: memory.__setitem__("intent", i))
-        ensure_transaction(chain, "BatchAnchor", contract.functions.anchor(dataset_id, seq, root, tree_size,
-                                                                            manifest_hash),
-                           f"anchoring seq {seq}", done, store, replace_after, timeout)
-    event = _find_event(chain, contract, "BatchAnchored", dataset_id, seq)
-    confirmations = chain.wait_confirmations(event["blockNumber"])
+    memory: dict[str, Any] = {}
+    store = intents or IntentStore(lambda: memory.get("intent"), lambda i: memory.__setitem__("intent", i))
+    event = ensure_confirmed(chain, "BatchAnchor", contract.functions.anchor(dataset_id, seq, root, tree_size,
+                                                                              manifest_hash),
+                             f"anchoring seq {seq}", done,
+                             lambda: _find_event(chain, contract, "BatchAnchored", dataset_id, seq),
+                             store, replace_after, timeout)
+    head = int(chain._rpc(lambda: chain.w3.eth.block_number))
+    confirmations = head - int(event["blockNumber"]) + 1
     fault_point("chain.before_record")
     return {
         "format": ANCHOR_FORMAT,
@@ -481,7 +513,13 @@ def anchor_batch(chain: Chain, address: str, dataset_id: bytes, seq: int, root: 
 
 
 def block_hash(chain: Chain, number: int) -> str | None:
-    block = chain._rpc(lambda: chain.w3.eth.get_block(number))
+    """Hash of the canonical block at `number`, or None if the chain is not that long."""
+    from web3.exceptions import BlockNotFound
+
+    try:
+        block = chain._rpc(lambda: chain.w3.eth.get_block(number))
+    except BlockNotFound:
+        return None
     return "0x" + bytes(block["hash"]).hex() if block else None
 
 
@@ -533,9 +571,10 @@ def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes,
             ensure_transaction(chain, "RewardToken", token.functions.approve(spender, increase),
                                "approving reward funds", lambda: published() or approved(), store("approve"),
                                replace_after, timeout)
-        ensure_transaction(chain, "RewardDistributor",
-                           distributor.functions.publish(dataset_id, seq, root, cumulative_total),
-                           f"publishing rewards for seq {seq}", published, store("publish"), replace_after, timeout)
+    ensure_confirmed(chain, "RewardDistributor", distributor.functions.publish(dataset_id, seq, root, cumulative_total),
+                     f"publishing rewards for seq {seq}", published,
+                     lambda: _find_event(chain, distributor, "RewardsPublished", dataset_id, seq),
+                     store("publish"), replace_after, timeout)
     existing = published_root(chain, address, dataset_id, seq)
     if existing != root:
         raise ConflictError(f"rewards for seq {seq} are published with root {existing.hex() if existing else None}, "

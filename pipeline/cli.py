@@ -128,22 +128,64 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     settings = config.load()
     lake = stages.lake_for(settings)
     names = [args.dataset] if args.dataset else datasets.available(settings.datasets_dir)
+    checker = _AnchorChecker(settings, lake, out)
     result = []
+    lost = 0
     for name in names:
-        stages.dataset_for(settings, name)
-        for seq in manifests.committed_seqs(lake, name):
+        spec = stages.dataset_for(settings, name)
+        seqs = manifests.committed_seqs(lake, name)
+        for seq in seqs:
             m = manifests.load(lake, name, seq)
-            anchored = lake.exists(layout.anchor(name, seq))
+            try:
+                record = json.loads(lake.read(layout.anchor(name, seq)))
+            except NotFound:
+                record = None
+            state = "not anchored" if record is None else checker.check(spec.dataset_id, seq, m, record)
+            lost += state.startswith("ANCHOR LOST")
             entry = {"dataset": name, "seq": seq, "root": m.root, "counts": m.data["counts"],
-                     "anchored": anchored, "manifest_sha256": m.sha256}
+                     "anchored": state.startswith("anchored"), "anchor_state": state, "manifest_sha256": m.sha256,
+                     "tx_hash": record["tx_hash"] if record else None}
             result.append(entry)
             c = m.data["counts"]
             out.line(f"{name} {seq:06d}  {c['accepted']:>8} accepted {c['quarantined']:>6} quarantined "
-                     f"{c['duplicate']:>6} duplicate  root {m.root[:16]}…  {'anchored' if anchored else 'NOT anchored'}")
-        if not result:
+                     f"{c['duplicate']:>6} duplicate  root {m.root[:16]}…  {state}")
+        if not seqs:
             out.line(f"{name}: no batches yet")
     out.result({"batches": result})
-    return EXIT_OK
+    return EXIT_CHECK if lost else EXIT_OK
+
+
+class _AnchorChecker:
+    """Checks anchor records against the chain, when one is reachable."""
+
+    def __init__(self, settings: config.Settings, lake: Any, out: Output) -> None:
+        self.settings, self.lake, self.out = settings, lake, out
+        self.chain: Any = None
+        self.unreachable: str | None = None
+
+    def check(self, dataset_id: bytes, seq: int, m: Any, record: dict[str, Any]) -> str:
+        from anchoring.chain import Chain, block_hash, read_batch
+
+        if self.unreachable is None and self.chain is None:
+            try:
+                if not self.settings.rpc_url:
+                    raise AnchorlakeError("no chain configured")
+                self.chain = Chain(self.settings.rpc_url)
+            except AnchorlakeError as e:
+                self.unreachable = str(e)
+        if self.chain is None:
+            return f"anchored in {record['tx_hash']} (not checked: {self.unreachable})"
+        if record.get("chain_id") != self.chain.chain_id:
+            return f"anchored on chain {record.get('chain_id')} (not checked: the RPC serves chain {self.chain.chain_id})"
+        onchain = read_batch(self.chain, record["contract"], dataset_id, seq)
+        canonical = block_hash(self.chain, int(record["block_number"]))
+        if not onchain.exists or canonical != record["block_hash"]:
+            return (f"ANCHOR LOST: anchor.json names tx {record['tx_hash']} in block {record['block_number']}, "
+                    "which the chain no longer holds (reorganisation?)")
+        if (onchain.root.hex(), onchain.manifest_hash.hex()) != (m.root, m.sha256):
+            return f"ANCHOR LOST: the chain holds root {onchain.root.hex()} for this seq"
+        head = self.chain.w3.eth.block_number
+        return f"anchored in {record['tx_hash']} ({head - int(record['block_number']) + 1} confirmations)"
 
 
 def cmd_receipt(args: argparse.Namespace, out: Output) -> int:

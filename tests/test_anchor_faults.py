@@ -1,0 +1,198 @@
+"""The anchor stage against a real chain that misbehaves: each test ends with exactly one
+BatchAnchored event for the batch and an anchor.json that matches the manifest and the chain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from web3 import Web3
+
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
+from pipeline.services import Anvil
+
+pytestmark = pytest.mark.integration
+SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
+DATASET_ID = Web3.keccak(text="instructions")
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Anvil]:
+    """A fresh anvil per test: these tests stop mining, drop, revert and restart."""
+    node = Anvil(workdir=tmp_path / "anvil", state=tmp_path / "anvil" / "state.json").start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, chain: Anvil) -> dict[str, str]:
+    env = base_env(tmp_path) | {"ANCHORLAKE_LAKE": (tmp_path / "lake").as_uri(), "ANCHORLAKE_RPC_URL": chain.url,
+                                "ANCHORLAKE_CHAIN_TIMEOUT": "120"}
+    cli(env, "up")
+    cli(env, "contribute", "--dataset", "instructions", *SAMPLES)
+    return env
+
+
+def rpc(node: Anvil, method: str, *params: object) -> object:
+    w3 = Web3(Web3.HTTPProvider(node.url))
+    response = w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    assert "error" not in response, response
+    return response["result"]
+
+
+def anchored_events(env: dict[str, str]) -> list:
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    address = json.loads((lake / "deployments/31337.json").read_text())["BatchAnchor"]
+    w3 = Web3(Web3.HTTPProvider(env["ANCHORLAKE_RPC_URL"]))
+    topic = Web3.keccak(text="BatchAnchored(bytes32,uint64,bytes32,uint64,bytes32)")
+    return w3.eth.get_logs({"address": Web3.to_checksum_address(address), "fromBlock": 0,
+                            "topics": [topic, DATASET_ID]})
+
+
+def assert_exactly_one_anchor(env: dict[str, str]) -> dict:
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    events = anchored_events(env)
+    assert len(events) == 1, events
+    record = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
+    manifest = lake / "batches/instructions/000000/manifest.json"
+    import hashlib
+
+    assert record["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert record["root"] == json.loads(manifest.read_text())["merkle"]["root"]
+    assert record["tx_hash"] == "0x" + bytes(events[0]["transactionHash"]).hex()
+    assert record["block_hash"] == "0x" + bytes(events[0]["blockHash"]).hex()
+    status = cli_json(env, "status", "--dataset", "instructions")["batches"][0]
+    assert status["anchored"], status
+    return record
+
+
+def intent(env: dict[str, str]) -> dict:
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    return json.loads((lake / "state/instructions/000000/anchor-intent.json").read_text())
+
+
+@pytest.mark.parametrize("point", ["chain.after_sign", "chain.after_broadcast", "chain.before_record"])
+def test_a_run_killed_at_each_point_resumes_the_same_transaction(env: dict[str, str], point: str) -> None:
+    killed = cli(env | {"ANCHORLAKE_FAULT": point}, "run", "--dataset", "instructions", check=False)
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, at exactly that point
+    first = intent(env)["attempts"][0]["tx_hash"]
+    cli(env, "run", "--dataset", "instructions")
+    record = assert_exactly_one_anchor(env)
+    assert record["tx_hash"] == first  # the signed transaction was resumed, not a new one sent
+
+
+def background_run(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([ANCHORLAKE, "--quiet", "run", "--dataset", "instructions"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_pending(env: dict[str, str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return intent(env)["attempts"][-1]["tx_hash"]
+        except (FileNotFoundError, KeyError, ValueError):
+            time.sleep(0.1)
+    raise AssertionError("the run never signed an anchor transaction")
+
+
+class Miner(threading.Thread):
+    """Mines a block every `interval` seconds until stopped (automine is off)."""
+
+    def __init__(self, node: Anvil, interval: float = 0.3) -> None:
+        super().__init__(daemon=True)
+        self.node, self.interval, self.stopped = node, interval, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            rpc(self.node, "evm_mine")
+
+
+def finish(proc: subprocess.Popen, miner: Miner | None = None, timeout: float = 180) -> None:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if miner:
+            miner.stopped.set()
+    assert proc.returncode == 0, err
+
+
+def test_a_transaction_dropped_from_the_mempool_is_sent_again(env: dict[str, str], chain: Anvil) -> None:
+    rpc(chain, "evm_setAutomine", False)
+    proc = background_run(env | {"ANCHORLAKE_REPLACE_AFTER": "600"})
+    tx_hash = wait_for_pending(env)
+    time.sleep(0.5)
+    rpc(chain, "anvil_dropTransaction", tx_hash)
+    assert rpc(chain, "eth_getTransactionByHash", tx_hash) is None
+    time.sleep(3)  # the stage notices the drop and sends the same signed transaction again
+    miner = Miner(chain)
+    miner.start()
+    finish(proc, miner)
+    record = assert_exactly_one_anchor(env)
+    assert record["tx_hash"] == tx_hash
+
+
+def test_fees_too_low_are_bumped_until_the_anchor_is_mined(env: dict[str, str], chain: Anvil) -> None:
+    rpc(chain, "evm_setAutomine", False)
+    proc = background_run(env | {"ANCHORLAKE_REPLACE_AFTER": "1"})
+    first = wait_for_pending(env)
+    rpc(chain, "anvil_setNextBlockBaseFeePerGas", hex(2000 * 10**9))  # a fee spike the tx cannot pay
+    miner = Miner(chain)
+    miner.start()
+    finish(proc, miner)
+    record = assert_exactly_one_anchor(env)
+    attempts = intent(env)["attempts"]
+    assert len(attempts) >= 2 and record["tx_hash"] != first
+    assert record["tx_hash"] in {a["tx_hash"] for a in attempts}
+    assert attempts[-1]["max_fee"] > attempts[0]["max_fee"]
+
+
+def test_a_reorganisation_while_waiting_for_confirmations_re_anchors(env: dict[str, str], chain: Anvil) -> None:
+    rpc(chain, "evm_setAutomine", False)
+    proc = background_run(env | {"ANCHORLAKE_CONFIRMATIONS": "3", "ANCHORLAKE_REPLACE_AFTER": "600"})
+    tx_hash = wait_for_pending(env)
+    snapshot = rpc(chain, "evm_snapshot")
+    rpc(chain, "evm_mine")
+    receipt = rpc(chain, "eth_getTransactionReceipt", tx_hash)
+    assert receipt is not None  # included, one confirmation
+    dropped_block = receipt["blockHash"]
+    time.sleep(1)
+    rpc(chain, "evm_revert", snapshot)  # the block with the anchor is gone
+    assert rpc(chain, "eth_getTransactionReceipt", tx_hash) is None
+    time.sleep(3)
+    miner = Miner(chain)
+    miner.start()
+    finish(proc, miner)
+    record = assert_exactly_one_anchor(env)
+    assert record["block_hash"] != dropped_block and record["confirmations"] >= 3
+
+
+def test_the_rpc_down_then_back(env: dict[str, str], chain: Anvil) -> None:
+    port = chain.port
+    chain.stop()
+    down = cli(env, "run", "--dataset", "instructions", check=False)
+    assert down.returncode == 3 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr
+    restarted = Anvil(workdir=chain.workdir, state=chain.state, port=port).start()
+    try:
+        cli(env, "run", "--dataset", "instructions")
+        assert_exactly_one_anchor(env)
+    finally:
+        restarted.stop()
+
+
+def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str], chain: Anvil) -> None:
+    snapshot = rpc(chain, "evm_snapshot")
+    cli(env, "run", "--dataset", "instructions")
+    assert_exactly_one_anchor(env)
+    rpc(chain, "evm_revert", snapshot)  # a reorganisation deeper than the confirmations waited for
+    proc = cli(env, "--json", "--quiet", "status", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1
+    state = json.loads(proc.stdout)["batches"][0]
+    assert not state["anchored"] and state["anchor_state"].startswith("ANCHOR LOST")
