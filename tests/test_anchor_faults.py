@@ -196,3 +196,40 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     assert proc.returncode == 1
     state = json.loads(proc.stdout)["batches"][0]
     assert not state["anchored"] and state["anchor_state"].startswith("ANCHOR LOST")
+
+
+OUTSIDER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil account 1
+POOR_KEY = "0x" + "42" * 32  # no funds on the devnet
+
+
+def test_a_key_without_the_anchorer_role_fails_clearly(env: dict[str, str]) -> None:
+    proc = cli(env | {"ANCHORLAKE_ANCHORER_KEY": OUTSIDER_KEY}, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "AccessControlUnauthorizedAccount" in proc.stderr
+    assert "Traceback" not in proc.stderr and OUTSIDER_KEY[2:] not in proc.stderr + proc.stdout
+    assert anchored_events(env) == []
+
+
+def test_a_key_without_funds_fails_clearly(env: dict[str, str], chain: Anvil) -> None:
+    from eth_account import Account
+
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    address = json.loads((lake / "deployments/31337.json").read_text())["BatchAnchor"]
+    w3 = Web3(Web3.HTTPProvider(chain.url))
+    contract = w3.eth.contract(address=Web3.to_checksum_address(address), abi=json.loads(
+        (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["BatchAnchor"]["abi"])
+    poor = Account.from_key(POOR_KEY).address
+    role = contract.functions.ANCHORER_ROLE().call()
+    tx = contract.functions.grantRole(role, poor).transact({"from": w3.eth.accounts[0]})
+    w3.eth.wait_for_transaction_receipt(tx)
+    proc = cli(env | {"ANCHORLAKE_ANCHORER_KEY": POOR_KEY}, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "no funds" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and POOR_KEY[2:] not in proc.stderr + proc.stdout
+
+
+def test_a_deployment_record_for_another_chain_is_refused(env: dict[str, str]) -> None:
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    path = lake / "deployments/31337.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"chain_id": 1}))
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "is for chain 1" in proc.stderr
+    assert anchored_events(env) == []
