@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
 from pipeline.services import Anvil
+
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
 
 pytestmark = pytest.mark.integration
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))

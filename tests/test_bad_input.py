@@ -226,3 +226,47 @@ def test_raw_copies_are_byte_exact_and_named_by_their_hash(committed: tuple) -> 
         raw = lake.read(f"raw/instructions/000000/{source['sha256']}.{ext}")
         assert hashlib.sha256(raw).hexdigest() == source["sha256"] and len(raw) == source["bytes"]
         assert raw == lake.read(source["key"])
+
+
+def test_a_third_dataset_needs_only_its_two_files(tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.datasets import available
+
+    declarations = tmp_path / "expectations"
+    declarations.mkdir()
+    for name in ("instructions.dataset.json", "instructions.suite.json"):
+        shutil.copy(REPO_ROOT / "expectations" / name, declarations / name)
+    (declarations / "ratings.dataset.json").write_text(json.dumps({
+        "format": "anchorlake.dataset/1", "name": "ratings",
+        "columns": [{"name": "item", "type": "string", "max_length": 200}, {"name": "stars", "type": "int64"},
+                    {"name": "score", "type": "float64"}, {"name": "tags", "type": "list<string>", "max_length": 5}],
+        "dedupe_key": ["item", "stars"], "suite": "ratings.suite.json",
+        "rewards": {"rule": "proportional/1", "pool": "1000", "unit": "points", "payout": "points",
+                    "weight_column": "stars"}}))
+    (declarations / "ratings.suite.json").write_text(json.dumps({"name": "ratings", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "stars", "min_value": 1, "max_value": 5},
+         "meta": {"anchorlake": {"reason": "stars_out_of_range"}}}]}))
+    assert available(declarations) == ["instructions", "ratings"]
+    dataset = load_dataset(declarations, "ratings")
+    lake = open_lake((tmp_path / "lake").as_uri())
+    rows = [{"item": "a", "stars": 5, "score": 0.1, "tags": ["x"], "contributor": ALICE},
+            {"item": "b", "stars": 1, "score": 1e21, "tags": [], "contributor": CHECKSUMMED},
+            {"item": "c", "stars": 9, "score": 2.5, "tags": None, "contributor": ALICE},
+            {"item": "d", "stars": 2, "score": "high", "contributor": ALICE}]
+    lake.write("incoming/ratings/r.jsonl", jsonl(*(line(r) for r in rows)))
+    manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
+    assert manifest.data["counts"] == {"input": 4, "accepted": 2, "quarantined": 2, "duplicate": 0}
+    reasons = pq.read_table(io.BytesIO(lake.read(layout.quarantine("ratings", 0)))).column("reason").to_pylist()
+    assert sorted(reasons) == ["stars_out_of_range", "wrong_type"]
+    rewards = {r["contributor"]: int(r["amount"]) for r in
+               pq.read_table(io.BytesIO(lake.read(layout.rewards("ratings", 0)))).to_pylist()}
+    assert rewards == {ALICE: 833, CHECKSUMMED.lower(): 167}  # weights 5 and 1 of a pool of 1000
+    # Float rows take the JCS path: the stored leaves are the RFC 8785 hashes of the records.
+    from pipeline.jcs import canonical_bytes
+    from pipeline.merkle import leaf_hash
+    from pipeline.receipts import batch_leaves, batch_records
+
+    records = batch_records(lake, dataset, manifest)
+    assert [leaf_hash(canonical_bytes(r)) for r in records] == batch_leaves(lake, "ratings", manifest)
+    assert any(r["score"] == 1e21 for r in records)

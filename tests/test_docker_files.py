@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 pytestmark = pytest.mark.unit

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+
 from conftest import REPO, cli, cli_json
 
 pytestmark = pytest.mark.e2e
@@ -51,6 +52,17 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     proc = cli(lake_env, "verify", str(tampered), check=False)
     assert proc.returncode == 1
     assert "row 0 (leaf" in proc.stderr and "folds to root" in proc.stderr
+
+    # A receipt claiming another tree size can still fold to the root (a path alone does not bind
+    # the size), so verify checks the size against the anchored one.
+    resized = json.loads(receipt.read_text())
+    resized["tree_size"] += 1
+    resized["rows"] = [r for r in resized["rows"] if r["leaf_index"] < 16][:1]
+    assert resized["rows"], "Alice has a row in the first 16 leaves of the sample batch"
+    (tmp_path / "resized.json").write_text(json.dumps(resized))
+    proc = cli(lake_env, "verify", str(tmp_path / "resized.json"), check=False)
+    assert proc.returncode == 1 and "tree size 26 differs from the anchored 25" in proc.stderr, proc.stderr
+    assert cli(lake_env, "verify", str(tmp_path / "resized.json"), "--root", batch["root"]).returncode == 0
 
     # Any leaf's proof is served from the stored tree and equals the receipt's path.
     row = json.loads(receipt.read_text())["rows"][0]

@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
 
 from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists
 from pipeline.storage import open_lake
+
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
 
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
 
