@@ -33,3 +33,12 @@ def test_an_empty_tree_has_the_empty_root() -> None:
     assert top == EMPTY_ROOT and from_bytes(blob).root() == EMPTY_ROOT
     with pytest.raises(IndexError):
         from_bytes(blob).proof(0)
+
+
+def test_the_parallel_bulk_builder_writes_the_same_bytes() -> None:
+    from pipeline.merkle import leaf_hashes
+    from pipeline.treefile import PARALLEL_FROM, encode_entries
+
+    entries = [i.to_bytes(4, "big") for i in range(PARALLEL_FROM + 1234)]
+    assert encode_entries(entries, workers=2) == encode(leaf_hashes(entries))
+    assert encode_entries(entries[:5000], workers=2) == encode(leaf_hashes(entries[:5000]))
