@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import layout
 from pipeline.errors import FormatError, NotFound
 from pipeline.jcs import canonical_bytes
-from pipeline.storage import Lake
+
+if TYPE_CHECKING:
+    from pipeline.storage import Lake
 
 FORMAT = "anchorlake.manifest/1"
 _REQUIRED = ("dataset", "seq", "created_at", "previous", "sources", "counts", "schema", "suite",

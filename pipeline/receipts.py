@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import layout
 from pipeline.datasets import Dataset
@@ -30,8 +30,10 @@ from pipeline.merkle import (
 )
 from pipeline.rewards import RewardsTree, verify_reward
 from pipeline.rows import record_object
-from pipeline.storage import Lake
 from pipeline.treefile import TreeFile
+
+if TYPE_CHECKING:
+    from pipeline.storage import Lake
 
 FORMAT = "anchorlake.receipt/1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
