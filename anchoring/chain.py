@@ -23,7 +23,6 @@ from pipeline.errors import (
     BadInput,
     ChainError,
     ConflictError,
-    FormatError,
     NotFound,
     ServiceUnavailable,
 )
@@ -375,15 +374,8 @@ def _wait_or_bump(chain: Chain, intent: dict[str, Any], intents: IntentStore, re
 
 def load_deployment(lake: Lake, chain_id: int) -> dict[str, Any] | None:
     key = layout.deployment(chain_id)
-    try:
-        data = json.loads(lake.read(key))
-    except NotFound:
-        return None
-    except ValueError as e:
-        raise FormatError(lake.uri(key), "(file)", f"invalid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != DEPLOYMENT_FORMAT:
-        raise FormatError(lake.uri(key), "format", f"expected {DEPLOYMENT_FORMAT!r}")
-    if data.get("chain_id") != chain_id:
+    data = lake.read_json(key, DEPLOYMENT_FORMAT, missing_ok=True)
+    if data is not None and data.get("chain_id") != chain_id:
         raise ConflictError(f"{lake.uri(key)} is for chain {data.get('chain_id')}, the RPC serves chain {chain_id}")
     return data
 

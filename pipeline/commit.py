@@ -26,7 +26,7 @@ from pipeline import layout, treefile
 from pipeline import manifest as manifests
 from pipeline.datasets import Column, Dataset
 from pipeline.dedupe import PriorKeys
-from pipeline.errors import AlreadyExists, CheckFailed, FormatError, NotFound
+from pipeline.errors import AlreadyExists, CheckFailed, NotFound
 from pipeline.ingest import Block, parse_source, source_extension, source_format
 from pipeline.jcs import canonical_bytes
 from pipeline.quality import QualityReport
@@ -59,15 +59,9 @@ class SkippedSource:
 
 
 def _load_plan(lake: Lake, dataset: str, seq: int) -> tuple[list[Source], list[SkippedSource]] | None:
-    key = layout.raw_plan(dataset, seq)
-    try:
-        data = json.loads(lake.read(key))
-    except NotFound:
+    data = lake.read_json(layout.raw_plan(dataset, seq), SOURCES_FORMAT, missing_ok=True)
+    if data is None:
         return None
-    except ValueError as e:
-        raise FormatError(lake.uri(key), "(file)", f"invalid JSON: {e}") from None
-    if data.get("format") != SOURCES_FORMAT:
-        raise FormatError(lake.uri(key), "format", f"expected {SOURCES_FORMAT!r}")
     return ([Source(**s) for s in data["sources"]], [SkippedSource(**s) for s in data.get("skipped", [])])
 
 

@@ -17,7 +17,7 @@ from pipeline import manifest as manifests
 from pipeline.commit import commit_batch, stage_sources
 from pipeline.config import Settings
 from pipeline.datasets import Dataset
-from pipeline.errors import NotFound, ServiceUnavailable
+from pipeline.errors import ServiceUnavailable
 from pipeline.receipts import build_receipts
 from pipeline.storage import Lake, open_lake
 
@@ -53,10 +53,8 @@ def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
 
 
 def _read_json(lake: Lake, key: str) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(lake.read(key)))
-    except NotFound:
-        return None
+    data = lake.read_json(key, missing_ok=True)
+    return None if data is None else dict(data)
 
 
 def intent_store(lake: Lake, dataset: str, seq: int, step: str) -> Any:
@@ -67,34 +65,47 @@ def intent_store(lake: Lake, dataset: str, seq: int, step: str) -> Any:
     return IntentStore(lambda: _read_json(lake, key), lambda data: lake.write(key, json.dumps(data, indent=1).encode()))
 
 
+def _record_each(lake: Lake, dataset: str, seq: int, key: Callable[[str, int], str],
+                 make: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """For batches 0..seq in order, make and record (write-once) whatever is not recorded yet;
+    return the record of `seq`."""
+    from anchoring.chain import create_once
+
+    record: dict[str, Any] = {}
+    for s in range(seq + 1):
+        existing = _read_json(lake, key(dataset, s))
+        if existing is not None:
+            record = existing
+            continue
+        record = make(s)
+        create_once(lake, key(dataset, s), json.dumps(record, indent=1).encode())
+    return record
+
+
 def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     """Anchor every committed batch up to `seq` that is not anchored yet, in seq order."""
-    from anchoring.chain import anchor_batch, create_once, require_deployment
+    from anchoring.chain import anchor_batch, require_deployment
 
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
     chain = chain_for(settings)
-    deployment = require_deployment(chain, lake, dict(settings.contracts))
-    record: dict[str, Any] | None = None
-    for s in range(seq + 1):
-        key = layout.anchor(dataset, s)
-        record = _read_json(lake, key)
-        if record is not None:
-            continue
+    address = require_deployment(chain, lake, dict(settings.contracts))["BatchAnchor"]
+
+    def make(s: int) -> dict[str, Any]:
         m = manifests.load(lake, dataset, s)
-        record = anchor_batch(chain, deployment["BatchAnchor"], spec.dataset_id, s, bytes.fromhex(m.root),
-                              m.tree_size, bytes.fromhex(m.sha256), intent_store(lake, dataset, s, "anchor"),
+        record = anchor_batch(chain, address, spec.dataset_id, s, bytes.fromhex(m.root), m.tree_size,
+                              bytes.fromhex(m.sha256), intent_store(lake, dataset, s, "anchor"),
                               settings.replace_after, settings.chain_timeout)
-        create_once(lake, key, json.dumps(record, indent=1).encode())
         log.info("anchored %s batch %d in %s", dataset, s, record["tx_hash"])
-    assert record is not None
-    return record
+        return record
+
+    return _record_each(lake, dataset, seq, layout.anchor, make)
 
 
 def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any] | None:
     """Publish the rewards root of every committed batch up to `seq`, in order (token payout)."""
-    from anchoring.chain import create_once, require_deployment
     from anchoring.chain import publish_rewards as publish
+    from anchoring.chain import require_deployment
 
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
@@ -102,19 +113,14 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
         return None
     chain = chain_for(settings)
     deployment = require_deployment(chain, lake, dict(settings.contracts))
-    record: dict[str, Any] | None = None
-    for s in range(seq + 1):
-        key = layout.rewards_published(dataset, s)
-        record = _read_json(lake, key)
-        if record is not None:
-            continue
+
+    def make(s: int) -> dict[str, Any]:
         rewards = manifests.load(lake, dataset, s).data["rewards"]
-        record = publish(chain, deployment, spec.dataset_id, s, bytes.fromhex(rewards["root"]),
-                         int(rewards["cumulative_total"]),
-                         lambda step, s=s: intent_store(lake, dataset, s, f"rewards-{step}"),  # type: ignore[misc]
-                         settings.replace_after, settings.chain_timeout)
-        create_once(lake, key, json.dumps(record, indent=1).encode())
-    return record
+        return publish(chain, deployment, spec.dataset_id, s, bytes.fromhex(rewards["root"]),
+                       int(rewards["cumulative_total"]), lambda step: intent_store(lake, dataset, s, f"rewards-{step}"),
+                       settings.replace_after, settings.chain_timeout)
+
+    return _record_each(lake, dataset, seq, layout.rewards_published, make)
 
 
 def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:

@@ -9,6 +9,7 @@ written temporary file, so a reader never sees a partial object and two writers 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -16,11 +17,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from pipeline.config import S3Settings
-from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable
+from pipeline.errors import AlreadyExists, BadInput, FormatError, NotFound, ServiceUnavailable
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,22 @@ class Lake(ABC):
 
     def read_text(self, key: str) -> str:
         return self.read(key).decode("utf-8")
+
+    def read_json(self, key: str, fmt: str | None = None, missing_ok: bool = False) -> Any:
+        """A JSON object, checked for its `format` tag; None if missing and `missing_ok`.
+
+        Raises FormatError naming the file and the field on bad JSON or a wrong tag."""
+        try:
+            data = json.loads(self.read(key))
+        except NotFound:
+            if missing_ok:
+                return None
+            raise
+        except ValueError as e:
+            raise FormatError(self.uri(key), "(file)", f"invalid JSON: {e}") from None
+        if fmt is not None and (not isinstance(data, dict) or data.get("format") != fmt):
+            raise FormatError(self.uri(key), "format", f"expected {fmt!r}")
+        return data
 
     def uri(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key
