@@ -120,7 +120,7 @@ def build_receipts(lake: Lake, dataset: Dataset, manifest: Manifest, anchor: dic
             "root": manifest.root,
             "tree_size": manifest.tree_size,
             "manifest_sha256": manifest.sha256,
-            "anchor": None if anchor is None else {k: anchor[k] for k in ("chain_id", "contract", "tx_hash", "block_number")},
+            "anchor": None if anchor is None else {k: anchor[k] for k in ("chain_id", "contract", "dataset_id", "tx_hash", "block_number")},
             "rows": [{"leaf_index": i, "record": records[i], "path": [p.hex() for p in inclusion_path(levels, i)]}
                      for i in indices],
             "reward": reward,

@@ -4,6 +4,7 @@ anchored on a real anvil devnet."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -53,6 +54,13 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     assert proc.returncode == 1
     assert "row 0 (leaf" in proc.stderr and "folds to root" in proc.stderr
 
+    # An independent verifier (JavaScript, the code behind web/verify.html) agrees, against the chain.
+    node = ["node", str(REPO / "web" / "verify-cli.mjs")]
+    rpc = ["--rpc", lake_env["ANCHORLAKE_RPC_URL"]]
+    assert subprocess.run([*node, str(receipt), *rpc], capture_output=True).returncode == 0
+    js = subprocess.run([*node, str(tampered), *rpc], capture_output=True, text=True)
+    assert js.returncode == 1 and "row 0 (leaf" in js.stderr
+
     # A receipt claiming another tree size can still fold to the root (a path alone does not bind
     # the size), so verify checks the size against the anchored one.
     resized = json.loads(receipt.read_text())
@@ -63,6 +71,8 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     proc = cli(lake_env, "verify", str(tmp_path / "resized.json"), check=False)
     assert proc.returncode == 1 and "tree size 26 differs from the anchored 25" in proc.stderr, proc.stderr
     assert cli(lake_env, "verify", str(tmp_path / "resized.json"), "--root", batch["root"]).returncode == 0
+    js = subprocess.run([*node, str(tmp_path / "resized.json"), *rpc], capture_output=True, text=True)
+    assert js.returncode == 1 and "tree size 26 differs from the anchored 25" in js.stderr
 
     # Any leaf's proof is served from the stored tree and equals the receipt's path.
     row = json.loads(receipt.read_text())["rows"][0]
