@@ -26,6 +26,22 @@ def _dataset_names() -> list[str]:
     return names
 
 
+def _run(stage: str, *args):  # type: ignore[no-untyped-def]
+    """Call one stage of pipeline.stages. Transient errors (S3 or the RPC unreachable) raise as
+    they are, so Airflow retries; terminal ones (bad input, a conflict on chain) fail at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline import config, stages
+    from pipeline.errors import AnchorlakeError
+
+    try:
+        return getattr(stages, stage)(config.load(), *args)
+    except AnchorlakeError as e:
+        if e.transient:
+            raise
+        raise AirflowFailException(f"{type(e).__name__}: {e}") from None
+
+
 def build_dag(dataset: str):  # type: ignore[no-untyped-def]
     @dag(
         dag_id=f"anchorlake_{dataset}",
@@ -40,39 +56,27 @@ def build_dag(dataset: str):  # type: ignore[no-untyped-def]
     def pipeline_dag():  # type: ignore[no-untyped-def]
         @task
         def stage() -> int | None:
-            from pipeline import config, stages
-
-            return stages.stage(config.load(), dataset)
+            return _run("stage", dataset)
 
         @task
         def commit(seq: int | None) -> int | None:
-            from pipeline import config, stages
-
-            if seq is None:
-                return None
-            return int(stages.commit(config.load(), dataset, seq)["seq"])
+            return None if seq is None else int(_run("commit", dataset, seq)["seq"])
 
         @task
         def anchor(seq: int | None) -> int | None:
-            from pipeline import config, stages
-
             if seq is not None:
-                stages.anchor(config.load(), dataset, seq)
+                _run("anchor", dataset, seq)
             return seq
 
         @task
         def publish_rewards(seq: int | None) -> int | None:
-            from pipeline import config, stages
-
             if seq is not None:
-                stages.publish_rewards(config.load(), dataset, seq)
+                _run("publish_rewards", dataset, seq)
             return seq
 
         @task
         def publish_receipts(seq: int | None) -> int:
-            from pipeline import config, stages
-
-            return 0 if seq is None else stages.publish_receipts(config.load(), dataset, seq)
+            return 0 if seq is None else int(_run("publish_receipts", dataset, seq))
 
         publish_receipts(publish_rewards(anchor(commit(stage()))))
 

@@ -39,3 +39,24 @@ def test_the_dag_file_imports_no_heavy_library_at_top_level() -> None:
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = {(n.module or "") if isinstance(n, ast.ImportFrom) else a.name for n in top for a in n.names}
     assert not names & {"pandas", "boto3", "web3", "great_expectations", "pyarrow", "pipeline"}
+
+
+def test_airflow_runs_the_dag_end_to_end_and_the_receipts_verify(file_env: dict[str, str], tmp_path: Path) -> None:
+    from conftest import cli
+
+    cli(file_env, "up")
+    cli(file_env, "contribute", "--dataset", "instructions",
+        *sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl")))
+    env = file_env | {"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                      "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}
+    airflow = str(Path(sys.executable).parent / "airflow")
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    run = subprocess.run([airflow, "dags", "test", "anchorlake_instructions"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0 and "state=success" in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    assert (lake / "batches/instructions/000000/anchor.json").exists()
+    receipts = sorted((lake / "receipts/instructions/000000").glob("0x*.json"))
+    assert len(receipts) == 5
+    assert cli(file_env, "verify", *map(str, receipts)).returncode == 0
