@@ -29,6 +29,7 @@ from pipeline.dedupe import PriorKeys
 from pipeline.errors import AlreadyExists, CheckFailed, NotFound
 from pipeline.ingest import Block, parse_source, source_extension, source_format
 from pipeline.jcs import canonical_bytes
+from pipeline.lease import Lease
 from pipeline.quality import QualityReport
 from pipeline.rewards import RULE, RewardsTree, split_proportional
 from pipeline.storage import Lake
@@ -419,14 +420,14 @@ def _pool() -> Executor | None:
     return ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
 
 
-def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CHUNK_RECORDS) -> manifests.Manifest:
+def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CHUNK_RECORDS,
+                 lease_ttl: float = 120.0) -> manifests.Manifest:
     """Validate, dedupe and commit staged batch `seq`; return its manifest.
 
     Requires a staged plan for `seq` (see stage_sources). Re-running after the commit returns
     the committed manifest unchanged. Raises BatchRejected (nothing committed) if the suite
     refuses the batch, CheckFailed if records are not conserved.
     """
-    import pyarrow as pa
 
     name = dataset.name
     try:
@@ -437,6 +438,22 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
     if staged is None:
         raise NotFound(f"dataset {name}: batch {seq} has no staged sources")
     plan, skipped = staged
+    lease = Lease(lake, name, seq, lease_ttl).acquire()
+    try:
+        return _commit_leased(lake, dataset, seq, plan, skipped, chunk_records, lease)
+    finally:
+        lease.release()
+
+
+def _commit_leased(lake: Lake, dataset: Dataset, seq: int, plan: list[Source], skipped: list[SkippedSource],
+                   chunk_records: int, lease: Lease) -> manifests.Manifest:
+    import pyarrow as pa
+
+    name = dataset.name
+    try:
+        return manifests.load(lake, name, seq)  # committed while we waited for the lease
+    except NotFound:
+        pass
 
     with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
         scratch = Path(tmp)
@@ -444,6 +461,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
         pool = _pool()
         try:
             for block in _blocks(lake, dataset, plan, scratch, pool):
+                lease.renew()
                 builder.add(block)
             builder.flush()
         finally:
@@ -536,6 +554,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
             "root": tree.root.hex(),
         },
     }
+    lease.check()
     try:
         lake.create(layout.manifest(name, seq), manifests.serialize(body))
     except AlreadyExists:

@@ -40,6 +40,7 @@ class Settings:
     contracts: Mapping[str, str] = field(default_factory=dict)
     replace_after: float = 30.0  # seconds a transaction may stay pending before its fees are bumped
     chain_timeout: float = 600.0  # seconds the anchor stage waits for inclusion and confirmations
+    lease_seconds: float = 120.0  # how long a commit lease lives without renewal
 
     @property
     def devnet_dir(self) -> Path:
@@ -76,8 +77,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     try:
         replace_after = float(env.get("ANCHORLAKE_REPLACE_AFTER", "30"))
         chain_timeout = float(env.get("ANCHORLAKE_CHAIN_TIMEOUT", "600"))
+        lease_seconds = float(env.get("ANCHORLAKE_LEASE_SECONDS", "120"))
     except ValueError:
-        raise BadInput("ANCHORLAKE_REPLACE_AFTER and ANCHORLAKE_CHAIN_TIMEOUT must be numbers of seconds") from None
+        raise BadInput("ANCHORLAKE_REPLACE_AFTER, ANCHORLAKE_CHAIN_TIMEOUT and ANCHORLAKE_LEASE_SECONDS must be "
+                       "numbers of seconds") from None
     rpc_url = env.get("ANCHORLAKE_RPC_URL") or None
     anchorer_key = env.get("ANCHORLAKE_ANCHORER_KEY") or None
     if rpc_url is None:
@@ -110,6 +113,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         contracts=contracts,
         replace_after=replace_after,
         chain_timeout=chain_timeout,
+        lease_seconds=lease_seconds,
     )
 
 

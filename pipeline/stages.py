@@ -48,7 +48,7 @@ def stage(settings: Settings, dataset: str) -> int | None:
 
 
 def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
-    m = commit_batch(lake_for(settings), dataset_for(settings, dataset), seq)
+    m = commit_batch(lake_for(settings), dataset_for(settings, dataset), seq, lease_ttl=settings.lease_seconds)
     return {"seq": m.seq, "root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
 
 

@@ -49,6 +49,7 @@ def test_only_one_of_many_concurrent_creates_wins(backend: str, tmp_path: Path, 
 
 @pytest.mark.e2e
 def test_a_run_killed_at_any_moment_reruns_to_exactly_one_anchored_batch(file_env: dict[str, str], tmp_path: Path) -> None:
+    file_env = file_env | {"ANCHORLAKE_LEASE_SECONDS": "3"}  # a killed commit's lease expires quickly
     cli(file_env, "up")
     cli(file_env, "contribute", "--dataset", "instructions", *SAMPLES)
     lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
@@ -103,3 +104,52 @@ def test_the_embedded_devnet_keeps_its_chain_across_down_and_up(tmp_path: Path) 
     record = json.loads((tmp_path / "home" / "devnet" / "devnet.json").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(record["pid"], 0)
+
+
+@pytest.mark.integration
+def test_two_writers_committing_one_batch_leave_one_consistent_batch(tmp_path: Path) -> None:
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipeline import layout
+    from pipeline.commit import commit_batch, stage_sources
+    from pipeline.config import REPO_ROOT
+    from pipeline.datasets import load
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load(REPO_ROOT / "expectations", "instructions")
+    for path in SAMPLES:
+        lake.write(f"incoming/instructions/{Path(path).name}", Path(path).read_bytes())
+    seq = stage_sources(lake, dataset)
+    with ThreadPoolExecutor(2) as pool:
+        manifests = list(pool.map(lambda _: commit_batch(lake, dataset, seq, chunk_records=7), range(2)))
+    assert manifests[0].sha256 == manifests[1].sha256
+    for entry in manifests[0].data["files"] + manifests[0].data["artifacts"]:
+        data = lake.read(layout.batch("instructions", 0) + entry["path"])
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+    rows = sum(pq.read_table(io.BytesIO(lake.read(layout.batch("instructions", 0) + f["path"]))).num_rows
+               for f in manifests[0].data["files"])
+    assert rows == manifests[0].tree_size == 25
+
+
+@pytest.mark.integration
+def test_a_live_lease_of_another_writer_holds_the_batch_and_an_expired_one_does_not(tmp_path: Path) -> None:
+    import json as _json
+
+    from pipeline.commit import commit_batch, stage_sources
+    from pipeline.config import REPO_ROOT
+    from pipeline.datasets import load
+    from pipeline.lease import LeaseBusy
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load(REPO_ROOT / "expectations", "instructions")
+    lake.write("incoming/instructions/a.jsonl", Path(SAMPLES[0]).read_bytes())
+    seq = stage_sources(lake, dataset)
+    lease = "state/instructions/000000/lease-00000000.json"
+    lake.create(lease, _json.dumps({"owner": "someone", "expires_at": time.time() + 60}).encode())
+    with pytest.raises(LeaseBusy):
+        commit_batch(lake, dataset, seq, lease_ttl=1)
+    lake.write(lease, _json.dumps({"owner": "someone", "expires_at": time.time() - 1}).encode())
+    assert commit_batch(lake, dataset, seq, lease_ttl=1).data["counts"]["input"] == 14
