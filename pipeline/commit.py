@@ -262,6 +262,8 @@ class BatchBuilder:
                        typed)
         if typed:
             wanted = self.quality.columns
+            if wanted is not None and not set(wanted) <= set(table.column_names):
+                wanted = None  # the suite names an unknown column: let GX say which, clearly
             frame = (table if wanted is None else table.select(wanted)).to_pandas()
             for position, (why, what) in self.quality.validate(frame).failures.items():
                 reason[typed[position]], detail[typed[position]] = why, what

@@ -117,9 +117,10 @@ class QualityReport:
         failures: dict[int, tuple[str, str]] = {}
         for res in result.results:
             tally = self.tallies[int(res.expectation_config.meta["anchorlake_position"])]
-            if res.exception_info and res.exception_info.get("raised_exception"):
-                message = res.exception_info.get("exception_message")
-                raise BadInput(f"{self.dataset.suite_path}: expectation {tally.type} cannot run: {message}")
+            message = _raised(res.exception_info)
+            if message is not None:
+                raise BadInput(f"{self.dataset.suite_path}: expectation {tally.type} "
+                               f"on {tally.kwargs.get('column', '?')} cannot run: {message}")
             tally.evaluated += len(frame)
             if res.success:
                 continue
@@ -160,6 +161,18 @@ class QualityReport:
                               "unexpected": t.unexpected, "success": t.success} for t in self.tallies],
             "gx_results": self.chunks,
         }
+
+
+def _raised(info: Any) -> str | None:
+    """The exception message GX recorded for an expectation, flat or keyed by metric; else None."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
 
 
 def _render_docs(result: Any) -> str:

@@ -270,3 +270,22 @@ def test_a_third_dataset_needs_only_its_two_files(tmp_path: Path) -> None:
     records = batch_records(lake, dataset, manifest)
     assert [leaf_hash(canonical_bytes(r)) for r in records] == batch_leaves(lake, "ratings", manifest)
     assert any(r["score"] == 1e21 for r in records)
+
+
+def test_a_suite_naming_an_unknown_column_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.errors import BadInput
+
+    declarations = tmp_path / "expectations"
+    declarations.mkdir()
+    shutil.copy(REPO_ROOT / "expectations" / "instructions.dataset.json", declarations)
+    suite = json.loads((REPO_ROOT / "expectations" / "instructions.suite.json").read_text())
+    suite["expectations"].append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "mood"}})
+    (declarations / "instructions.suite.json").write_text(json.dumps(suite))
+    dataset = load_dataset(declarations, "instructions")
+    lake = open_lake((tmp_path / "lake").as_uri())
+    lake.write("incoming/instructions/a.jsonl", jsonl(line(good(1))))
+    with pytest.raises(BadInput, match="mood"):
+        commit_batch(lake, dataset, stage_sources(lake, dataset))
+    assert not lake.exists(layout.manifest("instructions", 0))
