@@ -35,11 +35,26 @@ def _run(stage: str, *args):  # type: ignore[no-untyped-def]
     from pipeline.errors import AnchorlakeError
 
     try:
-        return getattr(stages, stage)(config.load(), *args)
+        return getattr(stages, stage)(config.load(overrides=_connections()), *args)
     except AnchorlakeError as e:
         if e.transient:
             raise
         raise AirflowFailException(f"{type(e).__name__}: {e}") from None
+
+
+def _connections() -> dict[str, str]:
+    """Settings from the Connections `anchorlake_lake` and `anchorlake_chain`, where defined."""
+    from airflow.sdk import BaseHook
+
+    from pipeline import config
+
+    found = {}
+    for conn_id in ("anchorlake_lake", "anchorlake_chain"):
+        try:
+            found[conn_id] = BaseHook.get_connection(conn_id)
+        except Exception:  # not defined: the worker's environment applies
+            found[conn_id] = None
+    return config.from_connections(found["anchorlake_lake"], found["anchorlake_chain"])
 
 
 def build_dag(dataset: str):  # type: ignore[no-untyped-def]

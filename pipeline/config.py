@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import BadInput
 
@@ -62,9 +63,44 @@ def _devnet_url(home: Path) -> str | None:
         return None
 
 
-def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Resolve settings from the environment (or the given mapping)."""
-    env = os.environ if env is None else env
+def from_connections(lake: Any = None, chain: Any = None) -> dict[str, str]:
+    """Settings from Airflow Connections, as the environment names they stand for.
+
+    `lake` (conn id `anchorlake_lake`): extra `lake` (s3://… or file://…), extra `endpoint_url`
+    or host, login and password (the S3 keys), extra `region`. `chain` (conn id `anchorlake_chain`):
+    extra `rpc_url` or host, password (the anchorer key), extras `confirmations`, `replace_after`,
+    `batch_anchor`, `reward_distributor`, `reward_token`. Objects need only host, login,
+    password and extra_dejson, so this takes any Connection without importing Airflow.
+    """
+    out: dict[str, str] = {}
+
+    def put(name: str, value: Any) -> None:
+        if value not in (None, ""):
+            out[name] = str(value)
+
+    if lake is not None:
+        extra = dict(getattr(lake, "extra_dejson", None) or {})
+        put("ANCHORLAKE_LAKE", extra.get("lake"))
+        put("AWS_ENDPOINT_URL", extra.get("endpoint_url") or getattr(lake, "host", None))
+        put("AWS_ACCESS_KEY_ID", getattr(lake, "login", None))
+        put("AWS_SECRET_ACCESS_KEY", getattr(lake, "password", None))
+        put("AWS_REGION", extra.get("region"))
+    if chain is not None:
+        extra = dict(getattr(chain, "extra_dejson", None) or {})
+        put("ANCHORLAKE_RPC_URL", extra.get("rpc_url") or getattr(chain, "host", None))
+        put("ANCHORLAKE_ANCHORER_KEY", getattr(chain, "password", None))
+        for key, name in (("confirmations", "ANCHORLAKE_CONFIRMATIONS"), ("replace_after", "ANCHORLAKE_REPLACE_AFTER"),
+                          ("batch_anchor", "ANCHORLAKE_BATCH_ANCHOR"),
+                          ("reward_distributor", "ANCHORLAKE_REWARD_DISTRIBUTOR"),
+                          ("reward_token", "ANCHORLAKE_REWARD_TOKEN")):
+            put(name, extra.get(key))
+    return out
+
+
+def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from the environment (or the given mapping), then `overrides` (for
+    example from_connections(...) under Airflow)."""
+    env = dict(os.environ if env is None else env) | dict(overrides or {})
     home = Path(env.get("ANCHORLAKE_HOME", ".anchorlake")).resolve()
     lake_url = env.get("ANCHORLAKE_LAKE") or (home / "lake").as_uri()
     raw_conf = env.get("ANCHORLAKE_CONFIRMATIONS", "1")

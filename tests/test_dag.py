@@ -49,6 +49,13 @@ def test_airflow_runs_the_dag_end_to_end_and_the_receipts_verify(file_env: dict[
         *sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl")))
     env = file_env | {"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                       "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}
+    # Under Airflow the lake and the chain come from Connections, not from ANCHORLAKE_* variables.
+    import json as _json
+
+    env["AIRFLOW_CONN_ANCHORLAKE_LAKE"] = _json.dumps({"conn_type": "generic",
+                                                       "extra": {"lake": env.pop("ANCHORLAKE_LAKE")}})
+    env["AIRFLOW_CONN_ANCHORLAKE_CHAIN"] = _json.dumps({"conn_type": "generic", "password": env.pop(
+        "ANCHORLAKE_ANCHORER_KEY"), "extra": {"rpc_url": env.pop("ANCHORLAKE_RPC_URL"), "confirmations": 1}})
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
