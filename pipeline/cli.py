@@ -50,21 +50,33 @@ class Output:
 # --- commands -----------------------------------------------------------------------------
 
 
-def cmd_up(args: argparse.Namespace, out: Output) -> int:
+def _bring_up(out: Output) -> tuple[config.Settings, dict[str, Any], bool]:
+    """Start the embedded devnet unless ANCHORLAKE_RPC_URL names a chain; deploy what is missing.
+
+    Returns (settings, deployment, whether a devnet was started now)."""
     from anchoring.chain import Chain, ensure_deployment
     from pipeline import services, stages
 
-    env_settings = config.load()
     started = False
+    home = config.load().home
     if not config.rpc_url_is_external():
-        url, started = services.devnet_up(env_settings.home)
+        url, started = services.devnet_up(home)
         out.progress(("started" if started else "reusing") + f" the local devnet at {url}")
-    settings = config.load()
-    lake = stages.lake_for(settings)
-    chain = Chain(settings.rpc_url, settings.anchorer_key, settings.confirmations)  # type: ignore[arg-type]
-    deployment = ensure_deployment(chain, lake, settings.contracts.get("RewardToken"))
+    try:
+        settings = config.load()  # now with the devnet's URL
+        chain = Chain(settings.rpc_url, settings.anchorer_key, settings.confirmations)  # type: ignore[arg-type]
+        deployment = ensure_deployment(chain, stages.lake_for(settings), settings.contracts.get("RewardToken"))
+    except BaseException:
+        if started:  # leave no process behind on failure
+            services.devnet_down(home)
+        raise
+    return settings, deployment, started
+
+
+def cmd_up(args: argparse.Namespace, out: Output) -> int:
+    settings, deployment, _ = _bring_up(out)
     out.line(f"lake     {settings.lake_url}")
-    out.line(f"chain    {settings.rpc_url} (chain id {chain.chain_id})")
+    out.line(f"chain    {settings.rpc_url} (chain id {deployment['chain_id']})")
     for name in ("BatchAnchor", "RewardDistributor", "RewardToken"):
         out.line(f"{name:<18} {deployment[name]}")
     out.result({"lake": settings.lake_url, "rpc_url": settings.rpc_url, "deployment": deployment})
@@ -394,19 +406,13 @@ def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     from pipeline import services, stages
 
-    env_settings = config.load()
+    home = config.load().home
     dataset = "instructions"
     started = False
     try:
-        if not config.rpc_url_is_external():
-            _, started = services.devnet_up(env_settings.home)
+        settings, deployment, started = _bring_up(out)
         quiet = Output(as_json=False, quiet=out.quiet)
-        from anchoring.chain import Chain, ensure_deployment
-
-        settings = config.load()
         lake = stages.lake_for(settings)
-        chain = Chain(settings.rpc_url, settings.anchorer_key, settings.confirmations)  # type: ignore[arg-type]
-        deployment = ensure_deployment(chain, lake, settings.contracts.get("RewardToken"))
         samples = sorted((settings.samples_dir / dataset).glob("*.jsonl*"))
         cmd_contribute(argparse.Namespace(files=[str(p) for p in samples], dataset=dataset), quiet)
         report = stages.run(settings, dataset, out.progress)
@@ -436,7 +442,7 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         return code
     finally:
         if started:
-            services.devnet_down(env_settings.home)
+            services.devnet_down(home)
 
 
 # --- entry point --------------------------------------------------------------------------

@@ -153,3 +153,16 @@ def test_a_live_lease_of_another_writer_holds_the_batch_and_an_expired_one_does_
         commit_batch(lake, dataset, seq, lease_ttl=1)
     lake.write(lease, _json.dumps({"owner": "someone", "expires_at": time.time() - 1}).encode())
     assert commit_batch(lake, dataset, seq, lease_ttl=1).data["counts"]["input"] == 14
+
+
+@pytest.mark.e2e
+def test_the_demo_runs_the_main_job_twice_and_leaves_nothing_running(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    env.pop("ANCHORLAKE_ANCHORER_KEY")
+    first = cli(env, "demo")
+    assert "committed now" in first.stdout and "verified against the chain" in first.stdout.splitlines()[-1]
+    second = cli(env, "demo")
+    assert "committed earlier" in second.stdout and "verified against the chain" in second.stdout.splitlines()[-1]
+    record = json.loads((tmp_path / "home" / "devnet" / "devnet.json").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(record["pid"], 0)
