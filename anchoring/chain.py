@@ -528,8 +528,9 @@ def published_root(chain: Chain, address: str, dataset_id: bytes, seq: int) -> b
 
 def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes, seq: int, root: bytes,
                     cumulative_total: int, intents: Callable[[str], IntentStore] | None = None,
-                    replace_after: float = 30.0, timeout: float = 600.0) -> dict[str, Any]:
-    """Publish the rewards root of `seq` (check-before-send) and fund the increase.
+                    replace_after: float = 30.0, timeout: float = 600.0, points: bool = False) -> dict[str, Any]:
+    """Publish the rewards root of `seq` (check-before-send) and fund the increase; for a
+    dataset paid in off-chain points (`points`), publish the ledger root and move no token.
 
     `intents(step)` gives the intent store of each step ("approve", "publish").
     """
@@ -553,7 +554,7 @@ def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes,
         increase = cumulative_total - previous
         if increase < 0:
             raise ConflictError(f"cumulative total {cumulative_total} is below the published {previous}")
-        if increase:
+        if increase and not points:
             token = chain.contract("RewardToken", deployment["RewardToken"])
             spender = chain.w3.to_checksum_address(address)
 
@@ -563,7 +564,8 @@ def publish_rewards(chain: Chain, deployment: dict[str, Any], dataset_id: bytes,
             ensure_transaction(chain, "RewardToken", token.functions.approve(spender, increase),
                                "approving reward funds", lambda: published() or approved(), store("approve"),
                                replace_after, timeout)
-    ensure_confirmed(chain, "RewardDistributor", distributor.functions.publish(dataset_id, seq, root, cumulative_total),
+    publish = distributor.functions.publishPoints if points else distributor.functions.publish
+    ensure_confirmed(chain, "RewardDistributor", publish(dataset_id, seq, root, cumulative_total),
                      f"publishing rewards for seq {seq}", published,
                      lambda: _find_event(chain, distributor, "RewardsPublished", dataset_id, seq),
                      store("publish"), replace_after, timeout)

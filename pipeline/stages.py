@@ -102,15 +102,14 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     return _record_each(lake, dataset, seq, layout.anchor, make)
 
 
-def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any] | None:
-    """Publish the rewards root of every committed batch up to `seq`, in order (token payout)."""
+def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
+    """Publish the rewards root of every committed batch up to `seq`, in order: funded with the
+    token, or (payout "points") the ledger root alone."""
     from anchoring.chain import publish_rewards as publish
     from anchoring.chain import require_deployment
 
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
-    if spec.rewards.payout != "token":
-        return None
     chain = chain_for(settings)
     deployment = require_deployment(chain, lake, dict(settings.contracts))
 
@@ -118,7 +117,7 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
         rewards = manifests.load(lake, dataset, s).data["rewards"]
         return publish(chain, deployment, spec.dataset_id, s, bytes.fromhex(rewards["root"]),
                        int(rewards["cumulative_total"]), lambda step: intent_store(lake, dataset, s, f"rewards-{step}"),
-                       settings.replace_after, settings.chain_timeout)
+                       settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points")
 
     return _record_each(lake, dataset, seq, layout.rewards_published, make)
 
@@ -137,9 +136,8 @@ def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
 
 
 def batch_finished(lake: Lake, dataset: Dataset, seq: int) -> bool:
-    needs = [layout.anchor(dataset.name, seq), f"receipts/{dataset.name}/{layout.seq_part(seq)}/index.json"]
-    if dataset.rewards.payout == "token":
-        needs.append(layout.rewards_published(dataset.name, seq))
+    needs = [layout.anchor(dataset.name, seq), layout.rewards_published(dataset.name, seq),
+             f"receipts/{dataset.name}/{layout.seq_part(seq)}/index.json"]
     return all(lake.exists(k) for k in needs)
 
 

@@ -56,3 +56,24 @@ def test_the_event_carries_what_was_stored(anchor_contract) -> None:
     args = [e["args"] for e in events if e["args"]["datasetId"] == dataset]
     assert len(args) == 1
     assert (args[0]["seq"], args[0]["root"], args[0]["treeSize"], args[0]["manifestHash"]) == (0, b"\x0a" * 32, 7, b"\x0b" * 32)
+
+
+def test_a_points_dataset_publishes_roots_moves_no_token_and_cannot_be_claimed(anvil) -> None:
+    from anchoring.chain import claim, publish_rewards, published_root, token_balance
+    from pipeline.rewards import RewardsTree
+
+    chain = Chain(anvil.url, DEVNET_KEY)
+    me = chain.address
+    token = chain.deploy("RewardToken", me, 10**24)
+    distributor = chain.deploy("RewardDistributor", me, me, chain.w3.to_checksum_address(token))
+    deployment = {"RewardToken": token, "RewardDistributor": distributor}
+    dataset = b"\x03" * 32
+    alice = "0x" + "11" * 20
+    tree = RewardsTree.build([(alice, 700), ("0x" + "22" * 20, 300)])
+    publish_rewards(chain, deployment, dataset, 0, tree.root, 1000, points=True)
+    assert published_root(chain, distributor, dataset, 0) == tree.root
+    assert token_balance(chain, token, distributor) == 0
+    with pytest.raises(ChainError, match="PayoutKindMismatch"):
+        claim(chain, distributor, dataset, alice, 700, tree.proof(0))
+    with pytest.raises(ChainError, match="PayoutKindMismatch"):
+        publish_rewards(chain, deployment, dataset, 1, tree.root, 1000, points=False)

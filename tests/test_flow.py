@@ -182,3 +182,18 @@ def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_pat
 
     with pytest.raises(ChainError, match="NothingToClaim"):
         claim(chain, deployment["RewardDistributor"], dataset_id, ALICE, int(reward["cumulative_amount"]), proof)
+
+
+def test_a_points_dataset_publishes_its_ledger_root_and_receipts_verify(file_env: dict[str, str], tmp_path: Path) -> None:
+    cli(file_env, "up")
+    cli(file_env, "contribute", "--dataset", "preferences",
+        *sorted(str(p) for p in (REPO / "samples" / "preferences").glob("*.jsonl")))
+    report = cli_json(file_env, "run", "--dataset", "preferences")
+    assert report["committed"][0]["counts"]["accepted"] == 10
+    rewards = cli_json(file_env, "rewards", "--dataset", "preferences", "--verify")
+    assert rewards["verified"] is True and rewards["rewards"]["payout"] == "points"
+    assert sum(int(r["amount"]) for r in rewards["rows"]) == 1000
+    receipt = tmp_path / "p.json"
+    cli(file_env, "receipt", "--dataset", "preferences", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    assert json.loads(receipt.read_text())["reward"]["unit"] == "points"
+    assert cli(file_env, "verify", str(receipt)).returncode == 0

@@ -23,6 +23,8 @@ contract RewardDistributor is AccessControl {
     mapping(bytes32 datasetId => uint256) public cumulativeTotal;
     mapping(bytes32 datasetId => mapping(uint64 seq => bytes32)) public rootAt;
     mapping(bytes32 datasetId => mapping(address account => uint256)) public claimed;
+    /// @notice Datasets paid in off-chain points: roots are published, no token moves, no claims.
+    mapping(bytes32 datasetId => bool) public pointsOnly;
 
     event RewardsPublished(bytes32 indexed datasetId, uint64 indexed seq, bytes32 root, uint256 cumulativeTotal);
     event Claimed(bytes32 indexed datasetId, address indexed account, uint256 amount, uint256 cumulativeAmount);
@@ -31,6 +33,7 @@ contract RewardDistributor is AccessControl {
     error TotalDecreased(uint256 previous, uint256 given);
     error InvalidProof();
     error NothingToClaim();
+    error PayoutKindMismatch(bytes32 datasetId, bool pointsOnly);
 
     constructor(address admin, address distributor, IERC20 token_) {
         token = token_;
@@ -48,6 +51,30 @@ contract RewardDistributor is AccessControl {
         external
         onlyRole(DISTRIBUTOR_ROLE)
     {
+        uint256 increase = _record(datasetId, seq, root, newCumulativeTotal, false);
+        if (increase > 0) {
+            token.safeTransferFrom(msg.sender, address(this), increase);
+        }
+    }
+
+    /// @notice Publish the points ledger root of batch `seq` for a dataset paid in off-chain
+    ///         points: the root is on chain for anyone to check, and no token moves.
+    function publishPoints(bytes32 datasetId, uint64 seq, bytes32 root, uint256 newCumulativeTotal)
+        external
+        onlyRole(DISTRIBUTOR_ROLE)
+    {
+        _record(datasetId, seq, root, newCumulativeTotal, true);
+    }
+
+    function _record(bytes32 datasetId, uint64 seq, bytes32 root, uint256 newCumulativeTotal, bool points)
+        private
+        returns (uint256 increase)
+    {
+        if (seq == 0) {
+            pointsOnly[datasetId] = points;
+        } else if (pointsOnly[datasetId] != points) {
+            revert PayoutKindMismatch(datasetId, pointsOnly[datasetId]);
+        }
         uint64 expected = _nextSeq[datasetId];
         if (seq != expected) revert SeqNotNext(datasetId, expected, seq);
         uint256 previous = cumulativeTotal[datasetId];
@@ -57,9 +84,7 @@ contract RewardDistributor is AccessControl {
         rootAt[datasetId][seq] = root;
         cumulativeTotal[datasetId] = newCumulativeTotal;
         emit RewardsPublished(datasetId, seq, root, newCumulativeTotal);
-        if (newCumulativeTotal > previous) {
-            token.safeTransferFrom(msg.sender, address(this), newCumulativeTotal - previous);
-        }
+        return newCumulativeTotal - previous;
     }
 
     /// @notice Pay `account` its cumulative amount under the latest root, less what it was paid.
@@ -67,6 +92,7 @@ contract RewardDistributor is AccessControl {
     function claim(bytes32 datasetId, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
         external
     {
+        if (pointsOnly[datasetId]) revert PayoutKindMismatch(datasetId, true);
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
         if (!MerkleProof.verifyCalldata(proof, latestRoot[datasetId], leaf)) revert InvalidProof();
         uint256 already = claimed[datasetId][account];
