@@ -504,6 +504,14 @@ def anchor_batch(chain: Chain, address: str, dataset_id: bytes, seq: int, root: 
     }
 
 
+def holds_anchor(chain: Chain, record: dict[str, Any]) -> bool:
+    """Whether the chain still holds an anchor record: its values in the contract and its block canonical."""
+    onchain = read_batch(chain, record["contract"], bytes.fromhex(record["dataset_id"][2:]), int(record["seq"]))
+    return (onchain.exists and onchain.root.hex() == record["root"]
+            and onchain.manifest_hash.hex() == record["manifest_sha256"]
+            and block_hash(chain, int(record["block_number"])) == record["block_hash"])
+
+
 def block_hash(chain: Chain, number: int) -> str | None:
     """Hash of the canonical block at `number`, or None if the chain is not that long."""
     from web3.exceptions import BlockNotFound

@@ -148,11 +148,11 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         seqs = manifests.committed_seqs(lake, name)
         for seq in seqs:
             m = manifests.load(lake, name, seq)
-            try:
-                record = json.loads(lake.read(layout.anchor(name, seq)))
-            except NotFound:
-                record = None
+            record = stages.current_anchor(lake, name, seq)
             state = "not anchored" if record is None else checker.check(spec.dataset_id, seq, m, record)
+            if record is not None and lake.exists(layout.anchor_current(name, seq)) and state.startswith("anchored"):
+                lost_tx = json.loads(lake.read(layout.anchor(name, seq)))["tx_hash"]
+                state += f"; re-anchored after a reorganisation removed {lost_tx}"
             lost += state.startswith("ANCHOR LOST")
             entry = {"dataset": name, "seq": seq, "root": m.root, "counts": m.data["counts"],
                      "anchored": state.startswith("anchored"), "anchor_state": state, "manifest_sha256": m.sha256,
@@ -452,6 +452,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="anchorlake", description="Verifiable AI-training data lake: ingest, validate, anchor, reward.")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--debug", action="store_true", help="show a traceback for unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("up", help="start the embedded default (devnet, contracts) or deploy to ANCHORLAKE_RPC_URL")
     down = sub.add_parser("down", help="stop the embedded devnet")
@@ -520,6 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anchorlake: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"anchorlake: internal error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return EXIT_CHECK
 
 
 if __name__ == "__main__":

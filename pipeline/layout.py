@@ -71,6 +71,12 @@ def receipt(dataset: str, seq: int, contributor: str) -> str:
     return f"receipts/{dataset}/{seq_part(seq)}/{contributor}.json"
 
 
+def anchor_current(dataset: str, seq: int) -> str:
+    """The batch's anchor after a reorganisation removed the one anchor.json records (which,
+    like everything under batches/, is never rewritten)."""
+    return f"state/{dataset}/{seq_part(seq)}/anchor-current.json"
+
+
 def intent(dataset: str, seq: int, step: str) -> str:
     """Operational state of a resumable transaction (nonce, signed attempts); rewritten freely."""
     return f"state/{dataset}/{seq_part(seq)}/{step}-intent.json"

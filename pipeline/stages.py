@@ -65,26 +65,18 @@ def intent_store(lake: Lake, dataset: str, seq: int, step: str) -> Any:
     return IntentStore(lambda: _read_json(lake, key), lambda data: lake.write(key, json.dumps(data, indent=1).encode()))
 
 
-def _record_each(lake: Lake, dataset: str, seq: int, key: Callable[[str, int], str],
-                 make: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
-    """For batches 0..seq in order, make and record (write-once) whatever is not recorded yet;
-    return the record of `seq`."""
-    from anchoring.chain import create_once
+REANCHOR_WINDOW = 16  # how many recent batches each run re-checks for reorganised-away anchors
 
-    record: dict[str, Any] = {}
-    for s in range(seq + 1):
-        existing = _read_json(lake, key(dataset, s))
-        if existing is not None:
-            record = existing
-            continue
-        record = make(s)
-        create_once(lake, key(dataset, s), json.dumps(record, indent=1).encode())
-    return record
+
+def current_anchor(lake: Lake, dataset: str, seq: int) -> dict[str, Any] | None:
+    """The batch's live anchor record: a re-anchoring's if there was one, else anchor.json."""
+    return _read_json(lake, layout.anchor_current(dataset, seq)) or _read_json(lake, layout.anchor(dataset, seq))
 
 
 def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
-    """Anchor every committed batch up to `seq` that is not anchored yet, in seq order."""
-    from anchoring.chain import anchor_batch, require_deployment
+    """Anchor every committed batch up to `seq` that is not anchored yet, in seq order, and
+    re-anchor a recent batch whose recorded anchor a reorganisation removed from the chain."""
+    from anchoring.chain import anchor_batch, create_once, holds_anchor, require_deployment
 
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
@@ -93,20 +85,33 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
 
     def make(s: int) -> dict[str, Any]:
         m = manifests.load(lake, dataset, s)
-        record = anchor_batch(chain, address, spec.dataset_id, s, bytes.fromhex(m.root), m.tree_size,
-                              bytes.fromhex(m.sha256), intent_store(lake, dataset, s, "anchor"),
-                              settings.replace_after, settings.chain_timeout)
-        log.info("anchored %s batch %d in %s", dataset, s, record["tx_hash"])
-        return record
+        return anchor_batch(chain, address, spec.dataset_id, s, bytes.fromhex(m.root), m.tree_size,
+                            bytes.fromhex(m.sha256), intent_store(lake, dataset, s, "anchor"),
+                            settings.replace_after, settings.chain_timeout)
 
-    return _record_each(lake, dataset, seq, layout.anchor, make)
+    record: dict[str, Any] = {}
+    for s in range(seq + 1):
+        existing = current_anchor(lake, dataset, s)
+        if existing is None:
+            record = make(s)
+            create_once(lake, layout.anchor(dataset, s), json.dumps(record, indent=1).encode())
+            log.info("anchored %s batch %d in %s", dataset, s, record["tx_hash"])
+        elif s > seq - REANCHOR_WINDOW and not holds_anchor(chain, existing):
+            log.warning("%s batch %d: anchor %s was reorganised away; anchoring again", dataset, s,
+                        existing["tx_hash"])
+            record = make(s)
+            lake.write(layout.anchor_current(dataset, s), json.dumps(record, indent=1).encode())
+        else:
+            record = existing
+    return record
 
 
 def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     """Publish the rewards root of every committed batch up to `seq`, in order: funded with the
-    token, or (payout "points") the ledger root alone."""
+    token, or (payout "points") the ledger root alone. A recent publication a reorganisation
+    removed is published again (recorded under state/, as rewards-published.json is write-once)."""
+    from anchoring.chain import create_once, published_root, require_deployment
     from anchoring.chain import publish_rewards as publish
-    from anchoring.chain import require_deployment
 
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
@@ -119,7 +124,22 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
                        int(rewards["cumulative_total"]), lambda step: intent_store(lake, dataset, s, f"rewards-{step}"),
                        settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points")
 
-    return _record_each(lake, dataset, seq, layout.rewards_published, make)
+    record: dict[str, Any] = {}
+    for s in range(seq + 1):
+        existing = _read_json(lake, layout.rewards_published(dataset, s))
+        if existing is None:
+            record = make(s)
+            create_once(lake, layout.rewards_published(dataset, s), json.dumps(record, indent=1).encode())
+            continue
+        record = existing
+        if s > seq - REANCHOR_WINDOW:
+            onchain = published_root(chain, existing["contract"], spec.dataset_id, s)
+            if onchain is None or onchain.hex() != existing["root"]:
+                log.warning("%s batch %d: rewards publication was reorganised away; publishing again", dataset, s)
+                record = make(s)
+                lake.write(f"state/{dataset}/{layout.seq_part(s)}/rewards-current.json",
+                           json.dumps(record, indent=1).encode())
+    return record
 
 
 def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
@@ -166,6 +186,10 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
         if not batch_finished(lake, spec, seq):
             finish(settings, dataset, seq, progress)
             report.finished.append(seq)
+    committed = manifests.committed_seqs(lake, dataset)
+    if committed:  # re-check recent anchors: a deep reorganisation may have removed one
+        anchor(settings, dataset, committed[-1])
+        publish_rewards(settings, dataset, committed[-1])
     progress("staging new sources")
     staged = stage(settings, dataset)
     if staged is None:

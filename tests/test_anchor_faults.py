@@ -197,6 +197,16 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     assert proc.returncode == 1
     state = json.loads(proc.stdout)["batches"][0]
     assert not state["anchored"] and state["anchor_state"].startswith("ANCHOR LOST")
+    assert anchored_events(env) == []
+
+    # The next run anchors the batch again (anchor.json, write-once, keeps naming the lost tx).
+    cli(env, "run", "--dataset", "instructions")
+    assert len(anchored_events(env)) == 1
+    state = cli_json(env, "status", "--dataset", "instructions")["batches"][0]
+    assert state["anchored"] and "re-anchored after a reorganisation" in state["anchor_state"]
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    receipts = sorted(str(p) for p in (lake / "receipts/instructions/000000").glob("0x*.json"))
+    assert cli(env, "verify", *receipts).returncode == 0
 
 
 OUTSIDER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil account 1
