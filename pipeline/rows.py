@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,6 @@ import orjson
 
 from pipeline.datasets import Column
 from pipeline.jcs import canonical_bytes, canonicalize
-from pipeline.merkle import leaf_hash
 
 
 def json_value(column_type: str, value: Any) -> Any:
@@ -39,14 +38,6 @@ def json_value(column_type: str, value: Any) -> Any:
 
 def record_object(columns: Sequence[Column], row: dict[str, Any]) -> dict[str, Any]:
     return {c.name: json_value(c.type, row.get(c.name)) for c in columns}
-
-
-def leaf_bytes(record: dict[str, Any]) -> bytes:
-    return canonical_bytes(record)
-
-
-def record_leaf_hashes(columns: Sequence[Column], rows: Iterable[dict[str, Any]]) -> list[bytes]:
-    return [leaf_hash(leaf_bytes(record_object(columns, row))) for row in rows]
 
 
 def normalize_text(value: Any) -> Any:
@@ -82,10 +73,3 @@ def dedupe_key_function(columns: Sequence[Column], key_columns: Sequence[str]) -
         keys = tuple(key_columns)
         return lambda row: sha256(dumps([normalize_text(row[k]) for k in keys])).digest()
     return lambda row: sha256(canonicalize([normalize_text(row.get(k)) for k in key_columns]).encode()).digest()
-
-
-def dedupe_key(columns: Sequence[Column], key_columns: Sequence[str], row: dict[str, Any]) -> bytes:
-    """SHA-256 of the JCS array of the normalised key values."""
-    types = {c.name: c.type for c in columns}
-    values = [normalize_text(json_value(types[name], row.get(name))) for name in key_columns]
-    return hashlib.sha256(canonicalize(values).encode("utf-8")).digest()

@@ -123,3 +123,19 @@ console.log(JSON.stringify({root: tree.root, loadedRoot: loaded.root,
     assert result["verified"] is True
     assert verify_reward(values[3][0], values[3][1], tree.proof(3), tree.root)
     assert not verify_reward(values[3][0], values[3][1] + 1, tree.proof(3), tree.root)
+
+
+committed_values = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1),
+                             st.lists(st.text(), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True), committed_values, min_size=1, max_size=8))
+def test_the_fast_leaf_path_is_byte_identical_to_rfc8785(row: dict) -> None:
+    import hashlib
+
+    from pipeline.datasets import Column
+    from pipeline.rows import leaf_function
+
+    columns = [Column(name, "string") for name in row]  # no float column: the orjson path
+    assert leaf_function(columns)(row) == hashlib.sha256(b"\x00" + rfc8785.dumps(row)).digest()
