@@ -348,7 +348,7 @@ def _blocks(lake: Lake, dataset: Dataset, plan: list[Source], scratch: Path,
         stream: Any
         if fmt == "parquet":  # Parquet needs random access: read from a local copy
             path = lake.local_copy(source.raw_key, scratch)
-            digest.update(path.read_bytes())
+            _hash_file(path, digest)
             stream = open(path, "rb")
         else:
             stream = io.BufferedReader(_HashingReader(lake.open(source.raw_key), digest), 1 << 20)
@@ -403,11 +403,16 @@ def _artifact(lake: Lake, key: str, data: bytes) -> dict[str, Any]:
     return {"path": key.split("/", 3)[3], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def _file_artifact(lake: Lake, key: str, path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
+def _hash_file(path: Path, digest: Any) -> Any:
+    """Feed a local file to `digest` in blocks (memory stays bounded) and return the digest."""
     with open(path, "rb") as f:
         while block := f.read(_COPY_BLOCK):
             digest.update(block)
+    return digest
+
+
+def _file_artifact(lake: Lake, key: str, path: Path) -> dict[str, Any]:
+    digest = _hash_file(path, hashlib.sha256())
     lake.write_file(key, path)
     return {"path": key.split("/", 3)[3], "sha256": digest.hexdigest(), "bytes": path.stat().st_size}
 

@@ -182,12 +182,14 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
     lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
     report = RunReport(dataset)
-    for seq in manifests.committed_seqs(lake, dataset):
+    committed = manifests.committed_seqs(lake, dataset)
+    for seq in committed:
         if not batch_finished(lake, spec, seq):
             finish(settings, dataset, seq, progress)
             report.finished.append(seq)
-    committed = manifests.committed_seqs(lake, dataset)
-    if committed:  # re-check recent anchors: a deep reorganisation may have removed one
+    if committed and committed[-1] not in report.finished:
+        # finish() re-checks recent anchors itself; otherwise do it here, since a deep
+        # reorganisation may have removed one
         anchor(settings, dataset, committed[-1])
         publish_rewards(settings, dataset, committed[-1])
     progress("staging new sources")
