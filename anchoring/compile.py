@@ -27,10 +27,7 @@ def _sources() -> dict[str, str]:
 
 
 def sources_sha256() -> str:
-    digest = hashlib.sha256()
-    for name, text in sorted(_sources().items()):
-        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps(sorted(_sources().items())).encode()).hexdigest()
 
 
 def compile_sources() -> dict[str, Any]:

@@ -18,9 +18,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from anchoring.chain import Chain, anchor_batch  # noqa: E402
+from anchoring.batch_anchor import anchor_batch  # noqa: E402
+from anchoring.chain import Chain  # noqa: E402
 from pipeline.config import DEVNET_KEY  # noqa: E402
-from pipeline.services import Anvil  # noqa: E402
+from pipeline.devnet import Anvil  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
                 root = hashlib.sha256(f"root{seq}".encode()).digest()
                 manifest = hashlib.sha256(f"manifest{seq}".encode()).digest()
                 record = anchor_batch(chain, address, dataset, seq, root, size, manifest)
-                gas = chain.w3.eth.get_transaction_receipt(record["tx_hash"])["gasUsed"]
+                gas = chain.w3.eth.get_transaction_receipt(record.tx_hash)["gasUsed"]
                 used.append(gas)
                 print(f"seq {seq}: tree size {size:>10,}: {gas:,} gas" + ("  (first anchor of the dataset)" if seq == 0 else ""))
             later = used[1:]

@@ -90,9 +90,10 @@ def run_floor(data: Path, out: Path) -> None:
 
 def run_anchorlake(data: Path, out: Path) -> dict:
     sys.path.insert(0, str(REPO))
-    from pipeline.commit import commit_batch, stage_sources
     from pipeline.datasets import load
-    from pipeline.storage import open_lake
+    from pipeline.ingest.commit import commit_batch
+    from pipeline.ingest.stage import stage_sources
+    from pipeline.lake.storage import open_lake
 
     lake = open_lake(out.as_uri())
     dataset = load(REPO / "expectations", "instructions")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,6 @@ class Settings:
     replace_after: float = 30.0  # seconds a transaction may stay pending before its fees are bumped
     chain_timeout: float = 600.0  # seconds the anchor stage waits for inclusion and confirmations
     lease_seconds: float = 120.0  # how long a commit lease lives without renewal
-
-    @property
-    def devnet_dir(self) -> Path:
-        return self.home / "devnet"
-
-    def with_lake(self, lake_url: str) -> Settings:
-        return replace(self, lake_url=lake_url)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

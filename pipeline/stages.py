@@ -6,24 +6,27 @@ arguments, is idempotent, and can be killed at any instant and run again.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pipeline import datasets, layout
-from pipeline import manifest as manifests
-from pipeline.commit import commit_batch, stage_sources
+from pipeline import config, datasets, devnet
 from pipeline.config import Settings
 from pipeline.datasets import Dataset
-from pipeline.errors import ServiceUnavailable
+from pipeline.errors import NotFound, ServiceUnavailable
+from pipeline.ingest.commit import commit_batch
+from pipeline.ingest.stage import stage_sources
+from pipeline.lake import records as lake_records
+from pipeline.lake import sources
+from pipeline.lake.batch import BatchFiles, committed_seqs
+from pipeline.lake.storage import Lake, open_lake
 from pipeline.receipts import build_receipts
-from pipeline.storage import Lake, open_lake
 
 log = logging.getLogger(__name__)
 
-RECEIPTS_INDEX_FORMAT = "anchorlake.receipts-index/1"
+REANCHOR_WINDOW = 16  # how many recent batches each run re-checks for reorganised-away anchors
 
 
 def lake_for(settings: Settings) -> Lake:
@@ -34,12 +37,58 @@ def dataset_for(settings: Settings, name: str) -> Dataset:
     return datasets.load(settings.datasets_dir, name)
 
 
-def chain_for(settings: Settings) -> Any:
+def chain_for(settings: Settings, signing: bool = True) -> Any:
+    """The configured chain, with the anchorer key when `signing`."""
     from anchoring.chain import Chain
 
     if not settings.rpc_url:
         raise ServiceUnavailable("no chain is configured: run `anchorlake up` or set ANCHORLAKE_RPC_URL")
-    return Chain(settings.rpc_url, settings.anchorer_key, settings.confirmations)
+    return Chain(settings.rpc_url, settings.anchorer_key if signing else None, settings.confirmations)
+
+
+def deployment_for(settings: Settings, chain: Any) -> dict[str, Any]:
+    """The contracts on `chain`: the lake's deployment record, overridden by configuration."""
+    return lake_records.deployment_for(lake_for(settings), chain.chain_id, settings.contracts)
+
+
+def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any], bool]:
+    """Start the embedded devnet unless ANCHORLAKE_RPC_URL names a chain; deploy what is missing.
+
+    Returns (settings, deployment, whether a devnet was started now); a devnet started now is
+    stopped again if deployment fails."""
+    from anchoring.chain import ensure_deployment
+
+    started = False
+    home = config.load().home
+    if not config.rpc_url_is_external():
+        url, started = devnet.devnet_up(home)
+        progress(("started" if started else "reusing") + f" the local devnet at {url}")
+    try:
+        settings = config.load()  # now with the devnet's URL
+        chain = chain_for(settings)
+        lake = lake_for(settings)
+        known = lake_records.load_deployment(lake, chain.chain_id) or {}
+        addresses = ensure_deployment(chain, known, lambda d: lake_records.save_deployment(
+            lake, {"chain_id": chain.chain_id, **d}), settings.contracts.get("RewardToken"))
+    except BaseException:
+        if started:  # leave no process behind on failure
+            devnet.devnet_down(home)
+        raise
+    return settings, {"chain_id": chain.chain_id, **addresses}, started
+
+
+def contribute(settings: Settings, dataset: str, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Drop contribution files into the dataset's drop zone; (key, sha256, bytes) of each."""
+    dataset_for(settings, dataset)
+    lake = lake_for(settings)
+    dropped = []
+    for path in paths:
+        if not path.is_file():
+            raise NotFound(f"{path}: no such file")
+        data = path.read_bytes()
+        key, digest = sources.contribute(lake, dataset, path.name, data)
+        dropped.append({"key": key, "uri": lake.uri(key), "sha256": digest, "bytes": len(data)})
+    return dropped
 
 
 def stage(settings: Settings, dataset: str) -> int | None:
@@ -52,113 +101,112 @@ def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     return {"seq": m.seq, "root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
 
 
-def _read_json(lake: Lake, key: str) -> dict[str, Any] | None:
-    data = lake.read_json(key, missing_ok=True)
-    return None if data is None else dict(data)
+@dataclass(frozen=True)
+class _Settle:
+    """One kind of chain record a batch needs: how to read it, make it and check it still holds."""
+
+    what: str
+    current: Callable[[BatchFiles], dict[str, Any] | None]
+    make: Callable[[BatchFiles], dict[str, Any]]
+    holds: Callable[[BatchFiles, dict[str, Any]], bool]
+    record: Callable[[BatchFiles, dict[str, Any], bool], None]  # (files, record, again)
 
 
-def intent_store(lake: Lake, dataset: str, seq: int, step: str) -> Any:
-    """Lake-backed store for the intent of one transaction step of one batch."""
-    from anchoring.chain import IntentStore
-
-    key = layout.intent(dataset, seq, step)
-    return IntentStore(lambda: _read_json(lake, key), lambda data: lake.write(key, json.dumps(data, indent=1).encode()))
-
-
-REANCHOR_WINDOW = 16  # how many recent batches each run re-checks for reorganised-away anchors
-
-
-def current_anchor(lake: Lake, dataset: str, seq: int) -> dict[str, Any] | None:
-    """The batch's live anchor record: a re-anchoring's if there was one, else anchor.json."""
-    return _read_json(lake, layout.anchor_current(dataset, seq)) or _read_json(lake, layout.anchor(dataset, seq))
-
-
-def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
-    """Anchor every committed batch up to `seq` that is not anchored yet, in seq order, and
-    re-anchor a recent batch whose recorded anchor a reorganisation removed from the chain."""
-    from anchoring.chain import anchor_batch, create_once, holds_anchor, require_deployment
-
-    lake = lake_for(settings)
-    spec = dataset_for(settings, dataset)
-    chain = chain_for(settings)
-    address = require_deployment(chain, lake, dict(settings.contracts))["BatchAnchor"]
-
-    def make(s: int) -> dict[str, Any]:
-        m = manifests.load(lake, dataset, s)
-        return anchor_batch(chain, address, spec.dataset_id, s, bytes.fromhex(m.root), m.tree_size,
-                            bytes.fromhex(m.sha256), intent_store(lake, dataset, s, "anchor"),
-                            settings.replace_after, settings.chain_timeout)
-
+def _settle(lake: Lake, dataset: str, seq: int, kind: _Settle) -> dict[str, Any]:
+    """Bring every committed batch up to `seq`, in order, to having `kind` on chain; make it again
+    for a recent batch whose record a reorganisation removed from the chain. The record of `seq`."""
     record: dict[str, Any] = {}
     for s in range(seq + 1):
-        existing = current_anchor(lake, dataset, s)
+        files = BatchFiles(lake, dataset, s)
+        existing = kind.current(files)
         if existing is None:
-            record = make(s)
-            create_once(lake, layout.anchor(dataset, s), json.dumps(record, indent=1).encode())
-            log.info("anchored %s batch %d in %s", dataset, s, record["tx_hash"])
-        elif s > seq - REANCHOR_WINDOW and not holds_anchor(chain, existing):
-            log.warning("%s batch %d: anchor %s was reorganised away; anchoring again", dataset, s,
-                        existing["tx_hash"])
-            record = make(s)
-            lake.write(layout.anchor_current(dataset, s), json.dumps(record, indent=1).encode())
+            record = kind.make(files)
+            kind.record(files, record, False)
+            log.info("%s %s batch %d in %s", kind.what, dataset, s, record["tx_hash"])
+        elif s > seq - REANCHOR_WINDOW and not kind.holds(files, existing):
+            log.warning("%s batch %d: %s %s was reorganised away; again", dataset, s, kind.what, existing["tx_hash"])
+            record = kind.make(files)
+            kind.record(files, record, True)
         else:
             record = existing
     return record
 
 
+def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
+    """Anchor every committed batch up to `seq` that is not anchored yet, in seq order, and
+    re-anchor a recent batch whose recorded anchor a reorganisation removed from the chain."""
+    from anchoring.batch_anchor import anchor_batch, holds_anchor
+
+    spec = dataset_for(settings, dataset)
+    chain = chain_for(settings)
+    address = deployment_for(settings, chain)["BatchAnchor"]
+
+    def make(files: BatchFiles) -> dict[str, Any]:
+        m = files.manifest()
+        return asdict(anchor_batch(chain, address, spec.dataset_id, files.seq, bytes.fromhex(m.root), m.tree_size,
+                                   bytes.fromhex(m.sha256), files.intents("anchor"), settings.replace_after,
+                                   settings.chain_timeout))
+
+    def holds(files: BatchFiles, r: dict[str, Any]) -> bool:
+        return holds_anchor(chain, r["contract"], spec.dataset_id, r["seq"], r["root"], r["manifest_sha256"],
+                            r["block_number"], r["block_hash"])
+
+    return _settle(lake_for(settings), dataset, seq, _Settle(
+        "anchored", BatchFiles.anchor, make, holds, BatchFiles.record_anchor))
+
+
 def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     """Publish the rewards root of every committed batch up to `seq`, in order: funded with the
     token, or (payout "points") the ledger root alone. A recent publication a reorganisation
-    removed is published again (recorded under state/, as rewards-published.json is write-once)."""
-    from anchoring.chain import create_once, published_root, require_deployment
-    from anchoring.chain import publish_rewards as publish
+    removed is published again (rewards-published.json, write-once, keeps the first)."""
+    from anchoring.distributor import publish_rewards as publish
+    from anchoring.distributor import published_root
 
-    lake = lake_for(settings)
     spec = dataset_for(settings, dataset)
     chain = chain_for(settings)
-    deployment = require_deployment(chain, lake, dict(settings.contracts))
+    deployment = deployment_for(settings, chain)
 
-    def make(s: int) -> dict[str, Any]:
-        rewards = manifests.load(lake, dataset, s).data["rewards"]
-        return publish(chain, deployment, spec.dataset_id, s, bytes.fromhex(rewards["root"]),
-                       int(rewards["cumulative_total"]), lambda step: intent_store(lake, dataset, s, f"rewards-{step}"),
-                       settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points")
+    def make(files: BatchFiles) -> dict[str, Any]:
+        rewards = files.manifest().rewards
+        return asdict(publish(chain, deployment, spec.dataset_id, files.seq, bytes.fromhex(rewards["root"]),
+                              int(rewards["cumulative_total"]), lambda step: files.intents(f"rewards-{step}"),
+                              settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points"))
 
-    record: dict[str, Any] = {}
-    for s in range(seq + 1):
-        existing = _read_json(lake, layout.rewards_published(dataset, s))
-        if existing is None:
-            record = make(s)
-            create_once(lake, layout.rewards_published(dataset, s), json.dumps(record, indent=1).encode())
-            continue
-        record = existing
-        if s > seq - REANCHOR_WINDOW:
-            onchain = published_root(chain, existing["contract"], spec.dataset_id, s)
-            if onchain is None or onchain.hex() != existing["root"]:
-                log.warning("%s batch %d: rewards publication was reorganised away; publishing again", dataset, s)
-                record = make(s)
-                lake.write(f"state/{dataset}/{layout.seq_part(s)}/rewards-current.json",
-                           json.dumps(record, indent=1).encode())
-    return record
+    def holds(files: BatchFiles, r: dict[str, Any]) -> bool:
+        onchain = published_root(chain, r["contract"], spec.dataset_id, files.seq)
+        return onchain is not None and onchain.hex() == r["root"]
+
+    def record(files: BatchFiles, r: dict[str, Any], again: bool) -> None:
+        if not again:
+            files.record_rewards_publication(r)
+
+    return _settle(lake_for(settings), dataset, seq, _Settle(
+        "published rewards of", BatchFiles.rewards_publication, make, holds, record))
 
 
 def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
     """Write every contributor's receipt for batch `seq`; the index is written last."""
+    return build_receipts(BatchFiles(lake_for(settings), dataset, seq), dataset_for(settings, dataset))
+
+
+def batch_summary(settings: Settings, dataset: str) -> dict[str, Any]:
+    """The latest batch of `dataset` at a glance: manifest, current anchor, number of contributors
+    in the rewards ledger, and the receipt of its first contributor."""
     lake = lake_for(settings)
-    spec = dataset_for(settings, dataset)
-    m = manifests.load(lake, dataset, seq)
-    anchor_record = _read_json(lake, layout.anchor(dataset, seq))
-    published = _read_json(lake, layout.rewards_published(dataset, seq))
-    count = build_receipts(lake, spec, m, anchor_record, published["contract"] if published else None)
-    lake.write(f"receipts/{dataset}/{layout.seq_part(seq)}/index.json", json.dumps(
-        {"format": RECEIPTS_INDEX_FORMAT, "dataset": dataset, "seq": seq, "receipts": count}).encode())
-    return count
+    seqs = committed_seqs(lake, dataset)
+    if not seqs:
+        raise NotFound(f"{dataset} has no batches yet")
+    files = BatchFiles(lake, dataset, seqs[-1])
+    contributor = files.receipt_contributors()[0]
+    return {"seq": files.seq, "manifest": files.manifest(), "anchor": files.anchor(), "contributor": contributor,
+            "receipt": files.receipt(contributor).data, "rewarded": len(files.rewards_tree().values)}
 
 
-def batch_finished(lake: Lake, dataset: Dataset, seq: int) -> bool:
-    needs = [layout.anchor(dataset.name, seq), layout.rewards_published(dataset.name, seq),
-             f"receipts/{dataset.name}/{layout.seq_part(seq)}/index.json"]
-    return all(lake.exists(k) for k in needs)
+def batch_finished(files: BatchFiles) -> bool:
+    """Anchored, rewards published, and receipts written naming the batch's current anchor."""
+    anchor = files.anchor()
+    return (anchor is not None and files.rewards_publication() is not None
+            and files.receipts_anchor() == anchor["block_hash"])
 
 
 @dataclass
@@ -168,30 +216,30 @@ class RunReport:
     finished: list[int] = field(default_factory=list)
 
 
-def finish(settings: Settings, dataset: str, seq: int, progress: Callable[[str], None]) -> None:
-    progress(f"anchoring batch {seq}")
+def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str], None]) -> None:
+    """Anchor and publish the rewards of every batch up to `seq` that lacks them (re-checking
+    recent ones against reorganisations), then write the receipts that are missing or name an
+    anchor that is no longer the batch's current one."""
+    progress(f"anchoring batches up to {seq}")
     anchor(settings, dataset, seq)
-    progress(f"publishing rewards of batch {seq}")
+    progress(f"publishing rewards up to batch {seq}")
     publish_rewards(settings, dataset, seq)
-    progress(f"writing receipts of batch {seq}")
-    publish_receipts(settings, dataset, seq)
+    lake = lake_for(settings)
+    for s in range(seq + 1):
+        if not batch_finished(BatchFiles(lake, dataset, s)):
+            progress(f"writing receipts of batch {s}")
+            publish_receipts(settings, dataset, s)
 
 
 def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None) -> RunReport:
     """One batch now, every stage: finish what an earlier run left, then commit what is new."""
+    dataset_for(settings, dataset)  # an unknown or broken declaration stops the run before anything
     lake = lake_for(settings)
-    spec = dataset_for(settings, dataset)
     report = RunReport(dataset)
-    committed = manifests.committed_seqs(lake, dataset)
-    for seq in committed:
-        if not batch_finished(lake, spec, seq):
-            finish(settings, dataset, seq, progress)
-            report.finished.append(seq)
-    if committed and committed[-1] not in report.finished:
-        # finish() re-checks recent anchors itself; otherwise do it here, since a deep
-        # reorganisation may have removed one
-        anchor(settings, dataset, committed[-1])
-        publish_rewards(settings, dataset, committed[-1])
+    committed = committed_seqs(lake, dataset)
+    if committed:
+        report.finished = [s for s in committed if not batch_finished(BatchFiles(lake, dataset, s))]
+        settle(settings, dataset, committed[-1], progress)
     progress("staging new sources")
     staged = stage(settings, dataset)
     if staged is None:
@@ -199,6 +247,6 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
         return report
     progress(f"validating and committing batch {staged}")
     report.committed.append(commit(settings, dataset, staged))
-    finish(settings, dataset, staged, progress)
+    settle(settings, dataset, staged, progress)
     report.finished.append(staged)
     return report

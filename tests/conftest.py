@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DEVNET_KEY
-from pipeline.services import Anvil, SeaweedFS
+from pipeline.devnet import Anvil, SeaweedFS
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHORLAKE = str(Path(sys.executable).parent / "anchorlake")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from pipeline.services import Anvil
+from pipeline.devnet import Anvil
 
 from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
 
@@ -207,6 +207,12 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     receipts = sorted(str(p) for p in (lake / "receipts/instructions/000000").glob("0x*.json"))
     assert cli(env, "verify", *receipts).returncode == 0
+    # Every reader names the one current anchor: status and the receipts (rewritten when it moved).
+    lost = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
+    current = json.loads((lake / "state/instructions/000000/anchor-current.json").read_text())
+    assert current["block_hash"] != lost["block_hash"] and state["tx_hash"] == current["tx_hash"]
+    named = {(a["tx_hash"], a["block_number"]) for a in (json.loads(Path(r).read_text())["anchor"] for r in receipts)}
+    assert named == {(current["tx_hash"], current["block_number"])}
 
 
 OUTSIDER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil account 1

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import layout
-from pipeline.commit import commit_batch, stage_sources
 from pipeline.config import REPO_ROOT
 from pipeline.datasets import load as load_dataset
-from pipeline.storage import open_lake
+from pipeline.ingest.commit import commit_batch
+from pipeline.ingest.stage import stage_sources
+from pipeline.lake import layout
+from pipeline.lake.storage import open_lake
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ CASES: list[tuple[str, bytes, list[str], int]] = [
 @pytest.fixture(params=["worker processes", "one process"])
 def committed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
     if request.param == "one process":  # the path a single-core machine takes
-        monkeypatch.setattr("pipeline.commit._pool", lambda: None)
+        monkeypatch.setattr("pipeline.ingest.commit.worker_pool", lambda: None)
     lake = open_lake((tmp_path / "lake").as_uri())
     dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
     for name, data, _, _ in CASES:
@@ -132,7 +133,7 @@ def test_the_corpus_has_at_least_30_kinds_of_bad_input() -> None:
 
 def test_every_bad_record_gets_its_reason_and_good_rows_commit(committed: tuple) -> None:
     lake, _, manifest = committed
-    quarantine = pq.read_table(io.BytesIO(lake.read(layout.quarantine("instructions", 0)))).to_pylist()
+    quarantine = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE)))).to_pylist()
     by_source: dict[str, list[str]] = {}
     for row in quarantine:
         by_source.setdefault(row["source_key"].rsplit("/", 1)[1], []).append(row["reason"])
@@ -156,10 +157,10 @@ def test_every_input_record_is_accounted_for(committed: tuple) -> None:
         assert s["records"] == s["accepted"] + s["quarantined"] + s["duplicate"]
     data_rows = sum(pq.read_table(io.BytesIO(lake.read(layout.batch("instructions", 0) + f["path"]))).num_rows
                     for f in manifest.data["files"])
-    quarantined = pq.read_table(io.BytesIO(lake.read(layout.quarantine("instructions", 0)))).num_rows
+    quarantined = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE)))).num_rows
     assert data_rows == counts["accepted"] == manifest.tree_size
     assert quarantined == counts["quarantined"] + counts["duplicate"]
-    rewards = pq.read_table(io.BytesIO(lake.read(layout.rewards("instructions", 0)))).to_pylist()
+    rewards = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.REWARDS)))).to_pylist()
     assert sum(r["accepted"] for r in rewards) == counts["accepted"]
 
 
@@ -177,8 +178,8 @@ def test_a_duplicate_of_an_earlier_batch_names_the_first_record(committed: tuple
     second = commit_batch(lake, dataset, 1)
     assert second.data["counts"] == {"input": 2, "accepted": 1, "quarantined": 0, "duplicate": 1}
     assert [s["key"] for s in second.data["sources"]] == ["incoming/instructions/later.jsonl"]
-    row = pq.read_table(io.BytesIO(lake.read(layout.quarantine("instructions", 1)))).to_pylist()[0]
-    index = pq.read_table(io.BytesIO(lake.read(layout.index("instructions", 0)))).column("record_id").to_pylist()
+    row = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 1, layout.QUARANTINE)))).to_pylist()[0]
+    index = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.INDEX)))).column("record_id").to_pylist()
     assert row["reason"] == "duplicate" and row["duplicate_of"] in index
 
 
@@ -190,7 +191,7 @@ def test_new_bytes_under_a_known_key_are_a_new_source(committed: tuple) -> None:
 
 
 def test_a_quality_threshold_refuses_the_batch_and_commits_nothing(tmp_path: Path) -> None:
-    from pipeline.quality import BatchRejected
+    from pipeline.ingest.quality import BatchRejected
 
     lake = open_lake((tmp_path / "lake").as_uri())
     dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
@@ -199,7 +200,7 @@ def test_a_quality_threshold_refuses_the_batch_and_commits_nothing(tmp_path: Pat
     seq = stage_sources(lake, dataset)
     with pytest.raises(BatchRejected, match="missing_created_at|created_at"):
         commit_batch(lake, dataset, seq)
-    assert not lake.exists(layout.manifest("instructions", 0))
+    assert not lake.exists(layout.batch_file("instructions", 0, layout.MANIFEST))
 
 
 def test_sources_arriving_while_a_batch_runs_go_to_the_next_batch(tmp_path: Path) -> None:
@@ -257,18 +258,21 @@ def test_a_third_dataset_needs_only_its_two_files(tmp_path: Path) -> None:
     lake.write("incoming/ratings/r.jsonl", jsonl(*(line(r) for r in rows)))
     manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
     assert manifest.data["counts"] == {"input": 4, "accepted": 2, "quarantined": 2, "duplicate": 0}
-    reasons = pq.read_table(io.BytesIO(lake.read(layout.quarantine("ratings", 0)))).column("reason").to_pylist()
+    reasons = pq.read_table(io.BytesIO(lake.read(layout.batch_file("ratings", 0, layout.QUARANTINE)))).column("reason").to_pylist()
     assert sorted(reasons) == ["stars_out_of_range", "wrong_type"]
     rewards = {r["contributor"]: int(r["amount"]) for r in
-               pq.read_table(io.BytesIO(lake.read(layout.rewards("ratings", 0)))).to_pylist()}
+               pq.read_table(io.BytesIO(lake.read(layout.batch_file("ratings", 0, layout.REWARDS)))).to_pylist()}
     assert rewards == {ALICE: 833, CHECKSUMMED.lower(): 167}  # weights 5 and 1 of a pool of 1000
     # Float rows take the JCS path: the stored leaves are the RFC 8785 hashes of the records.
-    from pipeline.jcs import canonical_bytes
-    from pipeline.merkle import leaf_hash
-    from pipeline.receipts import batch_leaves, batch_records
+    from pipeline.core.jcs import canonical_bytes
+    from pipeline.core.merkle import leaf_hash
+    from pipeline.lake.batch import BatchFiles
+    from pipeline.receipts import batch_records
 
-    records = batch_records(lake, dataset, manifest)
-    assert [leaf_hash(canonical_bytes(r)) for r in records] == batch_leaves(lake, "ratings", manifest)
+    files = BatchFiles(lake, "ratings", manifest.seq)
+    records = batch_records(files, dataset)
+    tree = files.tree()
+    assert [leaf_hash(canonical_bytes(r)) for r in records] == [tree.leaf(i) for i in range(tree.tree_size)]
     assert any(r["score"] == 1e21 for r in records)
 
 
@@ -288,4 +292,4 @@ def test_a_suite_naming_an_unknown_column_is_a_clear_configuration_error(tmp_pat
     lake.write("incoming/instructions/a.jsonl", jsonl(line(good(1))))
     with pytest.raises(BadInput, match="mood"):
         commit_batch(lake, dataset, stage_sources(lake, dataset))
-    assert not lake.exists(layout.manifest("instructions", 0))
+    assert not lake.exists(layout.batch_file("instructions", 0, layout.MANIFEST))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from anchoring.chain import Chain, anchor_batch, next_anchor_seq, read_batch
+from anchoring.batch_anchor import anchor_batch, next_anchor_seq, read_batch
+from anchoring.chain import Chain
 from pipeline.config import DEVNET_KEY
 from pipeline.errors import ChainError, ConflictError
 
@@ -39,7 +40,7 @@ def test_seq_must_be_next_and_is_never_rewritten(anchor_contract) -> None:
     assert (stored.root, stored.tree_size, stored.manifest_hash) == (b"r" * 32, 3, b"m" * 32)
     # Anchoring the same values again finds them and sends nothing.
     block = chain.w3.eth.block_number
-    assert anchor_batch(chain, address, dataset, 0, b"r" * 32, 3, b"m" * 32)["tx_hash"] == record["tx_hash"]
+    assert anchor_batch(chain, address, dataset, 0, b"r" * 32, 3, b"m" * 32).tx_hash == record.tx_hash
     assert chain.w3.eth.block_number == block
     with pytest.raises(ConflictError, match="anchored with root"):
         anchor_batch(chain, address, dataset, 0, b"x" * 32, 3, b"m" * 32)
@@ -59,8 +60,8 @@ def test_the_event_carries_what_was_stored(anchor_contract) -> None:
 
 
 def test_a_points_dataset_publishes_roots_moves_no_token_and_cannot_be_claimed(anvil) -> None:
-    from anchoring.chain import claim, publish_rewards, published_root, token_balance
-    from pipeline.rewards import RewardsTree
+    from anchoring.distributor import claim, publish_rewards, published_root, token_balance
+    from pipeline.core.rewards import RewardsTree
 
     chain = Chain(anvil.url, DEVNET_KEY)
     me = chain.address

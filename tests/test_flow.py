@@ -160,7 +160,8 @@ def test_the_read_only_identity_reads_batches_and_cannot_write(s3_env: dict[str,
 
 
 def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_path: Path) -> None:
-    from anchoring.chain import Chain, claim, claimed, token_balance
+    from anchoring.chain import Chain
+    from anchoring.distributor import claim, claimed, token_balance
     from pipeline.config import DEVNET_KEY
 
     committed_flow(file_env, tmp_path)

@@ -14,9 +14,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.jcs import canonical_number, canonicalize
+from pipeline.core.rewards import RewardsTree, split_proportional, verify_reward
 from pipeline.errors import BadInput
-from pipeline.jcs import canonical_number, canonicalize
-from pipeline.rewards import RewardsTree, split_proportional, verify_reward
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parent.parent
@@ -134,8 +134,8 @@ committed_values = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(
 def test_the_fast_leaf_path_is_byte_identical_to_rfc8785(row: dict) -> None:
     import hashlib
 
+    from pipeline.core.leaf import leaf_function
     from pipeline.datasets import Column
-    from pipeline.rows import leaf_function
 
     columns = [Column(name, "string") for name in row]  # no float column: the orjson path
     assert leaf_function(columns)(row) == hashlib.sha256(b"\x00" + rfc8785.dumps(row)).digest()

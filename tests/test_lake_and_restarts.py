@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists
-from pipeline.storage import open_lake
+from pipeline.lake.storage import open_lake
 
 from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
 
@@ -113,10 +113,11 @@ def test_two_writers_committing_one_batch_leave_one_consistent_batch(tmp_path: P
 
     import pyarrow.parquet as pq
 
-    from pipeline import layout
-    from pipeline.commit import commit_batch, stage_sources
     from pipeline.config import REPO_ROOT
     from pipeline.datasets import load
+    from pipeline.ingest.commit import commit_batch
+    from pipeline.ingest.stage import stage_sources
+    from pipeline.lake import layout
 
     lake = open_lake((tmp_path / "lake").as_uri())
     dataset = load(REPO_ROOT / "expectations", "instructions")
@@ -138,20 +139,21 @@ def test_two_writers_committing_one_batch_leave_one_consistent_batch(tmp_path: P
 def test_a_live_lease_of_another_writer_holds_the_batch_and_an_expired_one_does_not(tmp_path: Path) -> None:
     import json as _json
 
-    from pipeline.commit import commit_batch, stage_sources
     from pipeline.config import REPO_ROOT
     from pipeline.datasets import load
-    from pipeline.lease import LeaseBusy
+    from pipeline.ingest.commit import commit_batch
+    from pipeline.ingest.stage import stage_sources
+    from pipeline.lake.lease import LeaseBusy
 
     lake = open_lake((tmp_path / "lake").as_uri())
     dataset = load(REPO_ROOT / "expectations", "instructions")
     lake.write("incoming/instructions/a.jsonl", Path(SAMPLES[0]).read_bytes())
     seq = stage_sources(lake, dataset)
     lease = "state/instructions/000000/lease-00000000.json"
-    lake.create(lease, _json.dumps({"owner": "someone", "expires_at": time.time() + 60}).encode())
+    lake.create(lease, _json.dumps({"format": "anchorlake.lease/1", "owner": "someone", "expires_at": time.time() + 60}).encode())
     with pytest.raises(LeaseBusy):
         commit_batch(lake, dataset, seq, lease_ttl=1)
-    lake.write(lease, _json.dumps({"owner": "someone", "expires_at": time.time() - 1}).encode())
+    lake.write(lease, _json.dumps({"format": "anchorlake.lease/1", "owner": "someone", "expires_at": time.time() - 1}).encode())
     assert commit_batch(lake, dataset, seq, lease_ttl=1).data["counts"]["input"] == 14
 
 

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymerkle import InmemoryTree
 
-from pipeline.errors import RootMismatchError
-from pipeline.merkle import (
+from pipeline.core.merkle import (
     EMPTY_ROOT,
     InclusionProof,
     ProofError,
@@ -23,6 +22,7 @@ from pipeline.merkle import (
     root_from_inclusion,
     verify_inclusion,
 )
+from pipeline.errors import RootMismatchError
 
 pytestmark = pytest.mark.unit
 

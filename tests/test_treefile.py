@@ -6,8 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.merkle import EMPTY_ROOT, InclusionProof, build_levels, inclusion_path, leaf_hash, root, verify_inclusion
-from pipeline.treefile import encode, from_bytes
+from pipeline.core.merkle import (
+    EMPTY_ROOT,
+    InclusionProof,
+    build_levels,
+    inclusion_path,
+    leaf_hash,
+    root,
+    verify_inclusion,
+)
+from pipeline.core.treefile import encode, from_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -36,8 +44,8 @@ def test_an_empty_tree_has_the_empty_root() -> None:
 
 
 def test_the_parallel_bulk_builder_writes_the_same_bytes() -> None:
-    from pipeline.merkle import leaf_hashes
-    from pipeline.treefile import PARALLEL_FROM, encode_entries
+    from pipeline.core.merkle import leaf_hashes
+    from pipeline.core.treefile import PARALLEL_FROM, encode_entries
 
     entries = [i.to_bytes(4, "big") for i in range(PARALLEL_FROM + 1234)]
     assert encode_entries(entries, workers=2) == encode(leaf_hashes(entries))

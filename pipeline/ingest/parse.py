@@ -1,4 +1,4 @@
-"""Parse contribution files into typed records or quarantine entries (SPEC §2).
+"""Parse contribution files into typed, sealed records or quarantine entries (SPEC §2).
 
 `parse_source` streams one source (JSONL, CSV or Parquet, optionally gzip-compressed) and yields
 one `Record` per input record: typed values, or a reason code with the raw text. Nothing is
@@ -17,17 +17,18 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import IO, Any
 
 import orjson
 from eth_utils import is_checksum_address
 
+from pipeline.core.jcs import MAX_SAFE_INTEGER
+from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_text
 from pipeline.datasets import Column, Dataset
-from pipeline.jcs import MAX_SAFE_INTEGER
 
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_UTC_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|\+00:00)\Z")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_UTC_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|\+00:00)")
 _BOM = b"\xef\xbb\xbf"
 MAX_DEPTH = 64  # deeper JSON is a nesting bomb, not a record
 
@@ -50,10 +51,6 @@ class Record:
     def reject(self, reason: str, detail: str) -> Record:
         self.values, self.reason, self.detail = None, reason, detail
         return self
-
-    def raw_text(self) -> str:
-        raw = self.raw
-        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 @dataclass
@@ -119,12 +116,6 @@ def source_extension(key: str) -> str:
 Checker = Callable[[Any], tuple[Any, str | None]]
 
 
-def canonical_timestamp(t: datetime) -> str:
-    t = t.astimezone(UTC)
-    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
-            f"{t.second:02d}.{t.microsecond:06d}Z")
-
-
 def _checker(column: Column) -> Checker:
     """Return a function mapping a decoded value to (committed value, None) or (None, problem).
 
@@ -159,7 +150,7 @@ def _checker(column: Column) -> Checker:
             except ValueError:
                 return None, f"{name} is not an ISO 8601 timestamp"
             # Fast path for the common UTC forms: the canonical text is a re-spelling of the input.
-            match = _UTC_TEXT.match(v)
+            match = _UTC_TEXT.fullmatch(v)
             if match is not None:
                 return f"{v[:19]}.{(match.group(1) or '').ljust(6, '0')}Z", None
             v = parsed
@@ -167,7 +158,7 @@ def _checker(column: Column) -> Checker:
             return None, f"{name} must be an ISO 8601 timestamp"
         if v.tzinfo is None:
             return None, f"{name} has no time zone"
-        return canonical_timestamp(v), None
+        return timestamp_text(v), None
 
     def string_list(v: Any) -> tuple[Any, str | None]:
         if not isinstance(v, list) or not all(isinstance(item, str) for item in v):
@@ -195,7 +186,7 @@ class RecordTyper:
         contributor = obj.get("contributor")
         if contributor is None:
             return record.reject("missing_contributor", "the record names no contributor")
-        if not isinstance(contributor, str) or not _ADDRESS.match(contributor):
+        if not isinstance(contributor, str) or not _ADDRESS.fullmatch(contributor):
             return record.reject("invalid_contributor", "contributor must be 0x and 40 hex digits")
         lower = contributor.lower()
         if contributor != lower and contributor[2:] != contributor[2:].upper() and not is_checksum_address(contributor):
@@ -229,8 +220,6 @@ class Sealer:
     """Gives typed records their salt, leaf hash and dedupe key (CPU-heavy; runs in workers)."""
 
     def __init__(self, dataset: Dataset) -> None:
-        from pipeline.rows import dedupe_key_function, leaf_function
-
         columns = dataset.committed_columns
         self.column_names = tuple(c.name for c in columns)
         self.leaf = leaf_function(columns)

@@ -13,21 +13,23 @@ from dataclasses import dataclass
 from pipeline.errors import CheckFailed, RootMismatchError
 
 HASH_SIZE = 32
+LEAF_PREFIX = b"\x00"  # RFC 9162 §2.1.1 domain separation: a leaf can never pass for a node
+NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
 def leaf_hash(leaf: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + leaf).digest()
+    return hashlib.sha256(LEAF_PREFIX + leaf).digest()
 
 
 def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
     """leaf_hash of each, in order (the bulk form)."""
     sha = hashlib.sha256
-    return [sha(b"\x00" + leaf).digest() for leaf in leaves]
+    return [sha(LEAF_PREFIX + leaf).digest() for leaf in leaves]
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
 
 
 def build_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
@@ -40,7 +42,7 @@ def build_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     current = levels[0]
     sha = hashlib.sha256
     while len(current) > 1:
-        nxt = [sha(b"\x01" + left + right).digest() for left, right in zip(current[0::2], current[1::2], strict=False)]
+        nxt = [sha(NODE_PREFIX + left + right).digest() for left, right in zip(current[0::2], current[1::2], strict=False)]
         if len(current) % 2:
             nxt.append(current[-1])
         levels.append(nxt)

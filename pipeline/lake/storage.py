@@ -1,4 +1,4 @@
-"""The lake: the only module that talks to storage (SPEC §3).
+"""Storage: the only module that talks to file:// and s3:// (SPEC §3).
 
 `open_lake(url, s3)` gives a `Lake` over `file:///path` or `s3://bucket/prefix`. Keys are
 '/'-separated paths relative to the lake root. `create` is the conditional create used for
@@ -8,8 +8,8 @@ written temporary file, so a reader never sees a partial object and two writers 
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -17,11 +17,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from pipeline.config import S3Settings
-from pipeline.errors import AlreadyExists, BadInput, FormatError, NotFound, ServiceUnavailable
+from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,6 @@ class Lake(ABC):
         """Every object whose key starts with `prefix`, in key order."""
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
-
-    @abstractmethod
     def open(self, key: str) -> BinaryIO:
         """A buffered binary stream over the object; memory stays bounded whatever its size."""
 
@@ -70,27 +67,18 @@ class Lake(ABC):
     def local_copy(self, key: str, directory: Path) -> Path:
         """A seekable local file with the object's bytes (the object itself on file://)."""
 
-    def read_text(self, key: str) -> str:
-        return self.read(key).decode("utf-8")
-
-    def read_json(self, key: str, fmt: str | None = None, missing_ok: bool = False) -> Any:
-        """A JSON object, checked for its `format` tag; None if missing and `missing_ok`.
-
-        Raises FormatError naming the file and the field on bad JSON or a wrong tag."""
-        try:
-            data = json.loads(self.read(key))
-        except NotFound:
-            if missing_ok:
-                return None
-            raise
-        except ValueError as e:
-            raise FormatError(self.uri(key), "(file)", f"invalid JSON: {e}") from None
-        if fmt is not None and (not isinstance(data, dict) or data.get("format") != fmt):
-            raise FormatError(self.uri(key), "format", f"expected {fmt!r}")
-        return data
-
     def uri(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """(SHA-256 hex, size) of a local file, read in blocks so memory stays bounded."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
 
 
 def _check_key(key: str) -> str:
@@ -154,9 +142,6 @@ class FileLake(Lake):
                 if key.startswith(prefix):
                     found.append(ObjectInfo(key, full.stat().st_size))
         return iter(sorted(found, key=lambda o: o.key))
-
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -264,9 +249,6 @@ class S3Lake(Lake):
                 return
             token = page.get("NextContinuationToken")
 
-    def delete(self, key: str) -> None:
-        self._call("delete", key, self._client.delete_object, Key=self._key(key))
-
     def open(self, key: str) -> BinaryIO:
         body = self._call("read", key, self._client.get_object, Key=self._key(key))["Body"]
         return io.BufferedReader(_StreamingRaw(body), buffer_size=1 << 20)  # type: ignore[return-value,type-var]
@@ -290,14 +272,6 @@ class S3Lake(Lake):
         with os.fdopen(fd, "wb") as f, self.open(key) as stream:
             shutil.copyfileobj(stream, f, 8 << 20)
         return Path(tmp)
-
-    def ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except ClientError:
-            self._call("create bucket", "", self._client.create_bucket)
 
 
 class _StreamingRaw(io.RawIOBase):

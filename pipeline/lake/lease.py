@@ -10,22 +10,20 @@ and the next run waits for that instead of failing.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
-from pipeline import layout
+from pipeline.core.records import LEASE
 from pipeline.errors import AlreadyExists, ServiceUnavailable
-from pipeline.storage import Lake
+from pipeline.lake import layout
+from pipeline.lake.records import read_record
+from pipeline.lake.storage import Lake
 
 
 class LeaseBusy(ServiceUnavailable):
     """Another writer holds the batch; retrying later helps."""
-
-
-def _prefix(dataset: str, seq: int) -> str:
-    return f"state/{dataset}/{layout.seq_part(seq)}/lease-"
 
 
 @dataclass
@@ -39,25 +37,25 @@ class Lease:
     renewed: float = 0.0
 
     def _key(self, generation: int) -> str:
-        return f"{_prefix(self.dataset, self.seq)}{generation:08d}.json"
+        return layout.lease(self.dataset, self.seq, generation)
 
-    def _latest(self) -> tuple[int, dict[str, object] | None]:
-        generations = [int(o.key.rsplit("-", 1)[1][:8]) for o in self.lake.list(_prefix(self.dataset, self.seq))]
+    def _latest(self) -> tuple[int, dict[str, Any] | None]:
+        found = (layout.lease_generation(o.key) for o in self.lake.list(layout.leases(self.dataset, self.seq)))
+        generations = [g for g in found if g is not None]
         if not generations:
             return -1, None
         latest = max(generations)
-        return latest, json.loads(self.lake.read(self._key(latest)))
+        return latest, read_record(self.lake, self._key(latest), LEASE)
 
-    def _body(self) -> bytes:
-        return json.dumps({"format": "anchorlake.lease/1", "owner": self.owner,
-                           "expires_at": time.time() + self.ttl}).encode()
+    def _body(self, expires_at: float | None = None) -> bytes:
+        return LEASE.dump({"owner": self.owner, "expires_at": time.time() + self.ttl if expires_at is None else expires_at})
 
     def acquire(self, wait: float | None = None) -> Lease:
         """Take the lease, waiting up to `wait` seconds (default: one ttl) for a holder to expire."""
         deadline = time.monotonic() + (self.ttl + 5 if wait is None else wait)
         while True:
             latest, body = self._latest()
-            if body is None or float(body["expires_at"]) < time.time():  # type: ignore[arg-type]
+            if body is None or float(body["expires_at"]) < time.time():
                 try:
                     self.lake.create(self._key(latest + 1), self._body())
                     self.generation, self.renewed = latest + 1, time.monotonic()
@@ -83,8 +81,7 @@ class Lease:
                 self.check()
             except LeaseBusy:
                 return
-            self.lake.write(self._key(self.generation), json.dumps(
-                {"format": "anchorlake.lease/1", "owner": self.owner, "expires_at": 0}).encode())
+            self.lake.write(self._key(self.generation), self._body(expires_at=0))
 
     def check(self) -> None:
         latest, body = self._latest()

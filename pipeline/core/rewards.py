@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pipeline.errors import BadInput, FormatError
 
 RULE = "proportional/1"
-ZERO_ROOT = b"\x00" * 32
+ZERO_ROOT = bytes(32)
 
 
 def split_proportional(pool: int, weights: Mapping[str, int]) -> dict[str, int]:
@@ -65,7 +65,7 @@ def reward_leaf(address: str, amount: int) -> bytes:
     """OpenZeppelin standard leaf: keccak256(keccak256(abi.encode(address, uint256)))."""
     if not 0 <= amount < 2**256:
         raise BadInput(f"amount {amount} does not fit uint256")
-    encoded = b"\x00" * 12 + _address_bytes(address) + amount.to_bytes(32, "big")
+    encoded = bytes(12) + _address_bytes(address) + amount.to_bytes(32, "big")
     return keccak(keccak(encoded))
 
 

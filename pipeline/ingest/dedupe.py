@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.storage import Lake
+from pipeline.lake.batch import BatchFiles
+from pipeline.lake.storage import Lake
 
 
 class PriorKeys:
@@ -21,13 +20,10 @@ class PriorKeys:
 
     @classmethod
     def load(cls, lake: Lake, dataset: str, seq: int) -> PriorKeys:
-        import pyarrow.parquet as pq
-
         keys: list[np.ndarray] = []
         ids: list[np.ndarray] = []
         for earlier in range(seq):
-            table = pq.read_table(io.BytesIO(lake.read(layout.index(dataset, earlier))),
-                                  columns=["dedupe_key", "record_id"])
+            table = BatchFiles(lake, dataset, earlier).index(["dedupe_key", "record_id"])
             keys.append(np.array(table.column("dedupe_key").to_pylist(), dtype="S32"))
             ids.append(np.array(table.column("record_id").to_pylist(), dtype="S64"))
         if not keys:

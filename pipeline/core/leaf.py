@@ -1,6 +1,6 @@
-"""Committed rows as JSON objects, leaf bytes and record ids (SPEC §4). Pure.
+"""Row -> record -> leaf (SPEC §4), the dedupe key, and the one timestamp text rule. Pure.
 
-The receipt's `record` is exactly the JSON object whose JCS bytes are the leaf, so anyone can
+A receipt's `record` is exactly the JSON object whose JCS bytes are the leaf, so anyone can
 recompute a leaf from a receipt without knowing the schema.
 """
 
@@ -14,8 +14,19 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.jcs import canonical_bytes, canonicalize
+from pipeline.core.merkle import LEAF_PREFIX
 from pipeline.datasets import Column
-from pipeline.jcs import canonical_bytes, canonicalize
+
+
+def timestamp_text(t: datetime) -> str:
+    """The committed text of a timestamp: UTC, microseconds, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+
+    Requires an aware datetime."""
+    t = t.astimezone(UTC)
+    # Formatted by hand: strftime does not zero-pad years below 1000 on every platform.
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+            f"{t.second:02d}.{t.microsecond:06d}Z")
 
 
 def json_value(column_type: str, value: Any) -> Any:
@@ -25,10 +36,7 @@ def json_value(column_type: str, value: Any) -> Any:
     if column_type == "timestamp":
         if not isinstance(value, datetime):
             raise TypeError(f"timestamp value {value!r} is not a datetime")
-        t = value.astimezone(UTC)
-        # Formatted by hand: strftime does not zero-pad years below 1000 on every platform.
-        return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
-                f"{t.second:02d}.{t.microsecond:06d}Z")
+        return timestamp_text(value)
     if column_type == "list<string>":
         return list(value)
     if column_type == "float64":
@@ -37,6 +45,7 @@ def json_value(column_type: str, value: Any) -> Any:
 
 
 def record_object(columns: Sequence[Column], row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON record of a row read back from a data part (typed values, e.g. datetimes)."""
     return {c.name: json_value(c.type, row.get(c.name)) for c in columns}
 
 
@@ -60,9 +69,9 @@ def leaf_function(columns: Sequence[Column]) -> Callable[[dict[str, Any]], bytes
     """
     sha256 = hashlib.sha256
     if any(c.type == "float64" for c in columns):
-        return lambda row: sha256(b"\x00" + canonical_bytes(row)).digest()
+        return lambda row: sha256(LEAF_PREFIX + canonical_bytes(row)).digest()
     dumps, option = orjson.dumps, orjson.OPT_SORT_KEYS
-    return lambda row: sha256(b"\x00" + dumps(row, option=option)).digest()
+    return lambda row: sha256(LEAF_PREFIX + dumps(row, option=option)).digest()
 
 
 def dedupe_key_function(columns: Sequence[Column], key_columns: Sequence[str]) -> Callable[[dict[str, Any]], bytes]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, build_levels, leaf_hashes, root_from_levels
 from pipeline.errors import FormatError
-from pipeline.merkle import EMPTY_ROOT, HASH_SIZE, build_levels, inclusion_path, leaf_hashes, root_from_levels
 
 MAGIC = b"ALTREE01"
 HEADER = struct.Struct(">8sQII")
@@ -34,14 +34,6 @@ def _level_sizes(leaves: int) -> list[int]:
 
 def _flatten(levels: Sequence[Sequence[bytes]]) -> bytes:
     return b"".join(b"".join(level) for level in levels)
-
-
-def _unflatten(data: bytes, leaves: int) -> list[list[bytes]]:
-    levels, offset = [], 0
-    for size in _level_sizes(leaves):
-        levels.append([data[offset + i * HASH_SIZE: offset + (i + 1) * HASH_SIZE] for i in range(size)])
-        offset += size * HASH_SIZE
-    return levels
 
 
 def _tiles(leaves: Sequence[bytes], tile: int, start: int, stop: int) -> tuple[bytes, list[bytes]]:
@@ -102,10 +94,26 @@ def encode_entries(entries: Sequence[bytes], tile_height: int = DEFAULT_TILE_HEI
     return blob, root_from_levels(top)
 
 
+def _stored_path(data: bytes, offset: int, leaves: int, index: int) -> list[bytes]:
+    """Inclusion path of leaf `index` in a tree of `leaves` stored level by level from `offset`
+    (leaf level first), read straight from the stored bytes."""
+    path: list[bytes] = []
+    size = leaves
+    while size > 1:
+        sibling = index ^ 1
+        if sibling < size:
+            start = offset + sibling * HASH_SIZE
+            path.append(data[start:start + HASH_SIZE])
+        offset += size * HASH_SIZE
+        index >>= 1
+        size = (size + 1) // 2
+    return path
+
+
 class TreeFile:
     """Reads proofs from a stored tree through `read(offset, length)` (a ranged read)."""
 
-    def __init__(self, read: Callable[[int, int], bytes], source: str = "tree.bin") -> None:
+    def __init__(self, read: Callable[[int, int], bytes], source: str = "stored tree") -> None:
         self.read, self.source = read, source
         magic, self.tree_size, self.tile_height, _ = HEADER.unpack(read(0, HEADER.size))
         if magic != MAGIC:
@@ -124,15 +132,33 @@ class TreeFile:
         last = self.tiles - 1
         return self._tile_offset(last) + sum(_level_sizes(self._tile_leaves(last))) * HASH_SIZE
 
-    def proof(self, index: int) -> list[bytes]:
-        """RFC 9162 inclusion path of leaf `index`. Requires 0 <= index < tree_size."""
+    def _check(self, index: int) -> int:
         if not 0 <= index < self.tree_size:
             raise IndexError(f"leaf index {index} is outside a tree of size {self.tree_size}")
-        t = index >> self.tile_height
+        return index >> self.tile_height
+
+    def proof(self, index: int) -> list[bytes]:
+        """RFC 9162 inclusion path of leaf `index`, with two reads. Requires 0 <= index < tree_size."""
+        t = self._check(index)
         leaves = self._tile_leaves(t)
-        tile = _unflatten(self.read(self._tile_offset(t), sum(_level_sizes(leaves)) * HASH_SIZE), leaves)
-        top = _unflatten(self.read(self._top_offset(), sum(_level_sizes(self.tiles)) * HASH_SIZE), self.tiles)
-        return inclusion_path(tile, index - t * self.tile) + inclusion_path(top, t)
+        tile = self.read(self._tile_offset(t), sum(_level_sizes(leaves)) * HASH_SIZE)
+        top = self.read(self._top_offset(), sum(_level_sizes(self.tiles)) * HASH_SIZE)
+        return _stored_path(tile, 0, leaves, index - t * self.tile) + _stored_path(top, 0, self.tiles, t)
+
+    def proofs(self, indices: Iterable[int]) -> Iterator[list[bytes]]:
+        """The inclusion path of each leaf in `indices`, from one read of the whole tree.
+
+        Requires 0 <= index < tree_size for each."""
+        if self.tree_size == 0:
+            for index in indices:
+                self._check(index)
+            return
+        top_offset = self._top_offset()
+        whole = self.read(0, top_offset + sum(_level_sizes(self.tiles)) * HASH_SIZE)
+        for index in indices:
+            t = self._check(index)
+            yield (_stored_path(whole, self._tile_offset(t), self._tile_leaves(t), index - t * self.tile)
+                   + _stored_path(whole, top_offset, self.tiles, t))
 
     def leaf(self, index: int) -> bytes:
         t = index >> self.tile_height
@@ -144,5 +170,5 @@ class TreeFile:
         return self.read(self._top_offset() + (sum(_level_sizes(self.tiles)) - 1) * HASH_SIZE, HASH_SIZE)
 
 
-def from_bytes(data: bytes, source: str = "tree.bin") -> TreeFile:
+def from_bytes(data: bytes, source: str = "stored tree") -> TreeFile:
     return TreeFile(lambda offset, length: data[offset:offset + length], source)

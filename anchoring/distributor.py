@@ -1,0 +1,106 @@
+"""RewardDistributor (SPEC §8): publish rewards roots (funded, or as points), claims, balances.
+
+`publish_rewards` returns a typed `Published`; the pipeline writes it to the lake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from anchoring.chain import Chain
+from anchoring.transactions import IntentStore, ensure_confirmed, ensure_transaction, find_event
+from pipeline.errors import ChainError, ConflictError
+
+
+@dataclass(frozen=True)
+class Published:
+    """A confirmed rewards publication; hashes as hex, the total in base units as a decimal string."""
+
+    chain_id: int
+    contract: str
+    seq: int
+    root: str
+    cumulative_total: str
+    tx_hash: str
+    block_number: int
+
+
+def published_root(chain: Chain, address: str, dataset_id: bytes, seq: int) -> bytes | None:
+    """The rewards root published for (dataset_id, seq), or None if it is not published."""
+    contract = chain.contract("RewardDistributor", address)
+    next_seq = int(chain.rpc(lambda: contract.functions.nextSeq(dataset_id).call()))
+    if seq >= next_seq:
+        return None
+    return bytes(chain.rpc(lambda: contract.functions.rootAt(dataset_id, seq).call()))
+
+
+def _fund(chain: Chain, deployment: Mapping[str, str], increase: int, published: Callable[[], bool],
+          intents: IntentStore, replace_after: float, timeout: float) -> None:
+    """Approve the distributor to pull `increase` base units of the reward token."""
+    token = chain.contract("RewardToken", deployment["RewardToken"])
+    spender = chain.w3.to_checksum_address(deployment["RewardDistributor"])
+
+    def approved() -> bool:
+        return int(chain.rpc(lambda: token.functions.allowance(chain.address, spender).call())) >= increase
+
+    ensure_transaction(chain, token.functions.approve(spender, increase), "approving reward funds",
+                       lambda: published() or approved(), intents, replace_after, timeout)
+
+
+def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: bytes, seq: int, root: bytes,
+                    cumulative_total: int, intents: Callable[[str], IntentStore] | None = None,
+                    replace_after: float = 30.0, timeout: float = 600.0, points: bool = False) -> Published:
+    """Publish the rewards root of `seq` (check-before-send) and fund the increase; for a
+    dataset paid in off-chain points (`points`), publish the ledger root and move no token.
+
+    `intents(step)` gives the intent store of each step ("approve", "publish")."""
+    address = deployment["RewardDistributor"]
+    distributor = chain.contract("RewardDistributor", address)
+    stores: dict[str, IntentStore] = {}
+
+    def store(step: str) -> IntentStore:
+        return intents(step) if intents is not None else stores.setdefault(step, IntentStore.in_memory())
+
+    def published() -> bool:
+        return published_root(chain, address, dataset_id, seq) is not None
+
+    if not published():
+        expected = int(chain.rpc(lambda: distributor.functions.nextSeq(dataset_id).call()))
+        if expected != seq:
+            raise ChainError(f"cannot publish rewards for seq {seq}: the contract expects seq {expected} next")
+        previous = int(chain.rpc(lambda: distributor.functions.cumulativeTotal(dataset_id).call()))
+        increase = cumulative_total - previous
+        if increase < 0:
+            raise ConflictError(f"cumulative total {cumulative_total} is below the published {previous}")
+        if increase and not points:
+            _fund(chain, deployment, increase, published, store("approve"), replace_after, timeout)
+    publish = distributor.functions.publishPoints if points else distributor.functions.publish
+    event = ensure_confirmed(chain, publish(dataset_id, seq, root, cumulative_total),
+                             f"publishing rewards for seq {seq}", published,
+                             lambda: find_event(chain, distributor, "RewardsPublished", dataset_id, seq),
+                             store("publish"), replace_after, timeout)
+    existing = published_root(chain, address, dataset_id, seq)
+    if existing != root:
+        raise ConflictError(f"rewards for seq {seq} are published with root {existing.hex() if existing else None}, "
+                            f"the lake has {root.hex()}")
+    return Published(chain.chain_id, address.lower(), seq, root.hex(), str(cumulative_total),
+                     "0x" + bytes(event["transactionHash"]).hex(), int(event["blockNumber"]))
+
+
+def claim(chain: Chain, address: str, dataset_id: bytes, account: str, cumulative_amount: int,
+          proof: list[bytes]) -> Any:
+    distributor = chain.contract("RewardDistributor", address)
+    return chain.transact("RewardDistributor", distributor.functions.claim(
+        dataset_id, chain.w3.to_checksum_address(account), cumulative_amount, proof), f"claiming for {account}")
+
+
+def claimed(chain: Chain, address: str, dataset_id: bytes, account: str) -> int:
+    distributor = chain.contract("RewardDistributor", address)
+    return int(chain.rpc(lambda: distributor.functions.claimed(dataset_id, chain.w3.to_checksum_address(account)).call()))
+
+
+def token_balance(chain: Chain, token: str, account: str) -> int:
+    contract = chain.contract("RewardToken", token)
+    return int(chain.rpc(lambda: contract.functions.balanceOf(chain.w3.to_checksum_address(account)).call()))

@@ -1,0 +1,115 @@
+"""Manifest (SPEC §6): built beside its validating reader; serialized as JCS. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.core.jcs import canonical_bytes
+from pipeline.errors import FormatError
+
+FORMAT = "anchorlake.manifest/1"
+MERKLE_HASH = "sha256-rfc9162"
+_REQUIRED = ("dataset", "seq", "created_at", "previous", "sources", "counts", "schema", "suite",
+             "files", "merkle", "rewards")
+COUNT_KINDS = ("accepted", "quarantined", "duplicate")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    data: dict[str, Any]
+    sha256: str  # SHA-256 of the manifest file's bytes
+
+    @property
+    def seq(self) -> int:
+        return int(self.data["seq"])
+
+    @property
+    def root(self) -> str:
+        return str(self.data["merkle"]["root"])
+
+    @property
+    def tree_size(self) -> int:
+        return int(self.data["merkle"]["tree_size"])
+
+    @property
+    def rewards(self) -> dict[str, Any]:
+        return dict(self.data["rewards"])
+
+    def pinned(self, relative: str) -> dict[str, Any] | None:
+        """The files or artifacts entry pinning `relative` (a path inside the batch), if any."""
+        for entry in [*self.data["files"], *self.data.get("artifacts", [])]:
+            if entry.get("path") == relative:
+                return dict(entry)
+        return None
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    key: str
+    sha256: str
+    bytes: int
+    accepted: int
+    quarantined: int
+    duplicate: int
+
+    def entry(self) -> dict[str, Any]:
+        return {"key": self.key, "sha256": self.sha256, "bytes": self.bytes,
+                "records": self.accepted + self.quarantined + self.duplicate,
+                "accepted": self.accepted, "quarantined": self.quarantined, "duplicate": self.duplicate}
+
+
+def build(*, dataset: str, seq: int, created_at: str, previous: Manifest | None, sources: Sequence[SourceCounts],
+          skipped: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], suite: Mapping[str, str],
+          files: Sequence[Mapping[str, Any]], artifacts: Sequence[Mapping[str, Any]], tree_size: int, root: bytes,
+          rewards: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest body of a batch. Counts are summed from `sources`, so they add up by construction.
+
+    Requires `previous` to be the manifest of seq - 1 (None for seq 0)."""
+    counts = {kind: sum(getattr(s, kind) for s in sources) for kind in COUNT_KINDS}
+    return {
+        "format": FORMAT,
+        "dataset": dataset,
+        "seq": seq,
+        "created_at": created_at,
+        "previous": None if previous is None else {"seq": previous.seq, "manifest_sha256": previous.sha256},
+        "sources": [s.entry() for s in sources],
+        "skipped_sources": [dict(s) for s in skipped],
+        "counts": {"input": sum(counts.values()), **counts},
+        "schema": {"columns": [{"name": name, "type": kind} for name, kind in columns]},
+        "suite": dict(suite),
+        "files": [dict(f) for f in files],
+        "artifacts": [dict(a) for a in artifacts],
+        "merkle": {"hash": MERKLE_HASH, "tree_size": tree_size, "root": root.hex()},
+        "rewards": dict(rewards),
+    }
+
+
+def serialize(data: Mapping[str, Any]) -> bytes:
+    return canonical_bytes(dict(data))
+
+
+def parse(raw: bytes, source: str) -> Manifest:
+    """Validate a manifest; raise FormatError naming the file and the field."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(source, "(file)", f"invalid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FormatError(source, "format", f"expected {FORMAT!r}")
+    for key in _REQUIRED:
+        if key not in data:
+            raise FormatError(source, key, "missing")
+    merkle = data["merkle"]
+    if not isinstance(merkle, dict) or merkle.get("hash") != MERKLE_HASH:
+        raise FormatError(source, "merkle.hash", f"expected {MERKLE_HASH!r}")
+    root = merkle.get("root")
+    if not isinstance(root, str) or len(root) != 64:
+        raise FormatError(source, "merkle.root", "must be 64 hex characters")
+    counts = data["counts"]
+    if not isinstance(counts, dict) or counts.get("input") != sum(counts.get(k, -1) for k in COUNT_KINDS):
+        raise FormatError(source, "counts", "input != accepted + quarantined + duplicate")
+    return Manifest(data, hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,127 @@
+"""Commit a staged batch (SPEC §3, §6): lease -> builder -> tree -> ledger -> manifest.
+
+Everything before the manifest can be rewritten by a re-run; the manifest is created exactly
+once and is the commit point.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import manifest as manifests
+from pipeline.core import treefile
+from pipeline.core.jcs import canonical_bytes
+from pipeline.datasets import Dataset
+from pipeline.errors import CheckFailed, NotFound
+from pipeline.ingest.builder import CHUNK_RECORDS, KINDS, BatchBuilder, blocks, parquet_bytes, worker_pool
+from pipeline.ingest.ledger import ledger, rewards_table
+from pipeline.lake import layout
+from pipeline.lake import sources as staging
+from pipeline.lake.batch import BatchFiles
+from pipeline.lake.lease import Lease
+from pipeline.lake.sources import SkippedSource, Source
+from pipeline.lake.storage import Lake
+
+log = logging.getLogger(__name__)
+
+
+def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CHUNK_RECORDS,
+                 lease_ttl: float = 120.0) -> manifests.Manifest:
+    """Validate, dedupe and commit staged batch `seq`; return its manifest.
+
+    Requires a staged plan for `seq` (see ingest.stage). Re-running after the commit returns
+    the committed manifest unchanged. Raises BatchRejected (nothing committed) if the suite
+    refuses the batch, CheckFailed if records are not conserved.
+    """
+    files = BatchFiles(lake, dataset.name, seq)
+    if files.committed():
+        return files.manifest()
+    staged = staging.load_plan(lake, dataset.name, seq)
+    if staged is None:
+        raise NotFound(f"dataset {dataset.name}: batch {seq} has no staged sources")
+    lease = Lease(lake, dataset.name, seq, lease_ttl).acquire()
+    try:
+        if not files.committed():  # another writer may have committed while we waited for the lease
+            _commit_leased(files, dataset, *staged, chunk_records, lease)
+    finally:
+        lease.release()
+    return BatchFiles(lake, dataset.name, seq).manifest()
+
+
+def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skipped: list[SkippedSource],
+                   chunk_records: int, lease: Lease) -> None:
+    with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
+        builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease)
+        _check_conserved(builder, dataset.name, files.seq)
+        if not builder.files:
+            builder.write_empty_part()
+        tree_bytes, root = treefile.encode(builder.leaves)
+        artifacts = [
+            files.write(layout.TREE, tree_bytes),
+            files.write_file(layout.QUARANTINE, builder.quarantine_path),
+            files.write_file(layout.INDEX, builder.index_path),
+            files.write(layout.VALIDATION, canonical_bytes(builder.quality.summary())),
+            *_data_docs(files, dataset.name, builder.quality.docs, chunk_records),
+        ]
+    rewards = ledger(files, dataset, builder.weights)
+    artifacts.append(files.write(layout.REWARDS, parquet_bytes(
+        rewards_table(rewards, builder.per_contributor, builder.weights))))
+    artifacts.append(files.write(layout.REWARDS_TREE, canonical_bytes(rewards.tree.dump())))
+    previous = None if files.seq == 0 else BatchFiles(files.lake, dataset.name, files.seq - 1).manifest()
+    body = manifests.build(
+        dataset=dataset.name, seq=files.seq, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        previous=previous,
+        sources=[manifests.SourceCounts(s.key, s.sha256, s.bytes, *(builder.per_source[i][k] for k in KINDS))
+                 for i, s in enumerate(plan)],
+        skipped=[asdict(s) for s in skipped], columns=[(c.name, c.type) for c in builder.columns],
+        suite={"name": dataset.suite_path.name, "sha256": dataset.suite_sha256()},
+        files=builder.files, artifacts=artifacts, tree_size=len(builder.leaves), root=root,
+        rewards=rewards.manifest_entry(dataset))
+    lease.check()
+    if not files.create_manifest(body):
+        log.warning("dataset %s batch %d was committed by another writer", dataset.name, files.seq)
+
+
+def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path, chunk_records: int,
+           lease: Lease) -> BatchBuilder:
+    """Stream every staged record through the builder; the quality gate's thresholds last."""
+    builder = BatchBuilder(files, dataset, plan, scratch, chunk_records)
+    pool = worker_pool()
+    try:
+        for block in blocks(files, dataset, plan, scratch, pool):
+            lease.renew()
+            builder.add(block)
+        builder.flush()
+    finally:
+        builder.close_writers()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    builder.quality.check_thresholds()
+    return builder
+
+
+def _check_conserved(builder: BatchBuilder, dataset: str, seq: int) -> None:
+    """Every input record is accepted, quarantined or a duplicate, overall and per source."""
+    per_source = {kind: sum(counts[kind] for counts in builder.per_source) for kind in KINDS}
+    if per_source != {kind: builder.counts[kind] for kind in KINDS}:
+        raise CheckFailed(f"dataset {dataset} batch {seq}: records are not conserved: "
+                          f"{dict(builder.counts)} overall, {per_source} over the sources")
+
+
+def _data_docs(files: BatchFiles, dataset: str, pages: list[str], chunk_records: int) -> list[dict[str, Any]]:
+    """Great Expectations Data Docs: one page per validated chunk and an index linking them."""
+    entries = [files.write(layout.data_docs_page(n), page.encode("utf-8")) for n, page in enumerate(pages)]
+    links = "".join(f'<li><a href="{layout.data_docs_page(n).rsplit("/", 1)[1]}">chunk {n}</a></li>'
+                    for n in range(len(pages)))
+    seq = files.seq
+    entries.append(files.write(layout.DATA_DOCS_INDEX, (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{dataset} batch {seq}: Data Docs</title></head>"
+        f"<body><h1>{dataset} batch {seq}</h1><p>Great Expectations validation, one page per chunk of up to "
+        f"{chunk_records} rows.</p><ul>{links}</ul></body></html>").encode()))
+    return entries
+

@@ -1,0 +1,71 @@
+"""Stage a batch: freeze which incoming sources make batch `seq`, each copied byte-exact to raw/."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.datasets import Dataset
+from pipeline.errors import CheckFailed
+from pipeline.ingest.parse import source_extension
+from pipeline.lake import sources as staging
+from pipeline.lake.batch import BatchFiles, committed_seqs
+from pipeline.lake.sources import SkippedSource, Source
+from pipeline.lake.storage import Lake
+
+
+def next_seq(lake: Lake, dataset: str) -> int:
+    """The seq of the next batch; raises CheckFailed if the committed seqs have a gap."""
+    seqs = committed_seqs(lake, dataset)
+    if seqs and seqs != list(range(len(seqs))):
+        raise CheckFailed(f"dataset {dataset}: committed seqs are not contiguous: {seqs[:10]}...")
+    return len(seqs)
+
+
+def _ingested(lake: Lake, dataset: str) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """(sha256 -> first key, {(key, sha256)} seen) over every committed batch."""
+    first: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+    for seq in committed_seqs(lake, dataset):
+        data = BatchFiles(lake, dataset, seq).manifest().data
+        for s in data["sources"]:
+            first.setdefault(s["sha256"], s["key"])
+            seen.add((s["key"], s["sha256"]))
+        for s in data.get("skipped_sources", []):
+            seen.add((s["key"], s["sha256"]))
+    return first, seen
+
+
+def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
+    """Freeze the sources of the next batch; return its seq, or None if nothing new arrived.
+
+    Each source is hashed while it is copied byte-exact to `raw/`, so what is staged is exactly
+    what was hashed even if the drop zone changes meanwhile. A plan written by an earlier (killed)
+    run is reused as it is: sources that arrive later go to the next batch.
+    """
+    seq = next_seq(lake, dataset.name)
+    if staging.load_plan(lake, dataset.name, seq) is not None:
+        return seq
+    first, seen = _ingested(lake, dataset.name)
+    planned: list[Source] = []
+    skipped: list[SkippedSource] = []
+    with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch:
+        for obj in staging.incoming(lake, dataset.name):
+            local, digest, size = staging.copy_hashing(lake, obj.key, Path(scratch))
+            try:
+                if (obj.key, digest) in seen:
+                    continue
+                seen.add((obj.key, digest))
+                if digest in first:
+                    skipped.append(SkippedSource(obj.key, digest, size, "duplicate_source", first[digest]))
+                    continue
+                first[digest] = obj.key
+                planned.append(staging.store_raw(lake, dataset.name, seq, obj.key, digest,
+                                                 source_extension(obj.key), local))
+            finally:
+                os.unlink(local)
+    if not planned:
+        return None
+    staging.save_plan(lake, dataset.name, seq, planned, skipped)
+    return seq

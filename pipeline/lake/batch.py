@@ -1,0 +1,203 @@
+"""BatchFiles: every read and write of one batch's files, checked against its manifest.
+
+A batch is `batches/<dataset>/<seq>/` (SPEC §3) plus its receipts and its operational state.
+Before the manifest exists, the committer writes data parts and artifacts through `write`; the
+manifest pins each with its SHA-256. After it, every read of a pinned file is checked against
+that SHA-256, and a file the manifest does not pin is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from anchoring.transactions import IntentStore
+from pipeline.core import manifest as manifests
+from pipeline.core import receipt as receipts
+from pipeline.core import records
+from pipeline.core.rewards import RewardsTree
+from pipeline.core.treefile import TreeFile
+from pipeline.errors import AlreadyExists, CheckFailed, NotFound
+from pipeline.lake import layout
+from pipeline.lake.records import create_once, read_record
+from pipeline.lake.storage import Lake, hash_file
+
+
+def committed_seqs(lake: Lake, dataset: str) -> list[int]:
+    """Seqs of the dataset that have a manifest, ascending."""
+    found = (layout.manifest_seq(dataset, obj.key) for obj in lake.list(layout.batches(dataset)))
+    return sorted(seq for seq in found if seq is not None)
+
+
+def read_parquet(data: bytes, columns: Sequence[str] | None = None) -> Any:
+    """A Parquet file's bytes as an Arrow table (single-threaded: see pyarrow's exit-time abort)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data), columns=None if columns is None else list(columns), use_threads=False)
+
+
+class BatchFiles:
+    """The files of batch `seq` of `dataset` in `lake`."""
+
+    def __init__(self, lake: Lake, dataset: str, seq: int) -> None:
+        self.lake, self.dataset, self.seq = lake, dataset, seq
+        self._manifest: manifests.Manifest | None = None
+        self._manifest_bytes = b""
+
+    def key(self, relative: str) -> str:
+        return layout.batch_file(self.dataset, self.seq, relative)
+
+    def uri(self, relative: str) -> str:
+        return self.lake.uri(self.key(relative))
+
+    # --- the manifest: the commit point --------------------------------------------------------
+
+    def committed(self) -> bool:
+        return self._manifest is not None or self.lake.exists(self.key(layout.MANIFEST))
+
+    def manifest(self) -> manifests.Manifest:
+        """The validated manifest; raises NotFound before the batch is committed."""
+        if self._manifest is None:
+            raw = self.lake.read(self.key(layout.MANIFEST))
+            self._manifest, self._manifest_bytes = manifests.parse(raw, self.uri(layout.MANIFEST)), raw
+        return self._manifest
+
+    def manifest_bytes(self) -> bytes:
+        """The manifest file's bytes, as validated by `manifest()`."""
+        self.manifest()
+        return self._manifest_bytes
+
+    def create_manifest(self, body: dict[str, Any]) -> bool:
+        """Commit: create the manifest once. False if another writer committed this seq first."""
+        try:
+            self.lake.create(self.key(layout.MANIFEST), manifests.serialize(body))
+            return True
+        except AlreadyExists:
+            return False
+
+    # --- writing before the manifest ------------------------------------------------------------
+
+    def write(self, relative: str, data: bytes) -> dict[str, Any]:
+        """Write a file of the batch; its manifest entry (path, sha256, bytes)."""
+        self.lake.write(self.key(relative), data)
+        return {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    def write_file(self, relative: str, path: Path) -> dict[str, Any]:
+        """Upload a local file (streamed) as a file of the batch; its manifest entry."""
+        digest, size = hash_file(path)
+        self.lake.write_file(self.key(relative), path)
+        return {"path": relative, "sha256": digest, "bytes": size}
+
+    # --- reading pinned files -------------------------------------------------------------------
+
+    def read(self, relative: str) -> bytes:
+        """A file of the committed batch, checked against the SHA-256 its manifest pins."""
+        entry = self.manifest().pinned(relative)
+        if entry is None:
+            raise CheckFailed(f"{self.uri(relative)} is not pinned by the manifest of batch {self.seq}")
+        data = self.lake.read(self.key(relative))
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckFailed(f"{self.uri(relative)}: SHA-256 differs from the manifest's {entry['sha256']}")
+        return data
+
+    def parquet(self, relative: str, columns: Sequence[str] | None = None) -> Any:
+        return read_parquet(self.read(relative), columns)
+
+    def parts(self) -> Iterator[Any]:
+        """Every data part as an Arrow table, in leaf order, each checked."""
+        for entry in self.manifest().data["files"]:
+            yield self.parquet(entry["path"])
+
+    def part_bytes(self) -> Iterator[tuple[str, bytes]]:
+        """(relative path, bytes) of every data part, in leaf order, each checked."""
+        for entry in self.manifest().data["files"]:
+            yield entry["path"], self.read(entry["path"])
+
+    def tree(self) -> TreeFile:
+        """The batch's stored Merkle tree, checked whole against the manifest."""
+        data = self.read(layout.TREE)
+        return TreeFile(lambda offset, length: data[offset:offset + length], self.uri(layout.TREE))
+
+    def tree_ranges(self) -> TreeFile:
+        """The stored tree read with ranged reads (two per proof); unchecked, so whoever uses a
+        proof from it checks it against the anchored root."""
+        key = self.key(layout.TREE)
+        return TreeFile(lambda offset, length: self.lake.read_range(key, offset, length), self.uri(layout.TREE))
+
+    def rewards_tree(self) -> RewardsTree:
+        """The cumulative rewards ledger over batches 0..seq."""
+        return RewardsTree.load(json.loads(self.read(layout.REWARDS_TREE)), self.uri(layout.REWARDS_TREE))
+
+    def rewards_rows(self) -> list[dict[str, Any]]:
+        """One row per contributor of the batch: counts, weight, amount and cumulative amount."""
+        return list(self.parquet(layout.REWARDS).to_pylist())
+
+    def index(self, columns: Sequence[str]) -> Any:
+        return self.parquet(layout.INDEX, columns)
+
+    # --- chain records --------------------------------------------------------------------------
+
+    def anchor(self) -> dict[str, Any] | None:
+        """The batch's live anchor record: a re-anchoring's if there was one, else anchor.json."""
+        return self.reanchor() or self.first_anchor()
+
+    def first_anchor(self) -> dict[str, Any] | None:
+        return read_record(self.lake, self.key(layout.ANCHOR), records.ANCHOR)
+
+    def reanchor(self) -> dict[str, Any] | None:
+        return read_record(self.lake, layout.anchor_current(self.dataset, self.seq), records.ANCHOR)
+
+    def record_anchor(self, record: dict[str, Any], again: bool = False) -> None:
+        """anchor.json (write-once), or the re-anchor record after a reorganisation (`again`)."""
+        if again:
+            self.lake.write(layout.anchor_current(self.dataset, self.seq), records.ANCHOR.dump(record))
+        else:
+            create_once(self.lake, self.key(layout.ANCHOR), records.ANCHOR, record)
+
+    def rewards_publication(self) -> dict[str, Any] | None:
+        return read_record(self.lake, self.key(layout.REWARDS_PUBLISHED), records.REWARDS_PUBLICATION)
+
+    def record_rewards_publication(self, record: dict[str, Any]) -> None:
+        create_once(self.lake, self.key(layout.REWARDS_PUBLISHED), records.REWARDS_PUBLICATION, record)
+
+    def intents(self, step: str) -> IntentStore:
+        """Where the resumable transaction `step` of this batch keeps its intent."""
+        key = layout.intent(self.dataset, self.seq, step)
+        return IntentStore(lambda: read_record(self.lake, key, records.TX_INTENT),
+                           lambda intent: self.lake.write(key, records.TX_INTENT.dump(intent)))
+
+    # --- receipts -------------------------------------------------------------------------------
+
+    def write_receipt(self, receipt: dict[str, Any]) -> None:
+        key = layout.receipt(self.dataset, self.seq, receipt["contributor"])
+        self.lake.write(key, json.dumps(receipt, indent=1).encode())
+
+    def receipt(self, contributor: str) -> receipts.Receipt:
+        key = layout.receipt(self.dataset, self.seq, contributor.lower())
+        try:
+            raw = self.lake.read(key)
+        except NotFound:
+            raise NotFound(f"no receipt for contributor {contributor.lower()} in {self.dataset} "
+                           f"batch {self.seq}") from None
+        return receipts.parse(raw, self.lake.uri(key))
+
+    def receipt_contributors(self) -> list[str]:
+        found = (layout.receipt_contributor(o.key) for o in self.lake.list(layout.receipts(self.dataset, self.seq)))
+        return sorted(c for c in found if c is not None)
+
+    def record_receipts(self, count: int, anchor_block: str | None) -> None:
+        """Written after every receipt: the batch's receipts are complete, naming the anchor
+        included in block `anchor_block` (a block hash; None before anchoring)."""
+        self.lake.write(layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX.dump(
+            {"dataset": self.dataset, "seq": self.seq, "receipts": count}
+            | ({} if anchor_block is None else {"anchor_block_hash": anchor_block})))
+
+    def receipts_anchor(self) -> str | None:
+        """The block hash of the anchor the batch's complete receipts name; None if they are
+        incomplete or were written before anchoring."""
+        index = read_record(self.lake, layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX)
+        return None if index is None else index.get("anchor_block_hash")

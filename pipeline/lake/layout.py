@@ -1,0 +1,125 @@
+"""Lake keys (SPEC §3, §13.1). Every key anchorlake reads or writes is spelled here and nowhere else.
+
+Keys are '/'-separated and relative to the lake root; `<seq>` is zero-padded to 6 digits. Names
+of the files inside a batch (`TREE`, `QUARANTINE`, …) are relative to the batch's folder, as the
+manifest's `files` and `artifacts` entries give them.
+"""
+
+from __future__ import annotations
+
+# Files inside batches/<dataset>/<seq>/.
+MANIFEST = "manifest.json"
+ANCHOR = "anchor.json"
+QUARANTINE = "quarantine.parquet"
+VALIDATION = "validation.json"
+REWARDS = "rewards.parquet"
+REWARDS_TREE = "rewards-tree.json"  # the cumulative ledger, an OpenZeppelin `standard-v1` dump
+REWARDS_PUBLISHED = "rewards-published.json"
+INDEX = "index.parquet"  # record id, dedupe key and contributor per leaf
+TREE = "tree.bin"  # every node of the batch's Merkle tree (see pipeline.core.treefile)
+DATA_DOCS_INDEX = "data-docs/index.html"
+
+
+def seq_part(seq: int) -> str:
+    return f"{seq:06d}"
+
+
+def part(number: int) -> str:
+    """A data part, relative to its batch: leaf order is part order, then row order."""
+    return f"data/part-{number:05d}.parquet"
+
+
+def data_docs_page(number: int) -> str:
+    """The Great Expectations Data Docs page of one validated chunk, relative to its batch."""
+    return f"data-docs/validation-{number:05d}.html"
+
+
+def incoming(dataset: str) -> str:
+    return f"incoming/{dataset}/"
+
+
+def contribution(dataset: str, sha256: str, filename: str) -> str:
+    """Where `anchorlake contribute` drops a file: the content hash makes a second drop a no-op."""
+    return f"{incoming(dataset)}{sha256[:16]}-{filename}"
+
+
+def raw(dataset: str, seq: int, sha256: str, ext: str) -> str:
+    return f"raw/{dataset}/{seq_part(seq)}/{sha256}.{ext}"
+
+
+def raw_plan(dataset: str, seq: int) -> str:
+    """The frozen list of sources of a batch, written once staging is complete."""
+    return f"raw/{dataset}/{seq_part(seq)}/sources.json"
+
+
+def batches(dataset: str) -> str:
+    return f"batches/{dataset}/"
+
+
+def batch(dataset: str, seq: int) -> str:
+    return f"{batches(dataset)}{seq_part(seq)}/"
+
+
+def batch_file(dataset: str, seq: int, relative: str) -> str:
+    return batch(dataset, seq) + relative
+
+
+def manifest_seq(dataset: str, key: str) -> int | None:
+    """The seq whose manifest `key` is, or None for any other key."""
+    parts = key.split("/")
+    if (len(parts) == 4 and parts[0] == "batches" and parts[1] == dataset and parts[3] == MANIFEST
+            and len(parts[2]) == 6 and parts[2].isdigit()):
+        return int(parts[2])
+    return None
+
+
+def receipts(dataset: str, seq: int) -> str:
+    return f"receipts/{dataset}/{seq_part(seq)}/"
+
+
+def receipt(dataset: str, seq: int, contributor: str) -> str:
+    return f"{receipts(dataset, seq)}{contributor}.json"
+
+
+def receipts_index(dataset: str, seq: int) -> str:
+    """Written after every receipt of the batch: its presence means the receipts are complete."""
+    return f"{receipts(dataset, seq)}index.json"
+
+
+def receipt_contributor(key: str) -> str | None:
+    """The contributor whose receipt `key` is, or None for the index and other keys."""
+    name = key.rsplit("/", 1)[-1]
+    return name.removesuffix(".json") if name.startswith("0x") and name.endswith(".json") else None
+
+
+def state(dataset: str, seq: int) -> str:
+    """Operational state of a batch (intents, leases, re-anchor records); never read by verifiers."""
+    return f"state/{dataset}/{seq_part(seq)}/"
+
+
+def anchor_current(dataset: str, seq: int) -> str:
+    """The batch's anchor after a reorganisation removed the one anchor.json records (which,
+    like everything under batches/, is never rewritten)."""
+    return f"{state(dataset, seq)}anchor-current.json"
+
+
+def intent(dataset: str, seq: int, step: str) -> str:
+    """Operational state of a resumable transaction (nonce, signed attempts); rewritten freely."""
+    return f"{state(dataset, seq)}{step}-intent.json"
+
+
+def leases(dataset: str, seq: int) -> str:
+    return f"{state(dataset, seq)}lease-"
+
+
+def lease(dataset: str, seq: int, generation: int) -> str:
+    return f"{leases(dataset, seq)}{generation:08d}.json"
+
+
+def lease_generation(key: str) -> int | None:
+    tail = key.rsplit("-", 1)[-1]
+    return int(tail[:8]) if tail.endswith(".json") and tail[:8].isdigit() else None
+
+
+def deployment(chain_id: int) -> str:
+    return f"deployments/{chain_id}.json"

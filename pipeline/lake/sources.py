@@ -1,0 +1,134 @@
+"""The drop zone and the staged sources of a batch at rest (SPEC §3): `incoming/`, `raw/` and
+each batch's frozen plan `raw/<dataset>/<seq>/sources.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.core import records
+from pipeline.errors import CheckFailed
+from pipeline.lake import layout
+from pipeline.lake.records import read_record
+from pipeline.lake.storage import Lake, ObjectInfo, hash_file
+
+_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    key: str
+    sha256: str
+    bytes: int
+    raw_key: str
+
+
+@dataclass(frozen=True)
+class SkippedSource:
+    key: str
+    sha256: str
+    bytes: int
+    reason: str  # "duplicate_source": the same bytes were ingested under another key
+    first_key: str
+
+
+def contribute(lake: Lake, dataset: str, filename: str, data: bytes) -> tuple[str, str]:
+    """Drop a contribution file; (its key, its SHA-256). The same bytes dropped twice are one object."""
+    digest = hashlib.sha256(data).hexdigest()
+    key = layout.contribution(dataset, digest, filename)
+    if not lake.exists(key):
+        lake.write(key, data)
+    return key, digest
+
+
+def incoming(lake: Lake, dataset: str) -> Iterator[ObjectInfo]:
+    """Objects in the dataset's drop zone, skipping dot-files (partial uploads, editor droppings)."""
+    for obj in lake.list(layout.incoming(dataset)):
+        if not obj.key.rsplit("/", 1)[-1].startswith("."):
+            yield obj
+
+
+def copy_hashing(lake: Lake, key: str, scratch: Path) -> tuple[Path, str, int]:
+    """Stream an object to a scratch file, hashing as it goes: (local path, SHA-256, size)."""
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp = tempfile.mkstemp(prefix="source-", dir=scratch)
+    with os.fdopen(fd, "wb") as out, lake.open(key) as stream:
+        while block := stream.read(_BLOCK):
+            digest.update(block)
+            out.write(block)
+            size += len(block)
+    return Path(tmp), digest.hexdigest(), size
+
+
+def store_raw(lake: Lake, dataset: str, seq: int, key: str, sha256: str, ext: str, local: Path) -> Source:
+    """Keep the byte-exact copy of a source of batch `seq` under raw/."""
+    raw_key = layout.raw(dataset, seq, sha256, ext)
+    if not lake.exists(raw_key):
+        lake.write_file(raw_key, local)
+    return Source(key, sha256, local.stat().st_size, raw_key)
+
+
+def load_plan(lake: Lake, dataset: str, seq: int) -> tuple[list[Source], list[SkippedSource]] | None:
+    """The frozen sources of batch `seq`, or None if it was not staged."""
+    data = read_record(lake, layout.raw_plan(dataset, seq), records.SOURCES)
+    if data is None:
+        return None
+    return [Source(**s) for s in data["sources"]], [SkippedSource(**s) for s in data["skipped"]]
+
+
+def save_plan(lake: Lake, dataset: str, seq: int, sources: list[Source], skipped: list[SkippedSource]) -> None:
+    lake.write(layout.raw_plan(dataset, seq), records.SOURCES.dump({
+        "dataset": dataset, "seq": seq, "sources": [asdict(s) for s in sources],
+        "skipped": [asdict(s) for s in skipped]}))
+
+
+def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tuple[IO[bytes], Callable[[], None]]:
+    """A stream over a staged source, and a check to call once parsing is done: it reads what is
+    left and raises CheckFailed unless the bytes still match the source's SHA-256. `seekable`
+    gives a local file (Parquet needs random access)."""
+    if seekable:
+        path = lake.local_copy(source.raw_key, scratch)
+        digest, _ = hash_file(path)
+        stream: IO[bytes] = open(path, "rb")
+        return stream, lambda: _check(lake, source, digest)
+    hasher = hashlib.sha256()
+    stream = io.BufferedReader(_HashingReader(lake.open(source.raw_key), hasher), 1 << 20)
+
+    def finish() -> None:
+        while stream.read(_BLOCK):  # a parser may stop early (corrupt tail): hash it all
+            pass
+        _check(lake, source, hasher.hexdigest())
+
+    return stream, finish
+
+
+def _check(lake: Lake, source: Source, digest: str) -> None:
+    if digest != source.sha256:
+        raise CheckFailed(f"{lake.uri(source.raw_key)}: bytes no longer match sha256 {source.sha256}")
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes every byte read through it."""
+
+    def __init__(self, inner: Any, digest: Any) -> None:
+        self.inner, self.digest = inner, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        self.digest.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
