@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from anchoring.chain import Chain
-from anchoring.transactions import IntentStore, ensure_confirmed, find_event
+from anchoring.transactions import IntentStore, MemoryIntents, ensure_confirmed, find_event
 from pipeline.config import fault_point
 from pipeline.errors import ChainError, ConflictError
 
@@ -86,7 +86,7 @@ def anchor_batch(chain: Chain, address: str, dataset_id: bytes, seq: int, root: 
     event = ensure_confirmed(chain, contract.functions.anchor(dataset_id, seq, root, tree_size, manifest_hash),
                              f"anchoring seq {seq}", done,
                              lambda: find_event(chain, contract, "BatchAnchored", dataset_id, seq),
-                             intents or IntentStore.in_memory(), replace_after, timeout)
+                             intents or MemoryIntents(), replace_after, timeout)
     confirmations = chain.head() - int(event["blockNumber"]) + 1
     fault_point("chain.before_record")
     return Anchored(chain.chain_id, address.lower(), "0x" + dataset_id.hex(), seq, root.hex(), manifest_hash.hex(),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anchoring.chain import Chain
-from anchoring.transactions import IntentStore, ensure_confirmed, ensure_transaction, find_event
+from anchoring.transactions import IntentStore, MemoryIntents, ensure_confirmed, ensure_transaction, find_event
 from pipeline.errors import ChainError, ConflictError
 
 
@@ -61,7 +61,7 @@ def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: byt
     stores: dict[str, IntentStore] = {}
 
     def store(step: str) -> IntentStore:
-        return intents(step) if intents is not None else stores.setdefault(step, IntentStore.in_memory())
+        return intents(step) if intents is not None else stores.setdefault(step, MemoryIntents())
 
     def published() -> bool:
         return published_root(chain, address, dataset_id, seq) is not None

@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from eth_typing import HexStr
 
@@ -24,23 +23,29 @@ from pipeline.errors import ChainError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-INTENT_FORMAT = "anchorlake.tx-intent/1"
 FEE_BUMP_NUM, FEE_BUMP_DEN = 5, 4  # +25%: above the 10-12.5% nodes require of a replacement
 DEFAULT_TIP = 10**9
 
 
-@dataclass
-class IntentStore:
+class IntentStore(Protocol):
     """Where a resumable transaction keeps its intent (nonce, signed attempts) between runs."""
 
-    load: Callable[[], dict[str, Any] | None]
-    save: Callable[[dict[str, Any]], None]
+    def load(self) -> dict[str, Any] | None: ...
 
-    @classmethod
-    def in_memory(cls) -> IntentStore:
-        """For callers with nothing to resume (tests, benchmarks)."""
-        memory: dict[str, Any] = {}
-        return cls(lambda: memory.get("intent"), lambda intent: memory.__setitem__("intent", intent))
+    def save(self, intent: dict[str, Any]) -> None: ...
+
+
+class MemoryIntents:
+    """An IntentStore for callers with nothing to resume (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.intent: dict[str, Any] | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        return self.intent
+
+    def save(self, intent: dict[str, Any]) -> None:
+        self.intent = intent
 
 
 def _fees(chain: Chain) -> tuple[int, int]:
@@ -106,7 +111,7 @@ def _new_intent(chain: Chain, call: Any, what: str) -> dict[str, Any]:
                "gas": int(tx["gas"] * 6 // 5), "type": 2})
     tx.pop("gasPrice", None)
     tx_hash, raw = _sign(chain, tx)
-    return {"format": INTENT_FORMAT, "what": what, "chain_id": chain.chain_id, "from": sender.lower(),
+    return {"what": what, "chain_id": chain.chain_id, "from": sender.lower(),
             "nonce": nonce, "tx": _jsonable(tx), "attempts": [
                 {"tx_hash": tx_hash, "raw": raw, "max_fee": max_fee, "tip": tip, "sent_at": time.time()}]}
 

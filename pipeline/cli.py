@@ -114,8 +114,8 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         seqs = committed_seqs(lake, name)
         for seq in seqs:
             files = BatchFiles(lake, name, seq)
-            m, record = files.manifest(), files.anchor()
-            state = states.state(files, spec)
+            m = files.manifest()
+            state, record = states.state(files, spec)
             result.append({"dataset": name, "seq": seq, "root": m.root, "counts": m.data["counts"],
                            "anchored": state.startswith("anchored"), "anchor_state": state,
                            "manifest_sha256": m.sha256, "tx_hash": record["tx_hash"] if record else None})
@@ -216,13 +216,13 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     spec = stages.dataset_for(settings, args.dataset)
     seqs = [args.batch] if args.batch is not None else committed_seqs(lake, args.dataset)
     check = None
-    if not args.no_verify:
-        chain = stages.chain_for(settings, signing=False)
-        check = (chain, stages.deployment_for(settings, chain)["BatchAnchor"])
     pulled = []
     for seq in seqs:
         target = Path(args.dest) / args.dataset / layout.seq_part(seq)
-        if check is not None:
+        if not args.no_verify:
+            if check is None:
+                chain = stages.chain_for(settings, signing=False)
+                check = (chain, stages.deployment_for(settings, chain)["BatchAnchor"])
             out.progress(f"verifying batch {seq}")
         pulled.append(pull_batch(BatchFiles(lake, args.dataset, seq), spec, target, check))
         out.line(f"pulled {args.dataset} batch {seq}: {pulled[-1]['rows']} rows -> {target}"

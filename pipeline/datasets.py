@@ -21,6 +21,13 @@ RESERVED = ("contributor", "salt")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
+def dataset_id(name: str) -> bytes:
+    """keccak256(bytes(name)), the on-chain id of a dataset (SPEC §8)."""
+    from eth_hash.auto import keccak
+
+    return bytes(keccak(name.encode("utf-8")))
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -50,9 +57,7 @@ class Dataset:
     @property
     def dataset_id(self) -> bytes:
         """keccak256(bytes(name)), the on-chain id (SPEC §8)."""
-        from eth_hash.auto import keccak
-
-        return keccak(self.name.encode("utf-8"))
+        return dataset_id(self.name)
 
     @property
     def committed_columns(self) -> tuple[Column, ...]:

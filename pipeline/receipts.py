@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pipeline.core import receipt as receipts
@@ -19,15 +20,16 @@ def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
     return [record_object(columns, row) for table in files.parts() for row in table.to_pylist()]
 
 
-def _rewards(files: BatchFiles, rewards_contract: str | None) -> dict[str, dict[str, Any]]:
-    """The reward part of each receipt, by contributor: batch amount, cumulative amount, proof."""
+def _rewards(files: BatchFiles, contributors: Iterable[str], rewards_contract: str | None) -> dict[str, dict[str, Any]]:
+    """The reward part of each of `contributors`' receipts: batch amount, cumulative amount, proof."""
     tree = files.rewards_tree()
+    positions = {address: i for i, (address, _) in enumerate(tree.values)}
     amounts = {row["contributor"]: row["amount"] for row in files.rewards_rows()}
     unit = files.manifest().rewards["unit"]
     root = "0x" + tree.root.hex()
-    return {address: {"unit": unit, "amount": amounts.get(address, "0"), "cumulative_amount": str(amount),
+    return {address: {"unit": unit, "amount": amounts.get(address, "0"), "cumulative_amount": str(tree.values[i][1]),
                       "proof": ["0x" + p.hex() for p in tree.proof(i)], "root": root, "contract": rewards_contract}
-            for i, (address, amount) in enumerate(tree.values)}
+            for address in contributors if (i := positions.get(address)) is not None}
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
@@ -45,7 +47,7 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
     for i, record in enumerate(records):
         by_contributor.setdefault(record["contributor"], []).append(i)
     publication = files.rewards_publication()
-    rewards = _rewards(files, publication["contract"] if publication else None)
+    rewards = _rewards(files, by_contributor, publication["contract"] if publication else None)
     anchor = files.anchor()
     for contributor, indices in sorted(by_contributor.items()):
         rows = [(i, records[i], path) for i, path in zip(indices, tree.proofs(indices), strict=True)]

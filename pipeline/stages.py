@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline import config, datasets, devnet
 from pipeline.config import Settings
+from pipeline.core.records import DEPLOYMENT
 from pipeline.datasets import Dataset
 from pipeline.errors import NotFound, ServiceUnavailable
 from pipeline.ingest.commit import commit_batch
@@ -74,17 +75,18 @@ def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any],
         if started:  # leave no process behind on failure
             devnet.devnet_down(home)
         raise
-    return settings, {"chain_id": chain.chain_id, **addresses}, started
+    return settings, {"format": DEPLOYMENT.format, "chain_id": chain.chain_id, **addresses}, started
 
 
 def contribute(settings: Settings, dataset: str, paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Drop contribution files into the dataset's drop zone; (key, sha256, bytes) of each."""
     dataset_for(settings, dataset)
-    lake = lake_for(settings)
-    dropped = []
     for path in paths:
         if not path.is_file():
             raise NotFound(f"{path}: no such file")
+    lake = lake_for(settings)
+    dropped = []
+    for path in paths:
         data = path.read_bytes()
         key, digest = sources.contribute(lake, dataset, path.name, data)
         dropped.append({"key": key, "uri": lake.uri(key), "sha256": digest, "bytes": len(data)})
@@ -158,7 +160,7 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
 def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     """Publish the rewards root of every committed batch up to `seq`, in order: funded with the
     token, or (payout "points") the ledger root alone. A recent publication a reorganisation
-    removed is published again (rewards-published.json, write-once, keeps the first)."""
+    removed is published again (recorded under state/, as rewards-published.json is write-once)."""
     from anchoring.distributor import publish_rewards as publish
     from anchoring.distributor import published_root
 
@@ -176,12 +178,8 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
         onchain = published_root(chain, r["contract"], spec.dataset_id, files.seq)
         return onchain is not None and onchain.hex() == r["root"]
 
-    def record(files: BatchFiles, r: dict[str, Any], again: bool) -> None:
-        if not again:
-            files.record_rewards_publication(r)
-
     return _settle(lake_for(settings), dataset, seq, _Settle(
-        "published rewards of", BatchFiles.rewards_publication, make, holds, record))
+        "published rewards of", BatchFiles.rewards_publication, make, holds, BatchFiles.record_rewards_publication))
 
 
 def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.core.leaf import leaf_function
 from pipeline.core.merkle import root as merkle_root
 from pipeline.core.receipt import Receipt, verify_reward_proof, verify_rows
-from pipeline.datasets import Dataset
+from pipeline.datasets import Dataset, dataset_id
 from pipeline.errors import AnchorlakeError, CheckFailed
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
@@ -25,12 +25,6 @@ def connect(rpc_url: str) -> Any:
     from anchoring.chain import Chain
 
     return Chain(rpc_url)
-
-
-def dataset_id(name: str) -> bytes:
-    from eth_hash.auto import keccak
-
-    return bytes(keccak(name.encode("utf-8")))
 
 
 @dataclass(frozen=True)
@@ -129,16 +123,16 @@ class AnchorStates:
             except AnchorlakeError as e:
                 self.unreachable = str(e)
 
-    def state(self, files: BatchFiles, dataset: Dataset) -> str:
-        """One line: "not anchored", "anchored in …", or "ANCHOR LOST: …"."""
-        record = files.anchor()
+    def state(self, files: BatchFiles, dataset: Dataset) -> tuple[str, dict[str, Any] | None]:
+        """(one line: "not anchored", "anchored in …" or "ANCHOR LOST: …"; the current anchor record)."""
+        first, again = files.first_anchor(), files.reanchor()
+        record = again or first
         if record is None:
-            return "not anchored"
+            return "not anchored", None
         state = self._check(files.manifest(), dataset, record)
-        first = files.first_anchor()
-        if first is not None and files.reanchor() is not None and state.startswith("anchored"):
-            state += f"; re-anchored after a reorganisation removed {first['tx_hash']} in block {first['block_number']}"
-        return state
+        if first is not None and again is not None and state.startswith("anchored"):
+            state += f"; re-anchored after a reorganisation removed {first['tx_hash']}"
+        return state, record
 
     def _check(self, m: Any, dataset: Dataset, record: dict[str, Any]) -> str:
         from anchoring.batch_anchor import read_batch

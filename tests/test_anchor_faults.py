@@ -213,6 +213,9 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     assert current["block_hash"] != lost["block_hash"] and state["tx_hash"] == current["tx_hash"]
     named = {(a["tx_hash"], a["block_number"]) for a in (json.loads(Path(r).read_text())["anchor"] for r in receipts)}
     assert named == {(current["tx_hash"], current["block_number"])}
+    # The rewards root went with the reorganisation too: published again and recorded beside the anchor.
+    republished = json.loads((lake / "state/instructions/000000/rewards-current.json").read_text())
+    assert republished["root"] == json.loads((lake / "batches/instructions/000000/manifest.json").read_text())["rewards"]["root"]
 
 
 OUTSIDER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil account 1

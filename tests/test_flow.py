@@ -135,6 +135,18 @@ def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dic
         proc = cli(file_env, *args, check=False)
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # A missing file among several drops none of them.
+    sample = REPO / "samples" / "preferences" / "contributions.jsonl"
+    proc = cli(file_env, "contribute", "--dataset", "preferences", str(sample), str(tmp_path / "missing.jsonl"),
+               check=False)
+    assert proc.returncode == 2 and "missing.jsonl: no such file" in proc.stderr
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    assert not (lake / "incoming" / "preferences").exists()
+
+
+def test_pulling_a_dataset_with_no_batches_needs_no_chain(file_env: dict[str, str], tmp_path: Path) -> None:
+    env = file_env | {"ANCHORLAKE_RPC_URL": "http://127.0.0.1:9"}
+    assert cli_json(env, "pull", "--dataset", "preferences", "--dest", str(tmp_path / "dest")) == {"pulled": []}
 
 
 def test_an_unreachable_chain_exits_3(file_env: dict[str, str], tmp_path: Path) -> None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,13 +14,12 @@ from typing import Any
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import Manifest
 from pipeline.core.merkle import InclusionProof, ProofError, leaf_hash, root_from_inclusion
+from pipeline.core.records import ADDRESS, HEX64
 from pipeline.core.rewards import verify_reward
 from pipeline.errors import FormatError
 
 FORMAT = "anchorlake.receipt/1"
 ANCHOR_FIELDS = ("chain_id", "contract", "dataset_id", "tx_hash", "block_number")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_ADDRESS = re.compile(r"0x[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +71,9 @@ def parse(raw: bytes, source: str) -> Receipt:
     if data["seq"] < 0 or data["tree_size"] < 0:
         raise FormatError(source, "seq/tree_size", "must be >= 0")
     for key in ("root", "manifest_sha256"):
-        if not _HEX64.fullmatch(data[key]):
+        if not HEX64(data[key]):
             raise FormatError(source, key, "must be 64 lowercase hex characters")
-    if not _ADDRESS.fullmatch(data["contributor"]):
+    if not ADDRESS(data["contributor"]):
         raise FormatError(source, "contributor", "must be 0x and 40 lowercase hex digits")
     for n, row in enumerate(data["rows"]):
         _check_row(source, f"rows[{n}]", row, data["tree_size"])
@@ -93,7 +91,7 @@ def _check_row(source: str, where: str, row: Any, tree_size: int) -> None:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < tree_size:
         raise FormatError(source, f"{where}.leaf_index", f"must be an integer in [0, {tree_size})")
     path = row.get("path")
-    if not isinstance(path, list) or not all(isinstance(p, str) and _HEX64.fullmatch(p) for p in path):
+    if not isinstance(path, list) or not all(HEX64(p) for p in path):
         raise FormatError(source, f"{where}.path", "must be a list of 64-hex-character hashes")
     expected = path_length(index, tree_size)
     if len(path) != expected:

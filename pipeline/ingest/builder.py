@@ -26,7 +26,6 @@ from pipeline.lake.sources import Source, open_source
 
 CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
-KINDS = ("accepted", "quarantined", "duplicate")
 
 
 # --- Arrow and Parquet ------------------------------------------------------------------------

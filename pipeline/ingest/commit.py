@@ -16,9 +16,10 @@ from typing import Any
 from pipeline.core import manifest as manifests
 from pipeline.core import treefile
 from pipeline.core.jcs import canonical_bytes
+from pipeline.core.manifest import COUNT_KINDS
 from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed, NotFound
-from pipeline.ingest.builder import CHUNK_RECORDS, KINDS, BatchBuilder, blocks, parquet_bytes, worker_pool
+from pipeline.ingest.builder import CHUNK_RECORDS, BatchBuilder, blocks, parquet_bytes, worker_pool
 from pipeline.ingest.ledger import ledger, rewards_table
 from pipeline.lake import layout
 from pipeline.lake import sources as staging
@@ -76,7 +77,7 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
     body = manifests.build(
         dataset=dataset.name, seq=files.seq, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         previous=previous,
-        sources=[manifests.SourceCounts(s.key, s.sha256, s.bytes, *(builder.per_source[i][k] for k in KINDS))
+        sources=[manifests.SourceCounts(s.key, s.sha256, s.bytes, *(builder.per_source[i][k] for k in COUNT_KINDS))
                  for i, s in enumerate(plan)],
         skipped=[asdict(s) for s in skipped], columns=[(c.name, c.type) for c in builder.columns],
         suite={"name": dataset.suite_path.name, "sha256": dataset.suite_sha256()},
@@ -107,8 +108,8 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
 
 def _check_conserved(builder: BatchBuilder, dataset: str, seq: int) -> None:
     """Every input record is accepted, quarantined or a duplicate, overall and per source."""
-    per_source = {kind: sum(counts[kind] for counts in builder.per_source) for kind in KINDS}
-    if per_source != {kind: builder.counts[kind] for kind in KINDS}:
+    per_source = {kind: sum(counts[kind] for counts in builder.per_source) for kind in COUNT_KINDS}
+    if per_source != {kind: builder.counts[kind] for kind in COUNT_KINDS}:
         raise CheckFailed(f"dataset {dataset} batch {seq}: records are not conserved: "
                           f"{dict(builder.counts)} overall, {per_source} over the sources")
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.manifest import COUNT_KINDS
 from pipeline.core.rewards import RULE, RewardsTree, split_proportional
 from pipeline.datasets import Dataset
 from pipeline.lake import layout
@@ -53,7 +54,7 @@ def rewards_table(ledger: Ledger, per_contributor: Mapping[str, Counter[str]], w
     return pa.table({
         "contributor": pa.array(contributors, pa.string()),
         **{kind: pa.array([per_contributor[c][kind] for c in contributors], pa.int64())
-           for kind in ("accepted", "quarantined", "duplicate")},
+           for kind in COUNT_KINDS},
         "weight": pa.array([weights.get(c, 0) for c in contributors], pa.int64()),
         "amount": pa.array([str(ledger.amounts.get(c, 0)) for c in contributors], pa.string()),
         "cumulative_amount": pa.array([str(ledger.cumulative.get(c, 0)) for c in contributors], pa.string()),

@@ -12,10 +12,10 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anchoring.transactions import IntentStore
 from pipeline.core import manifest as manifests
 from pipeline.core import receipt as receipts
 from pipeline.core import records
@@ -38,6 +38,20 @@ def read_parquet(data: bytes, columns: Sequence[str] | None = None) -> Any:
     import pyarrow.parquet as pq
 
     return pq.read_table(io.BytesIO(data), columns=None if columns is None else list(columns), use_threads=False)
+
+
+@dataclass(frozen=True)
+class Intents:
+    """The saved intent of one resumable transaction (what anchoring.transactions resumes)."""
+
+    lake: Lake
+    key: str
+
+    def load(self) -> dict[str, Any] | None:
+        return read_record(self.lake, self.key, records.TX_INTENT)
+
+    def save(self, intent: dict[str, Any]) -> None:
+        self.lake.write(self.key, records.TX_INTENT.dump(intent))
 
 
 class BatchFiles:
@@ -159,16 +173,22 @@ class BatchFiles:
             create_once(self.lake, self.key(layout.ANCHOR), records.ANCHOR, record)
 
     def rewards_publication(self) -> dict[str, Any] | None:
-        return read_record(self.lake, self.key(layout.REWARDS_PUBLISHED), records.REWARDS_PUBLICATION)
+        """The batch's live rewards publication: a re-publication's if there was one, else
+        rewards-published.json."""
+        current = layout.rewards_current(self.dataset, self.seq)
+        return (read_record(self.lake, current, records.REWARDS_PUBLICATION)
+                or read_record(self.lake, self.key(layout.REWARDS_PUBLISHED), records.REWARDS_PUBLICATION))
 
-    def record_rewards_publication(self, record: dict[str, Any]) -> None:
-        create_once(self.lake, self.key(layout.REWARDS_PUBLISHED), records.REWARDS_PUBLICATION, record)
+    def record_rewards_publication(self, record: dict[str, Any], again: bool = False) -> None:
+        """rewards-published.json (write-once), or the re-publication record after a reorganisation."""
+        if again:
+            self.lake.write(layout.rewards_current(self.dataset, self.seq), records.REWARDS_PUBLICATION.dump(record))
+        else:
+            create_once(self.lake, self.key(layout.REWARDS_PUBLISHED), records.REWARDS_PUBLICATION, record)
 
-    def intents(self, step: str) -> IntentStore:
+    def intents(self, step: str) -> Intents:
         """Where the resumable transaction `step` of this batch keeps its intent."""
-        key = layout.intent(self.dataset, self.seq, step)
-        return IntentStore(lambda: read_record(self.lake, key, records.TX_INTENT),
-                           lambda intent: self.lake.write(key, records.TX_INTENT.dump(intent)))
+        return Intents(self.lake, layout.intent(self.dataset, self.seq, step))
 
     # --- receipts -------------------------------------------------------------------------------
 

@@ -103,6 +103,12 @@ def anchor_current(dataset: str, seq: int) -> str:
     return f"{state(dataset, seq)}anchor-current.json"
 
 
+def rewards_current(dataset: str, seq: int) -> str:
+    """The batch's rewards publication after a reorganisation removed the one
+    rewards-published.json records (write-once, like everything under batches/)."""
+    return f"{state(dataset, seq)}rewards-current.json"
+
+
 def intent(dataset: str, seq: int, step: str) -> str:
     """Operational state of a resumable transaction (nonce, signed attempts); rewritten freely."""
     return f"{state(dataset, seq)}{step}-intent.json"

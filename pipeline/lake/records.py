@@ -12,8 +12,6 @@ from pipeline.errors import AlreadyExists, ConflictError, NotFound
 from pipeline.lake import layout
 from pipeline.lake.storage import Lake
 
-CONTRACTS = ("RewardToken", "BatchAnchor", "RewardDistributor")
-
 
 def read_record(lake: Lake, key: str, kind: RecordKind) -> dict[str, Any] | None:
     """The record at `key`, validated as `kind`; None if there is none."""
