@@ -68,7 +68,12 @@ def main() -> None:
         print(f"receipts  {count:,} contributors, {manifest.tree_size:,} rows: {receipts:.2f} s")
 
         indices = list(range(manifest.tree_size))
-        stored = timed(lambda: list(BatchFiles(lake, "instructions", 0).tree().proofs(indices)), args.runs)
+        def from_tree() -> None:
+            prove = BatchFiles(lake, "instructions", 0).tree().prover()
+            for i in indices:
+                prove(i)
+
+        stored = timed(from_tree, args.runs)
 
         def rebuilt() -> None:
             table = BatchFiles(lake, "instructions", 0).index(["record_id"])

@@ -49,11 +49,13 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
     publication = files.rewards_publication()
     rewards = _rewards(files, by_contributor, publication["contract"] if publication else None)
     anchor = files.anchor()
-    for contributor, indices in sorted(by_contributor.items()):
-        rows = [(i, records[i], path) for i, path in zip(indices, tree.proofs(indices), strict=True)]
-        files.write_receipt(receipts.build(manifest, contributor, rows, anchor, rewards.get(contributor)))
-    files.record_receipts(len(by_contributor), None if anchor is None else anchor["block_hash"])
-    return len(by_contributor)
+    prove = tree.prover()
+    count = files.write_receipts(
+        receipts.build(manifest, contributor, [(i, records[i], prove(i)) for i in indices], anchor,
+                       rewards.get(contributor))
+        for contributor, indices in sorted(by_contributor.items()))
+    files.record_receipts(count, None if anchor is None else anchor["block_hash"])
+    return count
 
 
 def serve_proof(files: BatchFiles, index: int) -> dict[str, Any]:

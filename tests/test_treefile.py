@@ -34,6 +34,10 @@ def test_stored_proofs_equal_in_memory_proofs_for_any_size_and_tile(size: int, h
         assert path == inclusion_path(levels, index)
         assert stored.leaf(index) == leaves[index]
         verify_inclusion(InclusionProof(index, size, tuple(path)), leaves[index], top)
+    # The bulk form (receipts) serves the same paths, in any order of indices.
+    order = data.draw(st.permutations(range(size)))
+    prove = stored.prover()
+    assert [prove(i) for i in order] == [inclusion_path(levels, i) for i in order]
 
 
 def test_an_empty_tree_has_the_empty_root() -> None:
@@ -41,6 +45,8 @@ def test_an_empty_tree_has_the_empty_root() -> None:
     assert top == EMPTY_ROOT and from_bytes(blob).root() == EMPTY_ROOT
     with pytest.raises(IndexError):
         from_bytes(blob).proof(0)
+    with pytest.raises(IndexError):
+        from_bytes(blob).prover()(0)
 
 
 def test_the_parallel_bulk_builder_writes_the_same_bytes() -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, build_levels, leaf_hashes, root_from_levels
+from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, build_levels, inclusion_path, leaf_hashes, root_from_levels
 from pipeline.errors import FormatError
 
 MAGIC = b"ALTREE01"
@@ -94,20 +94,13 @@ def encode_entries(entries: Sequence[bytes], tile_height: int = DEFAULT_TILE_HEI
     return blob, root_from_levels(top)
 
 
-def _stored_path(data: bytes, offset: int, leaves: int, index: int) -> list[bytes]:
-    """Inclusion path of leaf `index` in a tree of `leaves` stored level by level from `offset`
-    (leaf level first), read straight from the stored bytes."""
-    path: list[bytes] = []
-    size = leaves
-    while size > 1:
-        sibling = index ^ 1
-        if sibling < size:
-            start = offset + sibling * HASH_SIZE
-            path.append(data[start:start + HASH_SIZE])
+def _levels(data: bytes, offset: int, leaves: int) -> list[list[bytes]]:
+    """The levels (leaf level first) of a tree of `leaves` stored level by level from `offset`."""
+    levels = []
+    for size in _level_sizes(leaves):
+        levels.append([data[offset + i * HASH_SIZE: offset + (i + 1) * HASH_SIZE] for i in range(size)])
         offset += size * HASH_SIZE
-        index >>= 1
-        size = (size + 1) // 2
-    return path
+    return levels
 
 
 class TreeFile:
@@ -141,24 +134,28 @@ class TreeFile:
         """RFC 9162 inclusion path of leaf `index`, with two reads. Requires 0 <= index < tree_size."""
         t = self._check(index)
         leaves = self._tile_leaves(t)
-        tile = self.read(self._tile_offset(t), sum(_level_sizes(leaves)) * HASH_SIZE)
-        top = self.read(self._top_offset(), sum(_level_sizes(self.tiles)) * HASH_SIZE)
-        return _stored_path(tile, 0, leaves, index - t * self.tile) + _stored_path(top, 0, self.tiles, t)
+        tile = _levels(self.read(self._tile_offset(t), sum(_level_sizes(leaves)) * HASH_SIZE), 0, leaves)
+        top = _levels(self.read(self._top_offset(), sum(_level_sizes(self.tiles)) * HASH_SIZE), 0, self.tiles)
+        return inclusion_path(tile, index - t * self.tile) + inclusion_path(top, t)
 
-    def proofs(self, indices: Iterable[int]) -> Iterator[list[bytes]]:
-        """The inclusion path of each leaf in `indices`, from one read of the whole tree.
-
-        Requires 0 <= index < tree_size for each."""
+    def prover(self) -> Callable[[int], list[bytes]]:
+        """A function giving the inclusion path of any leaf, from one read of the whole tree;
+        each tile is unpacked once, when first asked for. Requires 0 <= index < tree_size."""
         if self.tree_size == 0:
-            for index in indices:
-                self._check(index)
-            return
+            return self.proof  # no leaf to prove: it raises IndexError for any index
         top_offset = self._top_offset()
         whole = self.read(0, top_offset + sum(_level_sizes(self.tiles)) * HASH_SIZE)
-        for index in indices:
+        top = _levels(whole, top_offset, self.tiles)
+        tiles: dict[int, list[list[bytes]]] = {}
+
+        def prove(index: int) -> list[bytes]:
             t = self._check(index)
-            yield (_stored_path(whole, self._tile_offset(t), self._tile_leaves(t), index - t * self.tile)
-                   + _stored_path(whole, top_offset, self.tiles, t))
+            tile = tiles.get(t)
+            if tile is None:
+                tile = tiles[t] = _levels(whole, self._tile_offset(t), self._tile_leaves(t))
+            return inclusion_path(tile, index - t * self.tile) + inclusion_path(top, t)
+
+        return prove
 
     def leaf(self, index: int) -> bytes:
         t = index >> self.tile_height

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pipeline.core import manifest as manifests
 from pipeline.core import receipt as receipts
@@ -192,9 +194,11 @@ class BatchFiles:
 
     # --- receipts -------------------------------------------------------------------------------
 
-    def write_receipt(self, receipt: dict[str, Any]) -> None:
-        key = layout.receipt(self.dataset, self.seq, receipt["contributor"])
-        self.lake.write(key, json.dumps(receipt, indent=1).encode())
+    def write_receipts(self, receipts: Iterable[dict[str, Any]]) -> int:
+        """Write receipts (a stream: held one at a time) in bulk; how many."""
+        option = orjson.OPT_INDENT_2
+        return self.lake.write_all((layout.receipt(self.dataset, self.seq, r["contributor"]), orjson.dumps(r, option=option))
+                                   for r in receipts)
 
     def receipt(self, contributor: str) -> receipts.Receipt:
         key = layout.receipt(self.dataset, self.seq, contributor.lower())

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlparse
 
 from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable
+
+PUTS_IN_FLIGHT = 8  # parallel PUTs of write_all on S3
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class Lake(ABC):
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:
         """Write (or replace) an object atomically: readers see the old or the new bytes."""
+
+    @abstractmethod
+    def write_all(self, objects: Iterable[tuple[str, bytes]]) -> int:
+        """Write many objects (each atomically), faster than one `write` each: on disk one sync
+        for all, on S3 several PUTs in flight. Durable when it returns; the number written."""
 
     @abstractmethod
     def create(self, key: str, data: bytes) -> None:
@@ -102,18 +109,28 @@ class FileLake(Lake):
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
 
-    def _temp(self, path: Path, data: bytes) -> str:
+    def _temp(self, path: Path, data: bytes, sync: bool = True) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         return tmp
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._temp(path, data), path)
+
+    def write_all(self, objects: Iterable[tuple[str, bytes]]) -> int:
+        count = 0
+        for key, data in objects:
+            path = self._path(key)
+            os.replace(self._temp(path, data, sync=False), path)
+            count += 1
+        os.sync()
+        return count
 
     def create(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -223,6 +240,23 @@ class S3Lake(Lake):
 
     def write(self, key: str, data: bytes) -> None:
         self._call("write", key, self._client.put_object, Key=self._key(key), Body=data)
+
+    def write_all(self, objects: Iterable[tuple[str, bytes]]) -> int:
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        count = 0
+        pending: set[Future[None]] = set()
+        with ThreadPoolExecutor(max_workers=PUTS_IN_FLIGHT) as pool:
+            for key, data in objects:
+                if len(pending) >= 2 * PUTS_IN_FLIGHT:  # bounded: objects may be a long generator
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                pending.add(pool.submit(self.write, key, data))
+                count += 1
+            for future in pending:
+                future.result()
+        return count
 
     def create(self, key: str, data: bytes) -> None:
         self._call("create", key, self._client.put_object, Key=self._key(key), Body=data, IfNoneMatch="*")
