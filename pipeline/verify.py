@@ -8,16 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.core.leaf import leaf_function
-from pipeline.core.merkle import root as merkle_root
 from pipeline.core.receipt import Receipt, verify_reward_proof, verify_rows
 from pipeline.datasets import Dataset, dataset_id
 from pipeline.errors import AnchorlakeError, CheckFailed
-from pipeline.lake import layout
-from pipeline.lake.batch import BatchFiles
-from pipeline.receipts import batch_records
+
+if TYPE_CHECKING:  # the lake is imported where a check reads it: offline receipt checks start fast
+    from pipeline.lake.batch import BatchFiles
 
 
 def connect(rpc_url: str) -> Any:
@@ -83,6 +81,9 @@ def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address
     leaf and the root recomputed from the rows, root, tree size and manifest hash against
     BatchAnchor. Raises CheckFailed naming what differs."""
     from anchoring.batch_anchor import read_batch
+    from pipeline.core.leaf import leaf_function
+    from pipeline.core.merkle import root as merkle_root
+    from pipeline.receipts import batch_records
 
     m = files.manifest()
     leaf = leaf_function(dataset.committed_columns)
@@ -154,6 +155,8 @@ class AnchorStates:
 def pull_batch(files: BatchFiles, dataset: Dataset, target: Path, check: tuple[Any, str] | None) -> dict[str, Any]:
     """Copy a committed batch's data parts and manifest to `target`, each part checked against
     the manifest; with `check` = (chain, BatchAnchor address), first `batch_against_chain`."""
+    from pipeline.lake import layout
+
     m = files.manifest()
     if check is not None:
         batch_against_chain(files, dataset, *check)
