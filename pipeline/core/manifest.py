@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.jcs import canonical_bytes
+from pipeline.core.records import tagged_json
 from pipeline.errors import FormatError
 
 FORMAT = "anchorlake.manifest/1"
@@ -94,12 +94,7 @@ def serialize(data: Mapping[str, Any]) -> bytes:
 
 def parse(raw: bytes, source: str) -> Manifest:
     """Validate a manifest; raise FormatError naming the file and the field."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(source, "(file)", f"invalid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FormatError(source, "format", f"expected {FORMAT!r}")
+    data = tagged_json(raw, source, FORMAT)
     for key in _REQUIRED:
         if key not in data:
             raise FormatError(source, key, "missing")

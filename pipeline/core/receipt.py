@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import Manifest
 from pipeline.core.merkle import InclusionProof, ProofError, leaf_hash, root_from_inclusion
-from pipeline.core.records import ADDRESS, HEX64
+from pipeline.core.records import ADDRESS, HEX64, tagged_json
 from pipeline.core.rewards import verify_reward
 from pipeline.errors import FormatError
 
@@ -58,12 +57,7 @@ def build(manifest: Manifest, contributor: str, rows: Sequence[tuple[int, dict[s
 
 def parse(raw: bytes, source: str) -> Receipt:
     """Validate a receipt's shape; raise FormatError naming the field that is wrong."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(source, "(file)", f"not JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FormatError(source, "format", f"expected {FORMAT!r}")
+    data = tagged_json(raw, source, FORMAT)
     for key, kind in (("dataset", str), ("seq", int), ("contributor", str), ("root", str), ("tree_size", int),
                       ("manifest_sha256", str), ("rows", list)):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):

@@ -46,6 +46,17 @@ _NAMES = {INTEGER: "a whole number >= 0", NUMBER: "a number", TEXT: "a string", 
           ADDRESS: "a lowercase 0x address", DECIMAL: "a decimal string"}
 
 
+def tagged_json(raw: bytes, source: str, fmt: str) -> dict[str, Any]:
+    """Parse a JSON object carrying the format tag `fmt`; FormatError naming `source` otherwise."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(source, "(file)", f"invalid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise FormatError(source, "format", f"expected {fmt!r}")
+    return data
+
+
 @dataclass(frozen=True)
 class RecordKind:
     """One kind of tagged record: its format tag, required fields and optional fields."""
@@ -62,12 +73,9 @@ class RecordKind:
 
     def load(self, raw: bytes, source: str) -> dict[str, Any]:
         """Parse and validate; raise FormatError naming `source` and the field at fault."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FormatError(source, "(file)", f"invalid JSON: {e}") from None
+        data = tagged_json(raw, source, self.format)
         self.check(data, source)
-        return dict(data)
+        return data
 
     def check(self, data: Any, source: str) -> None:
         if not isinstance(data, dict) or data.get("format") != self.format:
