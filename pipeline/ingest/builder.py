@@ -116,10 +116,6 @@ class _Chunk:
     def reject(self, i: int, reason: str, detail: str) -> None:
         self.reason[i], self.detail[i] = reason, detail
 
-    def kind(self, i: int) -> str:
-        reason = self.reason[i]
-        return "accepted" if reason is None else "duplicate" if reason == "duplicate" else "quarantined"
-
 
 def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
@@ -213,13 +209,17 @@ class BatchBuilder:
             who = chunk.contributor[typed[j]]
             assert who is not None
             self.weights[who] += 1 if weights is None else max(int(weights[j] or 0), 0)
-        for i in range(len(chunk.line)):
-            kind = chunk.kind(i)
+        per_contributor = self.per_contributor
+        for i, reason in enumerate(chunk.reason):
+            kind = "accepted" if reason is None else "duplicate" if reason == "duplicate" else "quarantined"
             self.counts[kind] += 1
             self.per_source[chunk.source[i]][kind] += 1
             who = chunk.contributor[i]
             if who is not None:
-                self.per_contributor.setdefault(who, Counter())[kind] += 1
+                counter = per_contributor.get(who)
+                if counter is None:
+                    counter = per_contributor[who] = Counter()
+                counter[kind] += 1
 
     def _write_part(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
         import pyarrow as pa
