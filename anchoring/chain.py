@@ -72,6 +72,23 @@ class Chain:
         code = self.rpc(lambda: self.w3.eth.get_code(self.w3.to_checksum_address(address)))
         return len(code) > 0
 
+    def runs_genuine(self, name: str, address: str) -> bool:
+        """Whether `address` runs exactly the compiled `name` (its immutables, set at deployment, aside)."""
+        artifact = _artifacts()[name]
+        expected = bytes.fromhex(artifact["deployedBytecode"][2:])
+        code = bytes(self.rpc(lambda: self.w3.eth.get_code(self.w3.to_checksum_address(address))))
+        if len(code) != len(expected):
+            return False
+        masked_code, masked_expected = bytearray(code), bytearray(expected)
+        for start, length in artifact.get("immutables", []):
+            masked_code[start:start + length] = masked_expected[start:start + length] = bytes(length)
+        return masked_code == masked_expected
+
+    def has_role(self, name: str, address: str, role: str, account: str) -> bool:
+        contract = self.contract(name, address)
+        role_id = self.rpc(lambda: getattr(contract.functions, role)().call())
+        return bool(self.rpc(lambda: contract.functions.hasRole(role_id, self.w3.to_checksum_address(account)).call()))
+
     def head(self) -> int:
         return int(self.rpc(lambda: self.w3.eth.block_number))
 
@@ -144,6 +161,28 @@ class Chain:
         factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         receipt = self.transact(name, factory.constructor(*args), f"deploying {name}")
         return str(receipt["contractAddress"]).lower()
+
+
+def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[str, ...]) -> None:
+    """Refuse a deployment record (which whoever writes the lake can change) before anything is
+    signed against it: each named contract must run the compiled code and give the signing key
+    its role; the distributor must pay in the record's token. Raises ConflictError naming what differs."""
+    roles = {"BatchAnchor": "ANCHORER_ROLE", "RewardDistributor": "DISTRIBUTOR_ROLE"}
+    for name in names:
+        address = deployment.get(name)
+        if not address or not chain.runs_genuine(name, address):
+            raise ConflictError(f"the deployment record names {name} at {address}, which does not run anchorlake's "
+                                f"{name}; nothing was signed (check the record and the configuration)")
+        if not chain.has_role(name, address, roles[name], chain.address):
+            raise ConflictError(f"{name} at {address} does not give {roles[name]} to the configured key "
+                                f"{chain.address}; nothing was signed")
+    if "RewardDistributor" in names:
+        paid_in = chain.rpc(lambda: chain.contract("RewardDistributor", deployment["RewardDistributor"])
+                            .functions.token().call())
+        if str(paid_in).lower() != str(deployment.get("RewardToken", "")).lower():
+            raise ConflictError(f"RewardDistributor at {deployment['RewardDistributor']} pays in {str(paid_in).lower()}, "
+                                f"the deployment record names RewardToken {deployment.get('RewardToken')}; "
+                                "nothing was signed")
 
 
 def ensure_deployment(chain: Chain, known: Mapping[str, str], save: Callable[[dict[str, str]], None],

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.errors import BadInput, ServiceUnavailable
 
 HERE = Path(__file__).resolve().parent
+ARTIFACT_FORMAT = "anchorlake.contracts/2"  # /2: runtime code with its immutables, to check deployments
 REPO = HERE.parent
 CONTRACTS = ("BatchAnchor", "RewardDistributor", "RewardToken")
 ARTIFACT = HERE / "build" / "contracts.json"
@@ -43,7 +44,8 @@ def compile_sources() -> dict[str, Any]:
         "settings": {
             "optimizer": {"enabled": True, "runs": 200},
             "evmVersion": "cancun",
-            "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
+            "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object",
+                                            "evm.deployedBytecode.immutableReferences"]}},
         },
     }
     proc = subprocess.run([node, str(HERE / "solc.cjs")], input=json.dumps(request), capture_output=True,
@@ -61,6 +63,9 @@ def compile_sources() -> dict[str, Any]:
             "abi": out["abi"],
             "bytecode": "0x" + out["evm"]["bytecode"]["object"],
             "deployedBytecode": "0x" + out["evm"]["deployedBytecode"]["object"],
+            # (start, length) of each immutable in the runtime code: filled in at deployment
+            "immutables": sorted((r["start"], r["length"]) for refs in
+                                 out["evm"]["deployedBytecode"].get("immutableReferences", {}).values() for r in refs),
         }
     return contracts
 
@@ -71,14 +76,14 @@ def build(force: bool = False) -> dict[str, Any]:
     if not force and ARTIFACT.is_file():
         try:
             artifact = json.loads(ARTIFACT.read_text())
-            if artifact.get("sources_sha256") == digest and artifact.get("format") == "anchorlake.contracts/1":
+            if artifact.get("sources_sha256") == digest and artifact.get("format") == ARTIFACT_FORMAT:
                 return dict(artifact["contracts"])
         except ValueError:
             pass
     contracts = compile_sources()
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     tmp = ARTIFACT.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": "anchorlake.contracts/1", "solc": SOLC_VERSION,
+    tmp.write_text(json.dumps({"format": ARTIFACT_FORMAT, "solc": SOLC_VERSION,
                                "sources_sha256": digest, "contracts": contracts}, indent=1))
     tmp.replace(ARTIFACT)
     return contracts

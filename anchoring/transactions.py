@@ -3,7 +3,10 @@ sender or the chain does meanwhile.
 
 The intent (nonce and every signed attempt) is saved through an `IntentStore` before each
 broadcast, so a run killed at any instant resumes the same transaction instead of sending a
-second one. Pending too long or refused as underpriced: replaced with 25% higher fees and the
+second one. A saved intent is never trusted: the transaction is always rebuilt from the call the
+pipeline makes now, and every saved attempt must decode to exactly it (to, data, value, chain,
+sender, nonce) or the intent is refused before anything is signed; fee bumps re-sign the
+decoded transaction, never a transaction read from the store. Pending too long or refused as underpriced: replaced with 25% higher fees and the
 same nonce. Dropped from the mempool: sent again. After inclusion: confirmations on the
 canonical chain; if a reorganisation removes the block, sent again.
 """
@@ -27,8 +30,13 @@ FEE_BUMP_NUM, FEE_BUMP_DEN = 5, 4  # +25%: above the 10-12.5% nodes require of a
 DEFAULT_TIP = 10**9
 
 
+class IntentRefused(ChainError):
+    """A saved intent is not a transaction this pipeline builds: nothing is signed or sent."""
+
+
 class IntentStore(Protocol):
-    """Where a resumable transaction keeps its intent (nonce, signed attempts) between runs."""
+    """Where a resumable transaction keeps its intent (nonce, signed attempts) between runs;
+    str() of it names where, for errors."""
 
     def load(self) -> dict[str, Any] | None: ...
 
@@ -40,6 +48,9 @@ class MemoryIntents:
 
     def __init__(self) -> None:
         self.intent: dict[str, Any] | None = None
+
+    def __str__(self) -> str:
+        return "the in-memory intent"
 
     def load(self) -> dict[str, Any] | None:
         return self.intent
@@ -111,13 +122,54 @@ def _new_intent(chain: Chain, call: Any, what: str) -> dict[str, Any]:
                "gas": int(tx["gas"] * 6 // 5), "type": 2})
     tx.pop("gasPrice", None)
     tx_hash, raw = _sign(chain, tx)
-    return {"what": what, "chain_id": chain.chain_id, "from": sender.lower(),
-            "nonce": nonce, "tx": _jsonable(tx), "attempts": [
-                {"tx_hash": tx_hash, "raw": raw, "max_fee": max_fee, "tip": tip, "sent_at": time.time()}]}
+    return {"what": what, "chain_id": chain.chain_id, "from": sender.lower(), "nonce": nonce, "attempts": [
+        {"tx_hash": tx_hash, "raw": raw, "max_fee": max_fee, "tip": tip, "sent_at": time.time()}]}
+
+
+def _expected(chain: Chain, call: Any) -> tuple[str, bytes, int, int, str]:
+    """(to, data, value, chain id, sender) of the transaction the pipeline's `call` makes."""
+    return (str(call.address).lower(), bytes.fromhex(call._encode_transaction_data()[2:]), 0, chain.chain_id,
+            str(chain.address).lower())
+
+
+def _decode(raw: str) -> dict[str, Any]:
+    """The fields and the sender of signed transaction bytes."""
+    from eth_account import Account
+    from eth_account.typed_transactions import TypedTransaction
+    from hexbytes import HexBytes
+
+    tx = dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+    tx["from"] = str(Account.recover_transaction(raw)).lower()
+    return tx
+
+
+def _checked(intent: dict[str, Any], expected: tuple[str, bytes, int, int, str], intents: IntentStore,
+             what: str) -> dict[str, Any]:
+    """The intent rebuilt from what its signed attempts decode to, if every one is exactly the
+    expected transaction with the intent's nonce; IntentRefused naming the store otherwise."""
+    from eth_utils import keccak
+
+    attempts = []
+    for n, attempt in enumerate(intent["attempts"]):
+        try:
+            raw = str(attempt["raw"])
+            tx = _decode(raw)
+            fields = (bytes(tx["to"]).hex(), bytes(tx["data"]), tx["value"], tx["chainId"], tx["from"])
+        except Exception:
+            raise IntentRefused(f"{what}: {intents} holds attempt {n}, which is not a signed transaction; "
+                                "nothing was signed or sent (check it and remove it to go on)") from None
+        if ("0x" + fields[0], *fields[1:]) != expected or tx["nonce"] != intent["nonce"]:
+            raise IntentRefused(f"{what}: {intents} holds attempt {n}, which is not the transaction this pipeline "
+                                "builds; nothing was signed or sent (check it and remove it to go on)")
+        attempts.append({"tx_hash": "0x" + keccak(hexstr=raw).hex(), "raw": raw, "max_fee": tx["maxFeePerGas"],
+                         "tip": tx["maxPriorityFeePerGas"], "gas": tx["gas"], "sent_at": attempt.get("sent_at", 0)})
+    if not attempts:
+        raise IntentRefused(f"{what}: {intents} holds no signed attempt; nothing was signed or sent")
+    return dict(intent, attempts=attempts)
 
 
 def _resumable(chain: Chain, intent: dict[str, Any] | None, what: str) -> tuple[dict[str, Any] | None, bool]:
-    """(the intent still worth resuming or None, whether one of its attempts was mined)."""
+    """(the checked intent still worth resuming or None, whether one of its attempts was mined)."""
     if intent is None:
         return None, False
     mined = _mined_attempt(chain, intent)
@@ -140,7 +192,10 @@ def ensure_transaction(chain: Chain, call: Any, what: str, is_done: Callable[[],
             return
         if time.monotonic() > deadline:
             raise ServiceUnavailable(f"{what}: not confirmed within {timeout:.0f}s")
-        intent, mined = _resumable(chain, intents.load(), what)
+        saved = intents.load()
+        if saved is not None:
+            saved = _checked(saved, _expected(chain, call), intents, what)
+        intent, mined = _resumable(chain, saved, what)
         if mined:
             continue  # is_done() should hold now
         if intent is None:
@@ -152,9 +207,9 @@ def ensure_transaction(chain: Chain, call: Any, what: str, is_done: Callable[[],
         if status == "nonce_used":
             continue  # mined meanwhile (ours or another): the loop sorts out which
         if status == "underpriced":
-            intents.save(_bump(chain, intent))
+            intents.save(_bump(chain, intent, call))
             continue
-        _wait_or_bump(chain, intent, intents, replace_after, deadline, poll)
+        _wait_or_bump(chain, intent, call, intents, replace_after, deadline, poll)
 
 
 def ensure_confirmed(chain: Chain, call: Any, what: str, is_done: Callable[[], bool], find_event: Callable[[], Any],
@@ -177,14 +232,6 @@ def find_event(chain: Chain, contract: Any, event: str, dataset_id: bytes, seq: 
     if not logs:
         raise ChainError(f"{event} for seq {seq} is in contract state but no event was found")
     return logs[-1]
-
-
-def _jsonable(tx: dict[str, Any]) -> dict[str, Any]:
-    return {key: value if isinstance(value, (int, str)) else "0x" + bytes(value).hex() for key, value in tx.items()}
-
-
-def _native(tx: dict[str, Any]) -> dict[str, Any]:
-    return {k: (bytes.fromhex(v[2:]) if k == "data" and isinstance(v, str) else v) for k, v in tx.items()}
 
 
 def _known(chain: Chain, tx_hash: str) -> bool:
@@ -219,20 +266,24 @@ def _confirmed(chain: Chain, receipt: Any, deadline: float) -> bool:
         time.sleep(0.25)
 
 
-def _bump(chain: Chain, intent: dict[str, Any]) -> dict[str, Any]:
-    last = intent["attempts"][-1]
+def _bump(chain: Chain, intent: dict[str, Any], call: Any) -> dict[str, Any]:
+    """The intent with one more attempt: the same transaction, rebuilt from `call` with the
+    intent's nonce and the gas of the last signed attempt, at 25% higher fees."""
+    last = _decode(intent["attempts"][-1]["raw"])
     market_fee, market_tip = _fees(chain)
-    tip = max(last["tip"] * FEE_BUMP_NUM // FEE_BUMP_DEN + 1, market_tip)
-    max_fee = max(last["max_fee"] * FEE_BUMP_NUM // FEE_BUMP_DEN + 1, market_fee, tip)
-    tx = dict(intent["tx"], maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
-    tx_hash, raw = _sign(chain, _native(tx))
-    log.info("replacing %s with fees %d/%d", last["tx_hash"], max_fee, tip)
+    tip = max(last["maxPriorityFeePerGas"] * FEE_BUMP_NUM // FEE_BUMP_DEN + 1, market_tip)
+    max_fee = max(last["maxFeePerGas"] * FEE_BUMP_NUM // FEE_BUMP_DEN + 1, market_fee, tip)
+    to, data, value, chain_id, _ = _expected(chain, call)
+    tx = {"to": chain.w3.to_checksum_address(to), "data": data, "value": value, "chainId": chain_id,
+          "nonce": last["nonce"], "gas": last["gas"], "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "type": 2}
+    tx_hash, raw = _sign(chain, tx)
+    log.info("replacing %s with fees %d/%d", intent["attempts"][-1]["tx_hash"], max_fee, tip)
     attempts = intent["attempts"] + [{"tx_hash": tx_hash, "raw": raw, "max_fee": max_fee, "tip": tip,
                                       "sent_at": time.time()}]
-    return dict(intent, tx=tx, attempts=attempts)
+    return dict(intent, attempts=attempts)
 
 
-def _wait_or_bump(chain: Chain, intent: dict[str, Any], intents: IntentStore, replace_after: float,
+def _wait_or_bump(chain: Chain, intent: dict[str, Any], call: Any, intents: IntentStore, replace_after: float,
                   deadline: float, poll: float) -> None:
     """Wait until an attempt is mined (then return) or replace it after `replace_after` seconds."""
     sent = checked = time.monotonic()
@@ -247,7 +298,7 @@ def _wait_or_bump(chain: Chain, intent: dict[str, Any], intents: IntentStore, re
                 if _broadcast(chain, intent["attempts"][-1]["raw"], intent["what"]) == "nonce_used":
                     return
         if time.monotonic() - sent > replace_after:
-            bumped = _bump(chain, intent)
+            bumped = _bump(chain, intent, call)
             intents.save(bumped)
             if _broadcast(chain, bumped["attempts"][-1]["raw"], intent["what"]) == "nonce_used":
                 return

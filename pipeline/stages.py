@@ -47,9 +47,15 @@ def chain_for(settings: Settings, signing: bool = True) -> Any:
     return Chain(settings.rpc_url, settings.anchorer_key if signing else None, settings.confirmations)
 
 
-def deployment_for(settings: Settings, chain: Any) -> dict[str, Any]:
-    """The contracts on `chain`: the lake's deployment record, overridden by configuration."""
-    return lake_records.deployment_for(lake_for(settings), chain.chain_id, settings.contracts)
+def deployment_for(settings: Settings, chain: Any, signing_for: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The contracts on `chain`: the lake's deployment record, overridden by configuration. With
+    `signing_for`, those contracts are checked on chain before the caller signs anything for them."""
+    from anchoring.chain import check_deployment
+
+    deployment = lake_records.deployment_for(lake_for(settings), chain.chain_id, settings.contracts)
+    if signing_for:
+        check_deployment(chain, deployment, signing_for)
+    return deployment
 
 
 def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any], bool]:
@@ -141,7 +147,7 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
 
     spec = dataset_for(settings, dataset)
     chain = chain_for(settings)
-    address = deployment_for(settings, chain)["BatchAnchor"]
+    address = deployment_for(settings, chain, ("BatchAnchor",))["BatchAnchor"]
 
     def make(files: BatchFiles) -> dict[str, Any]:
         m = files.manifest()
@@ -166,7 +172,7 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
 
     spec = dataset_for(settings, dataset)
     chain = chain_for(settings)
-    deployment = deployment_for(settings, chain)
+    deployment = deployment_for(settings, chain, ("RewardDistributor",))
 
     def make(files: BatchFiles) -> dict[str, Any]:
         rewards = files.manifest().rewards

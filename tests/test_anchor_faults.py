@@ -224,7 +224,7 @@ POOR_KEY = "0x" + "42" * 32  # no funds on the devnet
 
 def test_a_key_without_the_anchorer_role_fails_clearly(env: dict[str, str]) -> None:
     proc = cli(env | {"ANCHORLAKE_ANCHORER_KEY": OUTSIDER_KEY}, "run", "--dataset", "instructions", check=False)
-    assert proc.returncode == 1 and "AccessControlUnauthorizedAccount" in proc.stderr
+    assert proc.returncode == 1 and "does not give ANCHORER_ROLE to the configured key" in proc.stderr
     assert "Traceback" not in proc.stderr and OUTSIDER_KEY[2:] not in proc.stderr + proc.stdout
     assert anchored_events(env) == []
 
@@ -253,3 +253,82 @@ def test_a_deployment_record_for_another_chain_is_refused(env: dict[str, str]) -
     proc = cli(env, "run", "--dataset", "instructions", check=False)
     assert proc.returncode == 1 and "is for chain 1" in proc.stderr
     assert anchored_events(env) == []
+
+
+@pytest.mark.parametrize("decoy", ["garbage bytes", "a transfer signed by the anchorer key"])
+def test_a_planted_intent_is_refused_and_nothing_is_signed_or_sent(env: dict[str, str], chain: Anvil,
+                                                                   tmp_path: Path, decoy: str) -> None:
+    """The attack: a lake writer plants the next batch's anchor intent holding a transfer of the
+    whole treasury to itself, hoping the next run "bumps the fee" by signing it with the key."""
+    from eth_account import Account
+
+    from pipeline.config import DEVNET_KEY
+
+    cli(env, "run", "--dataset", "instructions")
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    deployment = json.loads((lake / "deployments/31337.json").read_text())
+    w3 = Web3(Web3.HTTPProvider(chain.url))
+    token = w3.eth.contract(address=Web3.to_checksum_address(deployment["RewardToken"]), abi=json.loads(
+        (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["RewardToken"]["abi"])
+    treasury, attacker = Account.from_key(DEVNET_KEY).address, Web3.to_checksum_address("0x" + "66" * 20)
+    before, nonce = token.functions.balanceOf(treasury).call(), w3.eth.get_transaction_count(treasury)
+    theft = {"to": token.address, "data": token.functions.transfer(attacker, before)._encode_transaction_data(),
+             "value": 0, "chainId": 31337, "nonce": nonce, "gas": 100_000, "maxFeePerGas": 10**10,
+             "maxPriorityFeePerGas": 10**9, "type": 2}
+    raw = ("0x02deadbeef" if decoy == "garbage bytes"
+           else "0x" + bytes(Account.from_key(DEVNET_KEY).sign_transaction(theft).raw_transaction).hex())
+    planted = lake / "state/instructions/000001/anchor-intent.json"
+    planted.parent.mkdir(parents=True)
+    planted.write_text(json.dumps({"format": "anchorlake.tx-intent/1", "what": "anchoring seq 1", "chain_id": 31337,
+                                   "from": treasury.lower(), "nonce": nonce, "tx": theft | {"data": theft["data"]},
+                                   "attempts": [{"tx_hash": "0x" + "00" * 32, "raw": raw, "max_fee": 10**30,
+                                                 "tip": 10**30, "sent_at": 0}]}))
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"prompt": "Explain a planted intent in two sentences.", "response": "It is refused.",
+                                "language": "en", "consent": True, "created_at": "2026-11-20T10:00:00Z",
+                                "contributor": "0x" + "12" * 20}) + "\n")
+    cli(env, "contribute", "--dataset", "instructions", str(more))
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "anchor-intent.json holds attempt 0" in proc.stderr, proc.stderr
+    assert "nothing was signed or sent" in proc.stderr and "Traceback" not in proc.stderr
+    assert token.functions.balanceOf(treasury).call() == before and token.functions.balanceOf(attacker).call() == 0
+    assert w3.eth.get_transaction_count(treasury, "pending") == nonce  # not one transaction left the key
+    # Once the operator removes the planted file, the batch is anchored as usual.
+    planted.unlink()
+    cli(env, "run", "--dataset", "instructions")
+    assert len(anchored_events(env)) == 2
+
+
+@pytest.mark.parametrize("swap", ["to another contract", "to a genuine distributor the attacker controls"])
+def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str, str], chain: Anvil,
+                                                                   tmp_path: Path, swap: str) -> None:
+    from eth_account import Account
+
+    from anchoring.chain import Chain
+    from pipeline.config import DEVNET_KEY
+
+    cli(env, "run", "--dataset", "instructions")
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    record = lake / "deployments/31337.json"
+    deployment = json.loads(record.read_text())
+    if swap == "to another contract":
+        fake = deployment["BatchAnchor"]
+    else:
+        attacker_chain = Chain(chain.url, OUTSIDER_KEY)
+        me = attacker_chain.address
+        fake = attacker_chain.deploy("RewardDistributor", me, me, Web3.to_checksum_address(deployment["RewardToken"]))
+    record.write_text(json.dumps(deployment | {"RewardDistributor": fake}))
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"prompt": "Explain a swapped deployment in two sentences.", "response": "Refused.",
+                                "language": "en", "consent": True, "created_at": "2026-11-21T10:00:00Z",
+                                "contributor": "0x" + "13" * 20}) + "\n")
+    cli(env, "contribute", "--dataset", "instructions", str(more))
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    expected = "does not run anchorlake's RewardDistributor" if swap == "to another contract" else \
+        "does not give DISTRIBUTOR_ROLE to the configured key"
+    assert proc.returncode == 1 and expected in proc.stderr and "nothing was signed" in proc.stderr, proc.stderr
+    w3 = Web3(Web3.HTTPProvider(chain.url))
+    token = w3.eth.contract(address=Web3.to_checksum_address(deployment["RewardToken"]), abi=json.loads(
+        (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["RewardToken"]["abi"])
+    owner = Account.from_key(DEVNET_KEY).address
+    assert token.functions.allowance(owner, Web3.to_checksum_address(fake)).call() == 0

@@ -32,7 +32,7 @@ EXAMPLES = [
     (records.SOURCES, {"dataset": "instructions", "seq": 0, "sources": [], "skipped": []}),
     (records.RECEIPTS_INDEX, {"dataset": "instructions", "seq": 0, "receipts": 5, "anchor_block_hash": TX}),
     (records.LEASE, {"owner": "me", "expires_at": 1.5}),
-    (records.TX_INTENT, {"what": "anchoring", "chain_id": 1, "from": "0x" + "11" * 20, "nonce": 0, "tx": {},
+    (records.TX_INTENT, {"what": "anchoring", "chain_id": 1, "from": "0x" + "11" * 20, "nonce": 0,
                          "attempts": []}),
     (records.DEPLOYMENT, {"chain_id": 1, "BatchAnchor": "0x" + "77" * 20}),
 ]

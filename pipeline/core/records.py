@@ -105,7 +105,7 @@ RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/1", {"dataset": TEXT, "se
 LEASE = RecordKind("anchorlake.lease/1", {"owner": TEXT, "expires_at": NUMBER})
 
 TX_INTENT = RecordKind("anchorlake.tx-intent/1", {
-    "what": TEXT, "chain_id": INTEGER, "from": ADDRESS, "nonce": INTEGER, "tx": OBJECT, "attempts": LIST})
+    "what": TEXT, "chain_id": INTEGER, "from": ADDRESS, "nonce": INTEGER, "attempts": LIST})
 
 DEPLOYMENT = RecordKind("anchorlake.deployment/1", {"chain_id": INTEGER}, {
     "BatchAnchor": ADDRESS, "RewardDistributor": ADDRESS, "RewardToken": ADDRESS})

@@ -55,6 +55,9 @@ class Intents:
     def save(self, intent: dict[str, Any]) -> None:
         self.lake.write(self.key, records.TX_INTENT.dump(intent))
 
+    def __str__(self) -> str:
+        return self.lake.uri(self.key)
+
 
 class BatchFiles:
     """The files of batch `seq` of `dataset` in `lake`."""
