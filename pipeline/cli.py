@@ -172,25 +172,50 @@ def _root_argument(text: str) -> bytes:
         raise BadInput("--root is not hex") from None
 
 
+def _read(name: str) -> bytes:
+    try:
+        return Path(name).read_bytes()
+    except OSError as e:
+        raise NotFound(f"{name}: {e.strerror}") from None
+
+
+def _trusted_contracts(args: argparse.Namespace, settings: config.Settings, chain_id: int) -> dict[str, str]:
+    """Contract addresses the user trusts: the environment, then a deployments file the user
+    names (--deployment), then flags. Never the lake's record nor the receipt."""
+    from pipeline.core.records import DEPLOYMENT
+
+    contracts = dict(settings.contracts)
+    if args.deployment:
+        named = DEPLOYMENT.load(_read(args.deployment), args.deployment)
+        if named["chain_id"] != chain_id:
+            raise BadInput(f"{args.deployment} is for chain {named['chain_id']}, the RPC serves chain {chain_id}")
+        contracts |= {k: named[k] for k in ("BatchAnchor", "RewardDistributor") if k in named}
+    flags = {"BatchAnchor": args.contract, "RewardDistributor": args.distributor}
+    return contracts | {k: v.lower() for k, v in flags.items() if v}
+
+
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     from pipeline import verify
     from pipeline.core.receipt import parse
 
     settings = config.load()
-    parsed = []
-    for name in args.receipts:
-        try:
-            raw = Path(name).read_bytes()
-        except OSError as e:
-            raise NotFound(f"{name}: {e.strerror}") from None
-        parsed.append(parse(raw, name))
-    root = None if args.root is None else _root_argument(args.root)
-    url = args.rpc or settings.rpc_url
-    if root is None and not url:
-        raise BadInput("no chain to verify against: give --rpc URL, set ANCHORLAKE_RPC_URL, or use --root")
-    chain = None if root is not None else verify.connect(url)  # type: ignore[arg-type]
-    findings = [verify.receipt_offline(r, root) if root is not None else
-                verify.receipt_on_chain(r, chain, settings.contracts) for r in parsed]
+    parsed = [parse(_read(name), name) for name in args.receipts]
+    if args.root is not None:
+        if args.tree_size is None:
+            raise BadInput("--root needs --tree-size: a path alone does not bind the size of the tree")
+        root = _root_argument(args.root)
+        findings = [verify.receipt_offline(r, root, args.tree_size, args.dataset) for r in parsed]
+    else:
+        url = args.rpc or settings.rpc_url
+        if not url:
+            raise BadInput("no chain to verify against: give --rpc URL, set ANCHORLAKE_RPC_URL, or use --root")
+        chain = verify.connect(url)
+        contracts = _trusted_contracts(args, settings, chain.chain_id)
+        if not args.dataset or not contracts.get("BatchAnchor"):
+            raise BadInput("nothing to verify against: give --dataset NAME and the BatchAnchor you trust "
+                           "(--contract ADDR, --deployment FILE or ANCHORLAKE_BATCH_ANCHOR)")
+        trust = verify.TrustAnchors(args.dataset, contracts["BatchAnchor"], contracts.get("RewardDistributor"))
+        findings = [verify.receipt_on_chain(r, chain, trust) for r in parsed]
     for f in findings:
         if not f.problems:
             data = f.receipt.data
@@ -273,7 +298,9 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         summary = stages.batch_summary(settings, dataset)
         receipt_path = settings.home / f"receipt-{dataset}-{summary['seq']:06d}-{summary['contributor']}.json"
         receipt_path.write_text(json.dumps(summary["receipt"], indent=1))
-        code = cmd_verify(argparse.Namespace(receipts=[str(receipt_path)], root=None, rpc=None), quiet)
+        code = cmd_verify(argparse.Namespace(
+            receipts=[str(receipt_path)], root=None, tree_size=None, rpc=None, dataset=dataset, deployment=None,
+            contract=deployment["BatchAnchor"], distributor=deployment["RewardDistributor"]), quiet)
         _print_demo(dataset, summary, deployment, bool(report.committed), receipt_path, code == EXIT_OK)
         return code
     finally:
@@ -327,8 +354,13 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--leaf", required=True, type=_seq)
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
     v.add_argument("receipts", nargs="+", metavar="RECEIPT")
-    v.add_argument("--rpc")
-    v.add_argument("--root", help="verify offline against this root (hex)")
+    v.add_argument("--rpc", help="the chain's JSON-RPC URL (default ANCHORLAKE_RPC_URL)")
+    v.add_argument("--dataset", help="the dataset you are verifying (its id is computed, never read from the receipt)")
+    v.add_argument("--contract", help="the BatchAnchor address you trust")
+    v.add_argument("--distributor", help="the RewardDistributor address you trust (checks the reward)")
+    v.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
+    v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")
+    v.add_argument("--tree-size", type=_seq, help="with --root: the tree size you trust")
     pl = sub.add_parser("pull", help="download validated Parquet and check it is what was anchored")
     pl.add_argument("--dataset", required=True)
     pl.add_argument("--batch", type=_seq)
@@ -344,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _seq(text: str) -> int:
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"batch must be a number >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
     return int(text)
 
 

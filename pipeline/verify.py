@@ -5,7 +5,6 @@ CheckFailed; none prints anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,48 +31,79 @@ class ReceiptFindings:
     against: str  # what the receipt was checked against, for the user
 
 
-def receipt_offline(receipt: Receipt, root: bytes) -> ReceiptFindings:
-    """Rows against their paths, and the receipt's root against a root the user trusts."""
-    problems = verify_rows(receipt)
-    if bytes.fromhex(receipt.data["root"]) != root:
-        problems.append(f"{receipt.source}: root {receipt.data['root']} is not the given root {root.hex()}")
-    return ReceiptFindings(receipt, problems, "the given root (offline)")
+@dataclass(frozen=True)
+class TrustAnchors:
+    """What the verifying user trusts, never taken from a receipt: the dataset's name and the
+    contract addresses (from flags, the environment, or a deployments file the user names)."""
+
+    dataset: str
+    batch_anchor: str
+    distributor: str | None = None
 
 
-def receipt_on_chain(receipt: Receipt, chain: Any, contracts: Mapping[str, str]) -> ReceiptFindings:
-    """Rows against their paths, root/tree size/manifest against BatchAnchor, and the reward proof
-    against the published rewards root."""
-    problems = verify_rows(receipt) + _anchored(receipt, chain, contracts)
-    return ReceiptFindings(receipt, problems, f"chain {chain.chain_id}")
+def receipt_offline(receipt: Receipt, root: bytes, tree_size: int, dataset: str | None = None) -> ReceiptFindings:
+    """Rows against their paths, and the receipt's root and tree size against ones the user trusts
+    (a path alone does not bind the tree size)."""
+    where, data = receipt.source, receipt.data
+    problems = _same_dataset(receipt, dataset) + verify_rows(receipt)
+    if bytes.fromhex(data["root"]) != root:
+        problems.append(f"{where}: root {data['root']} is not the given root {root.hex()}")
+    if data["tree_size"] != tree_size:
+        problems.append(f"{where}: tree size {data['tree_size']} is not the given tree size {tree_size}")
+    return ReceiptFindings(receipt, problems, f"the given root and tree size {tree_size} (offline)")
 
 
-def _anchored(receipt: Receipt, chain: Any, contracts: Mapping[str, str]) -> list[str]:
+def receipt_on_chain(receipt: Receipt, chain: Any, trust: TrustAnchors) -> ReceiptFindings:
+    """Rows against their paths; root, tree size and manifest against what the user's BatchAnchor
+    holds for the user's dataset; the reward proof against the user's RewardDistributor."""
+    against = f"chain {chain.chain_id}, BatchAnchor {trust.batch_anchor}, dataset {trust.dataset}"
+    relabelled = _same_dataset(receipt, trust.dataset)
+    if relabelled:
+        return ReceiptFindings(receipt, relabelled, against)
+    problems = verify_rows(receipt) + _anchored(receipt, chain, trust) + _rewarded(receipt, chain, trust)
+    return ReceiptFindings(receipt, problems, against)
+
+
+def _same_dataset(receipt: Receipt, dataset: str | None) -> list[str]:
+    if dataset is None or receipt.dataset == dataset:
+        return []
+    return [f"{receipt.source}: the receipt says dataset {receipt.dataset!r}, you are verifying {dataset!r}"]
+
+
+def _anchored(receipt: Receipt, chain: Any, trust: TrustAnchors) -> list[str]:
     from anchoring.batch_anchor import read_batch
-    from anchoring.distributor import published_root
 
     where, data = receipt.source, receipt.data
-    anchor = data.get("anchor")
-    if anchor is not None and anchor["chain_id"] != chain.chain_id:
-        return [f"{where}: receipt is anchored on chain {anchor['chain_id']}, the RPC serves chain {chain.chain_id}"]
-    address = contracts.get("BatchAnchor") or (anchor or {}).get("contract")
-    if not address:
-        return [f"{where}: receipt names no anchor contract; set ANCHORLAKE_BATCH_ANCHOR"]
-    did = dataset_id(receipt.dataset)
-    onchain = read_batch(chain, address, did, receipt.seq)
+    did = dataset_id(trust.dataset)
+    anchor = data.get("anchor") or {}
+    named = [(f"chain {anchor['chain_id']}", f"chain {chain.chain_id}") if "chain_id" in anchor else None,
+             (f"contract {anchor['contract']}", f"contract {trust.batch_anchor.lower()}") if "contract" in anchor else None,
+             (f"dataset id {anchor['dataset_id']}", f"dataset id 0x{did.hex()}") if "dataset_id" in anchor else None]
+    problems = [f"{where}: the receipt names {mine}, you trust {yours}" for mine, yours in filter(None, named)
+                if mine.lower() != yours.lower()]
+    onchain = read_batch(chain, trust.batch_anchor, did, receipt.seq)
     if not onchain.exists:
-        return [f"{where}: {receipt.dataset} batch {receipt.seq} is not anchored in contract {address}"]
-    problems = [f"{where}: {what} {mine} differs from the anchored {theirs}" for what, mine, theirs in (
+        return problems + [f"{where}: {trust.dataset} batch {receipt.seq} is not anchored in {trust.batch_anchor}"]
+    return problems + [f"{where}: {what} {mine} differs from the anchored {theirs}" for what, mine, theirs in (
         ("root", data["root"], onchain.root.hex()), ("tree size", data["tree_size"], onchain.tree_size),
         ("manifest", data["manifest_sha256"], onchain.manifest_hash.hex())) if mine != theirs]
-    reward = data.get("reward")
-    distributor = contracts.get("RewardDistributor") or (reward or {}).get("contract")
-    if reward is not None and distributor:
-        root = published_root(chain, distributor, did, receipt.seq)
-        if root is None:
-            problems.append(f"{where}: rewards of batch {receipt.seq} are not published in {distributor}")
-        else:
-            problems += verify_reward_proof(receipt, root)
-    return problems
+
+
+def _rewarded(receipt: Receipt, chain: Any, trust: TrustAnchors) -> list[str]:
+    from anchoring.distributor import published_root
+
+    where, reward = receipt.source, receipt.data.get("reward")
+    if reward is None:
+        return []
+    if trust.distributor is None:
+        return [f"{where}: the reward was not checked: give --distributor ADDR or a --deployment file"]
+    problems = []
+    if reward.get("contract") and str(reward["contract"]).lower() != trust.distributor.lower():
+        problems.append(f"{where}: the reward names contract {reward['contract']}, you trust {trust.distributor}")
+    root = published_root(chain, trust.distributor, dataset_id(trust.dataset), receipt.seq)
+    if root is None:
+        return problems + [f"{where}: rewards of batch {receipt.seq} are not published in {trust.distributor}"]
+    return problems + verify_reward_proof(receipt, root)
 
 
 def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address: str) -> None:

@@ -68,3 +68,12 @@ def cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 30
 
 def cli_json(env: dict[str, str], *args: str) -> dict:
     return json.loads(cli(env, "--json", "--quiet", *args).stdout)
+
+
+def trust_args(env: dict[str, str], tmp_path: Path, dataset: str = "instructions") -> list[str]:
+    """What a verifying user brings, never read from a receipt: the deployment they trust (here
+    the one `anchorlake up` reports) and the name of the dataset."""
+    path = tmp_path / "trusted-deployment.json"
+    if not path.exists():
+        path.write_text(json.dumps(cli_json(env, "up")["deployment"]))
+    return ["--deployment", str(path), "--dataset", dataset]

@@ -15,7 +15,7 @@ from web3 import Web3
 
 from pipeline.devnet import Anvil
 
-from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json, trust_args
 
 pytestmark = pytest.mark.integration
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
@@ -206,7 +206,7 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     assert state["anchored"] and "re-anchored after a reorganisation" in state["anchor_state"]
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     receipts = sorted(str(p) for p in (lake / "receipts/instructions/000000").glob("0x*.json"))
-    assert cli(env, "verify", *receipts).returncode == 0
+    assert cli(env, "verify", *receipts, *trust_args(env, lake.parent)).returncode == 0
     # Every reader names the one current anchor: status and the receipts (rewritten when it moved).
     lost = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
     current = json.loads((lake / "state/instructions/000000/anchor-current.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, trust_args
 
 pytestmark = pytest.mark.e2e
 
@@ -66,4 +66,4 @@ def test_airflow_runs_the_dag_end_to_end_and_the_receipts_verify(file_env: dict[
     assert (lake / "batches/instructions/000000/anchor.json").exists()
     receipts = sorted((lake / "receipts/instructions/000000").glob("0x*.json"))
     assert len(receipts) == 5
-    assert cli(file_env, "verify", *map(str, receipts)).returncode == 0
+    assert cli(file_env, "verify", *map(str, receipts), *trust_args(file_env, lake.parent)).returncode == 0

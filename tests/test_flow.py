@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, cli, cli_json
+from conftest import REPO, cli, cli_json, trust_args
 
 pytestmark = pytest.mark.e2e
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
@@ -40,8 +40,9 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
 
     receipt = tmp_path / "alice.json"
     cli(lake_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
-    assert cli(lake_env, "verify", str(receipt)).returncode == 0
-    assert cli(lake_env, "verify", str(receipt), "--root", batch["root"]).returncode == 0
+    trust = trust_args(lake_env, tmp_path)
+    assert cli(lake_env, "verify", str(receipt), *trust).returncode == 0
+    assert cli(lake_env, "verify", str(receipt), "--root", batch["root"], "--tree-size", "25").returncode == 0
 
     data = json.loads(receipt.read_text())
     assert data["root"] == batch["root"] and data["tree_size"] == 25
@@ -50,7 +51,7 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     prompt = data["rows"][0]["record"]["prompt"]
     data["rows"][0]["record"]["prompt"] = prompt[:-1] + ("x" if prompt[-1] != "x" else "y")
     tampered.write_text(json.dumps(data))
-    proc = cli(lake_env, "verify", str(tampered), check=False)
+    proc = cli(lake_env, "verify", str(tampered), *trust, check=False)
     assert proc.returncode == 1
     assert "row 0 (leaf" in proc.stderr and "folds to root" in proc.stderr
 
@@ -68,9 +69,14 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     resized["rows"] = [r for r in resized["rows"] if r["leaf_index"] < 16][:1]
     assert resized["rows"], "Alice has a row in the first 16 leaves of the sample batch"
     (tmp_path / "resized.json").write_text(json.dumps(resized))
-    proc = cli(lake_env, "verify", str(tmp_path / "resized.json"), check=False)
+    proc = cli(lake_env, "verify", str(tmp_path / "resized.json"), *trust, check=False)
     assert proc.returncode == 1 and "tree size 26 differs from the anchored 25" in proc.stderr, proc.stderr
-    assert cli(lake_env, "verify", str(tmp_path / "resized.json"), "--root", batch["root"]).returncode == 0
+    # Offline, the size the user trusts binds it too; a root alone is refused as bad usage.
+    proc = cli(lake_env, "verify", str(tmp_path / "resized.json"), "--root", batch["root"], "--tree-size", "25",
+               check=False)
+    assert proc.returncode == 1 and "tree size 26 is not the given tree size 25" in proc.stderr, proc.stderr
+    proc = cli(lake_env, "verify", str(receipt), "--root", batch["root"], check=False)
+    assert proc.returncode == 2 and "--root needs --tree-size" in proc.stderr
     js = subprocess.run([*node, str(tmp_path / "resized.json"), *rpc], capture_output=True, text=True)
     assert js.returncode == 1 and "tree size 26 differs from the anchored 25" in js.stderr
 
@@ -109,7 +115,7 @@ def test_a_second_batch_links_to_the_first_and_rewards_accumulate(file_env: dict
     cli(file_env, "receipt", "--dataset", "instructions", "--batch", "1", "--contributor", ALICE, "-o", str(receipt))
     reward = json.loads(receipt.read_text())["reward"]
     assert int(reward["amount"]) == 10**21  # Alice is the only contributor of batch 1: the whole pool
-    assert cli(file_env, "verify", str(receipt)).returncode == 0
+    assert cli(file_env, "verify", str(receipt), *trust_args(file_env, tmp_path)).returncode == 0
 
 
 def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dict[str, str], tmp_path: Path) -> None:
@@ -209,4 +215,57 @@ def test_a_points_dataset_publishes_its_ledger_root_and_receipts_verify(file_env
     receipt = tmp_path / "p.json"
     cli(file_env, "receipt", "--dataset", "preferences", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
     assert json.loads(receipt.read_text())["reward"]["unit"] == "points"
-    assert cli(file_env, "verify", str(receipt)).returncode == 0
+    assert cli(file_env, "verify", str(receipt), *trust_args(file_env, tmp_path, "preferences")).returncode == 0
+
+
+def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dict[str, str], tmp_path: Path) -> None:
+    """The attacks: a forged row with a receipt pointing at a self-deployed BatchAnchor, a receipt
+    relabelled to another dataset, an inflated reward, and a verification with nothing to check against."""
+    from eth_hash.auto import keccak
+
+    from anchoring.batch_anchor import anchor_batch
+    from anchoring.chain import Chain
+    from pipeline.core.jcs import canonical_bytes
+    from pipeline.core.merkle import leaf_hash
+
+    committed_flow(file_env, tmp_path)
+    trust = trust_args(file_env, tmp_path)
+    receipt = tmp_path / "alice.json"
+    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    genuine = json.loads(receipt.read_text())
+
+    def verdict(name: str, data: dict, *args: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / name).write_text(json.dumps(data))
+        return cli(file_env, "verify", str(tmp_path / name), *args, check=False)
+
+    # A forged one-row receipt whose root the attacker anchored in a BatchAnchor of their own.
+    row = genuine["rows"][0] | {"leaf_index": 0, "path": []}
+    row["record"] = row["record"] | {"prompt": "a row that was never contributed"}
+    forged_root = leaf_hash(canonical_bytes(row["record"]))
+    attacker = Chain(file_env["ANCHORLAKE_RPC_URL"], "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d")
+    own = attacker.deploy("BatchAnchor", attacker.address, attacker.address)
+    forged_manifest = bytes.fromhex(genuine["manifest_sha256"])
+    anchor_batch(attacker, own, keccak(b"instructions"), 0, forged_root, 1, forged_manifest)
+    forged = genuine | {"root": forged_root.hex(), "tree_size": 1, "rows": [row], "reward": None,
+                        "anchor": genuine["anchor"] | {"contract": own}}
+    proc = verdict("forged.json", forged, *trust)
+    assert proc.returncode == 1 and f"the receipt names contract {own}, you trust" in proc.stderr, proc.stderr
+    assert "root" in proc.stderr and "OK" not in proc.stdout
+    assert verdict("forged.json", forged, "--contract", own, "--dataset", "instructions").returncode == 0  # only if
+    # the user chose to trust the attacker's contract: the trust anchor is theirs to give.
+
+    relabelled = genuine | {"dataset": "preferences"}
+    proc = verdict("relabelled.json", relabelled, *trust)
+    assert proc.returncode == 1 and "the receipt says dataset 'preferences', you are verifying 'instructions'" in proc.stderr
+    proc = verdict("relabelled.json", relabelled, *trust[:2], "--dataset", "preferences")
+    assert proc.returncode == 1 and "dataset id" in proc.stderr, proc.stderr
+
+    inflated = genuine | {"reward": genuine["reward"] | {"cumulative_amount": str(10 * int(genuine["reward"]["cumulative_amount"]))}}
+    proc = verdict("inflated.json", inflated, *trust)
+    assert proc.returncode == 1 and "reward: cumulative amount" in proc.stderr and "does not fold" in proc.stderr
+    proc = verdict("inflated.json", inflated, "--contract", json.loads(Path(trust[1]).read_text())["BatchAnchor"],
+                   "--dataset", "instructions")
+    assert proc.returncode == 1 and "the reward was not checked" in proc.stderr  # never "verified" unchecked
+
+    proc = verdict("genuine.json", genuine)
+    assert proc.returncode == 2 and "nothing to verify against" in proc.stderr and "OK" not in proc.stdout

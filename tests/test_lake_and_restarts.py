@@ -17,7 +17,7 @@ from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists
 from pipeline.lake.storage import open_lake
 
-from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json, trust_args
 
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
 
@@ -81,7 +81,7 @@ def test_a_run_killed_at_any_moment_reruns_to_exactly_one_anchored_batch(file_en
     assert anchor["root"] == status[0]["root"] and anchor["manifest_sha256"] == status[0]["manifest_sha256"]
     receipts = list((lake / "receipts/instructions/000000").glob("0x*.json"))
     assert len(receipts) == 5
-    assert cli(file_env, "verify", *map(str, receipts)).returncode == 0
+    assert cli(file_env, "verify", *map(str, receipts), *trust_args(file_env, lake.parent)).returncode == 0
 
 
 @pytest.mark.e2e
@@ -98,7 +98,7 @@ def test_the_embedded_devnet_keeps_its_chain_across_down_and_up(tmp_path: Path) 
         receipt = tmp_path / "r.json"
         cli(env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor",
             "0x2222222222222222222222222222222222222222", "-o", str(receipt))
-        assert cli(env, "verify", str(receipt)).returncode == 0
+        assert cli(env, "verify", str(receipt), *trust_args(env, tmp_path)).returncode == 0
     finally:
         cli(env, "down", check=False)
     record = json.loads((tmp_path / "home" / "devnet" / "devnet.json").read_text())
