@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.errors import BadInput, ChainError, ConflictError, ServiceUnavailable
+from pipeline.errors import BadInput, ChainError, ConflictError, ServiceUnavailable, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ class Chain:
         try:
             return call()
         except requests.exceptions.ConnectionError:
-            raise ServiceUnavailable(f"chain RPC at {self.rpc_url} cannot be reached") from None
+            raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} cannot be reached") from None
         except requests.exceptions.Timeout:
-            raise ServiceUnavailable(f"chain RPC at {self.rpc_url} timed out") from None
+            raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} timed out") from None
 
     @property
     def address(self) -> Any:

@@ -32,14 +32,14 @@ def _run(stage: str, *args):  # type: ignore[no-untyped-def]
     from airflow.sdk.exceptions import AirflowFailException
 
     from pipeline import config, stages
-    from pipeline.errors import AnchorlakeError
+    from pipeline.errors import AnchorlakeError, redact
 
     try:
         return getattr(stages, stage)(config.load(overrides=_connections()), *args)
     except AnchorlakeError as e:
         if e.transient:
             raise
-        raise AirflowFailException(f"{type(e).__name__}: {e}") from None
+        raise AirflowFailException(redact(f"{type(e).__name__}: {e}")) from None
 
 
 def _connections() -> dict[str, str]:

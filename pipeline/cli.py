@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import config
-from pipeline.errors import AnchorlakeError, BadInput, NotFound
+from pipeline.errors import AnchorlakeError, BadInput, NotFound, redact, redact_url
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 
@@ -54,10 +54,10 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
 
     settings, deployment, _ = stages.bring_up(out.progress)
     out.line(f"lake     {settings.lake_url}")
-    out.line(f"chain    {settings.rpc_url} (chain id {deployment['chain_id']})")
+    out.line(f"chain    {redact_url(settings.rpc_url or '')} (chain id {deployment['chain_id']})")
     for name in ("BatchAnchor", "RewardDistributor", "RewardToken"):
         out.line(f"{name:<18} {deployment[name]}")
-    out.result({"lake": settings.lake_url, "rpc_url": settings.rpc_url, "deployment": deployment})
+    out.result({"lake": settings.lake_url, "rpc_url": redact_url(settings.rpc_url or ""), "deployment": deployment})
     return EXIT_OK
 
 
@@ -391,15 +391,23 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run":
             "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
 
 
+def _redacting(record: logging.LogRecord) -> bool:
+    """Log lines carry no credentials or API keys of URLs (web3 and botocore log them)."""
+    record.msg, record.args = redact(record.getMessage()), None
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redacting)
     out = Output(as_json=args.json, quiet=args.quiet)
     try:
         return COMMANDS[args.command](args, out)
     except AnchorlakeError as e:
         # One line; a service that failed to start adds its log tail below it.
-        message = f"anchorlake: {e}"
+        message = redact(f"anchorlake: {e}")
         print(message if e.exit_code == EXIT_SERVICE else message.splitlines()[0], file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -408,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: one line, the traceback with --debug
         if args.debug:
             raise
-        print(f"anchorlake: internal error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        print(redact(f"anchorlake: internal error: {type(e).__name__}: {e} (run with --debug for details)"),
+              file=sys.stderr)
         return EXIT_CHECK
 
 

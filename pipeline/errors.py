@@ -6,6 +6,9 @@ Each error carries the CLI exit code it maps to (SPEC §10) and whether a retry 
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 
 class AnchorlakeError(Exception):
     """Root of every error anchorlake raises on purpose."""
@@ -70,3 +73,23 @@ class ChainError(AnchorlakeError):
     """The chain refused what we sent (revert, missing role, no funds, wrong chain)."""
 
     exit_code = 1
+
+
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """An http(s)/ws(s) URL safe to show: credentials, path and query dropped, since RPC and S3
+    providers put API keys there (`https://user:pw@host/v3/KEY` -> `https://***@host/…`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        return url
+    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    hidden = "***@" if parts.username or parts.password else ""
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{hidden}{host}{rest}"
+
+
+def redact(text: str) -> str:
+    """`text` with every http(s)/ws(s) URL in it redacted (see redact_url)."""
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)

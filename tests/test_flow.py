@@ -161,6 +161,13 @@ def test_an_unreachable_chain_exits_3(file_env: dict[str, str], tmp_path: Path) 
     cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
     proc = cli(file_env, "verify", str(receipt), "--rpc", "http://127.0.0.1:9", check=False)
     assert proc.returncode == 3 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
+    # A provider URL carries its API key in the path or the credentials: neither is ever shown.
+    keyed = "http://someone:PASSWORD@127.0.0.1:9/v3/APIKEY123"
+    proc = cli(file_env, "verify", str(receipt), "--rpc", keyed, check=False)
+    assert proc.returncode == 3 and "http://***@127.0.0.1:9/…" in proc.stderr, proc.stderr
+    assert "PASSWORD" not in proc.stderr + proc.stdout and "APIKEY123" not in proc.stderr + proc.stdout
+    up = cli(file_env | {"ANCHORLAKE_RPC_URL": file_env["ANCHORLAKE_RPC_URL"] + "/?apikey=APIKEY123"}, "up")
+    assert "APIKEY123" not in up.stdout + up.stderr and "/…" in up.stdout
 
 
 def test_the_read_only_identity_reads_batches_and_cannot_write(s3_env: dict[str, str], seaweed, tmp_path: Path) -> None:

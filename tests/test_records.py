@@ -144,3 +144,17 @@ def test_a_manifest_failing_its_own_checks_is_a_format_error(lake: Lake) -> None
     lake.write(files.key(layout.MANIFEST), json.dumps(data).encode())
     with pytest.raises(FormatError, match="manifest.json: counts: input != accepted"):
         BatchFiles(lake, "instructions", 0).manifest()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://127.0.0.1:8545", "http://127.0.0.1:8545"),
+    ("https://mainnet.infura.io/v3/0123abcdKEY", "https://mainnet.infura.io/…"),
+    ("https://user:pw@rpc.example:8443/?apikey=KEY", "https://***@rpc.example:8443/…"),
+    ("wss://eth.example/ws/KEY", "wss://eth.example/…"),
+    ("file:///srv/lake", "file:///srv/lake"),
+])
+def test_urls_in_messages_lose_their_credentials_and_keys(url: str, shown: str) -> None:
+    from pipeline.errors import redact, redact_url
+
+    assert redact_url(url) == shown
+    assert redact(f"chain RPC at {url} cannot be reached") == f"chain RPC at {shown} cannot be reached"

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from pipeline.config import S3Settings
-from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable
+from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable, redact_url
 
 PUTS_IN_FLIGHT = 8  # parallel PUTs of write_all on S3
 
@@ -218,7 +218,7 @@ class S3Lake(Lake):
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except EndpointConnectionError as e:
-            raise ServiceUnavailable(f"S3 at {e.kwargs.get('endpoint_url', '?')} cannot be reached") from None
+            raise ServiceUnavailable(f"S3 at {redact_url(str(e.kwargs.get('endpoint_url', '?')))} cannot be reached") from None
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
