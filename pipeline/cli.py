@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import config
-from pipeline.errors import AnchorlakeError, BadInput, NotFound, redact, redact_url
+from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, NotFound, redact, redact_url
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 
@@ -113,19 +113,29 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         spec = stages.dataset_for(settings, name)
         seqs = committed_seqs(lake, name)
         for seq in seqs:
-            files = BatchFiles(lake, name, seq)
-            m = files.manifest()
-            state, record = states.state(files, spec)
-            result.append({"dataset": name, "seq": seq, "root": m.root, "counts": m.data["counts"],
-                           "anchored": state.startswith("anchored"), "anchor_state": state,
-                           "manifest_sha256": m.sha256, "tx_hash": record["tx_hash"] if record else None})
-            c = m.data["counts"]
+            entry = _batch_status(BatchFiles(lake, name, seq), spec, states)
+            result.append(entry)
+            c = entry["counts"] or {"accepted": "?", "quarantined": "?", "duplicate": "?"}
             out.line(f"{name} {seq:06d}  {c['accepted']:>8} accepted {c['quarantined']:>6} quarantined "
-                     f"{c['duplicate']:>6} duplicate  root {m.root[:16]}…  {state}")
+                     f"{c['duplicate']:>6} duplicate  root {(entry['root'] or '?')[:16]}…  {entry['anchor_state']}")
         if not seqs:
             out.line(f"{name}: no batches yet")
     out.result({"batches": result})
-    return EXIT_CHECK if any(r["anchor_state"].startswith("ANCHOR LOST") for r in result) else EXIT_OK
+    return EXIT_CHECK if any(r["anchor_state"].startswith(("ANCHOR LOST", "LAKE ALTERED")) for r in result) else EXIT_OK
+
+
+def _batch_status(files: Any, spec: Any, states: Any) -> dict[str, Any]:
+    """One batch's line of `status`; a batch whose files fail their checks is reported, not fatal."""
+    entry: dict[str, Any] = {"dataset": files.dataset, "seq": files.seq, "root": None, "counts": None,
+                             "manifest_sha256": None, "tx_hash": None}
+    try:
+        m = files.manifest()
+        entry |= {"root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
+        state, record = states.state(files, spec)
+        entry["tx_hash"] = record["tx_hash"] if record else None
+    except (BadInput, CheckFailed) as e:
+        state = f"LAKE ALTERED: {e}"
+    return entry | {"anchored": state.startswith("anchored"), "anchor_state": state}
 
 
 def cmd_receipt(args: argparse.Namespace, out: Output) -> int:

@@ -168,6 +168,9 @@ class AnchorStates:
     def _check(self, m: Any, dataset: Dataset, record: dict[str, Any]) -> str:
         from anchoring.batch_anchor import read_batch
 
+        if record["manifest_sha256"] != m.sha256:
+            return (f"LAKE ALTERED: the manifest of batch {m.seq} differs from the anchored manifest hash "
+                    f"{record['manifest_sha256']} (the lake's hashes to {m.sha256})")
         self._connect()
         if self.chain is None:
             return f"anchored in {record['tx_hash']} (not checked: {self.unreachable})"

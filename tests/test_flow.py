@@ -276,3 +276,26 @@ def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dic
 
     proc = verdict("genuine.json", genuine)
     assert proc.returncode == 2 and "nothing to verify against" in proc.stderr and "OK" not in proc.stdout
+
+
+def test_status_tells_an_altered_lake_from_a_lost_anchor_and_lists_every_batch(file_env: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    committed_flow(file_env, tmp_path)
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"prompt": "What is an audit?", "response": "A check.", "language": "en",
+                                 "consent": True, "created_at": "2026-11-20T08:00:00Z", "contributor": ALICE}) + "\n")
+    cli(file_env, "contribute", "--dataset", "instructions", str(extra))
+    cli(file_env, "run", "--dataset", "instructions")
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    edited = lake / "batches/instructions/000000/manifest.json"
+    edited.write_text(json.dumps(json.loads(edited.read_text()) | {"created_at": "2020-01-01T00:00:00.000000Z"}))
+    broken = lake / "batches/instructions/000001/manifest.json"
+    data = json.loads(broken.read_text())
+    data["counts"]["accepted"] += 1
+    broken.write_text(json.dumps(data))
+    proc = cli(file_env, "--json", "status", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1, proc.stderr
+    states = [b["anchor_state"] for b in json.loads(proc.stdout)["batches"]]
+    assert len(states) == 2 and all(s.startswith("LAKE ALTERED") for s in states), states
+    assert "the manifest of batch 0 differs from the anchored manifest hash" in states[0]
+    assert "counts: input != accepted + quarantined + duplicate" in states[1]
