@@ -240,6 +240,31 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     return EXIT_CHECK if failures else EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import stages, verify
+
+    settings = config.load()
+    spec = stages.dataset_for(settings, args.dataset)
+    url = args.rpc or settings.rpc_url
+    if not url:
+        raise BadInput("no chain to audit against: give --rpc URL or set ANCHORLAKE_RPC_URL")
+    chain = verify.connect(url)
+    contracts = _trusted_contracts(args, settings, chain.chain_id)
+    if not contracts.get("BatchAnchor"):
+        raise BadInput("nothing to audit against: give the BatchAnchor you trust "
+                       "(--contract ADDR, --deployment FILE or ANCHORLAKE_BATCH_ANCHOR)")
+    trust = verify.TrustAnchors(args.dataset, contracts["BatchAnchor"], contracts.get("RewardDistributor"))
+    out.progress(f"auditing {args.dataset} against chain {chain.chain_id}")
+    sound, problem = verify.audit(stages.lake_for(settings), spec, chain, trust)
+    for seq in sound:
+        out.line(f"{args.dataset} {seq:06d}  sound: files, manifest chain, rows, root and rewards match the chain")
+    if problem is not None:
+        print(f"FAIL {problem}", file=sys.stderr)
+    out.result({"dataset": args.dataset, "sound": sound, "first_difference": problem,
+                "rewards_checked": trust.distributor is not None})
+    return EXIT_CHECK if problem else EXIT_OK
+
+
 def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
     from pipeline.lake import layout
@@ -371,6 +396,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
     v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")
     v.add_argument("--tree-size", type=_seq, help="with --root: the tree size you trust")
+    au = sub.add_parser("audit", help="every batch: files, manifest chain, rows, anchors and rewards roots on chain")
+    au.add_argument("--dataset", required=True)
+    au.add_argument("--rpc", help="the chain's JSON-RPC URL (default ANCHORLAKE_RPC_URL)")
+    au.add_argument("--contract", help="the BatchAnchor address you trust")
+    au.add_argument("--distributor", help="the RewardDistributor address you trust (checks rewards roots)")
+    au.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
     pl = sub.add_parser("pull", help="download validated Parquet and check it is what was anchored")
     pl.add_argument("--dataset", required=True)
     pl.add_argument("--batch", type=_seq)
@@ -398,7 +429,7 @@ def _address(text: str) -> str:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
-            "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
+            "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
 
 
 def _redacting(record: logging.LogRecord) -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.receipt import Receipt, verify_reward_proof, verify_rows
 from pipeline.datasets import Dataset, dataset_id
-from pipeline.errors import AnchorlakeError, CheckFailed
+from pipeline.errors import AnchorlakeError, BadInput, CheckFailed
 
 if TYPE_CHECKING:  # the lake is imported where a check reads it: offline receipt checks start fast
     from pipeline.lake.batch import BatchFiles
@@ -117,13 +117,19 @@ def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address
 
     m = files.manifest()
     leaf = leaf_function(dataset.committed_columns)
-    root = merkle_root([leaf(r) for r in batch_records(files, dataset)]).hex()
-    if root != m.root:
-        raise CheckFailed(f"batch {m.seq}: data recomputes to root {root}, manifest says {m.root}")
+    leaves = [leaf(r) for r in batch_records(files, dataset)]
+    root = merkle_root(leaves).hex()
+    if (root, len(leaves)) != (m.root, m.tree_size):
+        raise CheckFailed(f"batch {m.seq}: the rows recompute to root {root} over {len(leaves)} leaves, "
+                          f"the manifest says {m.root} over {m.tree_size}")
     onchain = read_batch(chain, address, dataset.dataset_id, m.seq)
-    if (onchain.root.hex(), onchain.tree_size, onchain.manifest_hash.hex()) != (m.root, m.tree_size, m.sha256):
-        raise CheckFailed(f"batch {m.seq}: the chain anchors root {onchain.root.hex()} / manifest "
-                          f"{onchain.manifest_hash.hex()}, the lake has {m.root} / {m.sha256}")
+    if not onchain.exists:
+        raise CheckFailed(f"batch {m.seq} is not anchored in BatchAnchor {address}")
+    for what, anchored, lake in (("manifest hash", onchain.manifest_hash.hex(), m.sha256),
+                                 ("Merkle root", onchain.root.hex(), m.root), ("tree size", onchain.tree_size, m.tree_size)):
+        if anchored != lake:
+            raise CheckFailed(f"batch {m.seq}: the manifest differs from the anchored {what} "
+                              f"(anchored {anchored}, the lake has {lake})")
 
 
 def rewards_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address: str) -> None:
@@ -135,6 +141,46 @@ def rewards_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, addre
     if onchain is None or onchain.hex() != rewards["root"]:
         raise CheckFailed(f"rewards root of batch {files.seq} on chain is "
                           f"{onchain.hex() if onchain else 'unpublished'}, the lake has {rewards['root']}")
+
+
+def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple[list[int], str | None]:
+    """Every committed batch in order: (the seqs found sound, the first thing that differs or None)."""
+    from pipeline.lake.batch import BatchFiles, committed_seqs
+
+    sound: list[int] = []
+    previous = None
+    for seq in committed_seqs(lake, dataset.name):
+        files = BatchFiles(lake, dataset.name, seq)
+        try:
+            if seq != len(sound):
+                raise CheckFailed(f"batch {len(sound)} is missing: the manifests jump to batch {seq}")
+            _audit_batch(files, dataset, previous, chain, trust)
+        except (CheckFailed, BadInput) as e:
+            return sound, str(e)
+        previous = files.manifest()
+        sound.append(seq)
+    return sound, None
+
+
+def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any, trust: TrustAnchors) -> None:
+    """One batch: its manifest and its link to the one before, every file it pins, its stored tree
+    and rewards tree, its rows recomputed, its anchor and rewards root on chain."""
+    from pipeline.lake import layout
+
+    m = files.manifest()
+    linked = None if previous is None else {"seq": previous.seq, "manifest_sha256": previous.sha256}
+    if (m.data["dataset"], m.seq, m.data["previous"]) != (dataset.name, files.seq, linked):
+        raise CheckFailed(f"{files.uri(layout.MANIFEST)} does not name {dataset.name} batch {files.seq} "
+                          "after the manifest of the batch before it")
+    for entry in [*m.data["files"], *m.data.get("artifacts", [])]:
+        files.read(entry["path"])  # each against the SHA-256 the manifest pins
+    if files.tree().root().hex() != m.root:
+        raise CheckFailed(f"{files.uri(layout.TREE)} does not hold the manifest's root {m.root}")
+    if files.rewards_tree().root.hex() != m.rewards["root"]:
+        raise CheckFailed(f"{files.uri(layout.REWARDS_TREE)} does not give the manifest's rewards root")
+    batch_against_chain(files, dataset, chain, trust.batch_anchor)
+    if trust.distributor is not None:
+        rewards_against_chain(files, dataset, chain, trust.distributor)
 
 
 class AnchorStates:

@@ -299,3 +299,48 @@ def test_status_tells_an_altered_lake_from_a_lost_anchor_and_lists_every_batch(f
     assert len(states) == 2 and all(s.startswith("LAKE ALTERED") for s in states), states
     assert "the manifest of batch 0 differs from the anchored manifest hash" in states[0]
     assert "counts: input != accepted + quarantined + duplicate" in states[1]
+
+
+def test_audit_passes_an_untouched_dataset_and_names_the_first_thing_altered(file_env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    committed_flow(file_env, tmp_path)
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"prompt": "What is an audit trail?", "response": "A record.", "language": "en",
+                                 "consent": True, "created_at": "2026-11-20T08:00:00Z", "contributor": ALICE}) + "\n")
+    cli(file_env, "contribute", "--dataset", "instructions", str(extra))
+    cli(file_env, "run", "--dataset", "instructions")
+    trust = trust_args(file_env, tmp_path)
+    audit = ["audit", *trust]
+    report = cli_json(file_env, *audit)
+    assert report == {"dataset": "instructions", "sound": [0, 1], "first_difference": None, "rewards_checked": True}
+    batches = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):]) / "batches/instructions"
+
+    def altered(path: Path, data: bytes) -> str:
+        original = path.read_bytes()
+        path.write_bytes(data)
+        try:
+            proc = cli(file_env, *audit, check=False)
+        finally:
+            path.write_bytes(original)
+        assert proc.returncode == 1, proc.stderr
+        return proc.stderr
+
+    part = batches / "000001/data/part-00000.parquet"
+    flipped = bytearray(part.read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    assert "000001/data/part-00000.parquet: SHA-256 differs from the manifest's" in altered(part, bytes(flipped))
+
+    manifest = batches / "000000/manifest.json"
+    edited = json.dumps(json.loads(manifest.read_text()) | {"created_at": "2020-01-01T00:00:00.000000Z"}).encode()
+    assert "batch 0: the manifest differs from the anchored manifest hash" in altered(manifest, edited)
+
+    first = batches / "000000/data/part-00000.parquet"
+    rows = pq.read_table(first)
+    shorter = tmp_path / "shorter.parquet"
+    pq.write_table(rows.slice(0, rows.num_rows - 1), shorter)
+    assert "000000/data/part-00000.parquet: SHA-256 differs" in altered(first, shorter.read_bytes())
+
+    tree = batches / "000001/rewards-tree.json"
+    swapped = (batches / "000000/rewards-tree.json").read_bytes()
+    assert "000001/rewards-tree.json: SHA-256 differs" in altered(tree, swapped)
+    assert cli(file_env, *audit).returncode == 0  # everything restored
