@@ -57,6 +57,9 @@ class Chain:
             raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} cannot be reached") from None
         except requests.exceptions.Timeout:
             raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} timed out") from None
+        except requests.exceptions.RequestException as e:  # e.g. 401/429 from a provider; its text holds the URL
+            status = getattr(getattr(e, "response", None), "status_code", "?")
+            raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} answered HTTP {status}") from None
 
     @property
     def address(self) -> Any:
@@ -163,11 +166,26 @@ class Chain:
         return str(receipt["contractAddress"]).lower()
 
 
-def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[str, ...]) -> None:
+def created_by(chain: Chain, address: str, deployer: str) -> bool:
+    """Whether `deployer` created the contract at `address` (CREATE with one of its nonces so far)."""
+    from web3.utils.address import get_create_address
+
+    sender = chain.w3.to_checksum_address(deployer)
+    nonces = int(chain.rpc(lambda: chain.w3.eth.get_transaction_count(sender)))
+    wanted = address.lower()
+    return any(str(get_create_address(sender, nonce)).lower() == wanted for nonce in range(nonces))  # type: ignore[arg-type]
+
+
+def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[str, ...],
+                     trusted: Mapping[str, str] | None = None, deployer: str | None = None) -> None:
     """Refuse a deployment record (which whoever writes the lake can change) before anything is
-    signed against it: each named contract must run the compiled code and give the signing key
-    its role; the distributor must pay in the record's token. Raises ConflictError naming what differs."""
+    signed against it or read from it: each named contract must run the compiled code, give the
+    signing key its role, and (unless configuration names it: `trusted`) have been created by
+    `deployer` (default: the signing key), since anyone can deploy the same code; the distributor
+    must pay in the record's token. Raises ConflictError naming what differs."""
+    deployer = deployer or str(chain.address)
     roles = {"BatchAnchor": "ANCHORER_ROLE", "RewardDistributor": "DISTRIBUTOR_ROLE"}
+    configured = {k: v.lower() for k, v in (trusted or {}).items()}
     for name in names:
         address = deployment.get(name)
         if not address or not chain.runs_genuine(name, address):
@@ -176,6 +194,10 @@ def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[s
         if not chain.has_role(name, address, roles[name], chain.address):
             raise ConflictError(f"{name} at {address} does not give {roles[name]} to the configured key "
                                 f"{chain.address}; nothing was signed")
+        if configured.get(name) != address.lower() and not created_by(chain, address, deployer):
+            raise ConflictError(f"the deployment record names {name} at {address}, which {deployer} did not deploy; "
+                                "nothing was signed (check the record; set ANCHORLAKE_ADMIN_ADDRESS to the account "
+                                "that deployed the contracts, or name them in the configuration)")
     if "RewardDistributor" in names:
         paid_in = chain.rpc(lambda: chain.contract("RewardDistributor", deployment["RewardDistributor"])
                             .functions.token().call())

@@ -197,7 +197,10 @@ def ensure_transaction(chain: Chain, call: Any, what: str, is_done: Callable[[],
             saved = _checked(saved, _expected(chain, call), intents, what)
         intent, mined = _resumable(chain, saved, what)
         if mined:
-            continue  # is_done() should hold now
+            if not is_done():
+                raise IntentRefused(f"{what}: {intents} holds a transaction that was mined but did not do this "
+                                    "step (an earlier step's?); nothing was signed or sent")
+            return
         if intent is None:
             intent = _new_intent(chain, call, what)
             intents.save(intent)
@@ -209,7 +212,7 @@ def ensure_transaction(chain: Chain, call: Any, what: str, is_done: Callable[[],
         if status == "underpriced":
             intents.save(_bump(chain, intent, call))
             continue
-        _wait_or_bump(chain, intent, call, intents, replace_after, deadline, poll)
+        _wait_or_bump(chain, intent, call, what, intents, replace_after, deadline, poll)
 
 
 def ensure_confirmed(chain: Chain, call: Any, what: str, is_done: Callable[[], bool], find_event: Callable[[], Any],
@@ -283,8 +286,8 @@ def _bump(chain: Chain, intent: dict[str, Any], call: Any) -> dict[str, Any]:
     return dict(intent, attempts=attempts)
 
 
-def _wait_or_bump(chain: Chain, intent: dict[str, Any], call: Any, intents: IntentStore, replace_after: float,
-                  deadline: float, poll: float) -> None:
+def _wait_or_bump(chain: Chain, intent: dict[str, Any], call: Any, what: str, intents: IntentStore,
+                  replace_after: float, deadline: float, poll: float) -> None:
     """Wait until an attempt is mined (then return) or replace it after `replace_after` seconds."""
     sent = checked = time.monotonic()
     while time.monotonic() < deadline:
@@ -295,12 +298,12 @@ def _wait_or_bump(chain: Chain, intent: dict[str, Any], call: Any, intents: Inte
             if not _known(chain, intent["attempts"][-1]["tx_hash"]):
                 log.warning("transaction %s was dropped from the mempool; sending it again",
                             intent["attempts"][-1]["tx_hash"])
-                if _broadcast(chain, intent["attempts"][-1]["raw"], intent["what"]) == "nonce_used":
+                if _broadcast(chain, intent["attempts"][-1]["raw"], what) == "nonce_used":
                     return
         if time.monotonic() - sent > replace_after:
             bumped = _bump(chain, intent, call)
             intents.save(bumped)
-            if _broadcast(chain, bumped["attempts"][-1]["raw"], intent["what"]) == "nonce_used":
+            if _broadcast(chain, bumped["attempts"][-1]["raw"], what) == "nonce_used":
                 return
             intent, sent = bumped, time.monotonic()
             continue

@@ -256,8 +256,9 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
     trust = verify.TrustAnchors(args.dataset, contracts["BatchAnchor"], contracts.get("RewardDistributor"))
     out.progress(f"auditing {args.dataset} against chain {chain.chain_id}")
     sound, problem = verify.audit(stages.lake_for(settings), spec, chain, trust)
+    checked = "anchor and rewards root" if trust.distributor else "anchor (rewards not checked: no distributor given)"
     for seq in sound:
-        out.line(f"{args.dataset} {seq:06d}  sound: files, manifest chain, rows, root and rewards match the chain")
+        out.line(f"{args.dataset} {seq:06d}  sound: files, manifest chain, rows and root; {checked} on chain")
     if problem is not None:
         print(f"FAIL {problem}", file=sys.stderr)
     out.result({"dataset": args.dataset, "sound": sound, "first_difference": problem,

@@ -42,6 +42,7 @@ class Settings:
     replace_after: float = 30.0  # seconds a transaction may stay pending before its fees are bumped
     chain_timeout: float = 600.0  # seconds the anchor stage waits for inclusion and confirmations
     lease_seconds: float = 120.0  # how long a commit lease lives without renewal
+    admin_address: str | None = None  # the account that deployed the contracts (default: the anchorer's)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,7 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         replace_after=replace_after,
         chain_timeout=chain_timeout,
         lease_seconds=lease_seconds,
+        admin_address=env.get("ANCHORLAKE_ADMIN_ADDRESS") or None,
     )
 
 

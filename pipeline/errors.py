@@ -75,16 +75,20 @@ class ChainError(AnchorlakeError):
     exit_code = 1
 
 
-_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+")
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
     """An http(s)/ws(s) URL safe to show: credentials, path and query dropped, since RPC and S3
     providers put API keys there (`https://user:pw@host/v3/KEY` -> `https://***@host/…`)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a malformed URL shows nothing but its scheme
+        return url.split(":", 1)[0] + "://…"
+    if parts.scheme.lower() not in ("http", "https", "ws", "wss") or not parts.hostname:
         return url
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    host = parts.hostname if port is None else f"{parts.hostname}:{port}"
     hidden = "***@" if parts.username or parts.password else ""
     rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
     return f"{parts.scheme}://{hidden}{host}{rest}"

@@ -54,7 +54,7 @@ def deployment_for(settings: Settings, chain: Any, signing_for: tuple[str, ...] 
 
     deployment = lake_records.deployment_for(lake_for(settings), chain.chain_id, settings.contracts)
     if signing_for:
-        check_deployment(chain, deployment, signing_for)
+        check_deployment(chain, deployment, signing_for, settings.contracts, settings.admin_address)
     return deployment
 
 

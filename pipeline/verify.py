@@ -50,7 +50,8 @@ def receipt_offline(receipt: Receipt, root: bytes, tree_size: int, dataset: str 
         problems.append(f"{where}: root {data['root']} is not the given root {root.hex()}")
     if data["tree_size"] != tree_size:
         problems.append(f"{where}: tree size {data['tree_size']} is not the given tree size {tree_size}")
-    return ReceiptFindings(receipt, problems, f"the given root and tree size {tree_size} (offline)")
+    unchecked = "; its reward is not checked offline" if data.get("reward") is not None else ""
+    return ReceiptFindings(receipt, problems, f"the given root and tree size {tree_size} (offline){unchecked}")
 
 
 def receipt_on_chain(receipt: Receipt, chain: Any, trust: TrustAnchors) -> ReceiptFindings:
@@ -159,6 +160,11 @@ def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple
             return sound, str(e)
         previous = files.manifest()
         sound.append(seq)
+    from anchoring.batch_anchor import next_anchor_seq
+
+    anchored = next_anchor_seq(chain, trust.batch_anchor, dataset.dataset_id)
+    if anchored > len(sound):
+        return sound, f"the chain anchors {anchored} batches of {dataset.name}, the lake holds {len(sound)}"
     return sound, None
 
 

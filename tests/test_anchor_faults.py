@@ -241,7 +241,8 @@ def test_a_key_without_funds_fails_clearly(env: dict[str, str], chain: Anvil) ->
     role = contract.functions.ANCHORER_ROLE().call()
     tx = contract.functions.grantRole(role, poor).transact({"from": w3.eth.accounts[0]})
     w3.eth.wait_for_transaction_receipt(tx)
-    proc = cli(env | {"ANCHORLAKE_ANCHORER_KEY": POOR_KEY}, "run", "--dataset", "instructions", check=False)
+    rotated = {"ANCHORLAKE_ANCHORER_KEY": POOR_KEY, "ANCHORLAKE_ADMIN_ADDRESS": w3.eth.accounts[0]}
+    proc = cli(env | rotated, "run", "--dataset", "instructions", check=False)
     assert proc.returncode == 1 and "no funds" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and POOR_KEY[2:] not in proc.stderr + proc.stdout
 
@@ -299,7 +300,8 @@ def test_a_planted_intent_is_refused_and_nothing_is_signed_or_sent(env: dict[str
     assert len(anchored_events(env)) == 2
 
 
-@pytest.mark.parametrize("swap", ["to another contract", "to a genuine distributor the attacker controls"])
+@pytest.mark.parametrize("swap", ["to another contract", "to a genuine distributor the attacker controls",
+                                  "to a genuine distributor that gives our key its role"])
 def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str, str], chain: Anvil,
                                                                    tmp_path: Path, swap: str) -> None:
     from eth_account import Account
@@ -311,12 +313,13 @@ def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     record = lake / "deployments/31337.json"
     deployment = json.loads(record.read_text())
+    attacker_chain = Chain(chain.url, OUTSIDER_KEY)
+    me, ours = attacker_chain.address, Account.from_key(DEVNET_KEY).address
     if swap == "to another contract":
         fake = deployment["BatchAnchor"]
-    else:
-        attacker_chain = Chain(chain.url, OUTSIDER_KEY)
-        me = attacker_chain.address
-        fake = attacker_chain.deploy("RewardDistributor", me, me, Web3.to_checksum_address(deployment["RewardToken"]))
+    else:  # anyone can deploy the genuine code, and name our key as its distributor
+        fake = attacker_chain.deploy("RewardDistributor", me, ours if "our key" in swap else me,
+                                     Web3.to_checksum_address(deployment["RewardToken"]))
     record.write_text(json.dumps(deployment | {"RewardDistributor": fake}))
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"prompt": "Explain a swapped deployment in two sentences.", "response": "Refused.",
@@ -324,11 +327,28 @@ def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str
                                 "contributor": "0x" + "13" * 20}) + "\n")
     cli(env, "contribute", "--dataset", "instructions", str(more))
     proc = cli(env, "run", "--dataset", "instructions", check=False)
-    expected = "does not run anchorlake's RewardDistributor" if swap == "to another contract" else \
-        "does not give DISTRIBUTOR_ROLE to the configured key"
+    expected = {"to another contract": "does not run anchorlake's RewardDistributor",
+                "to a genuine distributor the attacker controls": "does not give DISTRIBUTOR_ROLE to the configured key",
+                "to a genuine distributor that gives our key its role": "did not deploy"}[swap]
     assert proc.returncode == 1 and expected in proc.stderr and "nothing was signed" in proc.stderr, proc.stderr
     w3 = Web3(Web3.HTTPProvider(chain.url))
     token = w3.eth.contract(address=Web3.to_checksum_address(deployment["RewardToken"]), abi=json.loads(
         (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["RewardToken"]["abi"])
     owner = Account.from_key(DEVNET_KEY).address
     assert token.functions.allowance(owner, Web3.to_checksum_address(fake)).call() == 0
+
+
+def test_an_earlier_batchs_mined_intent_copied_forward_is_refused_not_waited_on(env: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    cli(env, "run", "--dataset", "instructions")
+    state = Path(env["ANCHORLAKE_LAKE"][len("file://"):]) / "state/instructions"
+    (state / "000001").mkdir(parents=True)
+    # Each batch approves the same pool, so the approve call is the same: only the step differs.
+    (state / "000001/rewards-approve-intent.json").write_bytes((state / "000000/rewards-approve-intent.json").read_bytes())
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"prompt": "Explain a replayed intent in two sentences.", "response": "Refused.",
+                                "language": "en", "consent": True, "created_at": "2026-11-22T10:00:00Z",
+                                "contributor": "0x" + "14" * 20}) + "\n")
+    cli(env, "contribute", "--dataset", "instructions", str(more))
+    proc = cli(env, "run", "--dataset", "instructions", check=False, timeout=120)
+    assert proc.returncode == 1 and "was mined but did not do this step" in proc.stderr, proc.stderr

@@ -152,6 +152,8 @@ def test_a_manifest_failing_its_own_checks_is_a_format_error(lake: Lake) -> None
     ("https://user:pw@rpc.example:8443/?apikey=KEY", "https://***@rpc.example:8443/…"),
     ("wss://eth.example/ws/KEY", "wss://eth.example/…"),
     ("file:///srv/lake", "file:///srv/lake"),
+    ("HTTPS://user:pw@Eth.Example/v3/KEY", "https://***@eth.example/…"),
+    ("http://host:notaport/v3/KEY", "http://…"),
 ])
 def test_urls_in_messages_lose_their_credentials_and_keys(url: str, shown: str) -> None:
     from pipeline.errors import redact, redact_url
