@@ -77,3 +77,11 @@ def trust_args(env: dict[str, str], tmp_path: Path, dataset: str = "instructions
     if not path.exists():
         path.write_text(json.dumps(cli_json(env, "up")["deployment"]))
     return ["--deployment", str(path), "--dataset", dataset]
+
+
+def contribute_one(env: dict[str, str], tmp_path: Path, prompt: str, contributor: str) -> None:
+    """Drop one good `instructions` record: new data for the next batch."""
+    path = tmp_path / f"one-{uuid.uuid4().hex[:8]}.jsonl"
+    path.write_text(json.dumps({"prompt": prompt, "response": "An answer.", "language": "en", "consent": True,
+                                "created_at": "2026-11-20T08:00:00Z", "contributor": contributor}) + "\n")
+    cli(env, "contribute", "--dataset", "instructions", str(path))

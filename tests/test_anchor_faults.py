@@ -15,7 +15,7 @@ from web3 import Web3
 
 from pipeline.devnet import Anvil
 
-from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json, trust_args
+from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json, contribute_one, trust_args
 
 pytestmark = pytest.mark.integration
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
@@ -284,11 +284,7 @@ def test_a_planted_intent_is_refused_and_nothing_is_signed_or_sent(env: dict[str
                                    "from": treasury.lower(), "nonce": nonce, "tx": theft | {"data": theft["data"]},
                                    "attempts": [{"tx_hash": "0x" + "00" * 32, "raw": raw, "max_fee": 10**30,
                                                  "tip": 10**30, "sent_at": 0}]}))
-    more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps({"prompt": "Explain a planted intent in two sentences.", "response": "It is refused.",
-                                "language": "en", "consent": True, "created_at": "2026-11-20T10:00:00Z",
-                                "contributor": "0x" + "12" * 20}) + "\n")
-    cli(env, "contribute", "--dataset", "instructions", str(more))
+    contribute_one(env, tmp_path, "Explain a planted intent in two sentences.", "0x" + "12" * 20)
     proc = cli(env, "run", "--dataset", "instructions", check=False)
     assert proc.returncode == 1 and "anchor-intent.json holds attempt 0" in proc.stderr, proc.stderr
     assert "nothing was signed or sent" in proc.stderr and "Traceback" not in proc.stderr
@@ -321,11 +317,7 @@ def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str
         fake = attacker_chain.deploy("RewardDistributor", me, ours if "our key" in swap else me,
                                      Web3.to_checksum_address(deployment["RewardToken"]))
     record.write_text(json.dumps(deployment | {"RewardDistributor": fake}))
-    more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps({"prompt": "Explain a swapped deployment in two sentences.", "response": "Refused.",
-                                "language": "en", "consent": True, "created_at": "2026-11-21T10:00:00Z",
-                                "contributor": "0x" + "13" * 20}) + "\n")
-    cli(env, "contribute", "--dataset", "instructions", str(more))
+    contribute_one(env, tmp_path, "Explain a swapped deployment in two sentences.", "0x" + "13" * 20)
     proc = cli(env, "run", "--dataset", "instructions", check=False)
     expected = {"to another contract": "does not run anchorlake's RewardDistributor",
                 "to a genuine distributor the attacker controls": "does not give DISTRIBUTOR_ROLE to the configured key",
@@ -345,10 +337,6 @@ def test_an_earlier_batchs_mined_intent_copied_forward_is_refused_not_waited_on(
     (state / "000001").mkdir(parents=True)
     # Each batch approves the same pool, so the approve call is the same: only the step differs.
     (state / "000001/rewards-approve-intent.json").write_bytes((state / "000000/rewards-approve-intent.json").read_bytes())
-    more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps({"prompt": "Explain a replayed intent in two sentences.", "response": "Refused.",
-                                "language": "en", "consent": True, "created_at": "2026-11-22T10:00:00Z",
-                                "contributor": "0x" + "14" * 20}) + "\n")
-    cli(env, "contribute", "--dataset", "instructions", str(more))
+    contribute_one(env, tmp_path, "Explain a replayed intent in two sentences.", "0x" + "14" * 20)
     proc = cli(env, "run", "--dataset", "instructions", check=False, timeout=120)
     assert proc.returncode == 1 and "was mined but did not do this step" in proc.stderr, proc.stderr

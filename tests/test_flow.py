@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, cli, cli_json, trust_args
+from conftest import REPO, cli, cli_json, contribute_one, trust_args
 
 pytestmark = pytest.mark.e2e
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
@@ -281,10 +281,7 @@ def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dic
 def test_status_tells_an_altered_lake_from_a_lost_anchor_and_lists_every_batch(file_env: dict[str, str],
                                                                                tmp_path: Path) -> None:
     committed_flow(file_env, tmp_path)
-    extra = tmp_path / "more.jsonl"
-    extra.write_text(json.dumps({"prompt": "What is an audit?", "response": "A check.", "language": "en",
-                                 "consent": True, "created_at": "2026-11-20T08:00:00Z", "contributor": ALICE}) + "\n")
-    cli(file_env, "contribute", "--dataset", "instructions", str(extra))
+    contribute_one(file_env, tmp_path, "What is an audit?", ALICE)
     cli(file_env, "run", "--dataset", "instructions")
     lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
     edited = lake / "batches/instructions/000000/manifest.json"
@@ -304,10 +301,7 @@ def test_status_tells_an_altered_lake_from_a_lost_anchor_and_lists_every_batch(f
 def test_audit_passes_an_untouched_dataset_and_names_the_first_thing_altered(file_env: dict[str, str],
                                                                             tmp_path: Path) -> None:
     committed_flow(file_env, tmp_path)
-    extra = tmp_path / "more.jsonl"
-    extra.write_text(json.dumps({"prompt": "What is an audit trail?", "response": "A record.", "language": "en",
-                                 "consent": True, "created_at": "2026-11-20T08:00:00Z", "contributor": ALICE}) + "\n")
-    cli(file_env, "contribute", "--dataset", "instructions", str(extra))
+    contribute_one(file_env, tmp_path, "What is an audit trail?", ALICE)
     cli(file_env, "run", "--dataset", "instructions")
     trust = trust_args(file_env, tmp_path)
     audit = ["audit", *trust]
