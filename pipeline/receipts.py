@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.core import receipt as receipts
 from pipeline.core.leaf import record_object
+from pipeline.core.rewards import RewardsTree
 from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed, NotFound
 from pipeline.lake.batch import BatchFiles
@@ -21,15 +22,29 @@ def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
 
 
 def _rewards(files: BatchFiles, contributors: Iterable[str], rewards_contract: str | None) -> dict[str, dict[str, Any]]:
-    """The reward part of each of `contributors`' receipts: batch amount, cumulative amount, proof."""
+    """The reward part of each of `contributors`' receipts: batch amount, cumulative amount and its
+    proof, and the cumulative amount of batch seq - 1 with its proof (`previous`, null for a
+    contributor first rewarded now), so a verifier checks the batch amount against two roots."""
     tree = files.rewards_tree()
-    positions = {address: i for i, (address, _) in enumerate(tree.values)}
+    earlier = BatchFiles(files.lake, files.dataset, files.seq - 1).rewards_tree() if files.seq else None
     amounts = {row["contributor"]: row["amount"] for row in files.rewards_rows()}
     unit = files.manifest().rewards["unit"]
     root = "0x" + tree.root.hex()
-    return {address: {"unit": unit, "amount": amounts.get(address, "0"), "cumulative_amount": str(tree.values[i][1]),
-                      "proof": ["0x" + p.hex() for p in tree.proof(i)], "root": root, "contract": rewards_contract}
-            for address in contributors if (i := positions.get(address)) is not None}
+    return {address: {"unit": unit, "amount": amounts.get(address, "0"), **_cumulative(tree, address),
+                      "root": root, "contract": rewards_contract, "previous": _previous(earlier, address, files.seq)}
+            for address in contributors if tree.position(address) is not None}
+
+
+def _cumulative(tree: RewardsTree, address: str) -> dict[str, Any]:
+    i = tree.position(address)
+    assert i is not None
+    return {"cumulative_amount": str(tree.values[i][1]), "proof": ["0x" + p.hex() for p in tree.proof(i)]}
+
+
+def _previous(earlier: RewardsTree | None, address: str, seq: int) -> dict[str, Any] | None:
+    if earlier is None or earlier.position(address) is None:
+        return None
+    return {"seq": seq - 1, **_cumulative(earlier, address)}
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.receipt import Receipt, verify_reward_proof, verify_rows
+from pipeline.core.receipt import Receipt, verify_batch_amount, verify_reward_proof, verify_rows
 from pipeline.datasets import Dataset, dataset_id
 from pipeline.errors import AnchorlakeError, BadInput, CheckFailed
 
@@ -56,13 +56,15 @@ def receipt_offline(receipt: Receipt, root: bytes, tree_size: int, dataset: str 
 
 def receipt_on_chain(receipt: Receipt, chain: Any, trust: TrustAnchors) -> ReceiptFindings:
     """Rows against their paths; root, tree size and manifest against what the user's BatchAnchor
-    holds for the user's dataset; the reward proof against the user's RewardDistributor."""
+    holds for the user's dataset; the reward's cumulative and batch amounts against the rewards
+    roots of the batch and the one before in the user's RewardDistributor."""
     against = f"chain {chain.chain_id}, BatchAnchor {trust.batch_anchor}, dataset {trust.dataset}"
     relabelled = _same_dataset(receipt, trust.dataset)
     if relabelled:
         return ReceiptFindings(receipt, relabelled, against)
-    problems = verify_rows(receipt) + _anchored(receipt, chain, trust) + _rewarded(receipt, chain, trust)
-    return ReceiptFindings(receipt, problems, against)
+    rewarded, checked = _rewarded(receipt, chain, trust)
+    problems = verify_rows(receipt) + _anchored(receipt, chain, trust) + rewarded
+    return ReceiptFindings(receipt, problems, against + checked)
 
 
 def _same_dataset(receipt: Receipt, dataset: str | None) -> list[str]:
@@ -90,21 +92,28 @@ def _anchored(receipt: Receipt, chain: Any, trust: TrustAnchors) -> list[str]:
         ("manifest", data["manifest_sha256"], onchain.manifest_hash.hex())) if mine != theirs]
 
 
-def _rewarded(receipt: Receipt, chain: Any, trust: TrustAnchors) -> list[str]:
+def _rewarded(receipt: Receipt, chain: Any, trust: TrustAnchors) -> tuple[list[str], str]:
+    """(problems, what the reward was checked against) for the receipt's reward part."""
     from anchoring.distributor import published_root
 
-    where, reward = receipt.source, receipt.data.get("reward")
+    where, reward, seq = receipt.source, receipt.data.get("reward"), receipt.seq
     if reward is None:
-        return []
+        return [], ""
     if trust.distributor is None:
-        return [f"{where}: the reward was not checked: give --distributor ADDR or a --deployment file"]
+        return [f"{where}: the reward was not checked: give --distributor ADDR or a --deployment file"], ""
     problems = []
     if reward.get("contract") and str(reward["contract"]).lower() != trust.distributor.lower():
         problems.append(f"{where}: the reward names contract {reward['contract']}, you trust {trust.distributor}")
-    root = published_root(chain, trust.distributor, dataset_id(trust.dataset), receipt.seq)
+    did = dataset_id(trust.dataset)
+    root = published_root(chain, trust.distributor, did, seq)
     if root is None:
-        return problems + [f"{where}: rewards of batch {receipt.seq} are not published in {trust.distributor}"]
-    return problems + verify_reward_proof(receipt, root)
+        return problems + [f"{where}: rewards of batch {seq} are not published in {trust.distributor}"], ""
+    previous = published_root(chain, trust.distributor, did, seq - 1) if seq else None
+    problems += verify_reward_proof(receipt, root) + verify_batch_amount(receipt, previous)
+    earlier = (f"less the cumulative amount under rootAt({seq - 1})" if reward.get("previous")
+               else "equal to the cumulative amount (the receipt shows no earlier reward)")
+    return problems, (f"; reward: cumulative amount against rootAt({seq}) of RewardDistributor {trust.distributor}, "
+                      f"batch amount {earlier}")
 
 
 def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address: str) -> None:

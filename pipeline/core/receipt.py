@@ -97,11 +97,24 @@ def _check_reward(source: str, reward: Any) -> None:
         return
     if not isinstance(reward, dict):
         raise FormatError(source, "reward", "must be an object or null")
-    try:
-        int(reward["cumulative_amount"])
-        [bytes.fromhex(p[2:]) for p in reward["proof"]]
-    except (KeyError, TypeError, ValueError):
-        raise FormatError(source, "reward", "needs cumulative_amount and a proof of 0x hashes") from None
+    _check_amount(source, "reward", reward, ("amount", "cumulative_amount"))
+    previous = reward.get("previous")
+    if previous is None:
+        return
+    if not isinstance(previous, dict) or not isinstance(previous.get("seq"), int) or isinstance(previous["seq"], bool):
+        raise FormatError(source, "reward.previous", "must be null or an object with an integer seq")
+    _check_amount(source, "reward.previous", previous, ("cumulative_amount",))
+
+
+def _check_amount(source: str, where: str, part: dict[str, Any], amounts: tuple[str, ...]) -> None:
+    """Amounts are whole decimal strings >= 0 and the proof a list of 0x-prefixed 32-byte hashes."""
+    proof = part.get("proof")
+    if not isinstance(proof, list) or not all(isinstance(h, str) and h[:2] == "0x" and HEX64(h[2:]) for h in proof):
+        raise FormatError(source, f"{where}.proof", "must be a list of 0x-prefixed 32-byte hashes")
+    for key in amounts:
+        value = part.get(key)
+        if not isinstance(value, str) or not value.isdigit() or not value.isascii():
+            raise FormatError(source, f"{where}.{key}", "must be a whole number of base units as a decimal string")
 
 
 def path_length(index: int, size: int) -> int:
@@ -148,8 +161,35 @@ def verify_reward_proof(receipt: Receipt, root: bytes) -> list[str]:
     reward = receipt.data.get("reward")
     if reward is None:
         return []
-    proof = [bytes.fromhex(p[2:]) for p in reward["proof"]]
-    if not verify_reward(receipt.data["contributor"], int(reward["cumulative_amount"]), proof, root):
+    if not _folds(receipt.data["contributor"], reward, root):
         return [f"{receipt.source}: reward: cumulative amount {reward['cumulative_amount']} does not fold to "
                 f"rewards root 0x{root.hex()}"]
     return []
+
+
+def verify_batch_amount(receipt: Receipt, previous_root: bytes | None) -> list[str]:
+    """Check the batch amount is the cumulative amount less the contributor's cumulative amount
+    of batch seq - 1 (`reward.previous`, folded to `previous_root`, the rewards root of seq - 1);
+    a receipt showing no earlier reward must have a batch amount equal to its cumulative amount."""
+    reward, where, seq = receipt.data.get("reward"), receipt.source, receipt.seq
+    if reward is None:
+        return []
+    previous, earlier = reward.get("previous"), 0
+    if previous is not None:
+        if previous["seq"] != seq - 1 or seq == 0:
+            return [f"{where}: reward: the earlier cumulative amount is for batch {previous['seq']}, not {seq - 1}"]
+        if previous_root is None or not _folds(receipt.data["contributor"], previous, previous_root):
+            shown = "is not published" if previous_root is None else f"is 0x{previous_root.hex()}"
+            return [f"{where}: reward: the earlier cumulative amount {previous['cumulative_amount']} does not fold to "
+                    f"the rewards root of batch {seq - 1}, which {shown}"]
+        earlier = int(previous["cumulative_amount"])
+    amount, cumulative = int(reward["amount"]), int(reward["cumulative_amount"])
+    if amount != cumulative - earlier:
+        return [f"{where}: reward: batch amount {amount} is not the cumulative amount {cumulative} less the "
+                f"earlier {earlier}"]
+    return []
+
+
+def _folds(contributor: str, part: Mapping[str, Any], root: bytes) -> bool:
+    proof = [bytes.fromhex(p[2:]) for p in part["proof"]]
+    return verify_reward(contributor, int(part["cumulative_amount"]), proof, root)

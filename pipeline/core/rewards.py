@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from pipeline.errors import BadInput, FormatError
 
@@ -103,6 +104,14 @@ class RewardsTree:
     def root(self) -> bytes:
         """Root hash; 32 zero bytes for an empty ledger (nothing can be claimed)."""
         return self.tree[0] if self.tree else ZERO_ROOT
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {address: i for i, (address, _) in enumerate(self.values)}
+
+    def position(self, address: str) -> int | None:
+        """Where `address` sits in `values`, or None if the ledger does not hold it."""
+        return self._positions.get(address.lower())
 
     def proof(self, value_index: int) -> list[bytes]:
         index = self.tree_index[value_index]
