@@ -31,8 +31,14 @@ $(ARTIFACT): $(STAMP_PY) $(STAMP_NODE) $(wildcard anchoring/contracts/*.sol) anc
 demo: setup
 	$(VENV)/bin/anchorlake demo
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest
+
+# The page test (tests/test_page.py) drives Debian's Chromium through playwright-core, which
+# downloads no browser of its own. Installed once; the check alone when it is there.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
 
 unit: setup
 	$(PY) -m pytest -m unit -q

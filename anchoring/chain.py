@@ -30,7 +30,7 @@ class Chain:
     """A JSON-RPC connection and, optionally, the signing account."""
 
     def __init__(self, rpc_url: str, key: str | None = None, confirmations: int = 1,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, role: str = "signing") -> None:
         from web3 import Web3
 
         self.rpc_url = rpc_url
@@ -38,13 +38,14 @@ class Chain:
         self.confirmations = confirmations
         self.timeout = timeout
         self.account = None
+        self.role = role
         if key is not None:
             from eth_account import Account
 
             try:
                 self.account = Account.from_key(key)
             except Exception:
-                raise BadInput("the anchorer key is not a valid private key") from None
+                raise BadInput(f"the {role} key is not a valid private key") from None
         self.chain_id = self.rpc(lambda: self.w3.eth.chain_id)
 
     def rpc(self, call: Callable[[], Any]) -> Any:
@@ -65,7 +66,7 @@ class Chain:
     def address(self) -> Any:
         """The signing account's checksum address."""
         if self.account is None:
-            raise BadInput("no signing key is configured (ANCHORLAKE_ANCHORER_KEY)")
+            raise BadInput(f"no {self.role} key is configured (ANCHORLAKE_{self.role.upper()}_KEY)")
         return self.account.address
 
     def contract(self, name: str, address: str) -> Any:
@@ -181,9 +182,8 @@ def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[s
     """Refuse a deployment record (which whoever writes the lake can change) before anything is
     signed against it or read from it: each named contract must run the compiled code, give the
     signing key its role, and (unless configuration names it: `trusted`) have been created by
-    `deployer` (default: the signing key), since anyone can deploy the same code; the distributor
-    must pay in the record's token. Raises ConflictError naming what differs."""
-    deployer = deployer or str(chain.address)
+    `deployer` (the admin account), since anyone can deploy the same code; the distributor must
+    pay in the record's token. Raises ConflictError naming what differs."""
     roles = {"BatchAnchor": "ANCHORER_ROLE", "RewardDistributor": "DISTRIBUTOR_ROLE"}
     configured = {k: v.lower() for k, v in (trusted or {}).items()}
     for name in names:
@@ -194,7 +194,13 @@ def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[s
         if not chain.has_role(name, address, roles[name], chain.address):
             raise ConflictError(f"{name} at {address} does not give {roles[name]} to the configured key "
                                 f"{chain.address}; nothing was signed")
-        if configured.get(name) != address.lower() and not created_by(chain, address, deployer):
+        if configured.get(name) == address.lower():
+            continue
+        if deployer is None:
+            raise ConflictError(f"cannot tell who deployed {name} at {address}: set ANCHORLAKE_ADMIN_ADDRESS (the "
+                                "account that deployed the contracts) or name the contracts in the configuration; "
+                                "nothing was signed")
+        if not created_by(chain, address, deployer):
             raise ConflictError(f"the deployment record names {name} at {address}, which {deployer} did not deploy; "
                                 "nothing was signed (check the record; set ANCHORLAKE_ADMIN_ADDRESS to the account "
                                 "that deployed the contracts, or name them in the configuration)")
@@ -207,31 +213,38 @@ def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[s
                                 "nothing was signed")
 
 
-def ensure_deployment(chain: Chain, known: Mapping[str, str], save: Callable[[dict[str, str]], None],
-                      token: str | None = None) -> dict[str, str]:
-    """Deploy whichever of the contracts `known` (name -> address) lacks; return them all.
+def ensure_deployment(admin: Chain, known: Mapping[str, str], save: Callable[[dict[str, str]], None],
+                      roles: Mapping[str, str], token: str | None = None) -> dict[str, str]:
+    """Deploy, with the admin key, whichever of the contracts `known` (name -> address) lacks;
+    return them all. `roles` names the accounts of the anchorer, the distributor and the treasury:
+    the admin grants the first two their roles, the token is minted to the treasury, and the
+    distributor pulls rewards from it.
 
     `save` is called after each deployment with every address known so far. Contracts in
     `known` must have code on the chain: a devnet that lost its state is reported, not silently
     redeployed over. `token` names an existing ERC-20 to pay rewards in."""
     deployment = {name: known[name] for name in CONTRACTS if known.get(name)}
     for name, address in deployment.items():
-        if not chain.has_code(address):
+        if not admin.has_code(address):
             raise ConflictError(
-                f"the deployment record of chain {chain.chain_id} names {name} at {address}, but the chain has "
+                f"the deployment record of chain {admin.chain_id} names {name} at {address}, but the chain has "
                 "no code there (was the devnet reset? `anchorlake down --purge` starts the embedded default afresh)")
-    me = chain.address
     if token and not deployment.get("RewardToken"):
         deployment["RewardToken"] = token.lower()
+    if all(deployment.get(name) for name in CONTRACTS):
+        return deployment
+    me = admin.address
+    account = {role: admin.w3.to_checksum_address(roles[role]) for role in ("anchorer", "distributor", "treasury")}
     arguments: dict[str, Callable[[], tuple[Any, ...]]] = {
-        "RewardToken": lambda: (me, TOKEN_SUPPLY),
-        "BatchAnchor": lambda: (me, me),
-        "RewardDistributor": lambda: (me, me, chain.w3.to_checksum_address(deployment["RewardToken"])),
+        "RewardToken": lambda: (account["treasury"], TOKEN_SUPPLY),
+        "BatchAnchor": lambda: (me, account["anchorer"]),
+        "RewardDistributor": lambda: (me, account["distributor"], admin.w3.to_checksum_address(deployment["RewardToken"]),
+                                      account["treasury"]),
     }
     for name in CONTRACTS:
         if deployment.get(name):
             continue
-        deployment[name] = chain.deploy(name, *arguments[name]())
-        log.info("deployed %s at %s on chain %d", name, deployment[name], chain.chain_id)
+        deployment[name] = admin.deploy(name, *arguments[name]())
+        log.info("deployed %s at %s on chain %d", name, deployment[name], admin.chain_id)
         save(dict(deployment))
     return deployment

@@ -36,24 +36,39 @@ def published_root(chain: Chain, address: str, dataset_id: bytes, seq: int) -> b
     return bytes(chain.rpc(lambda: contract.functions.rootAt(dataset_id, seq).call()))
 
 
-def _fund(chain: Chain, deployment: Mapping[str, str], increase: int, published: Callable[[], bool],
-          intents: IntentStore, replace_after: float, timeout: float) -> None:
-    """Approve the distributor to pull `increase` base units of the reward token."""
-    token = chain.contract("RewardToken", deployment["RewardToken"])
+def _fund(chain: Chain, treasury: Chain | None, deployment: Mapping[str, str], increase: int,
+          published: Callable[[], bool], intents: IntentStore, replace_after: float, timeout: float) -> None:
+    """Make sure the distributor may pull `increase` base units from the treasury: the treasury key
+    approves it (when this process holds that key), or an allowance given beforehand covers it."""
+    distributor = chain.contract("RewardDistributor", deployment["RewardDistributor"])
+    source = str(chain.rpc(lambda: distributor.functions.treasury().call()))
     spender = chain.w3.to_checksum_address(deployment["RewardDistributor"])
+    token = chain.contract("RewardToken", deployment["RewardToken"])
 
-    def approved() -> bool:
-        return int(chain.rpc(lambda: token.functions.allowance(chain.address, spender).call())) >= increase
+    def allowance() -> int:
+        return int(chain.rpc(lambda: token.functions.allowance(source, spender).call()))
 
-    ensure_transaction(chain, token.functions.approve(spender, increase), "approving reward funds",
-                       lambda: published() or approved(), intents, replace_after, timeout)
+    if treasury is None:
+        if published() or allowance() >= increase:
+            return
+        raise ChainError(f"the treasury {source.lower()} has approved {allowance()} of the {increase} base units "
+                         f"the RewardDistributor {spender.lower()} needs; approve it from the treasury, or set "
+                         "ANCHORLAKE_TREASURY_KEY")
+    if str(treasury.address).lower() != source.lower():
+        raise ConflictError(f"RewardDistributor {spender.lower()} pulls rewards from {source.lower()}, the treasury "
+                            f"key is {str(treasury.address).lower()}; nothing was signed")
+    approve = treasury.contract("RewardToken", deployment["RewardToken"]).functions.approve(spender, increase)
+    ensure_transaction(treasury, approve, "approving reward funds", lambda: published() or allowance() >= increase,
+                       intents, replace_after, timeout)
 
 
 def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: bytes, seq: int, root: bytes,
                     cumulative_total: int, intents: Callable[[str], IntentStore] | None = None,
-                    replace_after: float = 30.0, timeout: float = 600.0, points: bool = False) -> Published:
-    """Publish the rewards root of `seq` (check-before-send) and fund the increase; for a
-    dataset paid in off-chain points (`points`), publish the ledger root and move no token.
+                    replace_after: float = 30.0, timeout: float = 600.0, points: bool = False,
+                    treasury: Chain | None = None) -> Published:
+    """Publish the rewards root of `seq` (check-before-send) with the distributor key (`chain`),
+    funded from the treasury (approved with the `treasury` key when given); for a dataset paid in
+    off-chain points (`points`), publish the ledger root and move no token.
 
     `intents(step)` gives the intent store of each step ("approve", "publish")."""
     address = deployment["RewardDistributor"]
@@ -75,7 +90,7 @@ def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: byt
         if increase < 0:
             raise ConflictError(f"cumulative total {cumulative_total} is below the published {previous}")
         if increase and not points:
-            _fund(chain, deployment, increase, published, store("approve"), replace_after, timeout)
+            _fund(chain, treasury, deployment, increase, published, store("approve"), replace_after, timeout)
     publish = distributor.functions.publishPoints if points else distributor.functions.publish
     event = ensure_confirmed(chain, publish(dataset_id, seq, root, cumulative_total),
                              f"publishing rewards for seq {seq}", published,

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from anchoring.batch_anchor import anchor_batch  # noqa: E402
 from anchoring.chain import Chain  # noqa: E402
-from pipeline.config import DEVNET_KEY  # noqa: E402
+from pipeline.config import DEVNET_KEYS  # noqa: E402
 from pipeline.devnet import Anvil  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gas-") as tmp:
         node = Anvil(Path(tmp)).start()
         try:
-            chain = Chain(node.url, DEVNET_KEY)
+            chain = Chain(node.url, DEVNET_KEYS["admin"])
             address = chain.deploy("BatchAnchor", chain.address, chain.address)
             dataset = hashlib.sha256(b"bench").digest()
             used = []

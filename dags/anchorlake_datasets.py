@@ -43,18 +43,21 @@ def _run(stage: str, *args):  # type: ignore[no-untyped-def]
 
 
 def _connections() -> dict[str, str]:
-    """Settings from the Connections `anchorlake_lake` and `anchorlake_chain`, where defined."""
+    """Settings from the Connections `anchorlake_lake`, `anchorlake_chain` and, for the keys of the
+    distributor and the treasury, `anchorlake_distributor` and `anchorlake_treasury`, where defined.
+    The admin key is never needed by a DAG."""
     from airflow.sdk import BaseHook
 
     from pipeline import config
 
-    found = {}
-    for conn_id in ("anchorlake_lake", "anchorlake_chain"):
+    def connection(conn_id: str) -> object | None:
         try:
-            found[conn_id] = BaseHook.get_connection(conn_id)
+            return BaseHook.get_connection(conn_id)
         except Exception:  # not defined: the worker's environment applies
-            found[conn_id] = None
-    return config.from_connections(found["anchorlake_lake"], found["anchorlake_chain"])
+            return None
+
+    signers = {role: connection(f"anchorlake_{role}") for role in ("distributor", "treasury")}
+    return config.from_connections(connection("anchorlake_lake"), connection("anchorlake_chain"), signers)
 
 
 def build_dag(dataset: str):  # type: ignore[no-untyped-def]

@@ -204,6 +204,26 @@ def _trusted_contracts(args: argparse.Namespace, settings: config.Settings, chai
     return contracts | {k: v.lower() for k, v in flags.items() if v}
 
 
+def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | None, needs: str,
+           what: str) -> tuple[Any, Any]:
+    """(read-only chain, TrustAnchors) from what the user gives: --rpc or ANCHORLAKE_RPC_URL, the
+    dataset name, and the contract `needs` ("BatchAnchor" or "RewardDistributor") from
+    _trusted_contracts. BadInput naming the flags when something is missing."""
+    from pipeline import verify
+
+    url = getattr(args, "rpc", None) or settings.rpc_url
+    if not url:
+        raise BadInput(f"no chain to {what} against: give --rpc URL or set ANCHORLAKE_RPC_URL")
+    chain = verify.connect(url)
+    contracts = _trusted_contracts(args, settings, chain.chain_id)
+    flag, variable = {"BatchAnchor": ("--contract", "ANCHORLAKE_BATCH_ANCHOR"),
+                      "RewardDistributor": ("--distributor", "ANCHORLAKE_REWARD_DISTRIBUTOR")}[needs]
+    if not dataset or not contracts.get(needs):
+        raise BadInput(f"nothing to {what} against: give --dataset NAME and the {needs} you trust "
+                       f"({flag} ADDR, --deployment FILE or {variable}); never the lake's own record")
+    return chain, verify.TrustAnchors(dataset, contracts.get("BatchAnchor", ""), contracts.get("RewardDistributor"))
+
+
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     from pipeline import verify
     from pipeline.core.receipt import parse
@@ -216,15 +236,9 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         root = _root_argument(args.root)
         findings = [verify.receipt_offline(r, root, args.tree_size, args.dataset) for r in parsed]
     else:
-        url = args.rpc or settings.rpc_url
-        if not url:
+        if not (args.rpc or settings.rpc_url):
             raise BadInput("no chain to verify against: give --rpc URL, set ANCHORLAKE_RPC_URL, or use --root")
-        chain = verify.connect(url)
-        contracts = _trusted_contracts(args, settings, chain.chain_id)
-        if not args.dataset or not contracts.get("BatchAnchor"):
-            raise BadInput("nothing to verify against: give --dataset NAME and the BatchAnchor you trust "
-                           "(--contract ADDR, --deployment FILE or ANCHORLAKE_BATCH_ANCHOR)")
-        trust = verify.TrustAnchors(args.dataset, contracts["BatchAnchor"], contracts.get("RewardDistributor"))
+        chain, trust = _trust(args, settings, args.dataset, "BatchAnchor", "verify")
         findings = [verify.receipt_on_chain(r, chain, trust) for r in parsed]
     for f in findings:
         if not f.problems:
@@ -245,15 +259,7 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
 
     settings = config.load()
     spec = stages.dataset_for(settings, args.dataset)
-    url = args.rpc or settings.rpc_url
-    if not url:
-        raise BadInput("no chain to audit against: give --rpc URL or set ANCHORLAKE_RPC_URL")
-    chain = verify.connect(url)
-    contracts = _trusted_contracts(args, settings, chain.chain_id)
-    if not contracts.get("BatchAnchor"):
-        raise BadInput("nothing to audit against: give the BatchAnchor you trust "
-                       "(--contract ADDR, --deployment FILE or ANCHORLAKE_BATCH_ANCHOR)")
-    trust = verify.TrustAnchors(args.dataset, contracts["BatchAnchor"], contracts.get("RewardDistributor"))
+    chain, trust = _trust(args, settings, args.dataset, "BatchAnchor", "audit")
     out.progress(f"auditing {args.dataset} against chain {chain.chain_id}")
     sound, problem = verify.audit(stages.lake_for(settings), spec, chain, trust)
     checked = "anchor and rewards root" if trust.distributor else "anchor (rewards not checked: no distributor given)"
@@ -282,8 +288,8 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
         target = Path(args.dest) / args.dataset / layout.seq_part(seq)
         if not args.no_verify:
             if check is None:
-                chain = stages.chain_for(settings, signing=False)
-                check = (chain, stages.deployment_for(settings, chain)["BatchAnchor"])
+                chain, trust = _trust(args, settings, args.dataset, "BatchAnchor", "verify the pull")
+                check = (chain, trust.batch_anchor)
             out.progress(f"verifying batch {seq}")
         pulled.append(pull_batch(BatchFiles(lake, args.dataset, seq), spec, target, check))
         out.line(f"pulled {args.dataset} batch {seq}: {pulled[-1]['rows']} rows -> {target}"
@@ -311,9 +317,9 @@ def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
     for r in rows:
         out.line(f"  {r['contributor']}  {r['accepted']:>6} accepted  amount {r['amount']:>28}  cumulative {r['cumulative_amount']}")
     if args.verify:
-        chain = stages.chain_for(settings, signing=False)
-        rewards_against_chain(files, spec, chain, stages.deployment_for(settings, chain)["RewardDistributor"])
-        out.line("rewards root verified against the chain")
+        chain, trust = _trust(args, settings, args.dataset, "RewardDistributor", "verify the rewards")
+        rewards_against_chain(files, spec, chain, str(trust.distributor))
+        out.line(f"rewards root verified against RewardDistributor {trust.distributor} on chain {chain.chain_id}")
     out.result({"dataset": args.dataset, "seq": seq, "rewards": rewards, "rows": rows,
                 "verified": True if args.verify else None})
     return EXIT_OK
@@ -390,30 +396,34 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--leaf", required=True, type=_seq)
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
     v.add_argument("receipts", nargs="+", metavar="RECEIPT")
-    v.add_argument("--rpc", help="the chain's JSON-RPC URL (default ANCHORLAKE_RPC_URL)")
     v.add_argument("--dataset", help="the dataset you are verifying (its id is computed, never read from the receipt)")
-    v.add_argument("--contract", help="the BatchAnchor address you trust")
-    v.add_argument("--distributor", help="the RewardDistributor address you trust (checks the reward)")
-    v.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
+    _trust_flags(v)
     v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")
     v.add_argument("--tree-size", type=_seq, help="with --root: the tree size you trust")
     au = sub.add_parser("audit", help="every batch: files, manifest chain, rows, anchors and rewards roots on chain")
     au.add_argument("--dataset", required=True)
-    au.add_argument("--rpc", help="the chain's JSON-RPC URL (default ANCHORLAKE_RPC_URL)")
-    au.add_argument("--contract", help="the BatchAnchor address you trust")
-    au.add_argument("--distributor", help="the RewardDistributor address you trust (checks rewards roots)")
-    au.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
+    _trust_flags(au)
     pl = sub.add_parser("pull", help="download validated Parquet and check it is what was anchored")
     pl.add_argument("--dataset", required=True)
     pl.add_argument("--batch", type=_seq)
     pl.add_argument("--dest", required=True)
     pl.add_argument("--no-verify", action="store_true")
+    _trust_flags(pl)
     rw = sub.add_parser("rewards", help="a batch's reward split")
     rw.add_argument("--dataset", required=True)
     rw.add_argument("--batch", type=_seq)
-    rw.add_argument("--verify", action="store_true")
+    rw.add_argument("--verify", action="store_true", help="check the rewards root on chain")
+    _trust_flags(rw)
     sub.add_parser("demo", help="up, sample contributions, run, receipt, verify")
     return p
+
+
+def _trust_flags(parser: argparse.ArgumentParser) -> None:
+    """What a check is anchored to, given by the user (SPEC §13.4): never the lake's record."""
+    parser.add_argument("--rpc", help="the chain's JSON-RPC URL (default ANCHORLAKE_RPC_URL)")
+    parser.add_argument("--contract", help="the BatchAnchor address you trust")
+    parser.add_argument("--distributor", help="the RewardDistributor address you trust (checks rewards)")
+    parser.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
 
 
 def _seq(text: str) -> int:

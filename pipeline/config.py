@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,26 @@ from typing import Any
 
 from pipeline.errors import BadInput
 
-# anvil's first funded account (mnemonic "test test ... junk"); used only for the local devnet.
-DEVNET_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+# Four keys, four roles (SPEC §13.5): admin deploys and grants roles, anchorer anchors, distributor
+# publishes rewards roots, treasury holds the reward token and approves the distributor.
+ROLES = ("admin", "anchorer", "distributor", "treasury")
+# anvil's funded accounts 0-3 (mnemonic "test test ... junk"), one per role: defaults only for the
+# local devnet, never for a chain the user names.
+DEVNET_KEYS = {
+    "admin": "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "anchorer": "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "distributor": "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "treasury": "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+}
 DEVNET_CHAIN_ID = 31337
+
+
+def key_variable(role: str) -> str:
+    return f"ANCHORLAKE_{role.upper()}_KEY"
+
+
+def address_variable(role: str) -> str:
+    return f"ANCHORLAKE_{role.upper()}_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -34,7 +52,6 @@ class Settings:
     lake_url: str
     s3: S3Settings
     rpc_url: str | None
-    anchorer_key: str | None = field(repr=False)
     confirmations: int
     datasets_dir: Path
     samples_dir: Path
@@ -42,7 +59,27 @@ class Settings:
     replace_after: float = 30.0  # seconds a transaction may stay pending before its fees are bumped
     chain_timeout: float = 600.0  # seconds the anchor stage waits for inclusion and confirmations
     lease_seconds: float = 120.0  # how long a commit lease lives without renewal
-    admin_address: str | None = None  # the account that deployed the contracts (default: the anchorer's)
+    keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # role -> private key
+    addresses: Mapping[str, str] = field(default_factory=dict)  # role -> account, where no key is held here
+
+    def key(self, role: str) -> str:
+        """The private key of `role`; BadInput naming the variable when it is not configured."""
+        if role not in self.keys:
+            raise BadInput(f"no {role} key is configured: set {key_variable(role)}")
+        return self.keys[role]
+
+    def address(self, role: str) -> str | None:
+        """The account of `role`: configured (ANCHORLAKE_<ROLE>_ADDRESS) or that of its key."""
+        if role in self.addresses:
+            return self.addresses[role]
+        if role not in self.keys:
+            return None
+        from eth_account import Account
+
+        try:
+            return str(Account.from_key(self.keys[role]).address).lower()
+        except Exception:
+            raise BadInput(f"{key_variable(role)} is not a valid private key") from None
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,14 +94,15 @@ def _devnet_url(home: Path) -> str | None:
         return None
 
 
-def from_connections(lake: Any = None, chain: Any = None) -> dict[str, str]:
+def from_connections(lake: Any = None, chain: Any = None, signers: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Settings from Airflow Connections, as the environment names they stand for.
 
     `lake` (conn id `anchorlake_lake`): extra `lake` (s3://… or file://…), extra `endpoint_url`
     or host, login and password (the S3 keys), extra `region`. `chain` (conn id `anchorlake_chain`):
     extra `rpc_url` or host, password (the anchorer key), extras `confirmations`, `replace_after`,
-    `batch_anchor`, `reward_distributor`, `reward_token`. Objects need only host, login,
-    password and extra_dejson, so this takes any Connection without importing Airflow.
+    `batch_anchor`, `reward_distributor`, `reward_token`, `admin_address`. `signers`: role ->
+    connection (conn ids `anchorlake_<role>`) whose password is that role's key. Objects need only
+    host, login, password and extra_dejson, so this takes any Connection without importing Airflow.
     """
     out: dict[str, str] = {}
 
@@ -83,11 +121,15 @@ def from_connections(lake: Any = None, chain: Any = None) -> dict[str, str]:
         extra = dict(getattr(chain, "extra_dejson", None) or {})
         put("ANCHORLAKE_RPC_URL", extra.get("rpc_url") or getattr(chain, "host", None))
         put("ANCHORLAKE_ANCHORER_KEY", getattr(chain, "password", None))
+        put("ANCHORLAKE_ADMIN_ADDRESS", extra.get("admin_address"))
         for key, name in (("confirmations", "ANCHORLAKE_CONFIRMATIONS"), ("replace_after", "ANCHORLAKE_REPLACE_AFTER"),
                           ("batch_anchor", "ANCHORLAKE_BATCH_ANCHOR"),
                           ("reward_distributor", "ANCHORLAKE_REWARD_DISTRIBUTOR"),
                           ("reward_token", "ANCHORLAKE_REWARD_TOKEN")):
             put(name, extra.get(key))
+    for role, connection in (signers or {}).items():
+        if connection is not None:
+            put(key_variable(role), getattr(connection, "password", None))
     return out
 
 
@@ -112,11 +154,10 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         raise BadInput("ANCHORLAKE_REPLACE_AFTER, ANCHORLAKE_CHAIN_TIMEOUT and ANCHORLAKE_LEASE_SECONDS must be "
                        "numbers of seconds") from None
     rpc_url = env.get("ANCHORLAKE_RPC_URL") or None
-    anchorer_key = env.get("ANCHORLAKE_ANCHORER_KEY") or None
+    keys = {role: env[key_variable(role)] for role in ROLES if env.get(key_variable(role))}
     if rpc_url is None:
         rpc_url = _devnet_url(home)
-        # The devnet's well-known funded key is a default only for the local devnet.
-        anchorer_key = anchorer_key or DEVNET_KEY
+        keys = DEVNET_KEYS | keys  # the devnet's well-known keys are defaults only for the local devnet
     contracts = {
         name: env[var]
         for name, var in (
@@ -136,7 +177,6 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         ),
         rpc_url=rpc_url,
-        anchorer_key=anchorer_key,
         confirmations=confirmations,
         datasets_dir=Path(env.get("ANCHORLAKE_DATASETS", str(REPO_ROOT / "expectations"))),
         samples_dir=Path(env.get("ANCHORLAKE_SAMPLES", str(REPO_ROOT / "samples"))),
@@ -144,8 +184,20 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         replace_after=replace_after,
         chain_timeout=chain_timeout,
         lease_seconds=lease_seconds,
-        admin_address=env.get("ANCHORLAKE_ADMIN_ADDRESS") or None,
+        keys=keys,
+        addresses=_addresses(env),
     )
+
+
+def _addresses(env: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for role in ROLES:
+        value = env.get(address_variable(role), "").lower()
+        if value and not re.fullmatch(r"0x[0-9a-f]{40}", value):
+            raise BadInput(f"{address_variable(role)} must be 0x and 40 hex digits")
+        if value:
+            out[role] = value
+    return out
 
 
 def fault_point(name: str, env: Mapping[str, str] | None = None) -> None:

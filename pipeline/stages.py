@@ -16,7 +16,7 @@ from pipeline import config, datasets, devnet
 from pipeline.config import Settings
 from pipeline.core.records import DEPLOYMENT
 from pipeline.datasets import Dataset
-from pipeline.errors import NotFound, ServiceUnavailable
+from pipeline.errors import BadInput, NotFound, ServiceUnavailable
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import records as lake_records
@@ -38,23 +38,26 @@ def dataset_for(settings: Settings, name: str) -> Dataset:
     return datasets.load(settings.datasets_dir, name)
 
 
-def chain_for(settings: Settings, signing: bool = True) -> Any:
-    """The configured chain, with the anchorer key when `signing`."""
+def chain_for(settings: Settings, role: str | None = None) -> Any:
+    """The configured chain, signing with the key of `role` (admin, anchorer, distributor or
+    treasury) when one is named, read-only otherwise."""
     from anchoring.chain import Chain
 
     if not settings.rpc_url:
         raise ServiceUnavailable("no chain is configured: run `anchorlake up` or set ANCHORLAKE_RPC_URL")
-    return Chain(settings.rpc_url, settings.anchorer_key if signing else None, settings.confirmations)
+    key = settings.key(role) if role else None
+    return Chain(settings.rpc_url, key, settings.confirmations, role=role or "signing")
 
 
 def deployment_for(settings: Settings, chain: Any, signing_for: tuple[str, ...] = ()) -> dict[str, Any]:
     """The contracts on `chain`: the lake's deployment record, overridden by configuration. With
-    `signing_for`, those contracts are checked on chain before the caller signs anything for them."""
+    `signing_for`, those contracts are checked on chain (code, the signer's role, deployed by the
+    admin account) before the caller signs anything for them."""
     from anchoring.chain import check_deployment
 
     deployment = lake_records.deployment_for(lake_for(settings), chain.chain_id, settings.contracts)
     if signing_for:
-        check_deployment(chain, deployment, signing_for, settings.contracts, settings.admin_address)
+        check_deployment(chain, deployment, signing_for, settings.contracts, settings.address("admin"))
     return deployment
 
 
@@ -63,7 +66,7 @@ def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any],
 
     Returns (settings, deployment, whether a devnet was started now); a devnet started now is
     stopped again if deployment fails."""
-    from anchoring.chain import ensure_deployment
+    from anchoring.chain import CONTRACTS, ensure_deployment
 
     started = False
     home = config.load().home
@@ -72,16 +75,29 @@ def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any],
         progress(("started" if started else "reusing") + f" the local devnet at {url}")
     try:
         settings = config.load()  # now with the devnet's URL
-        chain = chain_for(settings)
         lake = lake_for(settings)
+        chain = chain_for(settings)
         known = lake_records.load_deployment(lake, chain.chain_id) or {}
+        roles: dict[str, str] = {}
+        if any(not known.get(name) for name in CONTRACTS):  # only deploying needs the admin key
+            chain, roles = chain_for(settings, "admin"), _role_accounts(settings)
         addresses = ensure_deployment(chain, known, lambda d: lake_records.save_deployment(
-            lake, {"chain_id": chain.chain_id, **d}), settings.contracts.get("RewardToken"))
+            lake, {"chain_id": chain.chain_id, **d}), roles, settings.contracts.get("RewardToken"))
     except BaseException:
         if started:  # leave no process behind on failure
             devnet.devnet_down(home)
         raise
     return settings, {"format": DEPLOYMENT.format, "chain_id": chain.chain_id, **addresses}, started
+
+
+def _role_accounts(settings: Settings) -> dict[str, str]:
+    """The accounts a deployment grants roles to (from the role's key or ANCHORLAKE_<ROLE>_ADDRESS)."""
+    accounts = {role: settings.address(role) for role in ("anchorer", "distributor", "treasury")}
+    missing = [role for role, address in accounts.items() if address is None]
+    if missing:
+        raise BadInput("deploying needs the account of each role: set " + ", ".join(
+            f"{config.key_variable(r)} or {config.address_variable(r)}" for r in missing))
+    return {role: str(address) for role, address in accounts.items()}
 
 
 def contribute(settings: Settings, dataset: str, paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -146,7 +162,7 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     from anchoring.batch_anchor import anchor_batch, holds_anchor
 
     spec = dataset_for(settings, dataset)
-    chain = chain_for(settings)
+    chain = chain_for(settings, "anchorer")
     address = deployment_for(settings, chain, ("BatchAnchor",))["BatchAnchor"]
 
     def make(files: BatchFiles) -> dict[str, Any]:
@@ -171,14 +187,16 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
     from anchoring.distributor import published_root
 
     spec = dataset_for(settings, dataset)
-    chain = chain_for(settings)
+    chain = chain_for(settings, "distributor")
     deployment = deployment_for(settings, chain, ("RewardDistributor",))
+    treasury = chain_for(settings, "treasury") if "treasury" in settings.keys else None
 
     def make(files: BatchFiles) -> dict[str, Any]:
         rewards = files.manifest().rewards
         return asdict(publish(chain, deployment, spec.dataset_id, files.seq, bytes.fromhex(rewards["root"]),
                               int(rewards["cumulative_total"]), lambda step: files.intents(f"rewards-{step}"),
-                              settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points"))
+                              settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points",
+                              treasury=treasury))
 
     def holds(files: BatchFiles, r: dict[str, Any]) -> bool:
         onchain = published_root(chain, r["contract"], spec.dataset_id, files.seq)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import DEVNET_KEY
+from pipeline.config import DEVNET_KEYS, key_variable
 from pipeline.devnet import Anvil, SeaweedFS
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHORLAKE = str(Path(sys.executable).parent / "anchorlake")
+# anvil's account 9: has gas money and no role anywhere (accounts 0-3 are the devnet's four roles).
+OUTSIDER_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +57,7 @@ def s3_env(tmp_path: Path, anvil: Anvil, seaweed: SeaweedFS) -> dict[str, str]:
 
 def base_env(tmp_path: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("ANCHORLAKE_", "AWS_"))}
-    return keep | {"ANCHORLAKE_HOME": str(tmp_path / "home"), "ANCHORLAKE_ANCHORER_KEY": DEVNET_KEY}
+    return keep | {"ANCHORLAKE_HOME": str(tmp_path / "home")} | {key_variable(r): k for r, k in DEVNET_KEYS.items()}
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
+from pipeline.config import DEVNET_KEYS
 from pipeline.devnet import Anvil
 
-from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json, contribute_one, trust_args
+from conftest import ANCHORLAKE, OUTSIDER_KEY, REPO, base_env, cli, cli_json, contribute_one, trust_args
 
 pytestmark = pytest.mark.integration
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
@@ -218,7 +219,6 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     assert republished["root"] == json.loads((lake / "batches/instructions/000000/manifest.json").read_text())["rewards"]["root"]
 
 
-OUTSIDER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil account 1
 POOR_KEY = "0x" + "42" * 32  # no funds on the devnet
 
 
@@ -256,14 +256,13 @@ def test_a_deployment_record_for_another_chain_is_refused(env: dict[str, str]) -
     assert anchored_events(env) == []
 
 
-@pytest.mark.parametrize("decoy", ["garbage bytes", "a transfer signed by the anchorer key"])
+@pytest.mark.parametrize(("step", "decoy"), [("anchor", "garbage bytes"),
+                                             ("rewards-approve", "a transfer signed by the treasury key")])
 def test_a_planted_intent_is_refused_and_nothing_is_signed_or_sent(env: dict[str, str], chain: Anvil,
-                                                                   tmp_path: Path, decoy: str) -> None:
-    """The attack: a lake writer plants the next batch's anchor intent holding a transfer of the
-    whole treasury to itself, hoping the next run "bumps the fee" by signing it with the key."""
+                                                                   tmp_path: Path, step: str, decoy: str) -> None:
+    """The attack: a lake writer plants the next batch's intent holding a transfer of the whole
+    treasury to itself, hoping the next run "bumps the fee" by signing it again with the key."""
     from eth_account import Account
-
-    from pipeline.config import DEVNET_KEY
 
     cli(env, "run", "--dataset", "instructions")
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
@@ -271,26 +270,26 @@ def test_a_planted_intent_is_refused_and_nothing_is_signed_or_sent(env: dict[str
     w3 = Web3(Web3.HTTPProvider(chain.url))
     token = w3.eth.contract(address=Web3.to_checksum_address(deployment["RewardToken"]), abi=json.loads(
         (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["RewardToken"]["abi"])
-    treasury, attacker = Account.from_key(DEVNET_KEY).address, Web3.to_checksum_address("0x" + "66" * 20)
-    before, nonce = token.functions.balanceOf(treasury).call(), w3.eth.get_transaction_count(treasury)
+    signer = Account.from_key(DEVNET_KEYS["anchorer" if step == "anchor" else "treasury"])
+    treasury, attacker = Account.from_key(DEVNET_KEYS["treasury"]).address, Web3.to_checksum_address("0x" + "66" * 20)
+    before, nonce = token.functions.balanceOf(treasury).call(), w3.eth.get_transaction_count(signer.address)
     theft = {"to": token.address, "data": token.functions.transfer(attacker, before)._encode_transaction_data(),
              "value": 0, "chainId": 31337, "nonce": nonce, "gas": 100_000, "maxFeePerGas": 10**10,
              "maxPriorityFeePerGas": 10**9, "type": 2}
-    raw = ("0x02deadbeef" if decoy == "garbage bytes"
-           else "0x" + bytes(Account.from_key(DEVNET_KEY).sign_transaction(theft).raw_transaction).hex())
-    planted = lake / "state/instructions/000001/anchor-intent.json"
+    raw = "0x02deadbeef" if decoy == "garbage bytes" else "0x" + bytes(signer.sign_transaction(theft).raw_transaction).hex()
+    planted = lake / f"state/instructions/000001/{step}-intent.json"
     planted.parent.mkdir(parents=True)
-    planted.write_text(json.dumps({"format": "anchorlake.tx-intent/1", "what": "anchoring seq 1", "chain_id": 31337,
-                                   "from": treasury.lower(), "nonce": nonce, "tx": theft | {"data": theft["data"]},
+    planted.write_text(json.dumps({"format": "anchorlake.tx-intent/1", "what": step, "chain_id": 31337,
+                                   "from": signer.address.lower(), "nonce": nonce, "tx": theft,
                                    "attempts": [{"tx_hash": "0x" + "00" * 32, "raw": raw, "max_fee": 10**30,
                                                  "tip": 10**30, "sent_at": 0}]}))
     contribute_one(env, tmp_path, "Explain a planted intent in two sentences.", "0x" + "12" * 20)
     proc = cli(env, "run", "--dataset", "instructions", check=False)
-    assert proc.returncode == 1 and "anchor-intent.json holds attempt 0" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and f"{step}-intent.json holds attempt 0" in proc.stderr, proc.stderr
     assert "nothing was signed or sent" in proc.stderr and "Traceback" not in proc.stderr
     assert token.functions.balanceOf(treasury).call() == before and token.functions.balanceOf(attacker).call() == 0
-    assert w3.eth.get_transaction_count(treasury, "pending") == nonce  # not one transaction left the key
-    # Once the operator removes the planted file, the batch is anchored as usual.
+    assert w3.eth.get_transaction_count(signer.address, "pending") == nonce  # not one transaction left the key
+    # Once the operator removes the planted file, the batch is anchored and paid as usual.
     planted.unlink()
     cli(env, "run", "--dataset", "instructions")
     assert len(anchored_events(env)) == 2
@@ -303,19 +302,19 @@ def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str
     from eth_account import Account
 
     from anchoring.chain import Chain
-    from pipeline.config import DEVNET_KEY
 
     cli(env, "run", "--dataset", "instructions")
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     record = lake / "deployments/31337.json"
     deployment = json.loads(record.read_text())
     attacker_chain = Chain(chain.url, OUTSIDER_KEY)
-    me, ours = attacker_chain.address, Account.from_key(DEVNET_KEY).address
+    me, ours = attacker_chain.address, Account.from_key(DEVNET_KEYS["distributor"]).address
+    owner = Account.from_key(DEVNET_KEYS["treasury"]).address
     if swap == "to another contract":
         fake = deployment["BatchAnchor"]
-    else:  # anyone can deploy the genuine code, and name our key as its distributor
+    else:  # anyone can deploy the genuine code, and name our key as its distributor and our treasury
         fake = attacker_chain.deploy("RewardDistributor", me, ours if "our key" in swap else me,
-                                     Web3.to_checksum_address(deployment["RewardToken"]))
+                                     Web3.to_checksum_address(deployment["RewardToken"]), owner)
     record.write_text(json.dumps(deployment | {"RewardDistributor": fake}))
     contribute_one(env, tmp_path, "Explain a swapped deployment in two sentences.", "0x" + "13" * 20)
     proc = cli(env, "run", "--dataset", "instructions", check=False)
@@ -326,7 +325,6 @@ def test_a_swapped_deployment_record_is_refused_before_any_approve(env: dict[str
     w3 = Web3(Web3.HTTPProvider(chain.url))
     token = w3.eth.contract(address=Web3.to_checksum_address(deployment["RewardToken"]), abi=json.loads(
         (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["RewardToken"]["abi"])
-    owner = Account.from_key(DEVNET_KEY).address
     assert token.functions.allowance(owner, Web3.to_checksum_address(fake)).call() == 0
 
 

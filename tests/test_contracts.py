@@ -6,17 +6,17 @@ import pytest
 
 from anchoring.batch_anchor import anchor_batch, next_anchor_seq, read_batch
 from anchoring.chain import Chain
-from pipeline.config import DEVNET_KEY
+from pipeline.config import DEVNET_KEYS
 from pipeline.errors import ChainError, ConflictError
 
+from conftest import OUTSIDER_KEY
+
 pytestmark = pytest.mark.integration
-# anvil's second funded account: has gas money but no role.
-OUTSIDER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 
 
 @pytest.fixture
 def anchor_contract(anvil) -> tuple[Chain, str]:
-    chain = Chain(anvil.url, DEVNET_KEY)
+    chain = Chain(anvil.url, DEVNET_KEYS["admin"])
     me = chain.address
     return chain, chain.deploy("BatchAnchor", me, me)
 
@@ -63,10 +63,10 @@ def test_a_points_dataset_publishes_roots_moves_no_token_and_cannot_be_claimed(a
     from anchoring.distributor import claim, publish_rewards, published_root, token_balance
     from pipeline.core.rewards import RewardsTree
 
-    chain = Chain(anvil.url, DEVNET_KEY)
+    chain = Chain(anvil.url, DEVNET_KEYS["admin"])
     me = chain.address
     token = chain.deploy("RewardToken", me, 10**24)
-    distributor = chain.deploy("RewardDistributor", me, me, chain.w3.to_checksum_address(token))
+    distributor = chain.deploy("RewardDistributor", me, me, chain.w3.to_checksum_address(token), me)
     deployment = {"RewardToken": token, "RewardDistributor": distributor}
     dataset = b"\x03" * 32
     alice = "0x" + "11" * 20
@@ -78,3 +78,53 @@ def test_a_points_dataset_publishes_roots_moves_no_token_and_cannot_be_claimed(a
         claim(chain, distributor, dataset, alice, 700, tree.proof(0))
     with pytest.raises(ChainError, match="PayoutKindMismatch"):
         publish_rewards(chain, deployment, dataset, 1, tree.root, 1000, points=False)
+
+
+def test_each_of_the_four_keys_can_do_its_role_and_nothing_else(anvil) -> None:
+    """SPEC §13.5: the anchorer cannot publish, grant roles or move the treasury's tokens; the
+    distributor cannot anchor and pulls no more than the treasury approved; the admin holds no
+    token and no working role; only the treasury holds the supply."""
+    from anchoring.chain import TOKEN_SUPPLY, ensure_deployment
+    from anchoring.distributor import publish_rewards, token_balance
+
+    keys = {role: Chain(anvil.url, key, role=role) for role, key in DEVNET_KEYS.items()}
+    admin, anchorer, distributor, treasury = (keys[r] for r in ("admin", "anchorer", "distributor", "treasury"))
+    deployment = ensure_deployment(admin, {}, lambda _: None,
+                                   {r: keys[r].address for r in ("anchorer", "distributor", "treasury")})
+    dataset = b"\x04" * 32
+
+    def refused(chain: Chain, name: str, call: str, *args: object) -> str:
+        contract = chain.contract(name, deployment[name])
+        with pytest.raises(ChainError) as caught:
+            chain.transact(name, getattr(contract.functions, call)(*args), call)
+        return str(caught.value)
+
+    def role(name: str, which: str) -> bytes:
+        contract = admin.contract(name, deployment[name])
+        return bytes(getattr(contract.functions, which)().call())
+
+    assert "AccessControlUnauthorizedAccount" in refused(
+        anchorer, "RewardDistributor", "publish", dataset, 0, b"r" * 32, 0)
+    for name, which in (("BatchAnchor", "ANCHORER_ROLE"), ("RewardDistributor", "DISTRIBUTOR_ROLE"),
+                        ("BatchAnchor", "DEFAULT_ADMIN_ROLE")):
+        assert "AccessControlUnauthorizedAccount" in refused(anchorer, name, "grantRole", role(name, which),
+                                                            anchorer.address)
+    assert "ERC20InsufficientAllowance" in refused(anchorer, "RewardToken", "transferFrom", treasury.address,
+                                                   anchorer.address, 1)
+    assert "AccessControlUnauthorizedAccount" in refused(
+        distributor, "BatchAnchor", "anchor", dataset, 0, b"r" * 32, 1, b"m" * 32)
+    assert "AccessControlUnauthorizedAccount" in refused(
+        admin, "BatchAnchor", "anchor", dataset, 0, b"r" * 32, 1, b"m" * 32)
+    # The distributor pulls from the treasury only what the treasury approved.
+    assert "ERC20InsufficientAllowance" in refused(
+        distributor, "RewardDistributor", "publish", dataset, 0, b"r" * 32, 1000)
+    token = deployment["RewardToken"]
+    assert [token_balance(admin, token, k.address) for k in (admin, anchorer, distributor, treasury)] == \
+        [0, 0, 0, TOKEN_SUPPLY]
+    with pytest.raises(ChainError, match="needs; approve it from the treasury"):
+        publish_rewards(distributor, deployment, dataset, 0, b"r" * 32, 1000)  # no treasury key here
+    publish_rewards(distributor, deployment, dataset, 0, b"r" * 32, 1000, treasury=treasury)
+    assert token_balance(admin, token, deployment["RewardDistributor"]) == 1000
+    assert token_balance(admin, token, treasury.address) == TOKEN_SUPPLY - 1000
+    with pytest.raises(ConflictError, match="pulls rewards from"):  # a treasury key the distributor does not use
+        publish_rewards(distributor, deployment, dataset, 1, b"s" * 32, 2000, treasury=anchorer)

@@ -17,7 +17,10 @@ def test_compose_file_wires_s3_chain_and_airflow() -> None:
     assert set(compose["services"]) == {"s3", "chain", "airflow"}
     env = compose["services"]["airflow"]["environment"]
     assert env["ANCHORLAKE_LAKE"].startswith("s3://") and env["ANCHORLAKE_RPC_URL"] == "http://chain:8545"
-    assert "${" in env["ANCHORLAKE_ANCHORER_KEY"], "keys come from the environment, never from the file"
+    for role in ("ANCHORER", "DISTRIBUTOR", "TREASURY"):
+        assert "${" in env[f"ANCHORLAKE_{role}_KEY"], "keys come from the environment, never from the file"
+    assert "ANCHORLAKE_ADMIN_KEY" not in env, "the admin key stays off the workers"
+    assert "${" in env["ANCHORLAKE_ADMIN_ADDRESS"]
     assert "-s3.port.iceberg=0" in compose["services"]["s3"]["command"]
 
 

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, cli, cli_json, contribute_one, trust_args
+from conftest import OUTSIDER_KEY, REPO, cli, cli_json, contribute_one, trust_args
 
 pytestmark = pytest.mark.e2e
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
@@ -77,12 +77,15 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     assert served["path"] == row["path"] and served["tree_size"] == 25 and served["root"] == batch["root"]
 
     # AI teams: pull checks every file and the root against the chain.
-    pulled = cli_json(lake_env, "pull", "--dataset", "instructions", "--dest", str(tmp_path / "pulled"))
+    pull = ["pull", "--dataset", "instructions", "--dest", str(tmp_path / "pulled")]
+    proc = cli(lake_env, *pull, check=False)  # the lake's own deployment record is never the trust anchor
+    assert proc.returncode == 2 and "nothing to verify the pull against" in proc.stderr, proc.stderr
+    pulled = cli_json(lake_env, *pull, *trust[:2])
     assert pulled["pulled"][0]["verified"] is True
     table = pq.read_table(tmp_path / "pulled" / "instructions" / "000000" / "data" / "part-00000.parquet")
     assert table.num_rows == 25 and {"contributor", "salt", "prompt", "created_at"} <= set(table.column_names)
 
-    rewards = cli_json(lake_env, "rewards", "--dataset", "instructions", "--verify")
+    rewards = cli_json(lake_env, "rewards", "--dataset", "instructions", "--verify", *trust[:2])
     assert rewards["verified"] is True
     paid = sum(int(r["amount"]) for r in rewards["rows"])
     assert paid == int(rewards["rewards"]["pool"]) == int(rewards["rewards"]["total"])
@@ -191,7 +194,6 @@ def test_the_read_only_identity_reads_batches_and_cannot_write(s3_env: dict[str,
 def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_path: Path) -> None:
     from anchoring.chain import Chain
     from anchoring.distributor import claim, claimed, token_balance
-    from pipeline.config import DEVNET_KEY
 
     committed_flow(file_env, tmp_path)
     receipt = tmp_path / "alice.json"
@@ -199,7 +201,7 @@ def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_pat
     reward = json.loads(receipt.read_text())["reward"]
     lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
     deployment = json.loads((lake / "deployments/31337.json").read_text())
-    chain = Chain(file_env["ANCHORLAKE_RPC_URL"], DEVNET_KEY)
+    chain = Chain(file_env["ANCHORLAKE_RPC_URL"], OUTSIDER_KEY)  # anyone may submit a claim
     from eth_hash.auto import keccak
 
     dataset_id = keccak(b"instructions")
@@ -220,7 +222,7 @@ def test_a_points_dataset_publishes_its_ledger_root_and_receipts_verify(file_env
         *sorted(str(p) for p in (REPO / "samples" / "preferences").glob("*.jsonl")))
     report = cli_json(file_env, "run", "--dataset", "preferences")
     assert report["committed"][0]["counts"]["accepted"] == 10
-    rewards = cli_json(file_env, "rewards", "--dataset", "preferences", "--verify")
+    rewards = cli_json(file_env, "rewards", "--dataset", "preferences", "--verify", *trust_args(file_env, tmp_path)[:2])
     assert rewards["verified"] is True and rewards["rewards"]["payout"] == "points"
     assert sum(int(r["amount"]) for r in rewards["rows"]) == 1000
     receipt = tmp_path / "p.json"
@@ -253,7 +255,7 @@ def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dic
     row = genuine["rows"][0] | {"leaf_index": 0, "path": []}
     row["record"] = row["record"] | {"prompt": "a row that was never contributed"}
     forged_root = leaf_hash(canonical_bytes(row["record"]))
-    attacker = Chain(file_env["ANCHORLAKE_RPC_URL"], "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d")
+    attacker = Chain(file_env["ANCHORLAKE_RPC_URL"], OUTSIDER_KEY)
     own = attacker.deploy("BatchAnchor", attacker.address, attacker.address)
     forged_manifest = bytes.fromhex(genuine["manifest_sha256"])
     anchor_batch(attacker, own, keccak(b"instructions"), 0, forged_root, 1, forged_manifest)

@@ -1,14 +1,95 @@
-// node web/verify-cli.mjs RECEIPT.json [--rpc URL] [--root HEX]: exit 0 verified, 1 failed, 2 bad input.
+// node web/verify-cli.mjs RECEIPT.json... [--rpc URL] [--dataset D] [--contract ADDR] [--distributor ADDR]
+//                         [--deployment FILE] [--root HEX --tree-size N]
+// The same checks as verify.html, from a terminal. What to check against comes from these flags
+// only, never from the receipts. Exit 0 verified, 1 a check failed, 2 bad usage or bad input
+// (nothing to check against included), 3 the chain RPC cannot be reached or does not answer.
 import { readFileSync } from "node:fs";
-import { verifyReceipt } from "./verify.mjs";
+import { BadInput, NOTHING, VerifyError, parseDeployment, parseReceipt, verifyReceipt } from "./verify.mjs";
 
-const args = process.argv.slice(2);
-const option = (name) => { const i = args.indexOf(name); return i >= 0 ? args.splice(i, 2)[1] : null; };
-const rpcUrl = option("--rpc"), root = option("--root");
-if (args.length !== 1) { console.error("usage: node web/verify-cli.mjs RECEIPT.json [--rpc URL] [--root HEX]"); process.exit(2); }
-let receipt;
-try { receipt = JSON.parse(readFileSync(args[0], "utf8")); } catch (e) { console.error(`${args[0]}: ${e.message}`); process.exit(2); }
-const failures = await verifyReceipt(receipt, { rpcUrl, root });
-for (const line of failures) console.error(`FAIL ${args[0]}: ${line}`);
-if (!failures.length) console.log(`OK ${args[0]}: ${receipt.rows.length} rows of ${receipt.contributor} verified`);
-process.exit(failures.length ? 1 : 0);
+const USAGE = "usage: node web/verify-cli.mjs RECEIPT.json... [--rpc URL] [--dataset NAME] [--contract ADDR] " +
+              "[--distributor ADDR] [--deployment FILE] [--root HEX --tree-size N]";
+const FLAGS = { "--rpc": "rpcUrl", "--dataset": "dataset", "--contract": "batchAnchor", "--distributor": "distributor",
+                "--deployment": "deployment", "--root": "root", "--tree-size": "treeSize" };
+
+// A reader that closed the pipe early (`| head`) is not an error of ours.
+for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
+const say = (text) => { try { process.stdout.write(text + "\n"); } catch { /* closed pipe */ } };
+const complain = (text) => { try { process.stderr.write(text + "\n"); } catch { /* closed pipe */ } };
+
+function parseArgs(argv) {
+  const options = {}, receipts = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const [flag, inline] = arg.startsWith("--") && arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, null];
+    if (flag === "-h" || flag === "--help") { say(USAGE); process.exit(0); }
+    if (flag in FLAGS) {
+      const value = inline ?? argv[++i];
+      if (value === undefined) throw new BadInput(`${flag} needs a value\n${USAGE}`);
+      options[FLAGS[flag]] = value;
+    } else if (flag.startsWith("-") && flag !== "-") {
+      throw new BadInput(`unknown option ${flag}\n${USAGE}`);
+    } else {
+      receipts.push(arg);
+    }
+  }
+  if (receipts.length === 0) throw new BadInput(`give at least one receipt file\n${USAGE}`);
+  return { options, receipts };
+}
+
+function read(path) {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (e) {
+    throw new BadInput(`${path}: cannot be read (${e.code ?? e.message})`);
+  }
+}
+
+/** Flags win over the deployments file, as in `anchorlake verify`. */
+function trustFrom(options) {
+  const trust = { ...options };
+  delete trust.deployment;
+  if (options.deployment) {
+    const named = parseDeployment(read(options.deployment), options.deployment);
+    trust.chainId = named.chainId;
+    trust.chainIdSource = options.deployment;
+    trust.batchAnchor ??= named.BatchAnchor;
+    trust.distributor ??= named.RewardDistributor;
+  }
+  return trust;
+}
+
+async function main() {
+  const { options, receipts } = parseArgs(process.argv.slice(2));
+  const trust = trustFrom(options);
+  const parsed = receipts.map((path) => [path, parseReceipt(read(path), path)]);
+  let exit = 0;
+  for (const [path, receipt] of parsed) {
+    const report = await verifyReceipt(receipt, trust);
+    if (report.outcome === "nothing") {
+      complain(`${NOTHING}: give --rpc URL with --dataset NAME and the BatchAnchor you trust ` +
+               "(--contract ADDR or --deployment FILE), or offline --root HEX --tree-size N");
+      return 2;
+    }
+    for (const l of report.lines) {
+      if (l.status === "fail" || l.status === "unchecked") complain(`FAIL ${path}: ${l.part}: ${l.text}`);
+      else say(`  ${l.status === "pass" ? "ok  " : "note"} ${path}: ${l.part}: ${l.text}`);
+    }
+    if (report.outcome === "verified") say(`OK ${path}: ${report.verdict}, against ${report.against}`);
+    else { say(`NOT VERIFIED ${path}: ${report.verdict}`); exit = 1; }
+  }
+  return exit;
+}
+
+let code;
+try {
+  code = await main();
+} catch (e) {
+  if (e instanceof VerifyError) {
+    complain(`error: ${e.message}`);
+    code = e.exitCode;
+  } else {
+    complain(`error: ${e?.message ?? e}`); // never a stack trace
+    code = 2;
+  }
+}
+process.exit(code);

@@ -11,12 +11,16 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 ///         published for each batch seq, in order; it commits every contributor's cumulative
 ///         amount over batches 0..seq as an OpenZeppelin StandardMerkleTree leaf of
 ///         (address, uint256). A claim pays the difference to what the account already received.
+///         Funds come from the treasury, a separate key that approves this contract: the
+///         distributor key publishes roots and holds no tokens.
 contract RewardDistributor is AccessControl {
     using SafeERC20 for IERC20;
 
     bytes32 public constant DISTRIBUTOR_ROLE = keccak256("DISTRIBUTOR_ROLE");
 
     IERC20 public immutable token;
+    /// @notice The account rewards are pulled from; it approves this contract for what it funds.
+    address public immutable treasury;
 
     mapping(bytes32 datasetId => uint64) private _nextSeq;
     mapping(bytes32 datasetId => bytes32) public latestRoot;
@@ -35,8 +39,9 @@ contract RewardDistributor is AccessControl {
     error NothingToClaim();
     error PayoutKindMismatch(bytes32 datasetId, bool pointsOnly);
 
-    constructor(address admin, address distributor, IERC20 token_) {
+    constructor(address admin, address distributor, IERC20 token_, address treasury_) {
         token = token_;
+        treasury = treasury_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(DISTRIBUTOR_ROLE, distributor);
     }
@@ -46,14 +51,14 @@ contract RewardDistributor is AccessControl {
     }
 
     /// @notice Publish the rewards root of batch `seq`; pulls the increase of the cumulative
-    ///         total from the caller, so the contract always holds what can still be claimed.
+    ///         total from the treasury, so the contract always holds what can still be claimed.
     function publish(bytes32 datasetId, uint64 seq, bytes32 root, uint256 newCumulativeTotal)
         external
         onlyRole(DISTRIBUTOR_ROLE)
     {
         uint256 increase = _record(datasetId, seq, root, newCumulativeTotal, false);
         if (increase > 0) {
-            token.safeTransferFrom(msg.sender, address(this), increase);
+            token.safeTransferFrom(treasury, address(this), increase);
         }
     }
 

@@ -1,0 +1,56 @@
+// Drive web/verify.html in a real headless Chromium (Debian's, through playwright-core) the way a
+// person would: load the deployments file they trust, type the RPC URL and dataset name, paste the
+// receipt, press Verify, read the verdict. tests/test_page.py runs it.
+//
+//   node tests/page/drive.mjs CASES.json   prints {"name": {verdict, outcome, checks, fields, errors}, ...}
+//
+// CASES.json: {"url": "http://127.0.0.1:PORT/verify.html", "chromium": "/usr/bin/chromium",
+//              "shots": "DIR", "cases": [{"name", "deployment": PATH|null, "fields": {id: value},
+//                                         "receipt": TEXT to paste, or "receiptFile": PATH to choose}]}
+// Each case leaves DIR/<name>.png, a screenshot of the whole page after the verdict.
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const spec = JSON.parse(readFileSync(process.argv[2], "utf8"));
+mkdirSync(spec.shots, { recursive: true });
+const browser = await chromium.launch({ executablePath: spec.chromium, args: ["--no-sandbox"], headless: true });
+const results = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  let errors = [];
+  page.on("pageerror", (e) => errors.push(`page error: ${e.message}`));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(`console: ${m.text()}`); });
+  for (const c of spec.cases) {
+    errors = [];
+    await page.goto(spec.url);
+    if (c.deployment) {
+      await page.setInputFiles("#deployment-file", c.deployment);
+      await page.waitForFunction(() => document.getElementById("deployment-status").textContent !== "");
+    }
+    for (const [id, value] of Object.entries(c.fields ?? {})) await page.fill(`#${id}`, String(value));
+    if (c.receiptFile) {
+      await page.setInputFiles("#receipt-file", c.receiptFile);
+      await page.waitForFunction(() => document.getElementById("receipt").value !== "");
+    } else {
+      await page.fill("#receipt", c.receipt);
+    }
+    await page.click("#verify");
+    await page.waitForSelector("#result[data-state=done]", { timeout: 30000 });
+    const shown = await page.evaluate(() => ({
+      verdict: document.getElementById("verdict").textContent,
+      against: document.getElementById("against").textContent,
+      outcome: document.getElementById("result").dataset.outcome,
+      deploymentStatus: document.getElementById("deployment-status").textContent,
+      checks: [...document.querySelectorAll("#checks li")].map((li) => ({
+        status: li.className, part: li.querySelector(".part").textContent, text: li.querySelector(".text").textContent })),
+      fields: Object.fromEntries(["rpc", "dataset", "batch-anchor", "distributor", "chain-id", "root", "tree-size"]
+        .map((id) => [id, document.getElementById(id).value])),
+    }));
+    await page.screenshot({ path: join(spec.shots, `${c.name}.png`), fullPage: true });
+    results[c.name] = { ...shown, errors };
+  }
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(results));

@@ -1,0 +1,369 @@
+"""The verifier anyone can run without Python (web/verify.mjs): from a terminal through
+web/verify-cli.mjs and in a real headless Chromium through web/verify.html. Its trust anchors come
+from the user (RPC, dataset name, contracts or a deployments file, or a root and tree size), never
+from the receipt; each forged receipt fails naming the part that failed; with nothing to check
+against it says so. One real flow (two batches) feeds every case."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.devnet import Anvil
+
+from conftest import OUTSIDER_KEY, REPO, base_env, cli, cli_json, contribute_one, trust_args
+
+pytestmark = pytest.mark.e2e
+SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
+ALICE = "0x1111111111111111111111111111111111111111"
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = REPO / ".test-artifacts" / "page"
+VERIFY_CLI = REPO / "web" / "verify-cli.mjs"
+SECRET_PATH = "/v3/SECRET-API-KEY-123?apikey=SECRET-QUERY-456"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake with two committed, anchored, rewarded batches, and the receipts the cases verify."""
+
+    rpc: str
+    env: dict[str, str]
+    folder: Path
+    deployment: Path  # the deployments file the user trusts (what `anchorlake up` reported)
+    addresses: dict[str, Any]
+    receipts: dict[str, Path]
+    attacker_contract: str
+
+    def text(self, name: str) -> str:
+        return self.receipts[name].read_text()
+
+
+def node() -> str:
+    found = shutil.which("node")
+    assert found, "node (20) is required: the verifier page's code runs in it"
+    return found
+
+
+def verify_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([node(), str(VERIFY_CLI), *map(str, args)], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lake(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    from anchoring.batch_anchor import anchor_batch
+    from anchoring.chain import Chain
+    from pipeline.core.jcs import canonical_bytes
+    from pipeline.core.merkle import leaf_hash
+    from pipeline.datasets import dataset_id
+
+    folder = tmp_path_factory.mktemp("page")
+    env = base_env(folder) | {"ANCHORLAKE_LAKE": (folder / "lake").as_uri(), "ANCHORLAKE_RPC_URL": anvil.url}
+    cli(env, "up")
+    cli(env, "contribute", "--dataset", "instructions", *SAMPLES)
+    assert [c["seq"] for c in cli_json(env, "run", "--dataset", "instructions")["committed"]] == [0]
+    contribute_one(env, folder, "What does a Merkle root commit to?", ALICE)
+    assert [c["seq"] for c in cli_json(env, "run", "--dataset", "instructions")["committed"]] == [1]
+    deployment = Path(trust_args(env, folder)[1])
+
+    def receipt(seq: int) -> dict[str, Any]:
+        path = folder / f"receipt-{seq}.json"
+        cli(env, "receipt", "--dataset", "instructions", "--batch", str(seq), "--contributor", ALICE, "-o", str(path))
+        return dict(json.loads(path.read_text()))
+
+    genuine, second = receipt(0), receipt(1)
+    cases: dict[str, dict[str, Any]] = {"genuine": genuine, "genuine-batch-1": second}
+
+    edited = copy.deepcopy(genuine)
+    prompt = edited["rows"][0]["record"]["prompt"]
+    edited["rows"][0]["record"]["prompt"] = prompt[:-1] + ("x" if prompt[-1] != "x" else "y")
+    cases["edited"] = edited
+
+    # A one-row receipt for a row never contributed, whose root the attacker anchored for the
+    # dataset in a BatchAnchor of their own, and which names that contract.
+    row = copy.deepcopy(genuine["rows"][0]) | {"leaf_index": 0, "path": []}
+    row["record"]["prompt"] = "a row that was never contributed"
+    forged_root = leaf_hash(canonical_bytes(row["record"]))
+    attacker = Chain(anvil.url, OUTSIDER_KEY)
+    own = attacker.deploy("BatchAnchor", attacker.address, attacker.address)
+    anchor_batch(attacker, own, dataset_id("instructions"), 0, forged_root, 1, bytes.fromhex(genuine["manifest_sha256"]))
+    cases["forged"] = genuine | {"root": forged_root.hex(), "tree_size": 1, "rows": [row], "reward": None,
+                                 "anchor": genuine["anchor"] | {"contract": own}}
+
+    cases["relabelled"] = genuine | {"dataset": "preferences"}
+    reward = genuine["reward"]
+    cases["inflated"] = genuine | {"reward": reward | {"amount": str(10 * int(reward["amount"])),
+                                                      "cumulative_amount": str(10 * int(reward["cumulative_amount"]))}}
+    cases["batch-1-without-previous"] = second | {"reward": second["reward"] | {"previous": None}}
+    cases["batch-1-amount-inflated"] = second | {"reward": second["reward"] | {"amount": str(10 * int(second["reward"]["amount"]))}}
+
+    (folder / "receipts").mkdir()
+    paths = {}
+    for name, data in cases.items():
+        paths[name] = folder / "receipts" / f"{name}.json"
+        paths[name].write_text(json.dumps(data, indent=1))
+    return Lake(anvil.url, env, folder, deployment, json.loads(deployment.read_text()), paths, own)
+
+
+@pytest.fixture(scope="module")
+def web_url() -> Iterator[str]:
+    """web/ served over HTTP on loopback: module scripts do not load from file://."""
+    handler = functools.partial(QuietHandler, directory=str(REPO / "web"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript"}
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+# --- the command line -------------------------------------------------------------------------
+
+def test_the_node_cli_verifies_genuine_receipts_against_the_users_chain_and_contracts(lake: Lake) -> None:
+    trust = ["--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions"]
+    proc = verify_cli(lake.receipts["genuine"], lake.receipts["genuine-batch-1"], *trust)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    batch_anchor, distributor = lake.addresses["BatchAnchor"].lower(), lake.addresses["RewardDistributor"].lower()
+    assert proc.stdout.count("OK ") == 2 and f"against BatchAnchor {batch_anchor} on chain 31337" in proc.stdout
+    assert "row 0 (leaf" in proc.stdout and "folds to the root" in proc.stdout
+    assert f"equal BatchAnchor {batch_anchor} on chain 31337 for dataset instructions (id 0x7d1cc26d…)" in proc.stdout
+    assert "folds to rootAt(instructions, 0) = 0x" in proc.stdout and f"in RewardDistributor {distributor}" in proc.stdout
+    assert "batch amount 200000000000000000000 = cumulative 200000000000000000000 (batch 0" in proc.stdout
+    assert "− previous 200000000000000000000 (previous folds to rootAt(instructions, 0)" in proc.stdout, proc.stdout
+    # Flags name the same trust anchors without a deployments file.
+    proc = verify_cli(lake.receipts["genuine"], "--rpc", lake.rpc, "--dataset", "instructions",
+                      "--contract", batch_anchor, "--distributor", distributor)
+    assert proc.returncode == 0, proc.stderr
+
+
+FORGED = {  # case: (the part the verdict names, a line on stderr)
+    "edited": ("row 0 (leaf", "folds to root"),
+    "forged": ("anchor, ", "the receipt names contract {attacker}, you trust BatchAnchor"),
+    "relabelled": ("dataset", "the receipt says dataset \"preferences\", you are verifying \"instructions\""),
+    "inflated": ("reward", "cumulative amount 2000000000000000000000 with its proof folds to"),
+    "batch-1-without-previous": ("batch amount", "the receipt shows no earlier reward"),
+    "batch-1-amount-inflated": ("batch amount", "is not cumulative"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_the_node_cli_names_the_failing_part_of_each_forged_receipt(lake: Lake, case: str) -> None:
+    part, detail = FORGED[case]
+    proc = verify_cli(lake.receipts[case], "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
+    assert proc.returncode == 1, proc.stderr
+    assert "OK " not in proc.stdout and "Traceback" not in proc.stderr and "    at " not in proc.stderr
+    assert f"Not verified: {part}" in proc.stdout
+    assert detail.format(attacker=lake.attacker_contract) in proc.stderr, proc.stderr
+    assert all(line.startswith("FAIL ") for line in proc.stderr.splitlines())
+
+
+def test_the_node_cli_agrees_with_anchorlake_verify_on_every_receipt(lake: Lake) -> None:
+    trust = ["--deployment", str(lake.deployment), "--dataset", "instructions"]
+    names = sorted(lake.receipts)
+    python = cli(lake.env, "--json", "--quiet", "verify", *(str(lake.receipts[n]) for n in names), *trust, check=False)
+    python_ok = {name: r["ok"] for name, r in zip(names, json.loads(python.stdout)["receipts"], strict=True)}
+    javascript_ok = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode == 0 for name in names}
+    assert javascript_ok == python_ok
+    assert [name for name, ok in javascript_ok.items() if ok] == ["genuine", "genuine-batch-1"]
+
+
+def test_the_node_cli_trusts_what_the_user_names_not_what_the_receipt_names(lake: Lake) -> None:
+    # The forged batch really is anchored in the attacker's contract: trusting it is the user's choice.
+    proc = verify_cli(lake.receipts["forged"], "--rpc", lake.rpc, "--dataset", "instructions",
+                      "--contract", lake.attacker_contract)
+    assert proc.returncode == 0, proc.stderr
+    # The relabelled receipt checked as "preferences": that dataset's id is not the receipt's.
+    proc = verify_cli(lake.receipts["relabelled"], "--rpc", lake.rpc, "--deployment", lake.deployment,
+                      "--dataset", "preferences")
+    assert proc.returncode == 1 and "anchor: the receipt names dataset id 0x7d1c" in proc.stderr, proc.stderr
+    # Without the user's RewardDistributor the reward is not checked, and the receipt is not verified.
+    proc = verify_cli(lake.receipts["inflated"], "--rpc", lake.rpc, "--dataset", "instructions",
+                      "--contract", lake.addresses["BatchAnchor"])
+    assert proc.returncode == 1 and "reward: not checked" in proc.stderr and "OK " not in proc.stdout
+
+
+def test_the_node_cli_checks_nothing_without_trust_anchors_and_says_so(lake: Lake) -> None:
+    genuine = lake.receipts["genuine"]
+    proc = verify_cli(genuine)
+    assert proc.returncode == 2 and "not verified: nothing to check against" in proc.stderr
+    assert "verified" not in proc.stdout.lower()
+    proc = verify_cli(genuine, "--deployment", lake.deployment, "--dataset", "instructions")  # no RPC, no root
+    assert proc.returncode == 2 and "not verified: nothing to check against" in proc.stderr
+    proc = verify_cli(genuine, "--root", json.loads(lake.text("genuine"))["root"])
+    assert proc.returncode == 2 and "a root needs its tree size" in proc.stderr
+    proc = verify_cli(genuine, "--rpc", lake.rpc)
+    assert proc.returncode == 2 and "the dataset name and the BatchAnchor address" in proc.stderr
+    other_chain = lake.folder / "deployment-chain-1.json"
+    other_chain.write_text(json.dumps(lake.addresses | {"chain_id": 1}))
+    proc = verify_cli(genuine, "--rpc", lake.rpc, "--deployment", other_chain, "--dataset", "instructions")
+    assert proc.returncode == 2 and "is for chain 1, the RPC at http://127.0.0.1:" in proc.stderr, proc.stderr
+    proc = verify_cli(genuine, "--rpc", lake.rpc, "--dataset", "instructions", "--contract", "0x1234")
+    assert proc.returncode == 2 and "is not an address" in proc.stderr
+    proc = verify_cli(lake.folder / "missing.json", "--root", "00" * 32, "--tree-size", "1")
+    assert proc.returncode == 2 and "cannot be read" in proc.stderr and "    at " not in proc.stderr
+
+
+def test_the_node_cli_verifies_offline_against_a_root_and_tree_size_the_user_gives(lake: Lake) -> None:
+    data = json.loads(lake.text("genuine"))
+    proc = verify_cli(lake.receipts["genuine"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
+    assert proc.returncode == 0 and "reward: not checked offline" in proc.stdout, proc.stderr
+    proc = verify_cli(lake.receipts["genuine"], "--root", data["root"], "--tree-size", str(data["tree_size"] + 1))
+    assert proc.returncode == 1 and f"tree size {data['tree_size']} is not the given tree size" in proc.stderr
+
+
+def test_the_node_cli_never_echoes_the_rpc_urls_secrets_when_the_chain_cannot_be_asked(lake: Lake, web_url: str) -> None:
+    trust = ["--dataset", "instructions", "--contract", lake.addresses["BatchAnchor"]]
+    port = free_port()
+    proc = verify_cli(lake.receipts["genuine"], "--rpc", f"http://user:hunter2-secret@127.0.0.1:{port}{SECRET_PATH}", *trust)
+    assert proc.returncode == 3, proc.stderr
+    assert f"cannot reach the chain RPC at http://127.0.0.1:{port}: connection refused" in proc.stderr
+    assert "SECRET" not in proc.stderr + proc.stdout and "hunter2" not in proc.stderr + proc.stdout
+    # A server that is no JSON-RPC node (the page's own web server answers POST with 501).
+    proc = verify_cli(lake.receipts["genuine"], "--rpc", f"{web_url}{SECRET_PATH}", *trust)
+    assert proc.returncode == 3 and f"the chain RPC at {web_url} answered HTTP 501" in proc.stderr, proc.stderr
+    assert "SECRET" not in proc.stderr + proc.stdout and "    at " not in proc.stderr
+
+
+def test_the_node_cli_survives_a_reader_that_closes_the_pipe(lake: Lake) -> None:
+    data = json.loads(lake.text("genuine"))
+    command = (f"'{node()}' '{VERIFY_CLI}' '{lake.receipts['genuine']}' --root {data['root']} "
+               f"--tree-size {data['tree_size']} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}")
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "0" and proc.stderr == "", proc.stderr
+
+
+# --- the page, in a real Chromium ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def page(lake: Lake, web_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every page case in one Chromium run: what the page shows after Verify, per case."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
+    folder = tmp_path_factory.mktemp("page-driver")
+    trusted = {"rpc": lake.rpc, "dataset": "instructions"}
+    genuine = json.loads(lake.text("genuine"))
+    other_chain = folder / "deployment-chain-1.json"
+    other_chain.write_text(json.dumps(lake.addresses | {"chain_id": 1}))
+    cases = [{"name": name, "deployment": str(lake.deployment), "fields": trusted, "receipt": lake.text(name)}
+             for name in ("genuine", "genuine-batch-1", "edited", "forged", "relabelled", "inflated")]
+    cases += [
+        {"name": "empty-trust", "deployment": None, "fields": {}, "receipt": lake.text("genuine")},
+        {"name": "offline", "deployment": None, "receiptFile": str(lake.receipts["genuine"]),
+         "fields": {"root": genuine["root"], "tree-size": genuine["tree_size"]}},
+        {"name": "no-distributor", "deployment": str(lake.deployment), "fields": trusted | {"distributor": ""},
+         "receipt": lake.text("genuine")},
+        {"name": "other-chain", "deployment": str(other_chain), "fields": trusted, "receipt": lake.text("genuine")},
+        {"name": "unreachable", "deployment": str(lake.deployment), "receipt": lake.text("genuine"),
+         "fields": trusted | {"rpc": f"http://127.0.0.1:{free_port()}{SECRET_PATH}"}},
+    ]
+    spec = folder / "cases.json"
+    spec.write_text(json.dumps({"url": f"{web_url}/verify.html", "chromium": CHROMIUM, "shots": str(SHOTS), "cases": cases}))
+    proc = subprocess.run([node(), str(REPO / "tests" / "page" / "drive.mjs"), str(spec)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, f"the Chromium driver failed:\n{proc.stderr}"
+    results = json.loads(proc.stdout)
+    unexpected = {name: r["errors"] for name, r in results.items() if r["errors"] and name != "unreachable"}
+    assert not unexpected, unexpected
+    return dict(results)
+
+
+def test_the_page_verifies_genuine_receipts_against_the_deployments_file_the_user_loads(page: dict, lake: Lake) -> None:
+    for name in ("genuine", "genuine-batch-1"):
+        shown = page[name]
+        assert shown["outcome"] == "verified" and shown["verdict"].startswith("Verified: "), shown
+        assert shown["fields"]["batch-anchor"] == lake.addresses["BatchAnchor"].lower()  # from the file, not the receipt
+        assert shown["fields"]["chain-id"] == "31337" and shown["deploymentStatus"].startswith("loaded ")
+        assert all(c["status"] in ("pass", "note") for c in shown["checks"])
+        parts = [c["part"] for c in shown["checks"]]
+        assert parts[0].startswith("row 0 (leaf ") and {"batch", "reward", "batch amount"} <= set(parts)
+    texts = " | ".join(c["text"] for c in page["genuine-batch-1"]["checks"])
+    assert "− previous 200000000000000000000 (previous folds to rootAt(instructions, 0)" in texts
+
+
+@pytest.mark.parametrize("case", ["edited", "forged", "relabelled", "inflated"])
+def test_the_page_names_the_failing_part_of_each_forged_receipt(page: dict, case: str) -> None:
+    part = FORGED[case][0]
+    shown = page[case]
+    assert shown["outcome"] == "failed" and shown["verdict"].startswith(f"Not verified: {part}"), shown["verdict"]
+    assert any(c["status"] == "fail" and c["part"].startswith(part.rstrip(", ")) for c in shown["checks"])
+    if case == "forged":
+        assert "batch" in shown["verdict"]  # the root the attacker anchored is not in the user's BatchAnchor
+
+
+def test_the_page_checks_nothing_without_trust_anchors_and_says_so(page: dict) -> None:
+    shown = page["empty-trust"]
+    assert shown["verdict"] == "not verified: nothing to check against"
+    assert all(value == "" for value in shown["fields"].values())  # nothing was filled in from the receipt
+    assert page["no-distributor"]["verdict"] == "Not verified: reward not checked"
+    assert page["other-chain"]["verdict"].startswith("Not verified: the deployments file deployment-chain-1.json is for chain 1")
+
+
+def test_the_page_verifies_offline_and_hides_the_rpc_urls_secrets(page: dict) -> None:
+    assert page["offline"]["verdict"].startswith("Verified: ")
+    assert page["offline"]["against"] == "checked against the root and tree size 25 you gave"
+    unreachable = page["unreachable"]
+    assert unreachable["verdict"].startswith("Not verified: cannot reach the chain RPC at http://127.0.0.1:")
+    assert "SECRET" not in unreachable["verdict"] + json.dumps(unreachable["checks"]) + json.dumps(unreachable["errors"])
+
+
+def test_the_page_leaves_a_screenshot_of_every_case(page: dict) -> None:
+    for name in page:
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000, name
+
+
+# --- the page's hashing against independent implementations -------------------------------------
+
+def test_the_pages_keccak_and_reward_leaves_match_eth_hash_and_the_python_rewards_tree(tmp_path: Path) -> None:
+    """Keccak-256 (not SHA3-256) over every length across two rate blocks (136 bytes), and OpenZeppelin
+    reward leaves and proofs for amounts past 2^53."""
+    from eth_hash.auto import keccak
+
+    from pipeline.core.rewards import RewardsTree, reward_leaf
+
+    messages = [bytes((i * 7 + n) % 256 for i in range(n)) for n in range(0, 300)]
+    values = [(f"0x{i:040x}", 10**21 * i + 12345) for i in range(1, 6)] + [("0x" + "f" * 40, 2**256 - 1)]
+    tree = RewardsTree.build(values)
+    source = tmp_path / "input.json"
+    source.write_text(json.dumps({
+        "keccak": [m.hex() for m in messages],
+        "leaves": [[a, str(v)] for a, v in values],
+        "proofs": [{"account": a, "amount": str(v), "proof": ["0x" + p.hex() for p in tree.proof(i)]}
+                   for i, (a, v) in enumerate(values)],
+        "datasets": ["instructions", "préférences"],
+    }))
+    proc = subprocess.run([node(), str(REPO / "tests" / "page" / "known_answers.mjs"), str(source)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # keccak256("") — reproduce: python -c "from eth_hash.auto import keccak; print(keccak(b'').hex())"
+    assert out["keccak"][0] == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    assert out["keccak"] == [bytes(keccak(m)).hex() for m in messages]
+    assert out["leaves"] == [reward_leaf(a, v).hex() for a, v in values]
+    assert out["roots"] == [tree.root.hex()] * len(values)
+    assert out["datasets"] == ["0x" + bytes(keccak(n.encode())).hex() for n in ("instructions", "préférences")]
