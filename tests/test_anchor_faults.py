@@ -229,6 +229,20 @@ def test_a_key_without_the_anchorer_role_fails_clearly(env: dict[str, str]) -> N
     assert anchored_events(env) == []
 
 
+def test_the_workers_run_without_the_admin_key_and_refuse_to_guess_its_account(env: dict[str, str]) -> None:
+    """The admin key stays cold: a run needs only the admin's address, to check the deployment
+    record; with neither, it will not guess who deployed the contracts and signs nothing."""
+    from eth_account import Account
+
+    workers = {k: v for k, v in env.items() if k != "ANCHORLAKE_ADMIN_KEY"}
+    proc = cli(workers, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "cannot tell who deployed" in proc.stderr, proc.stderr
+    assert anchored_events(env) == []
+    admin = Account.from_key(DEVNET_KEYS["admin"]).address
+    cli(workers | {"ANCHORLAKE_ADMIN_ADDRESS": admin}, "run", "--dataset", "instructions")
+    assert len(anchored_events(env)) == 1
+
+
 def test_a_key_without_funds_fails_clearly(env: dict[str, str], chain: Anvil) -> None:
     from eth_account import Account
 
