@@ -102,6 +102,22 @@ CASES: list[tuple[str, bytes, list[str], int]] = [
     ("types.parquet", parquet_bytes(pa.table({"prompt": [63, 64], "response": ["a", "b"], "language": ["en", "en"],
                                              "consent": [True, True], "contributor": [ALICE, ALICE]})),
      ["wrong_type", "wrong_type"], 0),
+    ("address-newline.jsonl", jsonl(line(good(71)), line(good(72, contributor=ALICE + "\n"))), ["invalid_contributor"], 1),
+    ("language-newline.jsonl", jsonl(line(good(73)), line(good(74, language="en\n"))), ["invalid_language"], 1),
+    ("timestamp-overflow.jsonl", jsonl(line(good(75)), line(good(76, created_at="9999-12-31T23:00:00-05:00"))),
+     ["wrong_type"], 1),
+    ("timestamp-year-0.jsonl", jsonl(line(good(77)), line(good(78, created_at="0000-01-01T00:00:00Z"))), ["wrong_type"], 1),
+    ("timestamp-range.parquet", parquet_bytes(pa.table({
+        "prompt": ["Tell me fact 79 about the sea.", "Tell me fact 80 about the sea."], "response": ["ok", "ok"],
+        "language": ["en", "en"], "consent": [True, True],
+        "created_at": pa.array([1_700_000_000_000_000, 300_000_000_000_000_000], pa.timestamp("us", tz="UTC")),
+        "contributor": [ALICE, ALICE]})), ["wrong_type"], 1),
+    ("utf8-invalid.parquet", parquet_bytes(pa.table({
+        "prompt": pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(bytes([0, 0, 0, 0, 30, 0, 0, 0, 32, 0, 0, 0])),
+                                                         pa.py_buffer(b"Tell me fact 81 about the sea.\xff\xfe")]),
+        "response": ["ok", "ok"], "language": ["en", "en"], "consent": [True, True],
+        "created_at": pa.array([1_700_000_000_000_000] * 2, pa.timestamp("us", tz="UTC")),
+        "contributor": [ALICE, ALICE]})), ["invalid_utf8"], 1),
     ("bom-crlf.jsonl", b"\xef\xbb\xbf" + line(good(65)) + b"\r\n" + line(good(66)) + b"\r\n", [], 2),
     ("good.jsonl.gz", gzip.compress(jsonl(line(good(67)), line(good(68)))), [], 2),
     ("good.csv.gz", gzip.compress(csv_header + b'"Tell me fact 69 about the sea.","ok",en,true,2026-11-01T10:00:00Z,'
@@ -127,8 +143,8 @@ def committed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     return lake, dataset, commit_batch(lake, dataset, seq)
 
 
-def test_the_corpus_has_at_least_30_kinds_of_bad_input() -> None:
-    assert sum(1 for c in CASES if c[2]) >= 30
+def test_the_corpus_has_at_least_45_kinds_of_bad_input() -> None:
+    assert sum(1 for c in CASES if c[2]) >= 45
 
 
 def test_every_bad_record_gets_its_reason_and_good_rows_commit(committed: tuple) -> None:
@@ -293,3 +309,28 @@ def test_a_suite_naming_an_unknown_column_is_a_clear_configuration_error(tmp_pat
     with pytest.raises(BadInput, match="mood"):
         commit_batch(lake, dataset, stage_sources(lake, dataset))
     assert not lake.exists(layout.batch_file("instructions", 0, layout.MANIFEST))
+
+
+def test_links_and_special_files_in_a_file_drop_zone_are_recorded_and_never_read(tmp_path: Path) -> None:
+    """The attack: a symlink to /proc/self/environ (keys, S3 secret) dropped in a file:// drop
+    zone was copied into raw/ and quarantine.parquet. Now only regular files are read."""
+    import os
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    lake.write("incoming/instructions/good.jsonl", jsonl(line(good(1))))
+    zone = tmp_path / "lake" / "incoming" / "instructions"
+    (tmp_path / "secret.jsonl").write_text(json.dumps(good(2, prompt="SECRET-ANCHORER-KEY")) + "\n")
+    os.symlink(tmp_path / "secret.jsonl", zone / "secret.jsonl")
+    os.symlink("/proc/self/environ", zone / "environ.jsonl")
+    os.mkfifo(zone / "pipe.jsonl")  # reading a FIFO would block the run for good
+    manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
+    assert manifest.data["counts"]["accepted"] == 1
+    skipped = {s["key"].rsplit("/", 1)[1]: s["reason"] for s in manifest.data["skipped_sources"]}
+    assert skipped == {"secret.jsonl": "not_a_regular_file", "environ.jsonl": "not_a_regular_file",
+                       "pipe.jsonl": "not_a_regular_file"}
+    for path in (tmp_path / "lake").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert b"SECRET-ANCHORER-KEY" not in path.read_bytes() and b"PATH=" not in path.read_bytes(), path
+    lake.write("incoming/instructions/later.jsonl", jsonl(line(good(3))))
+    assert commit_batch(lake, dataset, stage_sources(lake, dataset)).data["counts"]["input"] == 1

@@ -158,7 +158,10 @@ def _checker(column: Column) -> Checker:
             return None, f"{name} must be an ISO 8601 timestamp"
         if v.tzinfo is None:
             return None, f"{name} has no time zone"
-        return timestamp_text(v), None
+        try:
+            return timestamp_text(v), None
+        except (OverflowError, ValueError):  # e.g. 9999-12-31T23:00:00-05:00 is past year 9999 in UTC
+            return None, f"{name} is outside the years 1 to 9999 in UTC"
 
     def string_list(v: Any) -> tuple[Any, str | None]:
         if not isinstance(v, list) or not all(isinstance(item, str) for item in v):
@@ -181,6 +184,14 @@ class RecordTyper:
         self.quarantine_unknown = dataset.unknown_columns == "quarantine"
 
     def type(self, record: Record, obj: Any) -> Record:
+        """The record typed against the schema, or rejected with its reason. Nothing a record
+        holds can raise out of here: one record never stops its source, or the batch."""
+        try:
+            return self._type(record, obj)
+        except Exception as e:  # a value no check foresaw: that record is quarantined, not the batch
+            return record.reject("wrong_type", f"cannot be typed: {type(e).__name__}")
+
+    def _type(self, record: Record, obj: Any) -> Record:
         if not isinstance(obj, dict):
             return record.reject("not_an_object", f"a record must be a JSON object, got {type(obj).__name__}")
         contributor = obj.get("contributor")
@@ -497,10 +508,40 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
         raise _CorruptSource(f"not a readable Parquet file: {e}") from None
     number = 0
     try:
-        for batch in parquet.iter_batches(batch_size=65536):
-            for row in batch.to_pylist():
+        for batch in parquet.iter_batches(batch_size=65536, use_threads=False):
+            for row in _parquet_rows(batch):
                 number += 1
+                if isinstance(row, Record):
+                    yield Record(index, number, row.raw, reason=row.reason, detail=row.detail)
+                    continue
                 raw = orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
                 yield typer.type(Record(index, number, raw), row)
     except pa.ArrowException as e:
         raise _CorruptSource(f"unreadable after row {number}: {e}") from None
+
+
+def _parquet_rows(batch: Any) -> Iterator[dict[str, Any] | Record]:
+    """The batch's rows as Python objects; a row holding a value Python cannot represent (a
+    timestamp outside years 1-9999, invalid UTF-8 in a string) comes as a rejected Record."""
+    try:
+        yield from batch.to_pylist()
+        return
+    except (ValueError, OverflowError, ArithmeticError):  # UnicodeDecodeError is a ValueError
+        pass
+    columns = batch.schema.names
+    for i in range(batch.num_rows):
+        row, problems = {}, []
+        for name, column in zip(columns, batch.columns, strict=True):
+            try:
+                row[name] = column[i].as_py()
+            except UnicodeDecodeError:
+                row[name] = "<invalid UTF-8>"
+                problems.append(("invalid_utf8", f"{name} is not valid UTF-8"))
+            except (ValueError, OverflowError, ArithmeticError) as e:
+                row[name] = "<unreadable>"
+                problems.append(("wrong_type", f"{name} cannot be read: {e}"[:200]))
+        if problems:
+            raw = orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
+            yield Record(0, 0, raw, reason=problems[0][0], detail=problems[0][1])
+        else:
+            yield row

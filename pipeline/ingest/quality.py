@@ -62,6 +62,10 @@ class QualityReport:
     def __post_init__(self) -> None:
         self.suite = self.dataset.suite_json()
         for e in self.suite["expectations"]:
+            regex = str((e.get("kwargs") or {}).get("regex", ""))
+            if regex.endswith("$") and not regex.endswith("\\$"):
+                raise BadInput(f"{self.dataset.suite_path}: {e.get('type')} regex {regex!r} ends in $, which also "
+                               "matches before a final newline: end it with \\Z to match the whole string")
             policy = (e.get("meta") or {}).get("anchorlake", {})
             limit = policy.get("max_failing_share")
             self.tallies.append(ExpectationTally(e.get("type", "?"), e.get("kwargs", {}),

@@ -52,6 +52,12 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
     skipped: list[SkippedSource] = []
     with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch:
         for obj in staging.incoming(lake, dataset.name):
+            if not obj.regular:  # a link or special file: recorded, never read
+                refused = staging.refused_source(obj)
+                if (obj.key, refused.sha256) not in seen:
+                    seen.add((obj.key, refused.sha256))
+                    skipped.append(refused)
+                continue
             local, digest, size = staging.copy_hashing(lake, obj.key, Path(scratch))
             try:
                 if (obj.key, digest) in seen:

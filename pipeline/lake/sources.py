@@ -34,8 +34,8 @@ class SkippedSource:
     key: str
     sha256: str
     bytes: int
-    reason: str  # "duplicate_source": the same bytes were ingested under another key
-    first_key: str
+    reason: str  # "duplicate_source" (the same bytes under another key) or "not_a_regular_file"
+    first_key: str | None
 
 
 def contribute(lake: Lake, dataset: str, filename: str, data: bytes) -> tuple[str, str]:
@@ -52,6 +52,13 @@ def incoming(lake: Lake, dataset: str) -> Iterator[ObjectInfo]:
     for obj in lake.list(layout.incoming(dataset)):
         if not obj.key.rsplit("/", 1)[-1].startswith("."):
             yield obj
+
+
+def refused_source(obj: ObjectInfo) -> SkippedSource:
+    """A link or special file in a file:// drop zone, recorded as skipped and never read: its
+    SHA-256 is that of where it points (a changed link is a new entry), never of what it reaches."""
+    digest = hashlib.sha256(b"not a regular file:" + obj.target.encode("utf-8", "surrogateescape")).hexdigest()
+    return SkippedSource(obj.key, digest, 0, "not_a_regular_file", None)
 
 
 def copy_hashing(lake: Lake, key: str, scratch: Path) -> tuple[Path, str, int]:

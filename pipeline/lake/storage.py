@@ -8,10 +8,12 @@ written temporary file, so a reader never sees a partial object and two writers 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -30,6 +32,8 @@ PUTS_IN_FLIGHT = 8  # parallel PUTs of write_all on S3
 class ObjectInfo:
     key: str
     size: int
+    regular: bool = True  # False for a link or a special file in a file:// lake: never read
+    target: str = ""  # where such a link points
 
 
 class Lake(ABC):
@@ -104,10 +108,8 @@ class FileLake(Lake):
         return self.root / _check_key(key)
 
     def read(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"{self.uri(key)} does not exist") from None
+        with self.open(key) as f:
+            return f.read()
 
     def _temp(self, path: Path, data: bytes, sync: bool = True) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,14 +159,27 @@ class FileLake(Lake):
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    found.append(ObjectInfo(key, full.stat().st_size))
+                    info = full.lstat()
+                    target = os.readlink(full) if stat.S_ISLNK(info.st_mode) else ""
+                    found.append(ObjectInfo(key, info.st_size, stat.S_ISREG(info.st_mode), target))
         return iter(sorted(found, key=lambda o: o.key))
 
     def open(self, key: str) -> BinaryIO:
+        """Open a regular file for reading; a symbolic link or a special file (a FIFO, a device,
+        /proc) is refused, so nothing outside the lake is read through it."""
         try:
-            return open(self._path(key), "rb")
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(f"{self.uri(key)} does not exist") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise BadInput(f"{self.uri(key)} is a symbolic link; only regular files are read") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BadInput(f"{self.uri(key)} is not a regular file; only regular files are read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         with self.open(key) as f:
