@@ -217,6 +217,19 @@ def test_a_quality_threshold_refuses_the_batch_and_commits_nothing(tmp_path: Pat
     with pytest.raises(BatchRejected, match="missing_created_at|created_at"):
         commit_batch(lake, dataset, seq)
     assert not lake.exists(layout.batch_file("instructions", 0, layout.MANIFEST))
+    # The refused batch does not block the dataset: its sources are recorded with the reason and
+    # left out, and the next batch of new sources commits under the same seq.
+    with pytest.raises(BatchRejected, match="were refused"):
+        commit_batch(lake, dataset, seq)
+    assert stage_sources(lake, dataset) is None  # nothing new yet: no empty batch
+    lake.write("incoming/instructions/later.jsonl", jsonl(line(good(7))))
+    assert stage_sources(lake, dataset) == 0
+    manifest = commit_batch(lake, dataset, 0)
+    assert [s["key"] for s in manifest.data["sources"]] == ["incoming/instructions/later.jsonl"]
+    failed = [json.loads(lake.read(o.key)) for o in lake.list(layout.failed_plans("instructions"))]
+    assert [(f["seq"], [s["key"] for s in f["sources"]]) for f in failed] == \
+        [(0, ["incoming/instructions/mostly-undated.jsonl"])]
+    assert "created_at" in failed[0]["reason"]
 
 
 def test_sources_arriving_while_a_batch_runs_go_to_the_next_batch(tmp_path: Path) -> None:

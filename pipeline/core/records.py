@@ -98,6 +98,8 @@ REWARDS_PUBLICATION = RecordKind("anchorlake.rewards-publication/1", {
     "tx_hash": HASH, "block_number": INTEGER})
 
 SOURCES = RecordKind("anchorlake.sources/1", {"dataset": TEXT, "seq": INTEGER, "sources": LIST, "skipped": LIST})
+FAILED_PLAN = RecordKind("anchorlake.failed-batch/1", {"dataset": TEXT, "seq": INTEGER, "reason": TEXT,
+                                                       "sources": LIST, "skipped": LIST})
 
 RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/1", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER},
                             {"anchor_block_hash": HASH})

@@ -21,6 +21,7 @@ from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed, NotFound
 from pipeline.ingest.builder import CHUNK_RECORDS, BatchBuilder, blocks, parquet_bytes, worker_pool
 from pipeline.ingest.ledger import ledger, rewards_table
+from pipeline.ingest.quality import BatchRejected
 from pipeline.lake import layout
 from pipeline.lake import sources as staging
 from pipeline.lake.batch import BatchFiles
@@ -45,10 +46,16 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
     staged = staging.load_plan(lake, dataset.name, seq)
     if staged is None:
         raise NotFound(f"dataset {dataset.name}: batch {seq} has no staged sources")
+    if staging.plan_failed(lake, dataset.name, seq):
+        raise BatchRejected(f"dataset {dataset.name}: the sources staged for batch {seq} were refused; "
+                            "the next run stages what arrived since")
     lease = Lease(lake, dataset.name, seq, lease_ttl).acquire()
     try:
         if not files.committed():  # another writer may have committed while we waited for the lease
             _commit_leased(files, dataset, *staged, chunk_records, lease)
+    except BatchRejected as e:  # refused as a whole: recorded, so it does not block the batches after it
+        staging.fail_plan(lake, dataset.name, seq, str(e))
+        raise
     finally:
         lease.release()
     return BatchFiles(lake, dataset.name, seq).manifest()

@@ -42,12 +42,14 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
 
     Each source is hashed while it is copied byte-exact to `raw/`, so what is staged is exactly
     what was hashed even if the drop zone changes meanwhile. A plan written by an earlier (killed)
-    run is reused as it is: sources that arrive later go to the next batch.
+    run is reused as it is: sources that arrive later go to the next batch. A plan the suite
+    refused as a whole is replaced by one of the sources that arrived since.
     """
     seq = next_seq(lake, dataset.name)
-    if staging.load_plan(lake, dataset.name, seq) is not None:
+    if staging.load_plan(lake, dataset.name, seq) is not None and not staging.plan_failed(lake, dataset.name, seq):
         return seq
     first, seen = _ingested(lake, dataset.name)
+    seen.update(staging.failed_sources(lake, dataset.name))  # a refused plan's sources are not tried again
     planned: list[Source] = []
     skipped: list[SkippedSource] = []
     with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch:

@@ -52,6 +52,15 @@ def raw_plan(dataset: str, seq: int) -> str:
     return f"raw/{dataset}/{seq_part(seq)}/sources.json"
 
 
+def failed_plans(dataset: str) -> str:
+    """Plans whose batch the suite refused as a whole: their sources are not staged again."""
+    return f"state/{dataset}/failed/"
+
+
+def failed_plan(dataset: str, plan_sha256: str) -> str:
+    return f"{failed_plans(dataset)}{plan_sha256}.json"
+
+
 def batches(dataset: str) -> str:
     return f"batches/{dataset}/"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.core import records
-from pipeline.errors import CheckFailed
+from pipeline.errors import CheckFailed, NotFound
 from pipeline.lake import layout
-from pipeline.lake.records import read_record
+from pipeline.lake.records import create_once, read_record
 from pipeline.lake.storage import Lake, ObjectInfo, hash_file
 
 _BLOCK = 8 << 20
@@ -94,6 +94,39 @@ def save_plan(lake: Lake, dataset: str, seq: int, sources: list[Source], skipped
     lake.write(layout.raw_plan(dataset, seq), records.SOURCES.dump({
         "dataset": dataset, "seq": seq, "sources": [asdict(s) for s in sources],
         "skipped": [asdict(s) for s in skipped]}))
+
+
+def _plan_sha256(lake: Lake, dataset: str, seq: int) -> str | None:
+    try:
+        return hashlib.sha256(lake.read(layout.raw_plan(dataset, seq))).hexdigest()
+    except NotFound:
+        return None
+
+
+def fail_plan(lake: Lake, dataset: str, seq: int, reason: str) -> None:
+    """Record that batch `seq`'s plan was refused as a whole: the next staging leaves its sources
+    out (they stay under raw/, the reason here) instead of trying the same plan for ever."""
+    digest = _plan_sha256(lake, dataset, seq)
+    staged = load_plan(lake, dataset, seq)
+    if digest is None or staged is None:
+        return
+    create_once(lake, layout.failed_plan(dataset, digest), records.FAILED_PLAN, {
+        "dataset": dataset, "seq": seq, "reason": reason[:2000], "sources": [asdict(s) for s in staged[0]],
+        "skipped": [asdict(s) for s in staged[1]]})
+
+
+def plan_failed(lake: Lake, dataset: str, seq: int) -> bool:
+    """Whether the current plan of batch `seq` was refused (see fail_plan)."""
+    digest = _plan_sha256(lake, dataset, seq)
+    return digest is not None and lake.exists(layout.failed_plan(dataset, digest))
+
+
+def failed_sources(lake: Lake, dataset: str) -> Iterator[tuple[str, str]]:
+    """(key, sha256) of every source of a refused plan."""
+    for obj in lake.list(layout.failed_plans(dataset)):
+        data = read_record(lake, obj.key, records.FAILED_PLAN)
+        for source in (data or {}).get("sources", []):
+            yield str(source["key"]), str(source["sha256"])
 
 
 def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tuple[IO[bytes], Callable[[], None]]:
