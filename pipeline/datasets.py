@@ -45,6 +45,14 @@ class RewardSpec:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one source may hold; a source past a limit is quarantined with its reason."""
+
+    source_bytes: int = 1 << 30  # decompressed bytes (source_too_large)
+    source_rows: int = 10_000_000  # records or lines (too_many_rows)
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     columns: tuple[Column, ...]
@@ -53,6 +61,7 @@ class Dataset:
     max_record_bytes: int
     suite_path: Path
     rewards: RewardSpec
+    limits: Limits = Limits()
 
     @property
     def dataset_id(self) -> bytes:
@@ -84,10 +93,35 @@ def _require(data: dict[str, Any], key: str, kind: type, source: str) -> Any:
     return value
 
 
+KEYS = ("format", "name", "description", "columns", "dedupe_key", "unknown_columns", "max_record_bytes", "limits",
+        "suite", "rewards")
+COLUMN_KEYS = ("name", "type", "max_length", "description")
+REWARD_KEYS = ("rule", "pool", "unit", "payout", "weight_column")
+LIMIT_KEYS = ("source_bytes", "source_rows")
+
+
+def _object(value: Any, keys: tuple[str, ...], where: str, source: str) -> dict[str, Any]:
+    """`value` as an object holding only `keys`: a misspelled key is an error, never ignored."""
+    if not isinstance(value, dict):
+        raise FormatError(source, where, "must be an object")
+    unknown = sorted(str(k) for k in value if k not in keys)
+    if unknown:
+        raise FormatError(source, where, f"unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+    return value
+
+
+def _positive(data: dict[str, Any], key: str, default: int, source: str, prefix: str = "") -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise FormatError(source, prefix + key, "must be a positive integer")
+    return value
+
+
 def parse(data: Any, source: str, base: Path) -> Dataset:
     """Validate a dataset declaration; raise FormatError naming the file and field."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FormatError(source, "format", f"expected {FORMAT!r}")
+    _object(data, KEYS, "(declaration)", source)
     name = _require(data, "name", str, source)
     if not _NAME.match(name):
         raise FormatError(source, "name", "must be lowercase letters, digits and '_'")
@@ -95,7 +129,7 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
     seen: set[str] = set()
     for i, col in enumerate(_require(data, "columns", list, source)):
         where = f"columns[{i}]"
-        if not isinstance(col, dict) or not isinstance(col.get("name"), str):
+        if not isinstance(_object(col, COLUMN_KEYS, where, source).get("name"), str):
             raise FormatError(source, where, "must be an object with a name")
         cname, ctype = col["name"], col.get("type")
         if not _NAME.match(cname) or cname in RESERVED or cname in seen:
@@ -114,15 +148,15 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
     unknown = data.get("unknown_columns", "quarantine")
     if unknown not in ("quarantine", "drop"):
         raise FormatError(source, "unknown_columns", "must be 'quarantine' or 'drop'")
-    max_record_bytes = data.get("max_record_bytes", 1 << 20)
-    if not isinstance(max_record_bytes, int) or max_record_bytes < 1:
-        raise FormatError(source, "max_record_bytes", "must be a positive integer")
+    max_record_bytes = _positive(data, "max_record_bytes", 1 << 20, source)
+    given = _object(data.get("limits", {}), LIMIT_KEYS, "limits", source)
+    limits = Limits(**{k: _positive(given, k, getattr(Limits, k), source, "limits.") for k in LIMIT_KEYS})
     suite_path = base / _require(data, "suite", str, source)
-    r = _require(data, "rewards", dict, source)
+    r = _object(_require(data, "rewards", dict, source), REWARD_KEYS, "rewards", source)
     if r.get("rule") != "proportional/1":
         raise FormatError(source, "rewards.rule", "only 'proportional/1' is known")
     try:
-        pool = int(r.get("pool"))  # a decimal string: base units do not fit a JSON double
+        pool = int(r.get("pool", ""))  # a decimal string: base units do not fit a JSON double
         if pool < 0 or not isinstance(r.get("pool"), str):
             raise ValueError
     except (TypeError, ValueError):
@@ -140,7 +174,7 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
         payout=payout,
         weight_column=weight_column,
     )
-    return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards)
+    return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards, limits)
 
 
 def load(directory: Path, name: str) -> Dataset:

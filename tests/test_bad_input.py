@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -347,3 +348,87 @@ def test_links_and_special_files_in_a_file_drop_zone_are_recorded_and_never_read
             assert b"SECRET-ANCHORER-KEY" not in path.read_bytes() and b"PATH=" not in path.read_bytes(), path
     lake.write("incoming/instructions/later.jsonl", jsonl(line(good(3))))
     assert commit_batch(lake, dataset, stage_sources(lake, dataset)).data["counts"]["input"] == 1
+
+
+def _bomb_lake(folder: Path) -> None:
+    """A drop zone with a Parquet file that decodes to 2 GiB (2.4 KB-style: one zstd-compressed
+    16 MiB string per row group) and a gzip of one 2 GiB line, both built without holding them."""
+    import zlib
+
+    zone = folder / "lake" / "incoming" / "instructions"
+    zone.mkdir(parents=True)
+    big = pa.array(["a" * (16 << 20)])
+    schema = pa.schema([("prompt", pa.string()), ("contributor", pa.string())])
+    with pq.ParquetWriter(zone / "bomb.parquet", schema, compression="zstd", use_dictionary=False) as writer:
+        for _ in range(128):
+            writer.write_table(pa.table({"prompt": big, "contributor": [ALICE]}, schema=schema))
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    chunk = b"a" * (64 << 20)  # one endless line
+    with open(zone / "bomb.jsonl.gz", "wb") as out:
+        for _ in range(32):
+            out.write(packer.compress(chunk))
+        out.write(packer.flush())
+    (zone / "good.jsonl").write_bytes(jsonl(line(good(1))))
+
+
+BOMB_RUN = """
+import json, resource, sys
+from pipeline.config import REPO_ROOT
+from pipeline.datasets import load
+from pipeline.ingest.commit import commit_batch
+from pipeline.ingest.stage import stage_sources
+from pipeline.lake.storage import open_lake
+lake = open_lake(sys.argv[1])
+dataset = load(REPO_ROOT / "expectations", "instructions")
+manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
+print(json.dumps({"counts": manifest.data["counts"], "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def test_bombs_are_quarantined_while_memory_stays_bounded(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _bomb_lake(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", BOMB_RUN, (tmp_path / "lake").as_uri()], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["counts"]["accepted"] == 1
+    assert result["peak_rss"] < 1 << 30, result
+    lake = open_lake((tmp_path / "lake").as_uri())
+    quarantine = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE))))
+    reasons = {(r["source_key"].rsplit("/", 1)[1], r["reason"]) for r in quarantine.to_pylist()}
+    assert reasons == {("bomb.parquet", "source_too_large"), ("bomb.jsonl.gz", "source_too_large")}, reasons
+
+
+def test_limits_are_declared_per_dataset_and_a_misspelled_key_is_an_error(tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.errors import FormatError
+
+    declarations = tmp_path / "expectations"
+    declarations.mkdir()
+    shutil.copy(REPO_ROOT / "expectations" / "instructions.suite.json", declarations)
+    base = json.loads((REPO_ROOT / "expectations" / "instructions.dataset.json").read_text())
+    for where, broken in (("(declaration)", base | {"unknown_column": "drop"}),
+                          ("columns[0]", base | {"columns": [base["columns"][0] | {"maxlength": 3}]}),
+                          ("rewards", base | {"rewards": base["rewards"] | {"weight": "prompt"}}),
+                          ("limits", base | {"limits": {"source_byte": 10}}),
+                          ("limits.source_rows", base | {"limits": {"source_rows": 0}})):
+        (declarations / "instructions.dataset.json").write_text(json.dumps(broken))
+        with pytest.raises(FormatError, match=re.escape(where)):
+            load_dataset(declarations, "instructions")
+    (declarations / "instructions.dataset.json").write_text(json.dumps(base | {"limits": {"source_rows": 3}}))
+    dataset = load_dataset(declarations, "instructions")
+    lake = open_lake((tmp_path / "lake").as_uri())
+    lake.write("incoming/instructions/long.jsonl", jsonl(*(line(good(i)) for i in range(5))))
+    lake.write("incoming/instructions/long.csv", csv_header + b"".join(
+        b'"Tell me fact %d about the sea.","ok",en,true,2026-11-01T10:00:00Z,' % (100 + i) + ALICE.encode() + b"\n"
+        for i in range(4)))
+    manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
+    counts = manifest.data["counts"]
+    assert counts["input"] == counts["accepted"] + counts["quarantined"] + counts["duplicate"]
+    reasons = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE)))).to_pylist()
+    assert sorted(r["reason"] for r in reasons) == ["too_many_rows", "too_many_rows"]
+    assert counts["accepted"] == 3 + 2  # the lines before the limit (the CSV header is a line)

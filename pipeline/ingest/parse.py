@@ -31,6 +31,7 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _UTC_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|\+00:00)")
 _BOM = b"\xef\xbb\xbf"
 MAX_DEPTH = 64  # deeper JSON is a nesting bomb, not a record
+PARQUET_BATCH_BYTES = 64 << 20  # rows of a Parquet source decoded at once, at most, at the record size limit
 
 
 @dataclass(slots=True)
@@ -296,14 +297,14 @@ def _jsonl_parallel(dataset: Dataset, index: int, body: IO[bytes],
     block: list[tuple[int, bytes, bool]] = []
     failure: BaseException | None = None
     try:
-        for item in _lines(body, dataset.max_record_bytes):
+        for item in _lines(body, dataset.max_record_bytes, dataset.limits.source_rows):
             if not item[2] and not item[1].strip():
                 continue
             block.append(item)
             if len(block) >= BLOCK_LINES:
                 yield pool.submit(_jsonl_block, dataset, index, block), block[-1][0]
                 block = []
-    except (OSError, EOFError, zlib.error) as e:
+    except (OSError, EOFError, zlib.error, _CorruptSource) as e:
         failure = e  # the source breaks off here: keep what was read before it
     if block:
         yield pool.submit(_jsonl_block, dataset, index, block), block[-1][0]
@@ -350,6 +351,8 @@ def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, st
     if fmt is None:
         raise _SourceBroken("unsupported_format", f"{key}: not .jsonl, .csv or .parquet (optionally .gz)")
     body: IO[bytes] = gzip.GzipFile(fileobj=stream, mode="rb") if compressed else stream  # type: ignore[assignment]
+    if fmt != "parquet":  # Parquet is checked against its footer, and read by row groups
+        body = _Capped(body, dataset.limits.source_bytes)  # type: ignore[assignment]
     try:
         if fmt == "jsonl" and pool is not None:
             yield from _jsonl_parallel(dataset, index, body, pool)
@@ -360,21 +363,52 @@ def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, st
         reason = "corrupt_compression" if compressed else "corrupt_source"
         raise _SourceBroken(reason, f"{key}: unreadable part-way: {e}") from None
     except _CorruptSource as e:
-        raise _SourceBroken("corrupt_source", f"{key}: {e}") from None
+        raise _SourceBroken(e.reason, f"{key}: {e}") from None
 
 
 class _CorruptSource(Exception):
-    pass
+    """The source cannot be read on from here; `reason` is its quarantine code."""
+
+    def __init__(self, detail: str, reason: str = "corrupt_source") -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
-def _lines(body: IO[bytes], limit: int) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, line without its end, too_long) with at most `limit` bytes held per line."""
+class _Capped:
+    """A read-only stream that stops a source at `limit` decompressed bytes (a gzip bomb, an
+    endless file): reading past it raises _CorruptSource("source_too_large")."""
+
+    def __init__(self, inner: IO[bytes], limit: int) -> None:
+        self.inner, self.limit, self.read_so_far = inner, limit, 0
+
+    def _count(self, data: bytes) -> bytes:
+        self.read_so_far += len(data)
+        if self.read_so_far > self.limit:
+            raise _CorruptSource(f"more than {self.limit} bytes once decompressed (limits.source_bytes)",
+                                 "source_too_large")
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._count(self.inner.read(self.limit + 1 - self.read_so_far if size < 0 else size))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._count(self.inner.readline(size))
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _lines(body: IO[bytes], limit: int, max_lines: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line without its end, too_long) with at most `limit` bytes held per line;
+    _CorruptSource("too_many_rows") past `max_lines` lines."""
     number = 0
     while True:
         line = body.readline(limit + 1)
         if not line:
             return
         number += 1
+        if number > max_lines:
+            raise _CorruptSource(f"more than {max_lines} lines (limits.source_rows)", "too_many_rows")
         if number == 1 and line.startswith(_BOM):
             line = line[3:]
         if len(line) > limit and not line.endswith(b"\n"):
@@ -397,7 +431,7 @@ def _depth_ok(obj: Any, depth: int = 0) -> bool:
 
 
 def _jsonl(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
-    return _jsonl_lines(dataset, typer, index, _lines(body, dataset.max_record_bytes))
+    return _jsonl_lines(dataset, typer, index, _lines(body, dataset.max_record_bytes, dataset.limits.source_rows))
 
 
 def _jsonl_lines(dataset: Dataset, typer: RecordTyper, index: int,
@@ -464,7 +498,7 @@ def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> I
     limit = dataset.max_record_bytes
     columns = {c.name: c for c in dataset.columns}
     header: list[str] | None = None
-    for number, line, too_long in _lines(body, limit):
+    for number, line, too_long in _lines(body, limit, dataset.limits.source_rows):
         if too_long:
             yield Record(index, number, line, reason="record_too_large", detail=f"line is over {limit} bytes")
             continue
@@ -501,20 +535,33 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    limits = dataset.limits
     try:
         source = body if body.seekable() else io.BytesIO(body.read())
         parquet = pq.ParquetFile(source)
+        meta = parquet.metadata
+        expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except (pa.ArrowInvalid, OSError) as e:
         raise _CorruptSource(f"not a readable Parquet file: {e}") from None
-    number = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=65536, use_threads=False):
+    if meta.num_rows > limits.source_rows:
+        raise _CorruptSource(f"{meta.num_rows} rows, over {limits.source_rows} (limits.source_rows)", "too_many_rows")
+    if expanded > limits.source_bytes:
+        raise _CorruptSource(f"{expanded} bytes once decompressed, over {limits.source_bytes} (limits.source_bytes)",
+                             "source_too_large")
+    number, limit = 0, dataset.max_record_bytes
+    try:  # batches small enough that one of records at the size limit stays within PARQUET_BATCH_BYTES
+        for batch in parquet.iter_batches(batch_size=max(1, min(65536, PARQUET_BATCH_BYTES // limit)),
+                                          use_threads=False):
             for row in _parquet_rows(batch):
                 number += 1
                 if isinstance(row, Record):
                     yield Record(index, number, row.raw, reason=row.reason, detail=row.detail)
                     continue
                 raw = orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
+                if len(raw) > limit:
+                    yield Record(index, number, raw[:1024], reason="record_too_large",
+                                 detail=f"row is over {limit} bytes")
+                    continue
                 yield typer.type(Record(index, number, raw), row)
     except pa.ArrowException as e:
         raise _CorruptSource(f"unreadable after row {number}: {e}") from None
