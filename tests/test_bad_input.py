@@ -119,6 +119,15 @@ CASES: list[tuple[str, bytes, list[str], int]] = [
         "response": ["ok", "ok"], "language": ["en", "en"], "consent": [True, True],
         "created_at": pa.array([1_700_000_000_000_000] * 2, pa.timestamp("us", tz="UTC")),
         "contributor": [ALICE, ALICE]})), ["invalid_utf8"], 1),
+    ("rfc4180.csv", csv_header + b'"Tell me fact 82 about the sea,\r\nin two lines.","She said ""salty"".",en,true,'
+     b'2026-11-01T10:00:00Z,' + ALICE.encode() + b'\r\n"Tell me fact 83 about the sea.","ok",en,maybe,'
+     b'2026-11-01T10:00:00Z,' + ALICE.encode() + b"\r\n", ["wrong_type"], 1),
+    ("csv-utf8.csv", csv_header + b'"Tell me fact 84 about the sea.","ok",en,true,2026-11-01T10:00:00Z,' + ALICE.encode()
+     + b'\n"Tell me fact 85 about the \xff sea.","ok",en,true,2026-11-01T10:00:00Z,' + ALICE.encode() + b"\n",
+     ["invalid_utf8"], 1),
+    ("csv-huge-field.csv", csv_header + b'"Tell me fact 86 about the sea.","' + b"r\n" * 200_000 + b'",en,true,'
+     b"2026-11-01T10:00:00Z," + ALICE.encode() + b'\n"Tell me fact 87 about the sea.","ok",en,true,'
+     b"2026-11-01T10:00:00Z," + ALICE.encode() + b"\n", ["record_too_large"], 1),
     ("bom-crlf.jsonl", b"\xef\xbb\xbf" + line(good(65)) + b"\r\n" + line(good(66)) + b"\r\n", [], 2),
     ("good.jsonl.gz", gzip.compress(jsonl(line(good(67)), line(good(68)))), [], 2),
     ("good.csv.gz", gzip.compress(csv_header + b'"Tell me fact 69 about the sea.","ok",en,true,2026-11-01T10:00:00Z,'
@@ -144,8 +153,8 @@ def committed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     return lake, dataset, commit_batch(lake, dataset, seq)
 
 
-def test_the_corpus_has_at_least_45_kinds_of_bad_input() -> None:
-    assert sum(1 for c in CASES if c[2]) >= 45
+def test_the_corpus_has_at_least_48_kinds_of_bad_input() -> None:
+    assert sum(1 for c in CASES if c[2]) >= 48
 
 
 def test_every_bad_record_gets_its_reason_and_good_rows_commit(committed: tuple) -> None:

@@ -494,41 +494,100 @@ def _csv_value(column: Column | None, cell: str) -> Any:
     return cell  # timestamp: typed by the schema checker
 
 
-def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
-    limit = dataset.max_record_bytes
-    columns = {c.name: c for c in dataset.columns}
-    header: list[str] | None = None
-    for number, line, too_long in _lines(body, limit, dataset.limits.source_rows):
-        if too_long:
-            yield Record(index, number, line, reason="record_too_large", detail=f"line is over {limit} bytes")
-            continue
-        if not line.strip():
-            continue
+class _CsvLines:
+    """Physical lines of a CSV source for csv.reader, ends kept (RFC 4180: a quoted field may hold
+    line breaks), with what the current record was read from: its first line, its text (the head
+    of it, bounded) and whether a line was over the size limit or not UTF-8."""
+
+    def __init__(self, body: IO[bytes], limit: int, max_lines: int) -> None:
+        self.body, self.limit, self.max_lines = body, limit, max_lines
+        self.number = 0
+        self.start()
+
+    def start(self) -> None:
+        self.first, self.size, self.too_long, self.quotes = self.number + 1, 0, False, 0
+        self.text: list[str] = []
+        self.bad_utf8: str | None = None
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.body.readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if self.number > self.max_lines:
+            raise _CorruptSource(f"more than {self.max_lines} lines (limits.source_rows)", "too_many_rows")
+        if self.number == 1 and line.startswith(_BOM):
+            line = line[3:]
+        self.quotes += line.count(b'"')
+        if len(line) > self.limit and not line.endswith(b"\n"):
+            self.too_long = True
+            while line and not line.endswith(b"\n"):  # skip the rest of an over-long line
+                line = self.body.readline(1 << 20)
+                self.quotes += line.count(b'"')
+            line = b"\n"
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as u:
-            yield Record(index, number, line, reason="invalid_utf8", detail=f"byte {u.start}: {u.reason}")
-            continue
+            self.bad_utf8 = self.bad_utf8 or f"line {self.number}, byte {u.start}: {u.reason}"
+            text = line.decode("utf-8", "replace")
+        self.size += len(line)
+        if self.size <= self.limit:
+            self.text.append(text)
+        return text
+
+    def skip_open_field(self) -> None:
+        """After a field over the size limit: read on to the line that closes it (the quotes read
+        so far are then balanced), so the next record starts where the data says it does."""
+        while self.quotes % 2 and next(self, None) is not None:
+            pass
+
+    def raw(self) -> str:
+        return "".join(self.text).rstrip("\r\n")
+
+
+def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
+    """RFC 4180 CSV: a header row, then one record per row; quoted fields may hold commas, quotes
+    ("") and line breaks; CRLF or LF; a BOM is skipped. Each record is bounded by max_record_bytes."""
+    limit = dataset.max_record_bytes
+    columns = {c.name: c for c in dataset.columns}
+    lines = _CsvLines(body, limit, dataset.limits.source_rows)
+    csv.field_size_limit(limit)
+    reader = csv.reader(lines, strict=True)
+    header: list[str] | None = None
+    while True:
+        lines.start()
         try:
-            cells = next(csv.reader([text], strict=True))
+            cells = next(reader)
+        except StopIteration:
+            return
         except csv.Error as e:
-            yield Record(index, number, line, reason="invalid_csv", detail=str(e))
+            reason = "record_too_large" if "field limit" in str(e) else "invalid_csv"
+            yield Record(index, lines.first, lines.raw(), reason=reason, detail=str(e)[:200])
+            lines.skip_open_field()
             continue
-        if header is None:
+        record = Record(index, lines.first, lines.raw())
+        if lines.too_long or lines.size > limit:
+            yield record.reject("record_too_large", f"record is over {limit} bytes")
+        elif lines.bad_utf8:
+            yield record.reject("invalid_utf8", lines.bad_utf8)
+        elif not cells or cells == [""]:
+            continue  # a blank line
+        elif header is None:
             header = [h.strip() for h in cells]
             if len(set(header)) != len(header):
                 raise _CorruptSource("the CSV header repeats a column name")
-            continue
-        record = Record(index, number, line)
-        if len(cells) != len(header):
+        elif len(cells) != len(header):
             yield record.reject("csv_column_count", f"{len(cells)} fields, the header has {len(header)}")
-            continue
-        try:
-            obj = {name: _csv_value(columns.get(name), cell) for name, cell in zip(header, cells, strict=True)}
-        except ValueError as e:
-            yield record.reject("wrong_type", str(e)[:200])
-            continue
-        yield typer.type(record, obj)
+        else:
+            try:
+                obj = {name: _csv_value(columns.get(name), cell) for name, cell in zip(header, cells, strict=True)}
+            except ValueError as e:
+                yield record.reject("wrong_type", str(e)[:200])
+                continue
+            yield typer.type(record, obj)
 
 
 def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
