@@ -65,12 +65,13 @@ def _fund(chain: Chain, treasury: Chain | None, deployment: Mapping[str, str], i
 def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: bytes, seq: int, root: bytes,
                     cumulative_total: int, intents: Callable[[str], IntentStore] | None = None,
                     replace_after: float = 30.0, timeout: float = 600.0, points: bool = False,
-                    treasury: Chain | None = None) -> Published:
+                    treasury: Chain | None = None, max_increase: int | None = None) -> Published:
     """Publish the rewards root of `seq` (check-before-send) with the distributor key (`chain`),
     funded from the treasury (approved with the `treasury` key when given); for a dataset paid in
     off-chain points (`points`), publish the ledger root and move no token.
 
-    `intents(step)` gives the intent store of each step ("approve", "publish")."""
+    `intents(step)` gives the intent store of each step ("approve", "publish"); an increase of the
+    cumulative total over `max_increase` (the batch's own total) is refused before anything is signed."""
     address = deployment["RewardDistributor"]
     distributor = chain.contract("RewardDistributor", address)
     stores: dict[str, IntentStore] = {}
@@ -89,6 +90,9 @@ def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: byt
         increase = cumulative_total - previous
         if increase < 0:
             raise ConflictError(f"cumulative total {cumulative_total} is below the published {previous}")
+        if max_increase is not None and increase != max_increase:
+            raise ConflictError(f"publishing seq {seq} would add {increase} to the published cumulative total, the batch "
+                                f"pays {max_increase}; nothing was signed")
         if increase and not points:
             _fund(chain, treasury, deployment, increase, published, store("approve"), replace_after, timeout)
     publish = distributor.functions.publishPoints if points else distributor.functions.publish

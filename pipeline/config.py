@@ -6,6 +6,7 @@ worker (or mapped from Connections by the DAG file) before the task calls into p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,7 @@ class Settings:
     chain_timeout: float = 600.0  # seconds the anchor stage waits for inclusion and confirmations
     lease_seconds: float = 120.0  # how long a commit lease lives without renewal
     keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # role -> private key
+    seal_secret: str | None = field(default=None, repr=False)  # ANCHORLAKE_SEAL_KEY
     addresses: Mapping[str, str] = field(default_factory=dict)  # role -> account, where no key is held here
 
     def key(self, role: str) -> str:
@@ -67,6 +69,15 @@ class Settings:
         if role not in self.keys:
             raise BadInput(f"no {role} key is configured: set {key_variable(role)}")
         return self.keys[role]
+
+    def seal_key(self) -> bytes:
+        """The key of the commit seal (core.seal): from ANCHORLAKE_SEAL_KEY, else the anchorer key.
+        It never enters the lake, so a manifest written there by anyone else carries no valid seal."""
+        secret = self.seal_secret or self.keys.get("anchorer")
+        if not secret:
+            raise BadInput("committing and anchoring need the seal key: set ANCHORLAKE_SEAL_KEY or "
+                           "ANCHORLAKE_ANCHORER_KEY")
+        return hashlib.sha256(b"anchorlake seal/1 key\0" + secret.encode("utf-8")).digest()
 
     def address(self, role: str) -> str | None:
         """The account of `role`: configured (ANCHORLAKE_<ROLE>_ADDRESS) or that of its key."""
@@ -185,6 +196,7 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         chain_timeout=chain_timeout,
         lease_seconds=lease_seconds,
         keys=keys,
+        seal_secret=env.get("ANCHORLAKE_SEAL_KEY") or None,
         addresses=_addresses(env),
     )
 

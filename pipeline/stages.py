@@ -14,9 +14,10 @@ from typing import Any
 
 from pipeline import config, datasets, devnet
 from pipeline.config import Settings
+from pipeline.core import seal
 from pipeline.core.records import DEPLOYMENT
 from pipeline.datasets import Dataset
-from pipeline.errors import BadInput, NotFound, ServiceUnavailable
+from pipeline.errors import BadInput, ConflictError, NotFound, ServiceUnavailable
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import records as lake_records
@@ -121,8 +122,26 @@ def stage(settings: Settings, dataset: str) -> int | None:
 
 
 def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
-    m = commit_batch(lake_for(settings), dataset_for(settings, dataset), seq, lease_ttl=settings.lease_seconds)
+    key = settings.seal_key()
+    m = commit_batch(lake_for(settings), dataset_for(settings, dataset), seq, lease_ttl=settings.lease_seconds,
+                     seal=lambda digest: seal.mac(key, dataset, seq, digest))
     return {"seq": m.seq, "root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
+
+
+def _sealed(settings: Settings, files: BatchFiles, spec: Dataset) -> Any:
+    """The batch's manifest, if this pipeline committed it (its seal holds) and it pays what the
+    dataset declares; ConflictError before anything is signed otherwise."""
+    m = files.manifest()
+    given = files.seal()
+    if given is None or not seal.holds(settings.seal_key(), files.dataset, files.seq, m.sha256, given):
+        raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} ({m.sha256}) carries no valid seal of "
+                            "this pipeline's commit: it was not written by anchorlake's commit; nothing was signed")
+    declared = {"pool": str(spec.rewards.pool), "payout": spec.rewards.payout}
+    if {k: m.rewards.get(k) for k in declared} != declared or int(m.rewards["total"]) > spec.rewards.pool:
+        raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} pays {m.rewards.get('total')} of a pool "
+                            f"of {m.rewards.get('pool')} ({m.rewards.get('payout')}); the dataset declares "
+                            f"{declared['pool']} ({declared['payout']}); nothing was signed")
+    return m
 
 
 @dataclass(frozen=True)
@@ -166,7 +185,7 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
     address = deployment_for(settings, chain, ("BatchAnchor",))["BatchAnchor"]
 
     def make(files: BatchFiles) -> dict[str, Any]:
-        m = files.manifest()
+        m = _sealed(settings, files, spec)
         return asdict(anchor_batch(chain, address, spec.dataset_id, files.seq, bytes.fromhex(m.root), m.tree_size,
                                    bytes.fromhex(m.sha256), files.intents("anchor"), settings.replace_after,
                                    settings.chain_timeout))
@@ -192,11 +211,11 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
     treasury = chain_for(settings, "treasury") if "treasury" in settings.keys else None
 
     def make(files: BatchFiles) -> dict[str, Any]:
-        rewards = files.manifest().rewards
+        rewards = _sealed(settings, files, spec).rewards
         return asdict(publish(chain, deployment, spec.dataset_id, files.seq, bytes.fromhex(rewards["root"]),
                               int(rewards["cumulative_total"]), lambda step: files.intents(f"rewards-{step}"),
                               settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points",
-                              treasury=treasury))
+                              treasury=treasury, max_increase=int(rewards["total"])))
 
     def holds(files: BatchFiles, r: dict[str, Any]) -> bool:
         onchain = published_root(chain, r["contract"], spec.dataset_id, files.seq)

@@ -352,3 +352,39 @@ def test_an_earlier_batchs_mined_intent_copied_forward_is_refused_not_waited_on(
     contribute_one(env, tmp_path, "Explain a replayed intent in two sentences.", "0x" + "14" * 20)
     proc = cli(env, "run", "--dataset", "instructions", check=False, timeout=120)
     assert proc.returncode == 1 and "was mined but did not do this step" in proc.stderr, proc.stderr
+
+
+def test_a_manifest_written_into_the_lake_is_never_anchored_or_paid(env: dict[str, str], chain: Anvil) -> None:
+    """The attack: a lake writer creates the next batch's manifest with a rewards root paying
+    itself the whole treasury, and waits for the operator's next run to anchor and fund it."""
+    import hashlib
+
+    from eth_account import Account
+
+    cli(env, "run", "--dataset", "instructions")
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    first = lake / "batches/instructions/000000/manifest.json"
+    forged = json.loads(first.read_text())
+    forged |= {"seq": 1, "previous": {"seq": 0, "manifest_sha256": hashlib.sha256(first.read_bytes()).hexdigest()}}
+    forged["rewards"] |= {"cumulative_total": str(10**27), "total": str(10**27 - 10**21)}
+    (lake / "batches/instructions/000001").mkdir()
+    (lake / "batches/instructions/000001/manifest.json").write_text(json.dumps(forged))
+    w3 = Web3(Web3.HTTPProvider(chain.url))
+    deployment = json.loads((lake / "deployments/31337.json").read_text())
+    token = w3.eth.contract(address=Web3.to_checksum_address(deployment["RewardToken"]), abi=json.loads(
+        (REPO / "anchoring/build/contracts.json").read_text())["contracts"]["RewardToken"]["abi"])
+    treasury = Account.from_key(DEVNET_KEYS["treasury"]).address
+    before = token.functions.balanceOf(treasury).call()
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "carries no valid seal" in proc.stderr and "nothing was signed" in proc.stderr, \
+        proc.stderr
+    assert len(anchored_events(env)) == 1 and token.functions.balanceOf(treasury).call() == before
+    # A seal copied from another batch does not hold either: it binds the dataset, seq and manifest hash.
+    seal = next((lake / "state/instructions/000000").glob("seal-*.json"))
+    digest = hashlib.sha256((lake / "batches/instructions/000001/manifest.json").read_bytes()).hexdigest()
+    (lake / f"state/instructions/000001/seal-{digest}.json").parent.mkdir(parents=True, exist_ok=True)
+    (lake / f"state/instructions/000001/seal-{digest}.json").write_text(
+        json.dumps(json.loads(seal.read_text()) | {"seq": 1, "manifest_sha256": digest}))
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "carries no valid seal" in proc.stderr, proc.stderr
+    assert len(anchored_events(env)) == 1 and token.functions.balanceOf(treasury).call() == before

@@ -32,6 +32,10 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / ".test-artifacts" / "page"
 VERIFY_CLI = REPO / "web" / "verify-cli.mjs"
 SECRET_PATH = "/v3/SECRET-API-KEY-123?apikey=SECRET-QUERY-456"
+BATCH_AMOUNT_NOT_CHECKED = ("batch amount not checked: the receipt shows no earlier cumulative amount, "
+                            "and a rewards tree cannot prove there was none")
+NOT_CHECKED_OFFLINE = "to the given root over the given tree size (the dataset and batch the receipt names are not checked offline)"
+CLI_TRUST_HINT = "give --rpc URL with --deployment FILE (or --contract ADDR) and --dataset NAME, or --root HEX --tree-size N"
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,14 @@ def lake(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Lake:
     reward = genuine["reward"]
     cases["inflated"] = genuine | {"reward": reward | {"amount": str(10 * int(reward["amount"])),
                                                       "cumulative_amount": str(10 * int(reward["cumulative_amount"]))}}
+    cases["batch-0-amount-changed"] = genuine | {"reward": reward | {"amount": str(int(reward["amount"]) + 1)}}
+    # The same row five times: one contributed row must not count as five.
+    cases["duplicate-rows"] = genuine | {"rows": [genuine["rows"][0]] * 5}
+    # After batch 0 a receipt showing no earlier cumulative amount cannot have its batch amount
+    # checked (a rewards tree proves what it holds, not what it lacks), whatever the amount says.
     cases["batch-1-without-previous"] = second | {"reward": second["reward"] | {"previous": None}}
+    deleted = {k: v for k, v in second["reward"].items() if k != "previous"}
+    cases["batch-1-previous-deleted"] = second | {"reward": deleted | {"amount": deleted["cumulative_amount"]}}
     cases["batch-1-amount-inflated"] = second | {"reward": second["reward"] | {"amount": str(10 * int(second["reward"]["amount"]))}}
 
     (folder / "receipts").mkdir()
@@ -155,6 +166,9 @@ def test_the_node_cli_verifies_genuine_receipts_against_the_users_chain_and_cont
     assert "row 0 (leaf" in proc.stdout and "folds to the root" in proc.stdout
     assert f"equal BatchAnchor {batch_anchor} on chain 31337 for dataset instructions (id 0x7d1cc26d…)" in proc.stdout
     assert "folds to rootAt(instructions, 0) = 0x" in proc.stdout and f"in RewardDistributor {distributor}" in proc.stdout
+    assert "reward: cumulative 200000000000000000000 base units folds to rootAt(instructions, 0)" in proc.stdout
+    assert "not checked" not in proc.stdout and "?   " not in proc.stdout
+    assert f"Verified: 1 row of {ALICE} in instructions batch 1, against" in proc.stdout and "1 rows" not in proc.stdout
     assert "batch amount 200000000000000000000 = cumulative 200000000000000000000 (batch 0" in proc.stdout
     assert "− previous 200000000000000000000 (previous folds to rootAt(instructions, 0)" in proc.stdout, proc.stdout
     # Flags name the same trust anchors without a deployments file.
@@ -168,8 +182,9 @@ FORGED = {  # case: (the part the verdict names, a line on stderr)
     "forged": ("anchor, ", "the receipt names contract {attacker}, you trust BatchAnchor"),
     "relabelled": ("dataset", "the receipt says dataset \"preferences\", you are verifying \"instructions\""),
     "inflated": ("reward", "cumulative amount 2000000000000000000000 with its proof folds to"),
-    "batch-1-without-previous": ("batch amount", "the receipt shows no earlier reward"),
     "batch-1-amount-inflated": ("batch amount", "is not cumulative"),
+    "batch-0-amount-changed": ("batch amount", "is not the cumulative 200000000000000000000 of batch 0"),
+    "duplicate-rows": ("rows failed", "FAIL {path}: rows: the rows repeat leaf index {leaf} (5 times)"),
 }
 
 
@@ -180,7 +195,8 @@ def test_the_node_cli_names_the_failing_part_of_each_forged_receipt(lake: Lake, 
     assert proc.returncode == 1, proc.stderr
     assert "OK " not in proc.stdout and "Traceback" not in proc.stderr and "    at " not in proc.stderr
     assert f"Not verified: {part}" in proc.stdout
-    assert detail.format(attacker=lake.attacker_contract) in proc.stderr, proc.stderr
+    leaf = json.loads(lake.text("genuine"))["rows"][0]["leaf_index"]
+    assert detail.format(attacker=lake.attacker_contract, path=lake.receipts[case], leaf=leaf) in proc.stderr, proc.stderr
     assert all(line.startswith("FAIL ") for line in proc.stderr.splitlines())
 
 
@@ -191,7 +207,29 @@ def test_the_node_cli_agrees_with_anchorlake_verify_on_every_receipt(lake: Lake)
     python_ok = {name: r["ok"] for name, r in zip(names, json.loads(python.stdout)["receipts"], strict=True)}
     javascript_ok = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode == 0 for name in names}
     assert javascript_ok == python_ok
-    assert [name for name, ok in javascript_ok.items() if ok] == ["genuine", "genuine-batch-1"]
+    assert [name for name, ok in javascript_ok.items() if ok] == [
+        "batch-1-previous-deleted", "batch-1-without-previous", "genuine", "genuine-batch-1"]
+
+
+def test_the_node_cli_says_a_batch_amount_without_an_earlier_cumulative_amount_is_not_checked(lake: Lake) -> None:
+    trust = ["--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions"]
+    for case in ("batch-1-previous-deleted", "batch-1-without-previous"):
+        proc = verify_cli(lake.receipts[case], *trust)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        path = lake.receipts[case]
+        assert f"  ?    {path}: batch amount: {BATCH_AMOUNT_NOT_CHECKED}\n" in proc.stdout, proc.stdout
+        verdict = next(line for line in proc.stdout.splitlines() if line.startswith("OK "))
+        assert verdict.startswith(f"OK {path}: Verified: 1 row of {ALICE} in instructions batch 1 (batch amount not checked), against ")
+        assert proc.stdout.count(": batch amount: ") == 1 and "taken as 0" not in proc.stdout  # no pass line for it
+        assert "reward: cumulative " in proc.stdout  # the cumulative amount is still checked
+
+
+def test_the_node_cli_rejects_rows_that_repeat_a_leaf_online_and_offline(lake: Lake) -> None:
+    data = json.loads(lake.text("duplicate-rows"))
+    proc = verify_cli(lake.receipts["duplicate-rows"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
+    assert proc.returncode == 1 and "NOT VERIFIED" in proc.stdout and "Not verified: rows failed" in proc.stdout
+    assert f"rows: the rows repeat leaf index {data['rows'][0]['leaf_index']} (5 times)" in proc.stderr, proc.stderr
+    assert "Verified" not in proc.stdout.replace("Not verified", "")
 
 
 def test_the_node_cli_trusts_what_the_user_names_not_what_the_receipt_names(lake: Lake) -> None:
@@ -220,6 +258,7 @@ def test_the_node_cli_checks_nothing_without_trust_anchors_and_says_so(lake: Lak
     assert proc.returncode == 2 and "a root needs its tree size" in proc.stderr
     proc = verify_cli(genuine, "--rpc", lake.rpc)
     assert proc.returncode == 2 and "the dataset name and the BatchAnchor address" in proc.stderr
+    assert CLI_TRUST_HINT in proc.stderr and "type them" not in proc.stderr
     other_chain = lake.folder / "deployment-chain-1.json"
     other_chain.write_text(json.dumps(lake.addresses | {"chain_id": 1}))
     proc = verify_cli(genuine, "--rpc", lake.rpc, "--deployment", other_chain, "--dataset", "instructions")
@@ -234,8 +273,57 @@ def test_the_node_cli_verifies_offline_against_a_root_and_tree_size_the_user_giv
     data = json.loads(lake.text("genuine"))
     proc = verify_cli(lake.receipts["genuine"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
     assert proc.returncode == 0 and "reward: not checked offline" in proc.stdout, proc.stderr
+    # Offline nothing says which dataset or batch the root is of: the verdict does not claim them.
+    rows = len(data["rows"])
+    assert rows > 1 and (f"OK {lake.receipts['genuine']}: Verified offline: {rows} rows of {ALICE} fold "
+                         f"{NOT_CHECKED_OFFLINE}, against the root and tree size {data['tree_size']} you gave") in proc.stdout
+    assert "instructions" not in proc.stdout and "batch 0" not in proc.stdout
+    forged = json.loads(lake.text("forged"))  # one row, a tree of one leaf
+    proc = verify_cli(lake.receipts["forged"], "--root", forged["root"], "--tree-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Verified offline: 1 row of {ALICE} folds {NOT_CHECKED_OFFLINE}" in proc.stdout
+    assert "over 1 leaf\n" in proc.stdout and "1 rows" not in proc.stdout
     proc = verify_cli(lake.receipts["genuine"], "--root", data["root"], "--tree-size", str(data["tree_size"] + 1))
     assert proc.returncode == 1 and f"tree size {data['tree_size']} is not the given tree size" in proc.stderr
+
+
+def test_the_node_cli_prints_each_error_on_one_line_in_its_own_words(lake: Lake, tmp_path: Path) -> None:
+    def one_error(proc: subprocess.CompletedProcess[str]) -> str:
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and proc.stderr.endswith("\n"), repr(proc.stderr)
+        return proc.stderr.strip()
+
+    not_json = tmp_path / "not-json.json"
+    not_json.write_text("hello\nworld\n")  # Node's JSON.parse quotes the text, newline included
+    error = one_error(verify_cli(not_json, "--root", "00" * 32, "--tree-size", "1"))
+    assert error.startswith(f"error: {not_json}: not JSON (") and "hello world" in error, error
+    error = one_error(verify_cli(lake.receipts["genuine"], "--bogus"))
+    assert error.startswith("error: unknown option --bogus; usage: node web/verify-cli.mjs"), error
+    # No trust anchors: the CLI says which flags to give, not the page's "type them".
+    for args in ([], ["--deployment", lake.deployment, "--dataset", "instructions"]):
+        error = one_error(verify_cli(lake.receipts["genuine"], *args))
+        assert error == f"not verified: nothing to check against: {CLI_TRUST_HINT}", error
+    # Without the user's RewardDistributor the CLI names its flags too.
+    proc = verify_cli(lake.receipts["genuine"], "--rpc", lake.rpc, "--dataset", "instructions",
+                      "--contract", lake.addresses["BatchAnchor"])
+    assert proc.returncode == 1 and "reward: not checked: give the RewardDistributor you trust: --distributor ADDR" in proc.stderr
+    assert "load your deployments file" not in proc.stderr
+    # Counts of one are singular in every message.
+    bad_path = json.loads(lake.text("forged"))
+    bad_path["rows"][0]["path"] = ["00" * 32]
+    (tmp_path / "bad-path.json").write_text(json.dumps(bad_path))
+    error = one_error(verify_cli(tmp_path / "bad-path.json", "--root", bad_path["root"], "--tree-size", "1"))
+    assert error.endswith("rows[0].path has 1 hash, a proof in this tree has 0"), error
+
+
+def test_the_node_cli_shows_reward_amounts_in_base_units_not_in_the_receipts_unit(lake: Lake, tmp_path: Path) -> None:
+    data = json.loads(lake.text("genuine"))
+    data["reward"]["unit"] = "ETH (wei)"  # the receipt's own word: nothing checks it
+    (tmp_path / "unit.json").write_text(json.dumps(data))
+    proc = verify_cli(tmp_path / "unit.json", "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
+    assert proc.returncode == 0, proc.stderr
+    assert f"reward: cumulative {data['reward']['cumulative_amount']} base units folds to rootAt(" in proc.stdout
+    assert "ETH" not in proc.stdout and "wei" not in proc.stdout
 
 
 def test_the_node_cli_never_echoes_the_rpc_urls_secrets_when_the_chain_cannot_be_asked(lake: Lake, web_url: str) -> None:
@@ -271,7 +359,8 @@ def page(lake: Lake, web_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     other_chain = folder / "deployment-chain-1.json"
     other_chain.write_text(json.dumps(lake.addresses | {"chain_id": 1}))
     cases = [{"name": name, "deployment": str(lake.deployment), "fields": trusted, "receipt": lake.text(name)}
-             for name in ("genuine", "genuine-batch-1", "edited", "forged", "relabelled", "inflated")]
+             for name in ("genuine", "genuine-batch-1", "edited", "forged", "relabelled", "inflated", "duplicate-rows",
+                          "batch-1-previous-deleted")]
     cases += [
         {"name": "empty-trust", "deployment": None, "fields": {}, "receipt": lake.text("genuine")},
         {"name": "offline", "deployment": None, "receiptFile": str(lake.receipts["genuine"]),
@@ -304,9 +393,21 @@ def test_the_page_verifies_genuine_receipts_against_the_deployments_file_the_use
         assert parts[0].startswith("row 0 (leaf ") and {"batch", "reward", "batch amount"} <= set(parts)
     texts = " | ".join(c["text"] for c in page["genuine-batch-1"]["checks"])
     assert "− previous 200000000000000000000 (previous folds to rootAt(instructions, 0)" in texts
+    reward = json.loads(lake.text("genuine"))["reward"]
+    texts = " | ".join(c["text"] for c in page["genuine"]["checks"])
+    assert f"cumulative {reward['cumulative_amount']} base units folds to rootAt(instructions, 0)" in texts
+    assert str(reward["unit"]) not in texts  # the receipt's unit is not shown as if checked
 
 
-@pytest.mark.parametrize("case", ["edited", "forged", "relabelled", "inflated"])
+def test_the_page_says_a_batch_amount_without_an_earlier_cumulative_amount_is_not_checked(page: dict) -> None:
+    shown = page["batch-1-previous-deleted"]
+    assert shown["outcome"] == "verified", shown
+    assert shown["verdict"] == f"Verified: 1 row of {ALICE} in instructions batch 1 (batch amount not checked)"
+    assert {"status": "skipped", "part": "batch amount", "text": BATCH_AMOUNT_NOT_CHECKED} in shown["checks"]
+    assert [c["part"] for c in shown["checks"] if c["status"] not in ("pass", "note")] == ["batch amount"]
+
+
+@pytest.mark.parametrize("case", ["edited", "forged", "relabelled", "inflated", "duplicate-rows"])
 def test_the_page_names_the_failing_part_of_each_forged_receipt(page: dict, case: str) -> None:
     part = FORGED[case][0]
     shown = page[case]
@@ -314,6 +415,10 @@ def test_the_page_names_the_failing_part_of_each_forged_receipt(page: dict, case
     assert any(c["status"] == "fail" and c["part"].startswith(part.rstrip(", ")) for c in shown["checks"])
     if case == "forged":
         assert "batch" in shown["verdict"]  # the root the attacker anchored is not in the user's BatchAnchor
+    if case == "duplicate-rows":
+        assert shown["verdict"] == "Not verified: rows failed"
+        assert any(c["part"] == "rows" and "(5 times): each row of a receipt must be a different leaf" in c["text"]
+                   for c in shown["checks"])
 
 
 def test_the_page_checks_nothing_without_trust_anchors_and_says_so(page: dict) -> None:
@@ -325,7 +430,8 @@ def test_the_page_checks_nothing_without_trust_anchors_and_says_so(page: dict) -
 
 
 def test_the_page_verifies_offline_and_hides_the_rpc_urls_secrets(page: dict) -> None:
-    assert page["offline"]["verdict"].startswith("Verified: ")
+    rows = page["offline"]["verdict"].split(" ")[2]
+    assert page["offline"]["verdict"] == f"Verified offline: {rows} rows of {ALICE} fold {NOT_CHECKED_OFFLINE}"
     assert page["offline"]["against"] == "checked against the root and tree size 25 you gave"
     unreachable = page["unreachable"]
     assert unreachable["verdict"].startswith("Not verified: cannot reach the chain RPC at http://127.0.0.1:")

@@ -3,8 +3,9 @@
 // The same checks as verify.html, from a terminal. What to check against comes from these flags
 // only, never from the receipts. Exit 0 verified, 1 a check failed, 2 bad usage or bad input
 // (nothing to check against included), 3 the chain RPC cannot be reached or does not answer.
+// Every message is one line (a file name, a JSON error or an RPC's answer may hold newlines).
 import { readFileSync } from "node:fs";
-import { BadInput, NOTHING, VerifyError, parseDeployment, parseReceipt, verifyReceipt } from "./verify.mjs";
+import { BadInput, CLI_WORDS, NOTHING, VerifyError, parseDeployment, parseReceipt, verifyReceipt } from "./verify.mjs";
 
 const USAGE = "usage: node web/verify-cli.mjs RECEIPT.json... [--rpc URL] [--dataset NAME] [--contract ADDR] " +
               "[--distributor ADDR] [--deployment FILE] [--root HEX --tree-size N]";
@@ -15,6 +16,8 @@ const FLAGS = { "--rpc": "rpcUrl", "--dataset": "dataset", "--contract": "batchA
 for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
 const say = (text) => { try { process.stdout.write(text + "\n"); } catch { /* closed pipe */ } };
 const complain = (text) => { try { process.stderr.write(text + "\n"); } catch { /* closed pipe */ } };
+/** Whitespace runs (newlines included) as one space: what the CLI prints is one line per message. */
+const oneLine = (text) => String(text).replace(/\s+/g, " ").trim();
 
 function parseArgs(argv) {
   const options = {}, receipts = [];
@@ -24,15 +27,15 @@ function parseArgs(argv) {
     if (flag === "-h" || flag === "--help") { say(USAGE); process.exit(0); }
     if (flag in FLAGS) {
       const value = inline ?? argv[++i];
-      if (value === undefined) throw new BadInput(`${flag} needs a value\n${USAGE}`);
+      if (value === undefined) throw new BadInput(`${flag} needs a value; ${USAGE}`);
       options[FLAGS[flag]] = value;
     } else if (flag.startsWith("-") && flag !== "-") {
-      throw new BadInput(`unknown option ${flag}\n${USAGE}`);
+      throw new BadInput(`unknown option ${flag}; ${USAGE}`);
     } else {
       receipts.push(arg);
     }
   }
-  if (receipts.length === 0) throw new BadInput(`give at least one receipt file\n${USAGE}`);
+  if (receipts.length === 0) throw new BadInput(`give at least one receipt file; ${USAGE}`);
   return { options, receipts };
 }
 
@@ -64,18 +67,19 @@ async function main() {
   const parsed = receipts.map((path) => [path, parseReceipt(read(path), path)]);
   let exit = 0;
   for (const [path, receipt] of parsed) {
-    const report = await verifyReceipt(receipt, trust);
+    const report = await verifyReceipt(receipt, trust, { words: CLI_WORDS });
     if (report.outcome === "nothing") {
-      complain(`${NOTHING}: give --rpc URL with --dataset NAME and the BatchAnchor you trust ` +
-               "(--contract ADDR or --deployment FILE), or offline --root HEX --tree-size N");
+      complain(oneLine(`${NOTHING}: ${CLI_WORDS.nothing}`));
       return 2;
     }
+    const where = oneLine(path);
     for (const l of report.lines) {
-      if (l.status === "fail" || l.status === "unchecked") complain(`FAIL ${path}: ${l.part}: ${l.text}`);
-      else say(`  ${l.status === "pass" ? "ok  " : "note"} ${path}: ${l.part}: ${l.text}`);
+      const text = `${where}: ${oneLine(l.part)}: ${oneLine(l.text)}`;
+      if (l.status === "fail" || l.status === "unchecked") complain(`FAIL ${text}`);
+      else say(`  ${{ pass: "ok  ", skipped: "?   " }[l.status] ?? "note"} ${text}`);
     }
-    if (report.outcome === "verified") say(`OK ${path}: ${report.verdict}, against ${report.against}`);
-    else { say(`NOT VERIFIED ${path}: ${report.verdict}`); exit = 1; }
+    if (report.outcome === "verified") say(`OK ${where}: ${oneLine(report.verdict)}, against ${oneLine(report.against)}`);
+    else { say(`NOT VERIFIED ${where}: ${oneLine(report.verdict)}`); exit = 1; }
   }
   return exit;
 }
@@ -85,10 +89,10 @@ try {
   code = await main();
 } catch (e) {
   if (e instanceof VerifyError) {
-    complain(`error: ${e.message}`);
+    complain(`error: ${oneLine(e.message)}`);
     code = e.exitCode;
   } else {
-    complain(`error: ${e?.message ?? e}`); // never a stack trace
+    complain(`error: ${oneLine(e?.message ?? e)}`); // never a stack trace
     code = 2;
   }
 }

@@ -6,7 +6,9 @@
 // SHA-256 leaves), folded along their RFC 9162 paths, and the root, tree size and manifest hash are
 // compared with what the user's BatchAnchor holds for keccak256(dataset name); the reward's
 // cumulative amount is folded (OpenZeppelin StandardMerkleTree leaf, sorted-pair keccak) to the
-// user's RewardDistributor.rootAt(datasetId, seq), and the batch amount to the previous batch's.
+// user's RewardDistributor.rootAt(datasetId, seq), and the batch amount to the previous batch's
+// (when the receipt shows none after batch 0, the batch amount is reported as not checked: a rewards
+// tree cannot prove an address absent). A receipt's rows must be distinct leaves.
 //
 // Runs in a browser (verify.html) and in Node 20 (verify-cli.mjs); no dependencies: SHA-256 is
 // WebCrypto's, Keccak-256 is below.
@@ -57,6 +59,9 @@ function compareBytes(a, b) {
 function word(n) {
   return unhex(n.toString(16).padStart(64, "0"));
 }
+
+/** "1 row", "5 rows": a count with its noun. */
+export const count = (n, noun, plural = noun + "s") => `${n} ${n === 1 ? noun : plural}`;
 
 /** "47ce0fa4…" — enough of a hash to recognise it. */
 const short = (h) => h.replace(/^0x/, "").slice(0, 8) + "…";
@@ -281,7 +286,9 @@ export function parseReceipt(input, source = "receipt") {
       throw new BadInput(`${where}.path must be a list of 64-hex-character hashes`);
     }
     const expected = pathLength(row.leaf_index, data.tree_size);
-    if (row.path.length !== expected) throw new BadInput(`${where}.path has ${row.path.length} hashes, a proof in this tree has ${expected}`);
+    if (row.path.length !== expected) {
+      throw new BadInput(`${where}.path has ${count(row.path.length, "hash", "hashes")}, a proof in this tree has ${expected}`);
+    }
   });
   const anchor = data.anchor ?? null;
   if (anchor !== null && (typeof anchor !== "object" || !isInt(anchor.chain_id))) {
@@ -340,6 +347,24 @@ export function rpcOrigin(url) {
 }
 
 /**
+ * How to give what is missing, in the words of the page (typed fields, a deployments file it loads)
+ * or of the node CLI (flags): `nothing` when no trust anchor was given, `chain` appended when an RPC
+ * lacks its dataset name or BatchAnchor, `distributor` when the reward cannot be checked.
+ */
+export const PAGE_WORDS = {
+  nothing: "give the chain RPC URL, the dataset name and the BatchAnchor you trust (or load your deployments file), " +
+           "or offline a root and tree size you trust",
+  chain: " (type them, or load your deployments file)",
+  distributor: "give the RewardDistributor address you trust (or load your deployments file)",
+};
+const CLI_HOW = "give --rpc URL with --deployment FILE (or --contract ADDR) and --dataset NAME, or --root HEX --tree-size N";
+export const CLI_WORDS = {
+  nothing: CLI_HOW,
+  chain: `; ${CLI_HOW}`,
+  distributor: "give the RewardDistributor you trust: --distributor ADDR, or --deployment FILE naming one",
+};
+
+/**
  * What the user trusts, checked and normalised. Every member may be empty:
  *   rpcUrl, dataset, batchAnchor, distributor  — on chain;
  *   chainId, chainIdSource                     — the chain a deployments file is for;
@@ -347,7 +372,7 @@ export function rpcOrigin(url) {
  * Raises BadInput for a malformed value or an incomplete pair (a root without a tree size, an RPC
  * without a dataset name and a BatchAnchor address).
  */
-export function normaliseTrust(trust = {}) {
+export function normaliseTrust(trust = {}, words = PAGE_WORDS) {
   const given = (v) => v !== undefined && v !== null && String(v).trim() !== "";
   const out = { rpcUrl: null, dataset: null, batchAnchor: null, distributor: null, chainId: null,
                 chainIdSource: trust.chainIdSource || "the deployments file", root: null, treeSize: null };
@@ -384,8 +409,7 @@ export function normaliseTrust(trust = {}) {
   }
   if (out.root === null && out.treeSize !== null) throw new BadInput("a tree size needs the root it belongs to");
   if (out.rpcUrl !== null && (out.dataset === null || out.batchAnchor === null)) {
-    throw new BadInput("the chain needs what you trust on it: the dataset name and the BatchAnchor address " +
-                       "(type them, or load your deployments file)");
+    throw new BadInput(`the chain needs what you trust on it: the dataset name and the BatchAnchor address${words.chain}`);
   }
   return out;
 }
@@ -452,17 +476,28 @@ async function callWords(rpc, to, data) {
 // ---------------------------------------------------------------------------------------------
 // Verification
 
-/** One line of a report: which part, whether it passed ("pass", "fail", "unchecked", "note"), what was compared with what. */
+/**
+ * One line of a report: which part, what was compared with what, and its status: "pass", "fail",
+ * "unchecked" (a part that had to be checked was not: the receipt is not verified), "skipped" (a
+ * part no verifier can check from this receipt: the verdict says it was not checked) or "note".
+ */
 const line = (status, part, text) => ({ status, part, text });
 
-/** The overall verdict of a list of lines (SPEC §13.4). "Verified" only if something was checked and everything passed. */
-function verdictOf(receipt, lines) {
-  const failed = [...new Set(lines.filter((l) => l.status === "fail").map((l) => l.part))];
-  const unchecked = [...new Set(lines.filter((l) => l.status === "unchecked").map((l) => l.part))];
+/**
+ * The overall verdict of a list of lines (SPEC §13.4). "Verified" only if something was checked and
+ * everything passed; it names the skipped parts, and offline it claims neither dataset nor batch.
+ */
+function verdictOf(receipt, lines, offline = false) {
+  const parts = (status) => [...new Set(lines.filter((l) => l.status === status).map((l) => l.part))];
+  const failed = parts("fail"), unchecked = parts("unchecked"), skipped = parts("skipped");
   if (failed.length) return { outcome: "failed", verdict: `Not verified: ${failed.join(", ")} failed` };
   if (unchecked.length) return { outcome: "failed", verdict: `Not verified: ${unchecked.join(", ")} not checked` };
-  const rows = `${receipt.rows.length} row${receipt.rows.length === 1 ? "" : "s"}`;
-  return { outcome: "verified", verdict: `Verified: ${rows} of ${receipt.contributor} in ${receipt.dataset} batch ${receipt.seq}` };
+  const n = receipt.rows.length, rows = count(n, "row");
+  const verdict = offline
+    ? `Verified offline: ${rows} of ${receipt.contributor} ${n === 1 ? "folds" : "fold"} to the given root over the given ` +
+      "tree size (the dataset and batch the receipt names are not checked offline)"
+    : `Verified: ${rows} of ${receipt.contributor} in ${receipt.dataset} batch ${receipt.seq}`;
+  return { outcome: "verified", verdict: verdict + (skipped.length ? ` (${skipped.join(", ")} not checked)` : "") };
 }
 
 export const NOTHING = "not verified: nothing to check against";
@@ -471,15 +506,14 @@ export const NOTHING = "not verified: nothing to check against";
  * Verify a parsed receipt against what the user trusts (see normaliseTrust).
  * Returns {outcome: "verified" | "failed" | "nothing", verdict, against, lines: [{status, part, text}]}:
  * `against` says what the receipt was checked against.
+ * `words` (PAGE_WORDS or CLI_WORDS) say how to give a missing trust anchor.
  * Raises BadInput for bad trust input (a deployments file for another chain included) and
  * RpcFailure when the chain cannot be asked.
  */
-export async function verifyReceipt(receipt, trustInput = {}, { rpc = null } = {}) {
-  const trust = normaliseTrust(trustInput);
+export async function verifyReceipt(receipt, trustInput = {}, { rpc = null, words = PAGE_WORDS } = {}) {
+  const trust = normaliseTrust(trustInput, words);
   if (trust.rpcUrl === null && trust.root === null) {
-    return { outcome: "nothing", verdict: NOTHING, against: "nothing", lines: [line("unchecked", "trust",
-      "give the chain RPC URL, the dataset name and the BatchAnchor you trust (or load your deployments file), " +
-      "or offline a root and tree size you trust")] };
+    return { outcome: "nothing", verdict: NOTHING, against: "nothing", lines: [line("unchecked", "trust", words.nothing)] };
   }
   const lines = [];
   const against = [];
@@ -501,20 +535,27 @@ export async function verifyReceipt(receipt, trustInput = {}, { rpc = null } = {
     }
     const id = datasetId(trust.dataset);
     await checkAnchor(receipt, trust, client, chainId, id, lines);
-    await checkReward(receipt, trust, client, id, lines);
+    await checkReward(receipt, trust, client, id, lines, words);
     against.push(`BatchAnchor ${trust.batchAnchor} on chain ${chainId}` +
                  (trust.distributor && receipt.reward ? ` and RewardDistributor ${trust.distributor}` : ""));
   } else if (receipt.reward) {
     lines.push(line("note", "reward", "not checked offline: rewards are checked against a RewardDistributor on chain"));
   }
-  return { ...verdictOf(receipt, lines), against: against.join("; "), lines };
+  return { ...verdictOf(receipt, lines, trust.rpcUrl === null), against: against.join("; "), lines };
 }
 
-const leaves = (n) => (n === 1 ? "1 leaf" : `${n} leaves`);
+const leaves = (n) => count(n, "leaf", "leaves");
 
 async function checkRows(receipt, lines) {
   const root = receipt.root;
   if (receipt.rows.length === 0) lines.push(line("note", "rows", "the receipt holds no rows"));
+  // One leaf shown as several rows would count one contributed row several times.
+  const seen = new Map();
+  for (const row of receipt.rows) seen.set(row.leaf_index, (seen.get(row.leaf_index) ?? 0) + 1);
+  const repeated = [...seen].filter(([, n]) => n > 1).map(([index, n]) => `leaf index ${index} (${count(n, "time")})`);
+  if (repeated.length) {
+    lines.push(line("fail", "rows", `the rows repeat ${repeated.join(", ")}: each row of a receipt must be a different leaf`));
+  }
   for (const [n, row] of receipt.rows.entries()) {
     const part = `row ${n} (leaf ${row.leaf_index})`;
     if (row.record.contributor !== receipt.contributor) {
@@ -529,7 +570,7 @@ async function checkRows(receipt, lines) {
       continue;
     }
     const got = await rootFromInclusion(row.leaf_index, receipt.tree_size, leaf, row.path.map(unhex));
-    if (got === null) lines.push(line("fail", part, `the path does not fit a tree of ${receipt.tree_size} leaves`));
+    if (got === null) lines.push(line("fail", part, `the path does not fit a tree of ${leaves(receipt.tree_size)}`));
     else if (hex(got) !== root) lines.push(line("fail", part, `folds to root ${short(hex(got))}, not the receipt's root ${short(root)}: the record or its path was changed`));
     else lines.push(line("pass", part, `folds to the root ${short(root)} over ${leaves(receipt.tree_size)}`));
   }
@@ -576,14 +617,18 @@ async function checkAnchor(receipt, trust, rpc, chainId, id, lines) {
     : line("pass", "batch", `root ${short(root)}, tree size ${treeSize} and manifest hash ${short(manifestHash)} equal ${where} ${forDataset}`));
 }
 
-async function checkReward(receipt, trust, rpc, id, lines) {
+/** The batch amount cannot be checked when a batch after the first shows no earlier cumulative amount. */
+export const BATCH_AMOUNT_NOT_CHECKED = "batch amount not checked: the receipt shows no earlier cumulative amount, " +
+  "and a rewards tree cannot prove there was none";
+
+async function checkReward(receipt, trust, rpc, id, lines, words = PAGE_WORDS) {
   const reward = receipt.reward ?? null;
   if (reward === null) {
     lines.push(line("note", "reward", "the receipt has no reward part"));
     return;
   }
   if (trust.distributor === null) {
-    lines.push(line("unchecked", "reward", "not checked: give the RewardDistributor address you trust (or load your deployments file)"));
+    lines.push(line("unchecked", "reward", `not checked: ${words.distributor}`));
     return;
   }
   const where = `RewardDistributor ${trust.distributor}`;
@@ -608,7 +653,8 @@ async function checkReward(receipt, trust, rpc, id, lines) {
   if (folded !== onchain) {
     lines.push(line("fail", "reward", `cumulative amount ${cumulative} with its proof folds to ${short0x(folded)}, not to ${at}`));
   } else {
-    lines.push(line("pass", "reward", `cumulative ${cumulative} ${reward.unit ?? ""} folds to ${at}`.replace(/ {2,}/g, " ")));
+    // In base units: the receipt's `unit` is its own word, which nothing here checks.
+    lines.push(line("pass", "reward", `cumulative ${cumulative} base units folds to ${at}`));
   }
   if (reward.root != null && reward.root.toLowerCase().replace(/^0x/, "") !== onchain) {
     lines.push(line("fail", "reward", `the receipt names rewards root ${short0x(reward.root)}, ${where} holds ${short0x(onchain ?? "")}`));
@@ -623,9 +669,8 @@ async function checkReward(receipt, trust, rpc, id, lines) {
     return;
   }
   if (previous === null) {
-    lines.push(batchAmount === cumulative
-      ? line("pass", "batch amount", `batch amount ${batchAmount} = cumulative ${cumulative} − 0: the receipt shows no earlier reward (so it was taken as 0)`)
-      : line("fail", "batch amount", `batch amount ${batchAmount} is not the cumulative ${cumulative}, and the receipt shows no earlier reward`));
+    // A StandardMerkleTree proves what it holds, never what it lacks: "no earlier reward" cannot be checked.
+    lines.push(line("skipped", "batch amount", BATCH_AMOUNT_NOT_CHECKED));
     return;
   }
   if (previous.seq !== receipt.seq - 1) {

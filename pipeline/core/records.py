@@ -98,6 +98,7 @@ REWARDS_PUBLICATION = RecordKind("anchorlake.rewards-publication/1", {
     "tx_hash": HASH, "block_number": INTEGER})
 
 SOURCES = RecordKind("anchorlake.sources/1", {"dataset": TEXT, "seq": INTEGER, "sources": LIST, "skipped": LIST})
+SEAL = RecordKind("anchorlake.seal/1", {"dataset": TEXT, "seq": INTEGER, "manifest_sha256": HEX64, "mac": HEX64})
 FAILED_PLAN = RecordKind("anchorlake.failed-batch/1", {"dataset": TEXT, "seq": INTEGER, "reason": TEXT,
                                                        "sources": LIST, "skipped": LIST})
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CHUNK_RECORDS,
-                 lease_ttl: float = 120.0) -> manifests.Manifest:
-    """Validate, dedupe and commit staged batch `seq`; return its manifest.
+                 lease_ttl: float = 120.0, seal: Callable[[str], str] | None = None) -> manifests.Manifest:
+    """Validate, dedupe and commit staged batch `seq`; return its manifest. `seal(manifest
+    sha256)` gives the MAC of the commit seal written just before the manifest (see core.seal).
 
     Requires a staged plan for `seq` (see ingest.stage). Re-running after the commit returns
     the committed manifest unchanged. Raises BatchRejected (nothing committed) if the suite
@@ -52,7 +54,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
     lease = Lease(lake, dataset.name, seq, lease_ttl).acquire()
     try:
         if not files.committed():  # another writer may have committed while we waited for the lease
-            _commit_leased(files, dataset, *staged, chunk_records, lease)
+            _commit_leased(files, dataset, *staged, chunk_records, lease, seal)
     except BatchRejected as e:  # refused as a whole: recorded, so it does not block the batches after it
         staging.fail_plan(lake, dataset.name, seq, str(e))
         raise
@@ -62,7 +64,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
 
 
 def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skipped: list[SkippedSource],
-                   chunk_records: int, lease: Lease) -> None:
+                   chunk_records: int, lease: Lease, seal: Callable[[str], str] | None) -> None:
     with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
         builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease)
         _check_conserved(builder, dataset.name, files.seq)
@@ -91,7 +93,7 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
         files=builder.files, artifacts=artifacts, tree_size=len(builder.leaves), root=root,
         rewards=rewards.manifest_entry(dataset))
     lease.check()
-    if not files.create_manifest(body):
+    if not files.create_manifest(body, seal):
         log.warning("dataset %s batch %d was committed by another writer", dataset.name, files.seq)
 
 

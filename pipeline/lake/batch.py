@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +90,24 @@ class BatchFiles:
         self.manifest()
         return self._manifest_bytes
 
-    def create_manifest(self, body: dict[str, Any]) -> bool:
-        """Commit: create the manifest once. False if another writer committed this seq first."""
+    def create_manifest(self, body: dict[str, Any], seal: Callable[[str], str] | None = None) -> bool:
+        """Commit: create the manifest once, after its seal (`seal(manifest sha256)` gives the MAC)
+        when one is given. False if another writer committed this seq first."""
+        data = manifests.serialize(body)
+        if seal is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            self.lake.write(layout.seal(self.dataset, self.seq, digest), records.SEAL.dump({
+                "dataset": self.dataset, "seq": self.seq, "manifest_sha256": digest, "mac": seal(digest)}))
         try:
-            self.lake.create(self.key(layout.MANIFEST), manifests.serialize(body))
+            self.lake.create(self.key(layout.MANIFEST), data)
             return True
         except AlreadyExists:
             return False
+
+    def seal(self) -> str | None:
+        """The MAC the commit seal of the current manifest holds, or None if it has none."""
+        found = read_record(self.lake, layout.seal(self.dataset, self.seq, self.manifest().sha256), records.SEAL)
+        return None if found is None else str(found["mac"])
 
     # --- writing before the manifest ------------------------------------------------------------
 

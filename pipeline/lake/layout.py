@@ -52,6 +52,11 @@ def raw_plan(dataset: str, seq: int) -> str:
     return f"raw/{dataset}/{seq_part(seq)}/sources.json"
 
 
+def seal(dataset: str, seq: int, manifest_sha256: str) -> str:
+    """The commit seal of the manifest with this hash (see core.seal)."""
+    return f"{state(dataset, seq)}seal-{manifest_sha256}.json"
+
+
 def failed_plans(dataset: str) -> str:
     """Plans whose batch the suite refused as a whole: their sources are not staged again."""
     return f"state/{dataset}/failed/"
