@@ -178,12 +178,14 @@ def created_by(chain: Chain, address: str, deployer: str) -> bool:
 
 
 def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[str, ...],
-                     trusted: Mapping[str, str] | None = None, deployer: str | None = None) -> None:
+                     trusted: Mapping[str, str] | None = None, deployer: str | None = None,
+                     signer_roles: bool = True) -> None:
     """Refuse a deployment record (which whoever writes the lake can change) before anything is
     signed against it or read from it: each named contract must run the compiled code, give the
     signing key its role, and (unless configuration names it: `trusted`) have been created by
     `deployer` (the admin account), since anyone can deploy the same code; the distributor must
-    pay in the record's token. Raises ConflictError naming what differs."""
+    pay in the record's token. `signer_roles=False` skips the role of the signing key (for `up`,
+    which only reads the record). Raises ConflictError naming what differs."""
     roles = {"BatchAnchor": "ANCHORER_ROLE", "RewardDistributor": "DISTRIBUTOR_ROLE"}
     configured = {k: v.lower() for k, v in (trusted or {}).items()}
     for name in names:
@@ -191,7 +193,7 @@ def check_deployment(chain: Chain, deployment: Mapping[str, str], names: tuple[s
         if not address or not chain.runs_genuine(name, address):
             raise ConflictError(f"the deployment record names {name} at {address}, which does not run anchorlake's "
                                 f"{name}; nothing was signed (check the record and the configuration)")
-        if not chain.has_role(name, address, roles[name], chain.address):
+        if signer_roles and name in roles and not chain.has_role(name, address, roles[name], chain.address):
             raise ConflictError(f"{name} at {address} does not give {roles[name]} to the configured key "
                                 f"{chain.address}; nothing was signed")
         if configured.get(name) == address.lower():

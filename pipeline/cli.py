@@ -107,7 +107,8 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     settings = config.load()
     lake = stages.lake_for(settings)
     names = [args.dataset] if args.dataset else datasets.available(settings.datasets_dir)
-    states = AnchorStates(settings.rpc_url)
+    states = AnchorStates(settings.rpc_url, lambda chain: stages.deployment_for(
+        settings, chain, ("BatchAnchor",), signer_roles=False)["BatchAnchor"])
     result = []
     for name in names:
         spec = stages.dataset_for(settings, name)
@@ -121,7 +122,9 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         if not seqs:
             out.line(f"{name}: no batches yet")
     out.result({"batches": result})
-    return EXIT_CHECK if any(r["anchor_state"].startswith(("ANCHOR LOST", "LAKE ALTERED")) for r in result) else EXIT_OK
+    if any(r["anchor_state"].startswith(("ANCHOR LOST", "LAKE ALTERED")) for r in result):
+        return EXIT_CHECK
+    return states.exit_code if any("(not checked:" in r["anchor_state"] for r in result) else EXIT_OK
 
 
 def _batch_status(files: Any, spec: Any, states: Any) -> dict[str, Any]:

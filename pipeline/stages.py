@@ -50,15 +50,16 @@ def chain_for(settings: Settings, role: str | None = None) -> Any:
     return Chain(settings.rpc_url, key, settings.confirmations, role=role or "signing")
 
 
-def deployment_for(settings: Settings, chain: Any, signing_for: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The contracts on `chain`: the lake's deployment record, overridden by configuration. With
-    `signing_for`, those contracts are checked on chain (code, the signer's role, deployed by the
-    admin account) before the caller signs anything for them."""
+def deployment_for(settings: Settings, chain: Any, checked: tuple[str, ...] = (),
+                   signer_roles: bool = True) -> dict[str, Any]:
+    """The contracts on `chain`: the lake's deployment record, overridden by configuration. The
+    `checked` ones are checked on chain (code, deployed by the admin account and, with
+    `signer_roles`, the signing key's role) before the caller signs anything for them or trusts them."""
     from anchoring.chain import check_deployment
 
     deployment = lake_records.deployment_for(lake_for(settings), chain.chain_id, settings.contracts)
-    if signing_for:
-        check_deployment(chain, deployment, signing_for, settings.contracts, settings.address("admin"))
+    if checked:
+        check_deployment(chain, deployment, checked, settings.contracts, settings.address("admin"), signer_roles)
     return deployment
 
 
@@ -67,7 +68,7 @@ def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any],
 
     Returns (settings, deployment, whether a devnet was started now); a devnet started now is
     stopped again if deployment fails."""
-    from anchoring.chain import CONTRACTS, ensure_deployment
+    from anchoring.chain import CONTRACTS, check_deployment, ensure_deployment
 
     started = False
     home = config.load().home
@@ -79,6 +80,9 @@ def bring_up(progress: Callable[[str], None]) -> tuple[Settings, dict[str, Any],
         lake = lake_for(settings)
         chain = chain_for(settings)
         known = lake_records.load_deployment(lake, chain.chain_id) or {}
+        recorded = tuple(name for name in CONTRACTS if known.get(name) and chain.has_code(known[name])
+                         and not (name == "RewardToken" and settings.contracts.get(name)))  # any ERC-20 may pay
+        check_deployment(chain, known, recorded, settings.contracts, settings.address("admin"), signer_roles=False)
         roles: dict[str, str] = {}
         if any(not known.get(name) for name in CONTRACTS):  # only deploying needs the admin key
             chain, roles = chain_for(settings, "admin"), _role_accounts(settings)
@@ -190,9 +194,10 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
                                    bytes.fromhex(m.sha256), files.intents("anchor"), settings.replace_after,
                                    settings.chain_timeout))
 
-    def holds(files: BatchFiles, r: dict[str, Any]) -> bool:
-        return holds_anchor(chain, r["contract"], spec.dataset_id, r["seq"], r["root"], r["manifest_sha256"],
-                            r["block_number"], r["block_hash"])
+    def holds(files: BatchFiles, r: dict[str, Any]) -> bool:  # against our BatchAnchor, never the record's
+        return r["contract"].lower() == address.lower() and holds_anchor(
+            chain, address, spec.dataset_id, r["seq"], r["root"], r["manifest_sha256"], r["block_number"],
+            r["block_hash"])
 
     return _settle(lake_for(settings), dataset, seq, _Settle(
         "anchored", BatchFiles.anchor, make, holds, BatchFiles.record_anchor))
@@ -217,8 +222,10 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
                               settings.replace_after, settings.chain_timeout, points=spec.rewards.payout == "points",
                               treasury=treasury, max_increase=int(rewards["total"])))
 
-    def holds(files: BatchFiles, r: dict[str, Any]) -> bool:
-        onchain = published_root(chain, r["contract"], spec.dataset_id, files.seq)
+    def holds(files: BatchFiles, r: dict[str, Any]) -> bool:  # against our distributor, never the record's
+        if r["contract"].lower() != deployment["RewardDistributor"].lower():
+            return False
+        onchain = published_root(chain, deployment["RewardDistributor"], spec.dataset_id, files.seq)
         return onchain is not None and onchain.hex() == r["root"]
 
     return _settle(lake_for(settings), dataset, seq, _Settle(

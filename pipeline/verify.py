@@ -5,6 +5,7 @@ CheckFailed; none prints anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,19 +202,26 @@ def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any,
 class AnchorStates:
     """The state of each batch's anchor for `status`, checked against the chain when one is reachable."""
 
-    def __init__(self, rpc_url: str | None) -> None:
+    def __init__(self, rpc_url: str | None, batch_anchor: Callable[[Any], str]) -> None:
+        """`batch_anchor(chain)` gives the BatchAnchor to check against (the configured one, or the
+        lake's record once checked on chain), never the address an anchor record names."""
         self.rpc_url = rpc_url
+        self.batch_anchor = batch_anchor
         self.chain: Any = None
+        self.contract = ""
         self.unreachable: str | None = None
+        self.exit_code = 0  # of the error that left anchors unchecked (3: the chain cannot be reached)
 
     def _connect(self) -> None:
         if self.unreachable is None and self.chain is None:
             try:
                 if not self.rpc_url:
                     raise AnchorlakeError("no chain configured")
-                self.chain = connect(self.rpc_url)
+                chain = connect(self.rpc_url)
+                self.contract = self.batch_anchor(chain)
+                self.chain = chain
             except AnchorlakeError as e:
-                self.unreachable = str(e)
+                self.unreachable, self.exit_code = str(e), e.exit_code
 
     def state(self, files: BatchFiles, dataset: Dataset) -> tuple[str, dict[str, Any] | None]:
         """(one line: "not anchored", "anchored in …" or "ANCHOR LOST: …"; the current anchor record)."""
@@ -237,7 +245,10 @@ class AnchorStates:
             return f"anchored in {record['tx_hash']} (not checked: {self.unreachable})"
         if record["chain_id"] != self.chain.chain_id:
             return f"anchored on chain {record['chain_id']} (not checked: the RPC serves chain {self.chain.chain_id})"
-        onchain = read_batch(self.chain, record["contract"], dataset.dataset_id, m.seq)
+        if record["contract"].lower() != self.contract.lower():
+            return (f"ANCHOR LOST: the anchor record names BatchAnchor {record['contract']}, the deployment's is "
+                    f"{self.contract}")
+        onchain = read_batch(self.chain, self.contract, dataset.dataset_id, m.seq)
         if not onchain.exists or self.chain.block_hash(int(record["block_number"])) != record["block_hash"]:
             return (f"ANCHOR LOST: anchor.json names tx {record['tx_hash']} in block {record['block_number']}, "
                     "which the chain no longer holds (reorganisation?)")

@@ -388,3 +388,62 @@ def test_a_manifest_written_into_the_lake_is_never_anchored_or_paid(env: dict[st
     proc = cli(env, "run", "--dataset", "instructions", check=False)
     assert proc.returncode == 1 and "carries no valid seal" in proc.stderr, proc.stderr
     assert len(anchored_events(env)) == 1 and token.functions.balanceOf(treasury).call() == before
+
+
+@pytest.mark.parametrize("record", ["every contract", "the BatchAnchor alone"])
+def test_up_refuses_a_deployment_record_the_admin_did_not_deploy(env: dict[str, str], chain: Anvil,
+                                                                 record: str) -> None:
+    """`up` prints the contracts users are told to trust, and deploys what the record lacks with
+    the admin key: a record naming an attacker's (genuine-code) contracts stops it first."""
+    from eth_account import Account
+
+    from anchoring.chain import Chain
+
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    attacker = Chain(chain.url, OUTSIDER_KEY)
+    me = attacker.address
+    token = attacker.deploy("RewardToken", me, 10**24)
+    fake = {"BatchAnchor": attacker.deploy("BatchAnchor", me, me)}
+    if record == "every contract":
+        fake |= {"RewardToken": token, "RewardDistributor": attacker.deploy(
+            "RewardDistributor", me, me, Web3.to_checksum_address(token), me)}
+    path = lake / "deployments/31337.json"
+    path.write_text(json.dumps({"format": "anchorlake.deployment/1", "chain_id": 31337} | fake))
+    w3, admin = Web3(Web3.HTTPProvider(chain.url)), Account.from_key(DEVNET_KEYS["admin"]).address
+    nonce = w3.eth.get_transaction_count(admin)
+    proc = cli(env, "up", check=False)
+    assert proc.returncode == 1 and "did not deploy" in proc.stderr and fake["BatchAnchor"] not in proc.stdout, proc
+    assert w3.eth.get_transaction_count(admin) == nonce  # the admin key signed nothing
+
+
+def test_status_and_run_check_anchors_against_our_batch_anchor_never_the_records(env: dict[str, str],
+                                                                                chain: Anvil) -> None:
+    """The attack: a lake writer anchors batch 0's values in a BatchAnchor of its own and writes an
+    anchor record naming it. `status` must not call that "anchored"; `run` anchors in ours again."""
+    from dataclasses import asdict
+
+    from anchoring.batch_anchor import anchor_batch
+    from anchoring.chain import Chain
+
+    cli(env, "run", "--dataset", "instructions")
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    genuine = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
+    attacker = Chain(chain.url, OUTSIDER_KEY)
+    own = attacker.deploy("BatchAnchor", attacker.address, attacker.address)
+    fake = anchor_batch(attacker, own, DATASET_ID, 0, bytes.fromhex(genuine["root"]), 25,
+                        bytes.fromhex(genuine["manifest_sha256"]))
+    record = {"format": "anchorlake.anchor/1", "dataset": "instructions"} | asdict(fake)
+    (lake / "state/instructions/000000/anchor-current.json").write_text(json.dumps(record))
+    proc = cli(env, "--json", "status", "--dataset", "instructions", check=False)
+    state = json.loads(proc.stdout)["batches"][0]["anchor_state"]
+    assert proc.returncode == 1 and state.startswith("ANCHOR LOST") and own in state, state
+    cli(env, "run", "--dataset", "instructions")
+    assert cli_json(env, "status", "--dataset", "instructions")["batches"][0]["anchored"] is True
+    assert len(anchored_events(env)) == 1  # ours still holds its one anchor; nothing was sent again
+
+
+def test_status_says_when_the_chain_cannot_be_asked_with_exit_3(env: dict[str, str]) -> None:
+    cli(env, "run", "--dataset", "instructions")
+    proc = cli(env | {"ANCHORLAKE_RPC_URL": "http://user:secret@127.0.0.1:9/key123"}, "status", check=False)
+    assert proc.returncode == 3 and "not checked" in proc.stdout, proc
+    assert "secret" not in proc.stdout + proc.stderr and "key123" not in proc.stdout + proc.stderr

@@ -184,7 +184,7 @@ FORGED = {  # case: (the part the verdict names, a line on stderr)
     "inflated": ("reward", "cumulative amount 2000000000000000000000 with its proof folds to"),
     "batch-1-amount-inflated": ("batch amount", "is not cumulative"),
     "batch-0-amount-changed": ("batch amount", "is not the cumulative 200000000000000000000 of batch 0"),
-    "duplicate-rows": ("rows failed", "FAIL {path}: rows: the rows repeat leaf index {leaf} (5 times)"),
+    "duplicate-rows": ("rows", "FAIL {path}: rows: the rows repeat leaf index {leaf} (5 times)"),
 }
 
 
