@@ -207,10 +207,10 @@ def _trusted_contracts(args: argparse.Namespace, settings: config.Settings, chai
     return contracts | {k: v.lower() for k, v in flags.items() if v}
 
 
-def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | None, needs: str,
+def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | None, needs: tuple[str, ...],
            what: str) -> tuple[Any, Any]:
     """(read-only chain, TrustAnchors) from what the user gives: --rpc or ANCHORLAKE_RPC_URL, the
-    dataset name, and the contract `needs` ("BatchAnchor" or "RewardDistributor") from
+    dataset name, and the contracts `needs` ("BatchAnchor", "RewardDistributor") from
     _trusted_contracts. BadInput naming the flags when something is missing."""
     from pipeline import verify
 
@@ -219,11 +219,13 @@ def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | N
         raise BadInput(f"no chain to {what} against: give --rpc URL or set ANCHORLAKE_RPC_URL")
     chain = verify.connect(url)
     contracts = _trusted_contracts(args, settings, chain.chain_id)
-    flag, variable = {"BatchAnchor": ("--contract", "ANCHORLAKE_BATCH_ANCHOR"),
-                      "RewardDistributor": ("--distributor", "ANCHORLAKE_REWARD_DISTRIBUTOR")}[needs]
-    if not dataset or not contracts.get(needs):
-        raise BadInput(f"nothing to {what} against: give --dataset NAME and the {needs} you trust "
-                       f"({flag} ADDR, --deployment FILE or {variable}); never the lake's own record")
+    flags = {"BatchAnchor": ("--contract", "ANCHORLAKE_BATCH_ANCHOR"),
+             "RewardDistributor": ("--distributor", "ANCHORLAKE_REWARD_DISTRIBUTOR")}
+    missing = [name for name in needs if not contracts.get(name)]
+    if not dataset or missing:
+        wanted = " and ".join(f"the {n} you trust ({flags[n][0]} ADDR, --deployment FILE or {flags[n][1]})"
+                              for n in missing or needs)
+        raise BadInput(f"nothing to {what} against: give --dataset NAME and {wanted}; never the lake's own record")
     return chain, verify.TrustAnchors(dataset, contracts.get("BatchAnchor", ""), contracts.get("RewardDistributor"))
 
 
@@ -241,7 +243,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     else:
         if not (args.rpc or settings.rpc_url):
             raise BadInput("no chain to verify against: give --rpc URL, set ANCHORLAKE_RPC_URL, or use --root")
-        chain, trust = _trust(args, settings, args.dataset, "BatchAnchor", "verify")
+        chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify")
         findings = [verify.receipt_on_chain(r, chain, trust) for r in parsed]
     for f in findings:
         if not f.problems:
@@ -262,7 +264,7 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
 
     settings = config.load()
     spec = stages.dataset_for(settings, args.dataset)
-    chain, trust = _trust(args, settings, args.dataset, "BatchAnchor", "audit")
+    chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "audit")
     out.progress(f"auditing {args.dataset} against chain {chain.chain_id}")
     sound, problem = verify.audit(stages.lake_for(settings), spec, chain, trust)
     checked = "anchor and rewards root" if trust.distributor else "anchor (rewards not checked: no distributor given)"
@@ -276,6 +278,7 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> int:
+    from anchoring.batch_anchor import next_anchor_seq
     from pipeline import stages
     from pipeline.lake import layout
     from pipeline.lake.batch import BatchFiles, committed_seqs
@@ -284,17 +287,26 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     settings = config.load()
     lake = stages.lake_for(settings)
     spec = stages.dataset_for(settings, args.dataset)
-    seqs = [args.batch] if args.batch is not None else committed_seqs(lake, args.dataset)
     check = None
+    if not args.no_verify:
+        chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify the pull")
+        check = (chain, trust.batch_anchor)
+    if args.batch is not None:
+        seqs = [args.batch]
+    elif check is not None:  # every batch the chain holds: one missing from the lake is a failure, not a gap
+        seqs = list(range(next_anchor_seq(chain, trust.batch_anchor, spec.dataset_id)))
+    else:
+        seqs = committed_seqs(lake, args.dataset)
     pulled = []
     for seq in seqs:
         target = Path(args.dest) / args.dataset / layout.seq_part(seq)
-        if not args.no_verify:
-            if check is None:
-                chain, trust = _trust(args, settings, args.dataset, "BatchAnchor", "verify the pull")
-                check = (chain, trust.batch_anchor)
+        files = BatchFiles(lake, args.dataset, seq)
+        if check is not None:
+            if not files.committed():
+                raise CheckFailed(f"{args.dataset} batch {seq} is anchored in BatchAnchor {trust.batch_anchor}, "
+                                  "but the lake has no manifest for it")
             out.progress(f"verifying batch {seq}")
-        pulled.append(pull_batch(BatchFiles(lake, args.dataset, seq), spec, target, check))
+        pulled.append(pull_batch(files, spec, target, check))
         out.line(f"pulled {args.dataset} batch {seq}: {pulled[-1]['rows']} rows -> {target}"
                  + ("" if args.no_verify else " (verified against the chain)"))
     out.result({"pulled": pulled})
@@ -304,7 +316,7 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
 def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
     from pipeline.lake.batch import BatchFiles, committed_seqs
-    from pipeline.verify import rewards_against_chain
+    from pipeline.verify import rewards_statement
 
     settings = config.load()
     lake = stages.lake_for(settings)
@@ -314,15 +326,18 @@ def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
         raise NotFound(f"{args.dataset} has no batches yet")
     seq = args.batch if args.batch is not None else seqs[-1]
     files = BatchFiles(lake, args.dataset, seq)
+    if args.verify:  # before anything is shown: a doctored table is never printed as verified
+        chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor", "RewardDistributor"), "verify the rewards")
+        rewards_statement(files, spec, chain, trust)
     rewards, rows = files.manifest().rewards, files.rewards_rows()
     out.line(f"{args.dataset} batch {seq}: pool {rewards['pool']} {rewards['unit']}, paid {rewards['total']}, "
              f"root 0x{rewards['root']}")
     for r in rows:
         out.line(f"  {r['contributor']}  {r['accepted']:>6} accepted  amount {r['amount']:>28}  cumulative {r['cumulative_amount']}")
     if args.verify:
-        chain, trust = _trust(args, settings, args.dataset, "RewardDistributor", "verify the rewards")
-        rewards_against_chain(files, spec, chain, str(trust.distributor))
-        out.line(f"rewards root verified against RewardDistributor {trust.distributor} on chain {chain.chain_id}")
+        out.line(f"verified: the manifest is the anchored one in BatchAnchor {trust.batch_anchor}, the rewards root "
+                 f"is the one published in RewardDistributor {trust.distributor} on chain {chain.chain_id}, and "
+                 "every row agrees with the rewards tree")
     out.result({"dataset": args.dataset, "seq": seq, "rewards": rewards, "rows": rows,
                 "verified": True if args.verify else None})
     return EXIT_OK

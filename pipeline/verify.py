@@ -121,7 +121,6 @@ def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address
     """A committed batch is what was anchored: every part's SHA-256 against the manifest, every
     leaf and the root recomputed from the rows, root, tree size and manifest hash against
     BatchAnchor. Raises CheckFailed naming what differs."""
-    from anchoring.batch_anchor import read_batch
     from pipeline.core.leaf import leaf_function
     from pipeline.core.merkle import root as merkle_root
     from pipeline.receipts import batch_records
@@ -133,6 +132,13 @@ def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address
     if (root, len(leaves)) != (m.root, m.tree_size):
         raise CheckFailed(f"batch {m.seq}: the rows recompute to root {root} over {len(leaves)} leaves, "
                           f"the manifest says {m.root} over {m.tree_size}")
+    manifest_anchored(m, dataset, chain, address)
+
+
+def manifest_anchored(m: Any, dataset: Dataset, chain: Any, address: str) -> None:
+    """The manifest's hash, root and tree size are what BatchAnchor at `address` holds; else CheckFailed."""
+    from anchoring.batch_anchor import read_batch
+
     onchain = read_batch(chain, address, dataset.dataset_id, m.seq)
     if not onchain.exists:
         raise CheckFailed(f"batch {m.seq} is not anchored in BatchAnchor {address}")
@@ -152,6 +158,26 @@ def rewards_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, addre
     if onchain is None or onchain.hex() != rewards["root"]:
         raise CheckFailed(f"rewards root of batch {files.seq} on chain is "
                           f"{onchain.hex() if onchain else 'unpublished'}, the lake has {rewards['root']}")
+
+
+def rewards_statement(files: BatchFiles, dataset: Dataset, chain: Any, trust: TrustAnchors) -> None:
+    """A batch's rewards table is what was anchored and published: the manifest (which pins
+    rewards.parquet and rewards-tree.json) against the anchored manifest hash, its rewards root
+    against rootAt, each row's cumulative amount against the tree, and the amounts against the
+    batch's total. CheckFailed naming what differs."""
+    m = files.manifest()
+    manifest_anchored(m, dataset, chain, trust.batch_anchor)
+    rewards_against_chain(files, dataset, chain, str(trust.distributor))
+    tree = files.rewards_tree()
+    rows = files.rewards_rows()
+    for row in rows:
+        at = tree.position(row["contributor"])
+        if at is None and int(row["cumulative_amount"]) or at is not None and \
+                str(tree.values[at][1]) != row["cumulative_amount"]:
+            raise CheckFailed(f"batch {m.seq}: {row['contributor']}'s cumulative amount {row['cumulative_amount']} "
+                              "is not the one in the rewards tree")
+    if sum(int(r["amount"]) for r in rows) != int(m.rewards["total"]):
+        raise CheckFailed(f"batch {m.seq}: the rewards table's amounts do not add up to the total {m.rewards['total']}")
 
 
 def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple[list[int], str | None]:

@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -91,6 +92,36 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     assert paid == int(rewards["rewards"]["pool"]) == int(rewards["rewards"]["total"])
 
 
+def test_rewards_and_pull_verify_what_the_chain_holds_not_what_the_lake_lists(file_env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    """The attacks: rewards.parquet doctored (and its pin in the manifest updated) printed under
+    "verified"; a batch deleted from the lake silently left out of a whole-dataset pull."""
+    import hashlib
+
+    committed_flow(file_env, tmp_path)
+    contribute_one(file_env, tmp_path, "What is a rewards table?", ALICE)
+    cli(file_env, "run", "--dataset", "instructions")
+    trust = trust_args(file_env, tmp_path)[:2]
+    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
+    batch = lake / "batches/instructions/000000"
+    table = pq.read_table(batch / "rewards.parquet")
+    doctored = table.set_column(table.column_names.index("amount"), "amount",
+                                pa.array([str(10 * int(a)) for a in table.column("amount").to_pylist()]))
+    pq.write_table(doctored, batch / "rewards.parquet")
+    manifest = json.loads((batch / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["path"] == "rewards.parquet":
+            data = (batch / "rewards.parquet").read_bytes()
+            entry |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (batch / "manifest.json").write_text(json.dumps(manifest))
+    proc = cli(file_env, "rewards", "--dataset", "instructions", "--batch", "0", "--verify", *trust, check=False)
+    assert proc.returncode == 1 and "differs from the anchored manifest hash" in proc.stderr, proc.stderr
+    assert "amount" not in proc.stdout  # nothing of the doctored table is shown
+    (batch / "manifest.json").unlink()
+    proc = cli(file_env, "pull", "--dataset", "instructions", "--dest", str(tmp_path / "out"), *trust, check=False)
+    assert proc.returncode == 1 and "batch 0 is anchored" in proc.stderr and "no manifest" in proc.stderr, proc.stderr
+
+
 def test_a_second_batch_links_to_the_first_and_rewards_accumulate(file_env: dict[str, str], tmp_path: Path) -> None:
     committed_flow(file_env, tmp_path)
     extra = tmp_path / "more.jsonl"
@@ -157,9 +188,13 @@ def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dic
     assert not (lake / "incoming" / "preferences").exists()
 
 
-def test_pulling_a_dataset_with_no_batches_needs_no_chain(file_env: dict[str, str], tmp_path: Path) -> None:
+def test_an_unverified_pull_of_an_empty_dataset_needs_no_chain_and_a_verified_one_does(file_env: dict[str, str],
+                                                                                         tmp_path: Path) -> None:
     env = file_env | {"ANCHORLAKE_RPC_URL": "http://127.0.0.1:9"}
-    assert cli_json(env, "pull", "--dataset", "preferences", "--dest", str(tmp_path / "dest")) == {"pulled": []}
+    pull = ["pull", "--dataset", "preferences", "--dest", str(tmp_path / "dest")]
+    assert cli_json(env, *pull, "--no-verify") == {"pulled": []}
+    proc = cli(env, *pull, "--contract", "0x" + "11" * 20, check=False)
+    assert proc.returncode == 3 and "cannot be reached" in proc.stderr, proc.stderr
 
 
 def test_an_unreachable_chain_exits_3(file_env: dict[str, str], tmp_path: Path) -> None:
