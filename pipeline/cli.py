@@ -150,7 +150,7 @@ def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
     text = json.dumps(receipt, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n")
-        out.line(f"wrote {args.output}: {len(receipt['rows'])} rows of {receipt['contributor']}")
+        out.line(f"wrote {args.output}: {_rows(len(receipt['rows']))} of {receipt['contributor']}")
         out.result({"file": args.output, "rows": len(receipt["rows"])})
     else:
         print(text)
@@ -248,8 +248,8 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     for f in findings:
         if not f.problems:
             data = f.receipt.data
-            out.line(f"OK {f.receipt.source}: {len(data['rows'])} rows of {data['contributor']} in "
-                     f"{f.receipt.dataset} batch {f.receipt.seq} verified against {f.against}")
+            out.line(f"OK {f.receipt.source}: {_rows(len(data['rows']))} of {data['contributor']}{f.scope} "
+                     f"verified against {f.against}")
     failures = [line for f in findings for line in f.problems]
     for line in failures:
         print(f"FAIL {line}", file=sys.stderr)
@@ -442,6 +442,10 @@ def _trust_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contract", help="the BatchAnchor address you trust")
     parser.add_argument("--distributor", help="the RewardDistributor address you trust (checks rewards)")
     parser.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _seq(text: str) -> int:

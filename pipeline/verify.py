@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.receipt import Receipt, verify_batch_amount, verify_reward_proof, verify_rows
+from pipeline.core.receipt import (
+    BATCH_AMOUNT_NOT_CHECKED,
+    Receipt,
+    batch_amount_checkable,
+    verify_batch_amount,
+    verify_reward_proof,
+    verify_rows,
+)
 from pipeline.datasets import Dataset, dataset_id
 from pipeline.errors import AnchorlakeError, BadInput, CheckFailed
 
@@ -30,6 +37,7 @@ class ReceiptFindings:
     receipt: Receipt
     problems: list[str]
     against: str  # what the receipt was checked against, for the user
+    scope: str = ""  # what the check binds the rows to, e.g. " in instructions batch 0"
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,9 @@ def receipt_offline(receipt: Receipt, root: bytes, tree_size: int, dataset: str 
     if data["tree_size"] != tree_size:
         problems.append(f"{where}: tree size {data['tree_size']} is not the given tree size {tree_size}")
     unchecked = "; its reward is not checked offline" if data.get("reward") is not None else ""
-    return ReceiptFindings(receipt, problems, f"the given root and tree size {tree_size} (offline){unchecked}")
+    named = "" if dataset else "; the dataset and batch the receipt names are not checked offline"
+    return ReceiptFindings(receipt, problems, f"the given root and tree size {tree_size} (offline){named}{unchecked}",
+                           f" in {dataset}" if dataset else "")
 
 
 def receipt_on_chain(receipt: Receipt, chain: Any, trust: TrustAnchors) -> ReceiptFindings:
@@ -65,7 +75,7 @@ def receipt_on_chain(receipt: Receipt, chain: Any, trust: TrustAnchors) -> Recei
         return ReceiptFindings(receipt, relabelled, against)
     rewarded, checked = _rewarded(receipt, chain, trust)
     problems = verify_rows(receipt) + _anchored(receipt, chain, trust) + rewarded
-    return ReceiptFindings(receipt, problems, against + checked)
+    return ReceiptFindings(receipt, problems, against + checked, f" in {receipt.dataset} batch {receipt.seq}")
 
 
 def _same_dataset(receipt: Receipt, dataset: str | None) -> list[str]:
@@ -111,10 +121,14 @@ def _rewarded(receipt: Receipt, chain: Any, trust: TrustAnchors) -> tuple[list[s
         return problems + [f"{where}: rewards of batch {seq} are not published in {trust.distributor}"], ""
     previous = published_root(chain, trust.distributor, did, seq - 1) if seq else None
     problems += verify_reward_proof(receipt, root) + verify_batch_amount(receipt, previous)
-    earlier = (f"less the cumulative amount under rootAt({seq - 1})" if reward.get("previous")
-               else "equal to the cumulative amount (the receipt shows no earlier reward)")
-    return problems, (f"; reward: cumulative amount against rootAt({seq}) of RewardDistributor {trust.distributor}, "
-                      f"batch amount {earlier}")
+    if not batch_amount_checkable(receipt):
+        batch = f"; {BATCH_AMOUNT_NOT_CHECKED}"
+    elif seq:
+        batch = f", batch amount as the cumulative amount less the one under rootAt({seq - 1})"
+    else:
+        batch = ", batch amount as the cumulative amount (batch 0)"
+    return problems, (f"; reward: cumulative amount against rootAt({seq}) of RewardDistributor {trust.distributor}"
+                      + batch)
 
 
 def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address: str) -> None:

@@ -145,15 +145,20 @@ def test_a_second_batch_links_to_the_first_and_rewards_accumulate(file_env: dict
     assert int(reward["cumulative_amount"]) == int(reward["previous"]["cumulative_amount"]) + 10**21
     trust = trust_args(file_env, tmp_path)
     proc = cli(file_env, "verify", str(receipt), *trust)
-    assert "batch amount less the cumulative amount under rootAt(0)" in proc.stdout, proc.stdout
-    # The batch amount is bound by the two published roots: neither inflating it nor hiding the
-    # earlier reward (to pass the whole cumulative amount off as this batch's) verifies.
+    assert "batch amount as the cumulative amount less the one under rootAt(0)" in proc.stdout, proc.stdout
+    # The batch amount is bound by the two published roots: neither inflating it nor a false
+    # earlier cumulative amount verifies.
     for name, forged in (("more", reward | {"amount": str(10**22)}),
-                         ("hidden", reward | {"previous": None}),
                          ("earlier", reward | {"previous": reward["previous"] | {"cumulative_amount": "0"}})):
         (tmp_path / f"{name}.json").write_text(json.dumps(data | {"reward": forged}))
         proc = cli(file_env, "verify", str(tmp_path / f"{name}.json"), *trust, check=False)
         assert proc.returncode == 1 and "reward:" in proc.stderr and "OK" not in proc.stdout, (name, proc.stderr)
+    # Hiding the earlier reward (to pass the whole cumulative amount off as this batch's) cannot be
+    # refuted, since a rewards tree cannot prove an address absent: it is then said not to be checked.
+    hidden = data | {"reward": reward | {"previous": None, "amount": reward["cumulative_amount"]}}
+    (tmp_path / "hidden.json").write_text(json.dumps(hidden))
+    proc = cli(file_env, "verify", str(tmp_path / "hidden.json"), *trust)
+    assert "batch amount not checked: the receipt shows no earlier cumulative amount" in proc.stdout, proc.stdout
 
 
 def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dict[str, str], tmp_path: Path) -> None:
@@ -301,6 +306,10 @@ def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dic
     assert "root" in proc.stderr and "OK" not in proc.stdout
     assert verdict("forged.json", forged, "--contract", own, "--dataset", "instructions").returncode == 0  # only if
     # the user chose to trust the attacker's contract: the trust anchor is theirs to give.
+
+    repeated = genuine | {"rows": genuine["rows"][:1] * 5}  # one row counted five times
+    proc = verdict("repeated.json", repeated, *trust)
+    assert proc.returncode == 2 and "is listed more than once" in proc.stderr, proc.stderr
 
     relabelled = genuine | {"dataset": "preferences"}
     proc = verdict("relabelled.json", relabelled, *trust)

@@ -71,6 +71,10 @@ def parse(raw: bytes, source: str) -> Receipt:
         raise FormatError(source, "contributor", "must be 0x and 40 lowercase hex digits")
     for n, row in enumerate(data["rows"]):
         _check_row(source, f"rows[{n}]", row, data["tree_size"])
+    indices = [row["leaf_index"] for row in data["rows"]]
+    if len(set(indices)) != len(indices):
+        repeated = next(i for i in indices if indices.count(i) > 1)
+        raise FormatError(source, "rows", f"leaf {repeated} is listed more than once: each row is counted once")
     _check_reward(source, data.get("reward"))
     anchor = data.get("anchor")
     if anchor is not None and (not isinstance(anchor, dict) or not isinstance(anchor.get("chain_id"), int)):
@@ -167,12 +171,23 @@ def verify_reward_proof(receipt: Receipt, root: bytes) -> list[str]:
     return []
 
 
+BATCH_AMOUNT_NOT_CHECKED = ("batch amount not checked: the receipt shows no earlier cumulative amount, and a "
+                            "rewards tree cannot prove there was none")
+
+
+def batch_amount_checkable(receipt: Receipt) -> bool:
+    """Whether the batch amount can be checked: in batch 0, or with the earlier cumulative amount."""
+    reward = receipt.data.get("reward")
+    return reward is None or receipt.seq == 0 or reward.get("previous") is not None
+
+
 def verify_batch_amount(receipt: Receipt, previous_root: bytes | None) -> list[str]:
     """Check the batch amount is the cumulative amount less the contributor's cumulative amount
     of batch seq - 1 (`reward.previous`, folded to `previous_root`, the rewards root of seq - 1);
-    a receipt showing no earlier reward must have a batch amount equal to its cumulative amount."""
+    in batch 0 it is the cumulative amount. Without `previous` after batch 0 nothing is checked
+    (see batch_amount_checkable): absence from a rewards tree cannot be proved."""
     reward, where, seq = receipt.data.get("reward"), receipt.source, receipt.seq
-    if reward is None:
+    if reward is None or not batch_amount_checkable(receipt):
         return []
     previous, earlier = reward.get("previous"), 0
     if previous is not None:
