@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.errors import BadInput, ChainError, ConflictError, ServiceUnavailable, redact_url
+from pipeline.errors import BadInput, ChainError, ConflictError, ServiceUnavailable, redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,22 @@ class Chain:
         self.chain_id = self.rpc(lambda: self.w3.eth.chain_id)
 
     def rpc(self, call: Callable[[], Any]) -> Any:
-        """Run one RPC call; an unreachable or timed-out node is ServiceUnavailable (retryable)."""
+        """Run one RPC call; an unreachable or timed-out node, or one that does not answer
+        JSON-RPC, is ServiceUnavailable (retryable). No message carries the URL's secret parts."""
         import requests
+        from web3.exceptions import BadResponseFormat, Web3RPCError
 
         try:
             return call()
+        except Web3RPCError as e:  # the node's own error: callers read it; its text may quote the URL
+            e.args = tuple(scrub(str(a), self.rpc_url) for a in e.args)
+            if isinstance(getattr(e, "message", None), str):
+                e.message = scrub(e.message, self.rpc_url)
+            raise
+        except (BadResponseFormat, ValueError) as e:
+            if "decode" not in str(e).lower() and not isinstance(e, BadResponseFormat):
+                raise
+            raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} did not answer JSON-RPC") from None
         except requests.exceptions.ConnectionError:
             raise ServiceUnavailable(f"chain RPC at {redact_url(self.rpc_url)} cannot be reached") from None
         except requests.exceptions.Timeout:

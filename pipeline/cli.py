@@ -490,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: one line, the traceback with --debug
         if args.debug:
             raise
+        if type(e).__name__ == "Web3RPCError":  # the node refused a call (its text is scrubbed of the URL)
+            print(redact(f"anchorlake: the chain RPC answered with an error: {e}").splitlines()[0], file=sys.stderr)
+            return EXIT_SERVICE
         print(redact(f"anchorlake: internal error: {type(e).__name__}: {e} (run with --debug for details)"),
               file=sys.stderr)
         return EXIT_CHECK

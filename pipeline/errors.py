@@ -97,3 +97,18 @@ def redact_url(url: str) -> str:
 def redact(text: str) -> str:
     """`text` with every http(s)/ws(s) URL in it redacted (see redact_url)."""
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` redacted, and with the secret parts of `url` (credentials, path, query) removed
+    wherever they appear on their own: a node's error message may quote the path holding an API key."""
+    try:
+        parts = urlsplit(url)
+        secrets = [parts.username, parts.password, parts.path.strip("/"), parts.query]
+    except ValueError:
+        secrets = [url]
+    text = redact(text)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if len(secret) >= 3:
+            text = text.replace(secret, "…")
+    return text

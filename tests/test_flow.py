@@ -391,3 +391,42 @@ def test_audit_passes_an_untouched_dataset_and_names_the_first_thing_altered(fil
     swapped = (batches / "000000/rewards-tree.json").read_bytes()
     assert "000001/rewards-tree.json: SHA-256 differs" in altered(tree, swapped)
     assert cli(file_env, *audit).returncode == 0  # everything restored
+
+
+@pytest.mark.parametrize("answer", ["a JSON-RPC error quoting the path", "an HTML page quoting the path"])
+def test_an_rpc_that_quotes_its_secret_path_back_never_gets_it_printed(file_env: dict[str, str], tmp_path: Path,
+                                                                      answer: str) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Node(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if answer.startswith("a JSON-RPC"):
+                body = json.dumps({"jsonrpc": "2.0", "id": 1, "error": {
+                    "code": -32000, "message": f"invalid api key in {self.path}"}}).encode()
+            else:
+                body = f"<html>bad gateway for {self.path}</html>".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Node)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v3/SECRETKEY123"
+        receipt = tmp_path / "r.json"
+        receipt.write_text(json.dumps({"format": "anchorlake.receipt/1", "dataset": "instructions", "seq": 0,
+                                       "contributor": ALICE, "root": "00" * 32, "tree_size": 1,
+                                       "manifest_sha256": "00" * 32, "rows": [], "anchor": None, "reward": None}))
+        proc = cli(file_env, "verify", str(receipt), "--rpc", url, "--contract", "0x" + "11" * 20,
+                   "--dataset", "instructions", check=False)
+        assert proc.returncode == 3 and "SECRETKEY123" not in proc.stderr + proc.stdout, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "internal error" not in proc.stderr, proc.stderr
+    finally:
+        server.shutdown()
