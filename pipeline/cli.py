@@ -22,10 +22,23 @@ from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, NotFound, re
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 
 
+GLOBAL_FLAGS = (("--json", "print machine-readable results on stdout"), ("--quiet", "no progress lines"),
+                ("--debug", "show a traceback for unexpected errors"))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"anchorlake: {message} (see `anchorlake --help`)\n")
         raise SystemExit(EXIT_USAGE)
+
+
+class _Command(_Parser):
+    """A subcommand's parser: the global flags are accepted after the subcommand too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for flag, text in GLOBAL_FLAGS:
+            self.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
 
 
 class Output:
@@ -57,6 +70,9 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
     out.line(f"chain    {redact_url(settings.rpc_url or '')} (chain id {deployment['chain_id']})")
     for name in ("BatchAnchor", "RewardDistributor", "RewardToken"):
         out.line(f"{name:<18} {deployment[name]}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(deployment, indent=1) + "\n")
+        out.line(f"wrote {args.output}: publish it for contributors and AI teams to verify against")
     out.result({"lake": settings.lake_url, "rpc_url": redact_url(settings.rpc_url or ""), "deployment": deployment})
     return EXIT_OK
 
@@ -141,12 +157,22 @@ def _batch_status(files: Any, spec: Any, states: Any) -> dict[str, Any]:
     return entry | {"anchored": state.startswith("anchored"), "anchor_state": state}
 
 
-def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
+def _committed_batch(args: argparse.Namespace) -> Any:
+    """BatchFiles of --dataset/--batch; NotFound naming an unknown dataset or batch."""
     from pipeline import stages
     from pipeline.lake.batch import BatchFiles
 
     settings = config.load()
-    receipt = BatchFiles(stages.lake_for(settings), args.dataset, args.batch).receipt(args.contributor).data
+    stages.dataset_for(settings, args.dataset)
+    files = BatchFiles(stages.lake_for(settings), args.dataset, args.batch)
+    if not files.committed():
+        raise NotFound(f"{args.dataset} has no batch {args.batch}")
+    return files
+
+
+def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
+
+    receipt = _committed_batch(args).receipt(args.contributor).data
     text = json.dumps(receipt, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -158,11 +184,9 @@ def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_proof(args: argparse.Namespace, out: Output) -> int:
-    from pipeline import stages
-    from pipeline.lake.batch import BatchFiles
     from pipeline.receipts import serve_proof
 
-    files = BatchFiles(stages.lake_for(config.load()), args.dataset, args.batch)
+    files = _committed_batch(args)
     m = files.manifest()
     proof = serve_proof(files, args.leaf) | {"root": m.root, "manifest_sha256": m.sha256}
     if out.as_json:
@@ -389,11 +413,12 @@ def _print_demo(dataset: str, s: dict[str, Any], deployment: dict[str, Any], now
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="anchorlake", description="Verifiable AI-training data lake: ingest, validate, anchor, reward.")
-    p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--debug", action="store_true", help="show a traceback for unexpected errors")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("up", help="start the embedded default (devnet, contracts) or deploy to ANCHORLAKE_RPC_URL")
+    for flag, text in GLOBAL_FLAGS:
+        p.add_argument(flag, action="store_true", help=text)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Command)
+    up = sub.add_parser("up", help="start the embedded default (devnet, contracts) or deploy to ANCHORLAKE_RPC_URL")
+    up.add_argument("-o", "--output", metavar="FILE",
+                    help="also write the deployment (deployments/<chain_id>.json) that users verify against")
     down = sub.add_parser("down", help="stop the embedded devnet")
     down.add_argument("--purge", action="store_true", help="also delete the local lake and chain state")
     c = sub.add_parser("contribute", help="drop contribution files into the lake")

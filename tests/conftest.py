@@ -77,7 +77,7 @@ def trust_args(env: dict[str, str], tmp_path: Path, dataset: str = "instructions
     the one `anchorlake up` reports) and the name of the dataset."""
     path = tmp_path / "trusted-deployment.json"
     if not path.exists():
-        path.write_text(json.dumps(cli_json(env, "up")["deployment"]))
+        cli(env, "up", "--quiet", "-o", str(path))
     return ["--deployment", str(path), "--dataset", dataset]
 
 

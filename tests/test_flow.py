@@ -430,3 +430,16 @@ def test_an_rpc_that_quotes_its_secret_path_back_never_gets_it_printed(file_env:
         assert len(proc.stderr.strip().splitlines()) == 1 and "internal error" not in proc.stderr, proc.stderr
     finally:
         server.shutdown()
+
+
+def test_global_flags_go_before_or_after_the_command_and_unknown_names_are_named(file_env: dict[str, str]) -> None:
+    assert json.loads(cli(file_env, "status", "--json", "--quiet").stdout) == \
+        json.loads(cli(file_env, "--json", "--quiet", "status").stdout)
+    for args, expected in ((("receipt", "--dataset", "instrctions", "--batch", "0", "--contributor", ALICE),
+                            "unknown dataset 'instrctions'"),
+                           (("receipt", "--dataset", "instructions", "--batch", "5", "--contributor", ALICE),
+                            "instructions has no batch 5"),
+                           (("proof", "--dataset", "instructions", "--batch", "0", "--leaf", "0"),
+                            "instructions has no batch 0")):
+        proc = cli(file_env, *args, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
