@@ -31,8 +31,12 @@ class Chain:
 
     def __init__(self, rpc_url: str, key: str | None = None, confirmations: int = 1,
                  timeout: float = 120.0, role: str = "signing") -> None:
+        from urllib.parse import urlsplit
+
         from web3 import Web3
 
+        if urlsplit(rpc_url).scheme.lower() not in ("http", "https") or not urlsplit(rpc_url).netloc:
+            raise BadInput(f"the chain RPC URL must be http:// or https://, got {redact_url(rpc_url)!r}")
         self.rpc_url = rpc_url
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
         self.confirmations = confirmations

@@ -46,7 +46,7 @@ class FormatError(BadInput):
     """A file anchorlake reads is not of the format it claims; names the file and the field."""
 
     def __init__(self, source: str, field: str, problem: str) -> None:
-        super().__init__(f"{source}: {field}: {problem}")
+        super().__init__(f"{source}: {problem}" if field == "(file)" else f"{source}: {field}: {problem}")
         self.source = source
         self.field = field
         self.problem = problem
