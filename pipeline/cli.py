@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -512,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anchorlake: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `anchorlake proof … | head`: the reader has what it wanted; leave quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:  # a bug, not bad input: one line, the traceback with --debug
         if args.debug:
             raise
