@@ -449,9 +449,9 @@ def test_global_flags_go_before_or_after_the_command_and_unknown_names_are_named
 def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(file_env: dict[str, str]) -> None:
     """`anchorlake proof … | head`: a write to a closed pipe ends the command with exit 0 and no
     BrokenPipe message (the whole CLI, in a shell pipeline, with more output than a pipe buffers)."""
-    script = (f"import sys; sys.argv = ['anchorlake', 'status']; from pipeline import cli; "
-              f"cli.COMMANDS['status'] = lambda args, out: [print('x' * 1000) for _ in range(1000)] and 0; "
-              f"raise SystemExit(cli.main())")
+    script = ("import sys; sys.argv = ['anchorlake', 'status']; from pipeline import cli; "
+              "cli.COMMANDS['status'] = lambda args, out: [print('x' * 1000) for _ in range(1000)] and 0; "
+              "raise SystemExit(cli.main())")
     proc = subprocess.run(f"{sys.executable} -c \"{script}\" | head -c 10 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
                           shell=True, executable="/bin/bash", capture_output=True, text=True, env=file_env, cwd=REPO)
     assert proc.stdout.strip() == "0" and proc.stderr == "", (proc.stdout, proc.stderr)
