@@ -204,6 +204,7 @@ def test_the_node_cli_agrees_with_anchorlake_verify_on_every_receipt(lake: Lake)
     trust = ["--deployment", str(lake.deployment), "--dataset", "instructions"]
     names = sorted(lake.receipts)
     python = cli(lake.env, "--json", "--quiet", "verify", *(str(lake.receipts[n]) for n in names), *trust, check=False)
+    assert python.stdout, python.stderr
     python_ok = {name: r["ok"] for name, r in zip(names, json.loads(python.stdout)["receipts"], strict=True)}
     javascript_ok = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode == 0 for name in names}
     assert javascript_ok == python_ok

@@ -1,0 +1,87 @@
+"""Property tests: whatever bytes a contributor drops, reading one source never raises, and every
+record it yields is either typed or quarantined with a reason (nothing is lost on the way)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import REPO_ROOT
+from pipeline.datasets import load as load_dataset
+from pipeline.ingest.parse import Block, parse_source
+
+pytestmark = pytest.mark.unit
+DATASET = load_dataset(REPO_ROOT / "expectations", "instructions")
+FIELDS = ("prompt", "response", "language", "consent", "created_at", "contributor", "salt", "mood")
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+records = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), json_values, max_size=8)
+
+
+def read_all(name: str, data: bytes) -> list[Block]:
+    blocks = list(parse_source(DATASET, 0, name, io.BytesIO(data)))
+    assert blocks and all(isinstance(b, Block) for b in blocks)
+    for block in blocks:  # a record is typed (it has its contributor and leaf) or quarantined with a reason
+        for reason, contributor, leaf in zip(block.reason, block.contributor, block.leaf, strict=True):
+            assert reason is not None or (contributor is not None and leaf is not None)
+    return blocks
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=2000),
+       name=st.sampled_from(["a.jsonl", "a.csv", "a.parquet", "a.jsonl.gz", "a.csv.gz", "a.bin"]))
+def test_random_bytes_in_any_format_never_raise(data: bytes, name: str) -> None:
+    read_all(name, data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(records, max_size=12), compress=st.booleans())
+def test_random_json_records_are_each_typed_or_quarantined(rows: list[dict], compress: bool) -> None:
+    lines = []
+    for row in rows:
+        try:
+            lines.append(json.dumps(row, allow_nan=True).encode())
+        except (TypeError, ValueError):
+            lines.append(b"{not json")
+    data = b"\n".join(lines) + b"\n"
+    blocks = read_all("a.jsonl.gz" if compress else "a.jsonl", gzip.compress(data) if compress else data)
+    counted = sum(len(b) for b in blocks)
+    assert counted == max(len(rows), 1)  # an empty file is one `empty_source` entry
+
+
+@settings(max_examples=100, deadline=None)
+@given(cells=st.lists(st.lists(st.text(max_size=12), min_size=1, max_size=7), max_size=10))
+def test_random_csv_never_raises(cells: list[list[str]]) -> None:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["prompt", "response", "language", "consent", "created_at", "contributor"])
+    writer.writerows(cells)
+    read_all("a.csv", out.getvalue().encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({
+    "prompt": st.none() | st.text(max_size=30), "consent": st.none() | st.booleans(),
+    "contributor": st.none() | st.text(max_size=42) | st.just("0x" + "ab" * 20),
+    "created_at": st.none() | st.integers(min_value=-(2**62), max_value=2**62)}), max_size=8))
+def test_random_parquet_never_raises(rows: list[dict]) -> None:
+    table = pa.table({
+        "prompt": pa.array([r["prompt"] for r in rows], pa.string()),
+        "consent": pa.array([r["consent"] for r in rows], pa.bool_()),
+        "contributor": pa.array([r["contributor"] for r in rows], pa.string()),
+        "created_at": pa.array([r["created_at"] for r in rows], pa.timestamp("us", tz="UTC"))})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    blocks = read_all("a.parquet", buf.getvalue())
+    assert sum(len(b) for b in blocks) == max(len(rows), 1)
