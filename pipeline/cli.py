@@ -171,6 +171,22 @@ def _committed_batch(args: argparse.Namespace) -> Any:
     return files
 
 
+def cmd_check(args: argparse.Namespace, out: Output) -> int:
+    """Declarations and suites validated without data: one line per problem, exit 2 if any."""
+    from pipeline import datasets, stages
+
+    settings = config.load()
+    names = [args.dataset] if args.dataset else datasets.available(settings.datasets_dir)
+    found = {name: stages.check(settings, name) for name in names}
+    for name, problems in found.items():
+        for line in problems:
+            print(f"FAIL {line}", file=sys.stderr)
+        if not problems:
+            out.line(f"OK {name}: declaration and suite are valid")
+    out.result({"datasets": {name: {"ok": not problems, "problems": problems} for name, problems in found.items()}})
+    return EXIT_USAGE if any(found.values()) else EXIT_OK
+
+
 def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
 
     receipt = _committed_batch(args).receipt(args.contributor).data
@@ -427,6 +443,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", required=True)
     r = sub.add_parser("run", help="one batch now, every stage")
     r.add_argument("--dataset", required=True)
+    ck = sub.add_parser("check", help="validate dataset declarations and suites without data")
+    ck.add_argument("--dataset")
     s = sub.add_parser("status", help="batches and their anchoring")
     s.add_argument("--dataset")
     rc = sub.add_parser("receipt", help="a contributor's receipt for a batch")
@@ -488,6 +506,7 @@ def _address(text: str) -> str:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
+            "check": cmd_check,
             "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
 
 

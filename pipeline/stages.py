@@ -120,8 +120,28 @@ def contribute(settings: Settings, dataset: str, paths: Sequence[Path]) -> list[
     return dropped
 
 
+def check(settings: Settings, dataset: str) -> list[str]:
+    """Everything wrong with a dataset's declaration and suite, found without data, one line each."""
+    from pipeline.errors import FormatError
+    from pipeline.ingest.quality import suite_problems
+
+    try:
+        spec = dataset_for(settings, dataset)
+    except FormatError as e:
+        return [str(e)]
+    try:
+        return suite_problems(spec)
+    except FormatError as e:
+        return [str(e)]
+
+
 def stage(settings: Settings, dataset: str) -> int | None:
-    """Freeze the next batch's sources; its seq, or None when nothing new arrived."""
+    """Freeze the next batch's sources; its seq, or None when nothing new arrived. A declaration
+    or suite with a problem stops it before anything is staged."""
+    problems = check(settings, dataset)
+    if problems:
+        more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
+        raise BadInput(problems[0] + more)
     return stage_sources(lake_for(settings), dataset_for(settings, dataset))
 
 

@@ -441,3 +441,36 @@ def test_limits_are_declared_per_dataset_and_a_misspelled_key_is_an_error(tmp_pa
     reasons = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE)))).to_pylist()
     assert sorted(r["reason"] for r in reasons) == ["too_many_rows", "too_many_rows"]
     assert counts["accepted"] == 3 + 2  # the lines before the limit (the CSV header is a line)
+
+
+def test_check_names_every_problem_of_a_suite_and_run_stages_nothing(tmp_path: Path) -> None:
+    """A misspelled expectation type (GX would only log it and validate nothing), an unknown column,
+    an unknown policy key and a regex ending in $: one line each, exit 2, nothing staged."""
+    import shutil
+
+    from conftest import base_env, cli
+
+    declarations = tmp_path / "expectations"
+    declarations.mkdir()
+    shutil.copy(REPO_ROOT / "expectations" / "instructions.dataset.json", declarations)
+    suite = json.loads((REPO_ROOT / "expectations" / "instructions.suite.json").read_text())
+    suite["expectations"] += [
+        {"type": "expect_column_values_to_not_be_nul", "kwargs": {"column": "prompt"}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "mood"}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "prompt"},
+         "meta": {"anchorlake": {"reasons": "x"}}},
+        {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "language", "regex": "^[a-z]+$"}}]
+    (declarations / "instructions.suite.json").write_text(json.dumps(suite))
+    env = base_env(tmp_path) | {"ANCHORLAKE_DATASETS": str(declarations),
+                                "ANCHORLAKE_LAKE": (tmp_path / "lake").as_uri()}
+    proc = cli(env, "check", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 4, proc.stderr
+    for said, expected in zip(lines, ("did you mean expect_column_values_to_not_be_null", "unknown column 'mood'",
+                                      "unknown meta.anchorlake key 'reasons'", "ends in $"), strict=True):
+        assert expected in said, said
+    lake = open_lake((tmp_path / "lake").as_uri())
+    lake.write("incoming/instructions/a.jsonl", jsonl(line(good(1))))
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 2 and "and 3 more: run `anchorlake check`" in proc.stderr, proc.stderr
+    assert list(lake.list("raw/")) == []

@@ -202,11 +202,19 @@ def test_the_node_cli_names_the_failing_part_of_each_forged_receipt(lake: Lake, 
 
 def test_the_node_cli_agrees_with_anchorlake_verify_on_every_receipt(lake: Lake) -> None:
     trust = ["--deployment", str(lake.deployment), "--dataset", "instructions"]
-    names = sorted(lake.receipts)
+    # `anchorlake verify` refuses a receipt listing a leaf twice as malformed (exit 2, for the whole
+    # command); the node CLI fails its rows part (exit 1). Neither verifies it.
+    refused = ["duplicate-rows"]
+    names = sorted(set(lake.receipts) - set(refused))
     python = cli(lake.env, "--json", "--quiet", "verify", *(str(lake.receipts[n]) for n in names), *trust, check=False)
     assert python.stdout, python.stderr
     python_ok = {name: r["ok"] for name, r in zip(names, json.loads(python.stdout)["receipts"], strict=True)}
-    javascript_ok = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode == 0 for name in names}
+    for name in refused:
+        proc = cli(lake.env, "verify", str(lake.receipts[name]), *trust, check=False)
+        assert proc.returncode == 2 and "listed more than once" in proc.stderr, proc.stderr
+        python_ok[name] = False
+    javascript_ok = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode == 0
+                     for name in sorted(lake.receipts)}
     assert javascript_ok == python_ok
     assert [name for name, ok in javascript_ok.items() if ok] == [
         "batch-1-previous-deleted", "batch-1-without-previous", "genuine", "genuine-batch-1"]

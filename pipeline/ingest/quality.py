@@ -28,6 +28,51 @@ class BatchRejected(AnchorlakeError):
     exit_code = 1
 
 
+POLICY_KEYS = ("reason", "max_failing_share")
+COLUMN_KWARGS = ("column", "column_A", "column_B")
+
+
+def suite_problems(dataset: Dataset) -> list[str]:
+    """Everything wrong with a dataset's suite, found without data, one line each: an expectation
+    type GX does not know (which GX would only log, validating nothing), a column the dataset does
+    not have, an unknown or out-of-range `meta.anchorlake` key, a regex not matching whole strings."""
+    from difflib import get_close_matches
+
+    from great_expectations.expectations.registry import (
+        get_expectation_impl,
+        list_registered_expectation_implementations,
+    )
+
+    where, problems = dataset.suite_path, []
+    columns = {c.name for c in dataset.columns} | {"contributor"}
+    for n, e in enumerate(dataset.suite_json()["expectations"]):
+        kind = e.get("type") if isinstance(e, dict) else None
+        at = f"{where}: expectations[{n}] ({kind})"
+        if not isinstance(kind, str):
+            problems.append(f"{where}: expectations[{n}] has no type")
+            continue
+        try:
+            get_expectation_impl(kind)
+        except Exception:
+            near = get_close_matches(kind, list_registered_expectation_implementations(), n=1)
+            problems.append(f"{at}: unknown expectation type" + (f" (did you mean {near[0]}?)" if near else ""))
+        kwargs = e.get("kwargs") or {}
+        named = [kwargs[k] for k in COLUMN_KWARGS if k in kwargs] + list(kwargs.get("column_list", []))
+        problems += [f"{at}: unknown column {c!r} (the dataset has {', '.join(sorted(columns))})"
+                     for c in named if c not in columns]
+        regex = str(kwargs.get("regex", ""))
+        if regex.endswith("$") and not regex.endswith("\\$"):
+            problems.append(f"{at}: regex {regex!r} ends in $, which also matches before a final newline: end it "
+                            "with \\Z to match the whole string")
+        policy = (e.get("meta") or {}).get("anchorlake", {})
+        problems += [f"{at}: unknown meta.anchorlake key {k!r} (known: {', '.join(POLICY_KEYS)})"
+                     for k in policy if k not in POLICY_KEYS]
+        share = policy.get("max_failing_share", 0)
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+            problems.append(f"{at}: meta.anchorlake.max_failing_share must be a number from 0 to 1")
+    return problems
+
+
 @dataclass
 class ExpectationTally:
     type: str
@@ -61,11 +106,11 @@ class QualityReport:
 
     def __post_init__(self) -> None:
         self.suite = self.dataset.suite_json()
+        problems = suite_problems(self.dataset)
+        if problems:
+            more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
+            raise BadInput(problems[0] + more)
         for e in self.suite["expectations"]:
-            regex = str((e.get("kwargs") or {}).get("regex", ""))
-            if regex.endswith("$") and not regex.endswith("\\$"):
-                raise BadInput(f"{self.dataset.suite_path}: {e.get('type')} regex {regex!r} ends in $, which also "
-                               "matches before a final newline: end it with \\Z to match the whole string")
             policy = (e.get("meta") or {}).get("anchorlake", {})
             limit = policy.get("max_failing_share")
             self.tallies.append(ExpectationTally(e.get("type", "?"), e.get("kwargs", {}),
@@ -119,6 +164,9 @@ class QualityReport:
             batch = definition.get_batch(batch_parameters={"dataframe": frame})
             result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
         failures: dict[int, tuple[str, str]] = {}
+        if len(result.results) != len(self.tallies):  # GX skipped one: never pass that as success
+            raise BadInput(f"{self.dataset.suite_path}: Great Expectations ran {len(result.results)} of the suite's "
+                           f"{len(self.tallies)} expectations")
         for res in result.results:
             tally = self.tallies[int(res.expectation_config.meta["anchorlake_position"])]
             message = _raised(res.exception_info)
