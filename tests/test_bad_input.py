@@ -474,3 +474,22 @@ def test_check_names_every_problem_of_a_suite_and_run_stages_nothing(tmp_path: P
     proc = cli(env, "run", "--dataset", "instructions", check=False)
     assert proc.returncode == 2 and "and 3 more: run `anchorlake check`" in proc.stderr, proc.stderr
     assert list(lake.list("raw/")) == []
+
+
+def test_sources_already_staged_are_recognised_without_downloading_them_again(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.lake import sources
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    for i in range(5):
+        lake.write(f"incoming/instructions/old-{i}.jsonl", jsonl(line(good(i))))
+    commit_batch(lake, dataset, stage_sources(lake, dataset))
+    downloaded: list[str] = []
+    copy = sources.copy_hashing
+    monkeypatch.setattr(sources, "copy_hashing", lambda lake, key, scratch: downloaded.append(key) or copy(lake, key, scratch))
+    lake.write("incoming/instructions/new.jsonl", jsonl(line(good(10))))
+    lake.write("incoming/instructions/old-0.jsonl", jsonl(line(good(11))))  # rewritten: new bytes, a new source
+    assert stage_sources(lake, dataset) == 1
+    assert sorted(downloaded) == ["incoming/instructions/new.jsonl", "incoming/instructions/old-0.jsonl"]
+    assert commit_batch(lake, dataset, 1).data["counts"]["accepted"] == 2

@@ -50,6 +50,7 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
         return seq
     first, seen = _ingested(lake, dataset.name)
     seen.update(staging.failed_sources(lake, dataset.name))  # a refused plan's sources are not tried again
+    known = staging.staged_versions(lake, dataset.name, range(seq))  # recognised without downloading
     planned: list[Source] = []
     skipped: list[SkippedSource] = []
     with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch:
@@ -60,16 +61,18 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
                     seen.add((obj.key, refused.sha256))
                     skipped.append(refused)
                 continue
+            if obj.version and (obj.key, obj.size, obj.version) in known:
+                continue
             local, digest, size = staging.copy_hashing(lake, obj.key, Path(scratch))
             try:
                 if (obj.key, digest) in seen:
                     continue
                 seen.add((obj.key, digest))
                 if digest in first:
-                    skipped.append(SkippedSource(obj.key, digest, size, "duplicate_source", first[digest]))
+                    skipped.append(SkippedSource(obj.key, digest, size, "duplicate_source", first[digest], obj.version))
                     continue
                 first[digest] = obj.key
-                planned.append(staging.store_raw(lake, dataset.name, seq, obj.key, digest,
+                planned.append(staging.store_raw(lake, dataset.name, seq, obj, digest,
                                                  source_extension(obj.key), local))
             finally:
                 os.unlink(local)

@@ -7,7 +7,7 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +27,7 @@ class Source:
     sha256: str
     bytes: int
     raw_key: str
+    version: str = ""  # the drop zone object's version when staged (see ObjectInfo.version)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class SkippedSource:
     bytes: int
     reason: str  # "duplicate_source" (the same bytes under another key) or "not_a_regular_file"
     first_key: str | None
+    version: str = ""
 
 
 def contribute(lake: Lake, dataset: str, filename: str, data: bytes) -> tuple[str, str]:
@@ -74,12 +76,24 @@ def copy_hashing(lake: Lake, key: str, scratch: Path) -> tuple[Path, str, int]:
     return Path(tmp), digest.hexdigest(), size
 
 
-def store_raw(lake: Lake, dataset: str, seq: int, key: str, sha256: str, ext: str, local: Path) -> Source:
+def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, ext: str, local: Path) -> Source:
     """Keep the byte-exact copy of a source of batch `seq` under raw/."""
     raw_key = layout.raw(dataset, seq, sha256, ext)
     if not lake.exists(raw_key):
         lake.write_file(raw_key, local)
-    return Source(key, sha256, local.stat().st_size, raw_key)
+    return Source(obj.key, sha256, local.stat().st_size, raw_key, obj.version)
+
+
+def staged_versions(lake: Lake, dataset: str, seqs: Iterable[int]) -> set[tuple[str, int, str]]:
+    """(key, size, version) of every drop zone object the plans of batches `seqs` took or skipped,
+    so a later staging knows them without downloading them again."""
+    found: set[tuple[str, int, str]] = set()
+    for seq in seqs:
+        plan = load_plan(lake, dataset, seq)
+        if plan is not None:
+            found.update((s.key, s.bytes, s.version) for s in plan[0] if s.version)
+            found.update((s.key, s.bytes, s.version) for s in plan[1] if s.version)
+    return found
 
 
 def load_plan(lake: Lake, dataset: str, seq: int) -> tuple[list[Source], list[SkippedSource]] | None:

@@ -34,6 +34,7 @@ class ObjectInfo:
     size: int
     regular: bool = True  # False for a link or a special file in a file:// lake: never read
     target: str = ""  # where such a link points
+    version: str = ""  # changes when the object is rewritten: S3 ETag and time, a file's mtime
 
 
 class Lake(ABC):
@@ -161,7 +162,8 @@ class FileLake(Lake):
                 if key.startswith(prefix):
                     info = full.lstat()
                     target = os.readlink(full) if stat.S_ISLNK(info.st_mode) else ""
-                    found.append(ObjectInfo(key, info.st_size, stat.S_ISREG(info.st_mode), target))
+                    found.append(ObjectInfo(key, info.st_size, stat.S_ISREG(info.st_mode), target,
+                                            f"{info.st_mtime_ns}.{info.st_ino}"))
         return iter(sorted(found, key=lambda o: o.key))
 
     def open(self, key: str) -> BinaryIO:
@@ -293,7 +295,9 @@ class S3Lake(Lake):
                 kwargs["ContinuationToken"] = token
             page = self._call("list", prefix or "", self._client.list_objects_v2, **kwargs)
             for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]))
+                modified = obj.get("LastModified")
+                yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]),
+                                 version=f"{str(obj.get('ETag', '')).strip(chr(34))}.{modified.isoformat() if modified else ''}")
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
