@@ -213,13 +213,19 @@ def _addresses(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def fault_point(name: str, env: Mapping[str, str] | None = None) -> None:
-    """Die on the spot (SIGKILL) if ANCHORLAKE_FAULT names this point: how the kill tests stop a
-    stage at an exact instant. Unset in production; costs one dictionary lookup."""
+    """Die on the spot (SIGKILL) if ANCHORLAKE_FAULT names this point, or stall there if
+    ANCHORLAKE_STALL is `name:seconds`: how the tests kill or stall a stage at an exact instant.
+    Unset in production; costs two dictionary lookups."""
     env = os.environ if env is None else env
     if env.get("ANCHORLAKE_FAULT") == name:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+    point, _, seconds = env.get("ANCHORLAKE_STALL", "").partition(":")
+    if point == name:
+        import time
+
+        time.sleep(float(seconds or 0))
 
 
 def rpc_url_is_external(env: Mapping[str, str] | None = None) -> bool:

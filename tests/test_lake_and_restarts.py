@@ -168,3 +168,34 @@ def test_the_demo_runs_the_main_job_twice_and_leaves_nothing_running(tmp_path: P
     record = json.loads((tmp_path / "home" / "devnet" / "devnet.json").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(record["pid"], 0)
+
+
+def test_a_writer_stalled_past_its_lease_never_changes_the_committed_batch(s3_env: dict[str, str]) -> None:
+    """Writer A stalls after writing its data parts, past its lease; writer B takes the lease over
+    and commits. When A wakes up it stops at its fence: every file of the batch is byte-identical."""
+    from pipeline import config
+
+    env = s3_env | {"ANCHORLAKE_LEASE_SECONDS": "2"}
+    cli(env, "up")
+    cli(env, "contribute", "--dataset", "instructions", *sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl")))
+    settings = config.load(env)
+    lake = open_lake(settings.lake_url, settings.s3)
+    batch = "batches/instructions/000000/"
+    stalled = subprocess.Popen([ANCHORLAKE, "run", "--dataset", "instructions"], cwd=REPO, text=True,
+                               env=env | {"ANCHORLAKE_STALL": "commit.built:20"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not lake.exists(batch + "data/part-00000.parquet"):  # A built its parts and stalls now
+            assert stalled.poll() is None and time.monotonic() < deadline, stalled.communicate()
+            time.sleep(0.2)
+        cli(env, "run", "--dataset", "instructions")  # B: waits out A's lease, takes it over, commits
+        names = json.loads(lake.read(batch + "manifest.json"))["files"]
+        assert [f["path"] for f in names] == ["data/part-00000-g1.parquet"]  # B's own part names
+        before = {o.key: lake.read(o.key) for o in lake.list(batch)}
+        _, err = stalled.communicate(timeout=120)
+        assert stalled.returncode == 3 and ("lease" in err or "is committed" in err), err
+        assert {o.key: lake.read(o.key) for o in lake.list(batch)} == before
+    finally:
+        if stalled.poll() is None:
+            stalled.kill()
+    assert cli_json(env, "status", "--dataset", "instructions")["batches"][0]["anchored"] is True

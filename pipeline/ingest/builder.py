@@ -225,7 +225,8 @@ class BatchBuilder:
         import pyarrow as pa
 
         rows = [typed[j] for j in accepted]
-        entry = self.files_of.write(layout.part(len(self.files)), parquet_bytes(table.take(accepted)))
+        entry = self.files_of.write(layout.part(len(self.files), self.files_of.generation),
+                                     parquet_bytes(table.take(accepted)))
         self.files.append(entry | {"rows": len(accepted)})
         self.index.write_table(pa.table({
             "record_id": pa.array([chunk.leaf[i].hex() for i in rows], pa.string()),  # type: ignore[union-attr]
@@ -253,7 +254,7 @@ class BatchBuilder:
     def write_empty_part(self) -> None:
         """An empty batch still has one (empty) data file with the schema."""
         data = parquet_bytes(arrow_table(self.columns, {c.name: [] for c in self.columns}))
-        self.files.append(self.files_of.write(layout.part(0), data) | {"rows": 0})
+        self.files.append(self.files_of.write(layout.part(0, self.files_of.generation), data) | {"rows": 0})
 
     def close_writers(self) -> None:
         self.quarantine.close()

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import config
 from pipeline.core import manifest as manifests
 from pipeline.core import treefile
 from pipeline.core.jcs import canonical_bytes
@@ -65,8 +66,12 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
 
 def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skipped: list[SkippedSource],
                    chunk_records: int, lease: Lease, seal: Callable[[str], str] | None) -> None:
+    manifest_key = files.key(layout.MANIFEST)
+    files.generation = lease.generation
+    files.fence = lambda: lease.fence(lambda: files.lake.exists(manifest_key))
     with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
         builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease)
+        config.fault_point("commit.built")
         _check_conserved(builder, dataset.name, files.seq)
         if not builder.files:
             builder.write_empty_part()

@@ -66,6 +66,10 @@ class BatchFiles:
         self.lake, self.dataset, self.seq = lake, dataset, seq
         self._manifest: manifests.Manifest | None = None
         self._manifest_bytes = b""
+        # Set by a commit: the writer's lease generation, and a check run before every write
+        # that raises once the writer lost its lease or the batch is committed (a fenced writer).
+        self.generation = 0
+        self.fence: Callable[[], None] = lambda: None
 
     def key(self, relative: str) -> str:
         return layout.batch_file(self.dataset, self.seq, relative)
@@ -113,12 +117,14 @@ class BatchFiles:
 
     def write(self, relative: str, data: bytes) -> dict[str, Any]:
         """Write a file of the batch; its manifest entry (path, sha256, bytes)."""
+        self.fence()
         self.lake.write(self.key(relative), data)
         return {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
     def write_file(self, relative: str, path: Path) -> dict[str, Any]:
         """Upload a local file (streamed) as a file of the batch; its manifest entry."""
         digest, size = hash_file(path)
+        self.fence()
         self.lake.write_file(self.key(relative), path)
         return {"path": relative, "sha256": digest, "bytes": size}
 

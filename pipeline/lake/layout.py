@@ -24,9 +24,11 @@ def seq_part(seq: int) -> str:
     return f"{seq:06d}"
 
 
-def part(number: int) -> str:
-    """A data part, relative to its batch: leaf order is part order, then row order."""
-    return f"data/part-{number:05d}.parquet"
+def part(number: int, generation: int = 0) -> str:
+    """A data part, relative to its batch: leaf order is part order, then row order. A writer that
+    took the commit lease over (generation > 0) writes parts of its own names, so nothing an
+    earlier, stalled writer still sends can land on a part the manifest names."""
+    return f"data/part-{number:05d}.parquet" if generation <= 0 else f"data/part-{number:05d}-g{generation}.parquet"
 
 
 def data_docs_page(number: int) -> str:

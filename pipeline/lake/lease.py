@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,17 @@ class Lease:
             self.lake.write(self._key(self.generation), self._body(expires_at=0))
 
     def check(self) -> None:
+        """Raise LeaseBusy unless this writer still holds the latest lease and it has not expired
+        (once expired, another writer may take it over at any moment)."""
         latest, body = self._latest()
         if latest != self.generation or body is None or body.get("owner") != self.owner:
             raise LeaseBusy(f"{self.dataset} batch {self.seq}: the commit lease passed to another writer")
+        if float(body["expires_at"]) < time.time():
+            raise LeaseBusy(f"{self.dataset} batch {self.seq}: this writer's commit lease expired; it stops")
+
+    def fence(self, committed: Callable[[], bool]) -> None:
+        """Before each write of the batch's files: this writer still holds its lease, and the
+        batch is not committed (by anyone). A writer that stalled past its lease stops here."""
+        self.check()
+        if committed():
+            raise LeaseBusy(f"{self.dataset} batch {self.seq} is committed; this writer stops")
