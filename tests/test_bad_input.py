@@ -128,6 +128,28 @@ CASES: list[tuple[str, bytes, list[str], int]] = [
     ("csv-huge-field.csv", csv_header + b'"Tell me fact 86 about the sea.","' + b"r\n" * 200_000 + b'",en,true,'
      b"2026-11-01T10:00:00Z," + ALICE.encode() + b'\n"Tell me fact 87 about the sea.","ok",en,true,'
      b"2026-11-01T10:00:00Z," + ALICE.encode() + b"\n", ["record_too_large"], 1),
+    ("csv-header-repeats.csv", b"prompt,prompt,contributor\n" + b'"Tell me fact 88 about the sea.",x,' + ALICE.encode()
+     + b"\n", ["corrupt_source"], 0),
+    ("csv-unknown-column.csv", b"prompt,response,language,consent,created_at,contributor,mood\n"
+     + b'"Tell me fact 89 about the sea.","ok",en,true,2026-11-01T10:00:00Z,' + ALICE.encode() + b",happy\n",
+     ["unknown_column"], 0),
+    ("csv-bad-timestamp.csv", csv_header + b'"Tell me fact 90 about the sea.","ok",en,true,yesterday,' + ALICE.encode()
+     + b"\n", ["wrong_type"], 0),
+    ("csv-header-only.csv", csv_header, ["empty_source"], 0),
+    ("address-0X.jsonl", jsonl(line(good(91)), line(good(92, contributor="0X" + "11" * 20))), ["invalid_contributor"], 1),
+    ("address-space.jsonl", jsonl(line(good(93)), line(good(94, contributor=" " + ALICE))), ["invalid_contributor"], 1),
+    ("address-bool.jsonl", jsonl(line(good(95)), line(good(96, contributor=True))), ["invalid_contributor"], 1),
+    ("empty-object.jsonl", jsonl(line(good(97)), b"{}"), ["missing_contributor"], 1),
+    ("null-line.jsonl", jsonl(line(good(98)), b"null"), ["not_an_object"], 1),
+    ("timestamp-number.jsonl", jsonl(line(good(99)), line(good(100, created_at=1_700_000_000))), ["wrong_type"], 1),
+    ("list-prompt.jsonl", jsonl(line(good(101)), line(good(102, prompt=["a", "b"]))), ["wrong_type"], 1),
+    ("language-separator.jsonl", jsonl(line(good(103)), line(good(104, language="en\u2028"))), ["invalid_language"], 1),
+    ("parquet-no-contributor.parquet", parquet_bytes(pa.table({"prompt": ["Tell me fact 105 about the sea."]})),
+     ["missing_contributor"], 0),
+    ("parquet-empty.parquet", parquet_bytes(pa.table({"prompt": pa.array([], pa.string()),
+                                                      "contributor": pa.array([], pa.string())})), ["empty_source"], 0),
+    ("parquet-struct.parquet", parquet_bytes(pa.table({"prompt": [{"text": "Tell me fact 106 about the sea."}],
+                                                       "contributor": [ALICE]})), ["wrong_type"], 0),
     ("bom-crlf.jsonl", b"\xef\xbb\xbf" + line(good(65)) + b"\r\n" + line(good(66)) + b"\r\n", [], 2),
     ("good.jsonl.gz", gzip.compress(jsonl(line(good(67)), line(good(68)))), [], 2),
     ("good.csv.gz", gzip.compress(csv_header + b'"Tell me fact 69 about the sea.","ok",en,true,2026-11-01T10:00:00Z,'
@@ -153,8 +175,8 @@ def committed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     return lake, dataset, commit_batch(lake, dataset, seq)
 
 
-def test_the_corpus_has_at_least_48_kinds_of_bad_input() -> None:
-    assert sum(1 for c in CASES if c[2]) >= 48
+def test_the_corpus_has_at_least_60_kinds_of_bad_input() -> None:
+    assert sum(1 for c in CASES if c[2]) >= 60
 
 
 def test_every_bad_record_gets_its_reason_and_good_rows_commit(committed: tuple) -> None:
@@ -493,3 +515,21 @@ def test_sources_already_staged_are_recognised_without_downloading_them_again(tm
     assert stage_sources(lake, dataset) == 1
     assert sorted(downloaded) == ["incoming/instructions/new.jsonl", "incoming/instructions/old-0.jsonl"]
     assert commit_batch(lake, dataset, 1).data["counts"]["accepted"] == 2
+
+
+def test_reading_parquet_never_aborts_the_process_across_fifty_runs(tmp_path: Path) -> None:
+    """pyarrow's threaded in-memory Parquet read aborted `anchorlake rewards` at interpreter exit
+    (exit 134) in about one run in four; every Parquet read is single-threaded now."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import base_env, cli
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    lake.write("incoming/instructions/a.jsonl", jsonl(*(line(good(i)) for i in range(20))))
+    commit_batch(lake, dataset, stage_sources(lake, dataset))
+    env = base_env(tmp_path) | {"ANCHORLAKE_LAKE": lake.url}
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: cli(env, "--json", "rewards", "--dataset", "instructions", check=False),
+                             range(50)))
+    assert [r.returncode for r in runs] == [0] * 50, next(r.stderr for r in runs if r.returncode)
