@@ -66,9 +66,8 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
 
 def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skipped: list[SkippedSource],
                    chunk_records: int, lease: Lease, seal: Callable[[str], str] | None) -> None:
-    manifest_key = files.key(layout.MANIFEST)
     files.generation = lease.generation
-    files.fence = lambda: lease.fence(lambda: files.lake.exists(manifest_key))
+    files.fence = lambda: lease.fence(files.committed)
     with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
         builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease)
         config.fault_point("commit.built")
