@@ -126,12 +126,8 @@ def check(settings: Settings, dataset: str) -> list[str]:
     from pipeline.ingest.quality import suite_problems
 
     try:
-        spec = dataset_for(settings, dataset)
-    except FormatError as e:
-        return [str(e)]
-    try:
-        return suite_problems(spec)
-    except FormatError as e:
+        return suite_problems(dataset_for(settings, dataset))
+    except FormatError as e:  # the declaration, or the suite file itself
         return [str(e)]
 
 
