@@ -193,4 +193,7 @@ def load(directory: Path, name: str) -> Dataset:
 
 
 def available(directory: Path) -> list[str]:
+    """The datasets declared in `directory`; NotFound if it is not a folder (ANCHORLAKE_DATASETS)."""
+    if not directory.is_dir():
+        raise NotFound(f"the dataset declarations folder {directory} does not exist (ANCHORLAKE_DATASETS)")
     return sorted(p.name[: -len(".dataset.json")] for p in directory.glob("*.dataset.json"))

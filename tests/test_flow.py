@@ -444,6 +444,10 @@ def test_global_flags_go_before_or_after_the_command_and_unknown_names_are_named
                             "instructions has no batch 0")):
         proc = cli(file_env, *args, check=False)
         assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    for args, expected in ((("status",), "declarations folder /nonexistent does not exist"),
+                           (("check",), "declarations folder /nonexistent does not exist")):
+        proc = cli(file_env | {"ANCHORLAKE_DATASETS": "/nonexistent"}, *args, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(file_env: dict[str, str]) -> None:
