@@ -393,6 +393,9 @@ def _bomb_lake(folder: Path) -> None:
     with pq.ParquetWriter(zone / "bomb.parquet", schema, compression="zstd", use_dictionary=False) as writer:
         for _ in range(128):
             writer.write_table(pa.table({"prompt": big, "contributor": [ALICE]}, schema=schema))
+    one = pa.DictionaryArray.from_arrays(pa.array([0] * 2_000, pa.int32()), pa.array(["b" * (64 << 20)]))
+    pq.write_table(pa.table({"prompt": one, "contributor": [ALICE] * 2_000}), zone / "bomb-dictionary.parquet",
+                   compression="zstd")  # one 64 MiB value, 2,000 times: 128 GiB of rows from one small page
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
     chunk = b"a" * (64 << 20)  # one endless line
     with open(zone / "bomb.jsonl.gz", "wb") as out:
@@ -430,7 +433,9 @@ def test_bombs_are_quarantined_while_memory_stays_bounded(tmp_path: Path) -> Non
     lake = open_lake((tmp_path / "lake").as_uri())
     quarantine = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE))))
     reasons = {(r["source_key"].rsplit("/", 1)[1], r["reason"]) for r in quarantine.to_pylist()}
-    assert reasons == {("bomb.parquet", "source_too_large"), ("bomb.jsonl.gz", "source_too_large")}, reasons
+    assert reasons == {("bomb.parquet", "source_too_large"), ("bomb.jsonl.gz", "source_too_large"),
+                       ("bomb-dictionary.parquet", "record_too_large")}, reasons
+    assert result["counts"]["quarantined"] == 2 + 2_000
 
 
 def test_limits_are_declared_per_dataset_and_a_misspelled_key_is_an_error(tmp_path: Path) -> None:

@@ -597,7 +597,11 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
     limits = dataset.limits
     try:
         source = body if body.seekable() else io.BytesIO(body.read())
-        parquet = pq.ParquetFile(source)
+        schema = pq.ParquetFile(source).schema_arrow
+        # Text columns stay dictionary-encoded as read: a small page that repeats one large value
+        # a million times is then sized per row (below) before any row is expanded.
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+        parquet = pq.ParquetFile(source, read_dictionary=text)
         meta = parquet.metadata
         expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except (pa.ArrowInvalid, OSError) as e:
@@ -611,7 +615,7 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
     try:  # batches small enough that one of records at the size limit stays within PARQUET_BATCH_BYTES
         for batch in parquet.iter_batches(batch_size=max(1, min(65536, PARQUET_BATCH_BYTES // limit)),
                                           use_threads=False):
-            for row in _parquet_rows(batch):
+            for row in _parquet_rows(batch, limit):
                 number += 1
                 if isinstance(row, Record):
                     yield Record(index, number, row.raw, reason=row.reason, detail=row.detail)
@@ -626,9 +630,32 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
         raise _CorruptSource(f"unreadable after row {number}: {e}") from None
 
 
-def _parquet_rows(batch: Any) -> Iterator[dict[str, Any] | Record]:
-    """The batch's rows as Python objects; a row holding a value Python cannot represent (a
-    timestamp outside years 1-9999, invalid UTF-8 in a string) comes as a rejected Record."""
+def _text_bytes(batch: Any) -> Any:
+    """Per row, the bytes of its text columns, computed without expanding a dictionary."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = np.zeros(batch.num_rows, dtype=np.int64)
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type):
+            lengths = pc.binary_length(column.dictionary).fill_null(0).to_numpy(zero_copy_only=False)
+            total += lengths[column.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+    return total
+
+
+def _parquet_rows(batch: Any, limit: int) -> Iterator[dict[str, Any] | Record]:
+    """The batch's rows as Python objects; a row whose text is over `limit` bytes, or that holds
+    a value Python cannot represent (a timestamp outside years 1-9999, invalid UTF-8 in a
+    string), comes as a rejected Record, and is never expanded."""
+    sizes = _text_bytes(batch)
+    if int(sizes.max(initial=0)) > limit:
+        for i in range(batch.num_rows):
+            if sizes[i] > limit:
+                yield Record(0, 0, b"", reason="record_too_large", detail=f"row is over {limit} bytes")
+            else:
+                yield from _parquet_rows(batch.slice(i, 1), limit)
+        return
     try:
         yield from batch.to_pylist()
         return
