@@ -638,9 +638,9 @@ def _text_bytes(batch: Any) -> Any:
 
     total = np.zeros(batch.num_rows, dtype=np.int64)
     for column in batch.columns:
-        if pa.types.is_dictionary(column.type):
-            lengths = pc.binary_length(column.dictionary).fill_null(0).to_numpy(zero_copy_only=False)
-            total += lengths[column.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+        if pa.types.is_dictionary(column.type):  # null rows take null lengths, counted as 0
+            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+            total += lengths.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     return total
 
 
