@@ -506,8 +506,8 @@ def _address(text: str) -> str:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
-            "check": cmd_check,
-            "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit, "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
+            "check": cmd_check, "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit,
+            "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
 
 
 def _redacting(record: logging.LogRecord) -> bool:
@@ -541,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(e).__name__ == "Web3RPCError":  # the node refused a call (its text is scrubbed of the URL)
             print(redact(f"anchorlake: the chain RPC answered with an error: {e}").splitlines()[0], file=sys.stderr)
             return EXIT_SERVICE
-        print(redact(f"anchorlake: internal error: {type(e).__name__}: {e} (run with --debug for details)"),
+        first = (str(e).splitlines() or [""])[0]
+        print(redact(f"anchorlake: internal error: {type(e).__name__}: {first} (run with --debug for details)"),
               file=sys.stderr)
         return EXIT_CHECK
 

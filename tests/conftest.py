@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DEVNET_KEYS, key_variable
-from pipeline.devnet import Anvil, SeaweedFS
+from pipeline.devnet import READER_LAKE, Anvil, SeaweedFS
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHORLAKE = str(Path(sys.executable).parent / "anchorlake")
@@ -53,6 +53,20 @@ def s3_env(tmp_path: Path, anvil: Anvil, seaweed: SeaweedFS) -> dict[str, str]:
     seaweed.create_bucket(bucket)
     return (base_env(tmp_path) | seaweed.env()
             | {"ANCHORLAKE_LAKE": f"s3://{bucket}/anchorlake", "ANCHORLAKE_RPC_URL": anvil.url})
+
+
+@pytest.fixture
+def published_env(tmp_path: Path, anvil: Anvil, seaweed: SeaweedFS) -> dict[str, str]:
+    """Environment for a CLI run over the devnet's READER_LAKE (admin identity), emptied first: the
+    one lake the devnet's read-only identity is scoped to (its identities file is fixed at start)."""
+    import boto3
+
+    bucket, _, prefix = READER_LAKE.removeprefix("s3://").partition("/")
+    seaweed.create_bucket(bucket)
+    admin = boto3.resource("s3", endpoint_url=seaweed.endpoint, aws_access_key_id=seaweed.admin.access_key,
+                           aws_secret_access_key=seaweed.admin.secret_key, region_name="us-east-1")
+    admin.Bucket(bucket).objects.filter(Prefix=prefix + "/").delete()
+    return base_env(tmp_path) | seaweed.env() | {"ANCHORLAKE_LAKE": READER_LAKE, "ANCHORLAKE_RPC_URL": anvil.url}
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:

@@ -4,6 +4,7 @@ the expected reason code, the good rows still commit, and nothing is unaccounted
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -194,6 +195,23 @@ def test_every_bad_record_gets_its_reason_and_good_rows_commit(committed: tuple)
             continue
         assert sorted(got) == sorted(reasons), (name, got)
         assert sources[name]["accepted"] == accepted, (name, sources[name])
+
+
+def test_no_text_of_a_rejected_record_is_public_and_the_operator_keeps_it_privately(committed: tuple) -> None:
+    """SPEC §13.1: batches/ keeps the reason and the SHA-256 of each rejected record's raw text;
+    the text itself (an unknown column's name, a bad cell, a whole record) is only under private/."""
+    lake, _, _ = committed
+    quarantine = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.QUARANTINE))))
+    assert "raw" not in quarantine.column_names
+    public = " ".join(str(v) for row in quarantine.select(["reason", "detail", "duplicate_of"]).to_pylist()
+                      for v in row.values())
+    for text in ("mood", "happy", "perhaps", "yesterday", "just a string", "Tell me fact"):
+        assert text not in public, text
+    private = pq.read_table(io.BytesIO(lake.read(layout.private("instructions", 0) + layout.REJECTED)))
+    raw = dict(zip(private.column("raw_sha256").to_pylist(), private.column("raw").to_pylist(), strict=True))
+    assert all(hashlib.sha256(r).hexdigest() == h for h, r in raw.items())
+    assert set(quarantine.column("raw_sha256").to_pylist()) == set(raw)
+    assert any(b'"mood": "happy"' in r or b'"mood":"happy"' in r for r in raw.values())
 
 
 def test_every_input_record_is_accounted_for(committed: tuple) -> None:

@@ -35,8 +35,15 @@ def test_dockerfile_installs_the_pinned_files_and_builds_the_contracts() -> None
         assert f"COPY {copied} " in text
 
 
-def test_example_identities_have_an_admin_and_a_read_only_reader() -> None:
+def test_example_identities_have_an_admin_and_a_reader_scoped_to_what_readers_may_see() -> None:
+    """The reader reads and lists batches/, receipts/ and deployments/ of the compose file's lake,
+    nothing else (not incoming/, raw/, private/ or state/) and writes nothing."""
+    from pipeline.devnet import reader_actions
+
     identities = json.loads((REPO / "docker" / "identities.example.json").read_text())["identities"]
     actions = {i["name"]: set(i["actions"]) for i in identities}
     assert "Write" in actions["anchorlake-admin"]
-    assert actions["ai-team-reader"] == {"Read", "List"}
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    lake = compose["services"]["airflow"]["environment"]["ANCHORLAKE_LAKE"]
+    assert actions["ai-team-reader"] == set(reader_actions(lake))
+    assert not any(a.split(":")[0] in ("Write", "Admin", "Tagging") for a in actions["ai-team-reader"])

@@ -3,6 +3,7 @@ anchored on a real anvil devnet."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -218,18 +219,54 @@ def test_an_unreachable_chain_exits_3(file_env: dict[str, str], tmp_path: Path) 
     assert "APIKEY123" not in up.stdout + up.stderr and "/…" in up.stdout
 
 
-def test_the_read_only_identity_reads_batches_and_cannot_write(s3_env: dict[str, str], seaweed, tmp_path: Path) -> None:
-    committed_flow(s3_env, tmp_path)
-    bucket_prefix = s3_env["ANCHORLAKE_LAKE"][len("s3://"):]
-    reader = pafs.S3FileSystem(access_key=seaweed.reader.access_key, secret_key=seaweed.reader.secret_key,
-                               endpoint_override=seaweed.endpoint, region="us-east-1")
-    table = pq.read_table(f"{bucket_prefix}/batches/instructions/000000/data/part-00000.parquet", filesystem=reader)
-    assert table.num_rows == 25
-    with pytest.raises(OSError, match="(?i)denied"):
-        with reader.open_output_stream(f"{bucket_prefix}/batches/instructions/000000/data/part-00001.parquet") as f:
-            f.write(b"not allowed")
-    info = reader.get_file_info(f"{bucket_prefix}/batches/instructions/000000/data/part-00001.parquet")
-    assert info.type == pafs.FileType.NotFound
+def test_the_read_only_identity_reads_what_readers_may_see_and_nothing_else(published_env: dict[str, str], seaweed,
+                                                                           tmp_path: Path) -> None:
+    """SPEC §13.1: the reader identity reads and lists batches/, receipts/ and deployments/, writes
+    nothing, and is denied incoming/, raw/, private/ (the raw text of rejected records, no_consent
+    ones included) and state/. With it an AI team pulls and verifies, and a contributor verifies."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    committed_flow(published_env, tmp_path)
+    trust = trust_args(published_env, tmp_path)
+    bucket, _, prefix = published_env["ANCHORLAKE_LAKE"].removeprefix("s3://").partition("/")
+    admin = boto3.client("s3", endpoint_url=seaweed.endpoint, aws_access_key_id=seaweed.admin.access_key,
+                         aws_secret_access_key=seaweed.admin.secret_key, region_name="us-east-1")
+    reader = boto3.client("s3", endpoint_url=seaweed.endpoint, aws_access_key_id=seaweed.reader.access_key,
+                          aws_secret_access_key=seaweed.reader.secret_key, region_name="us-east-1")
+    keys = [o["Key"] for o in admin.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]]
+    by_top = {}
+    for key in keys:
+        by_top.setdefault(key.split("/")[1], key)
+    assert set(by_top) == {"batches", "receipts", "deployments", "incoming", "raw", "private", "state"}
+    for top, key in by_top.items():
+        allowed = top in ("batches", "receipts", "deployments")
+        for call in (lambda: reader.get_object(Bucket=bucket, Key=key),
+                     lambda: reader.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{top}/")):
+            if allowed:
+                call()
+            else:
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    call()
+    with pytest.raises(ClientError, match="AccessDenied"):
+        reader.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    with pytest.raises(ClientError, match="AccessDenied"):
+        reader.put_object(Bucket=bucket, Key=f"{prefix}/batches/instructions/000000/data/part-00001.parquet", Body=b"x")
+    rejected = [k for k in keys if k.startswith(f"{prefix}/private/instructions/000000/rejected")]
+    assert rejected, keys
+    quarantine = pq.read_table(pa.BufferReader(reader.get_object(
+        Bucket=bucket, Key=f"{prefix}/batches/instructions/000000/quarantine.parquet")["Body"].read()))
+    assert "raw" not in quarantine.column_names and quarantine.num_rows == 5
+    private = pq.read_table(pa.BufferReader(admin.get_object(Bucket=bucket, Key=rejected[0])["Body"].read()))
+    assert sorted(private.column("raw_sha256").to_pylist()) == sorted(quarantine.column("raw_sha256").to_pylist())
+    assert all(hashlib.sha256(r["raw"]).hexdigest() == r["raw_sha256"] for r in private.to_pylist())
+
+    as_reader = published_env | seaweed.env(seaweed.reader)
+    pulled = cli_json(as_reader, "pull", *trust, "--dest", str(tmp_path / "dest"))
+    assert [p["seq"] for p in pulled["pulled"]] == [0]
+    receipt = tmp_path / "alice.json"
+    cli(as_reader, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    assert cli(as_reader, "verify", str(receipt), *trust).returncode == 0
 
 
 def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists
+from pipeline.lake import layout
 from pipeline.lake.storage import open_lake
 
 from conftest import ANCHORLAKE, REPO, base_env, cli, cli_json, trust_args
@@ -170,9 +171,12 @@ def test_the_demo_runs_the_main_job_twice_and_leaves_nothing_running(tmp_path: P
         os.kill(record["pid"], 0)
 
 
-def test_a_writer_stalled_past_its_lease_never_changes_the_committed_batch(s3_env: dict[str, str]) -> None:
-    """Writer A stalls after writing its data parts, past its lease; writer B takes the lease over
-    and commits. When A wakes up it stops at its fence: every file of the batch is byte-identical."""
+@pytest.mark.parametrize("stall", ["commit.built", "batch.fenced"])
+def test_a_writer_stalled_past_its_lease_never_changes_the_committed_batch(s3_env: dict[str, str], stall: str) -> None:
+    """Writer A stalls past its lease, either after building its parts (commit.built) or between its
+    fence check and its first create (batch.fenced: the request already on its way); writer B takes
+    the lease over and commits under its own names. When A wakes up, it stops at its fence or
+    creates only names of its own generation: every file of the batch is byte-identical."""
     from pipeline import config
 
     env = s3_env | {"ANCHORLAKE_LEASE_SECONDS": "2"}
@@ -182,19 +186,22 @@ def test_a_writer_stalled_past_its_lease_never_changes_the_committed_batch(s3_en
     lake = open_lake(settings.lake_url, settings.s3)
     batch = "batches/instructions/000000/"
     stalled = subprocess.Popen([ANCHORLAKE, "run", "--dataset", "instructions"], cwd=REPO, text=True,
-                               env=env | {"ANCHORLAKE_STALL": "commit.built:20"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               env=env | {"ANCHORLAKE_STALL": f"{stall}:20"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not lake.exists(batch + "data/part-00000.parquet"):  # A built its parts and stalls now
+        while not lake.exists(layout.lease("instructions", 0, 0)):  # A holds the lease, then stalls
             assert stalled.poll() is None and time.monotonic() < deadline, stalled.communicate()
             time.sleep(0.2)
         cli(env, "run", "--dataset", "instructions")  # B: waits out A's lease, takes it over, commits
-        names = json.loads(lake.read(batch + "manifest.json"))["files"]
-        assert [f["path"] for f in names] == ["data/part-00000-g1.parquet"]  # B's own part names
+        manifest = json.loads(lake.read(batch + "manifest.json"))
+        assert [f["path"] for f in manifest["files"]] == ["data/part-00000-g1.parquet"]  # B's own names
+        assert "tree-g1.bin" in [a["path"] for a in manifest["artifacts"]]
         before = {o.key: lake.read(o.key) for o in lake.list(batch)}
         _, err = stalled.communicate(timeout=120)
         assert stalled.returncode == 3 and ("lease" in err or "is committed" in err), err
-        assert {o.key: lake.read(o.key) for o in lake.list(batch)} == before
+        after = {o.key: lake.read(o.key) for o in lake.list(batch)}
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert all(layout.plain_name(k) == k for k in set(after) - set(before))  # only A's own names, if any
     finally:
         if stalled.poll() is None:
             stalled.kill()

@@ -133,8 +133,35 @@ def test_batch_files_are_read_only_as_the_manifest_pins_them(lake: Lake) -> None
     with pytest.raises(CheckFailed, match="tree.bin: SHA-256 differs from the manifest's"):
         BatchFiles(lake, "instructions", 0).read(layout.TREE)
     lake.write(files.key(layout.REWARDS_TREE), b"{}")
-    with pytest.raises(CheckFailed, match="rewards-tree.json is not pinned by the manifest of batch 0"):
+    with pytest.raises(CheckFailed, match="the manifest of instructions batch 0 pins no rewards-tree.json"):
         BatchFiles(lake, "instructions", 0).rewards_tree()
+
+
+def test_every_batch_file_is_created_once_under_its_writers_own_name(lake: Lake) -> None:
+    """Write-once by construction: a writer that took the lease over (generation 2) names its files
+    apart, each created by a conditional create; the same name again with other bytes is refused,
+    and readers find each artifact under the name the manifest gives."""
+    files = BatchFiles(lake, "instructions", 0)
+    files.generation = 2
+    assert files.write(layout.part(0), b"PAR1 rows")["path"] == "data/part-00000-g2.parquet"
+    tree = files.write(layout.TREE, b"tree bytes")
+    assert tree["path"] == "tree-g2.bin" and lake.read(files.key("tree-g2.bin")) == b"tree bytes"
+    assert files.write(layout.TREE, b"tree bytes") == tree  # a retried create that had landed
+    with pytest.raises(CheckFailed, match="tree-g2.bin exists already with other bytes"):
+        files.write(layout.TREE, b"other bytes")
+    assert lake.read(files.key("tree-g2.bin")) == b"tree bytes"
+    private = files.write_private(Path(__file__))
+    assert private == "private/instructions/000000/rejected-g2.parquet"
+    body = {"format": "anchorlake.manifest/1", "dataset": "instructions", "seq": 0, "created_at": "now",
+            "previous": None, "sources": [], "counts": {"input": 0, "accepted": 0, "quarantined": 0, "duplicate": 0},
+            "schema": {"columns": []}, "suite": {}, "files": [], "artifacts": [tree],
+            "merkle": {"hash": "sha256-rfc9162", "tree_size": 0, "root": "00" * 32}, "rewards": {}}
+    assert files.create_manifest(body)
+    lake.write(files.key(layout.TREE), b"planted beside it")  # the plain name: not what the manifest pins
+    assert BatchFiles(lake, "instructions", 0).artifact(layout.TREE) == b"tree bytes"
+    assert [layout.plain_name(n) for n in ("tree-g2.bin", "data/part-00003-g11.parquet", "data-docs/index-g1.html",
+                                           "rewards-tree.json", "x-g0.bin")] == [
+        "tree.bin", "data/part-00003.parquet", "data-docs/index.html", "rewards-tree.json", "x-g0.bin"]
 
 
 def test_a_manifest_failing_its_own_checks_is_a_format_error(lake: Lake) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,25 @@ MERKLE_HASH = "sha256-rfc9162"
 _REQUIRED = ("dataset", "seq", "created_at", "previous", "sources", "counts", "schema", "suite",
              "files", "merkle", "rewards")
 COUNT_KINDS = ("accepted", "quarantined", "duplicate")
+
+
+_GENERATION = re.compile(r"-g[1-9][0-9]*(?=\.[^./]+$)")
+
+
+def generation_name(relative: str, generation: int) -> str:
+    """The name a writer of lease `generation` gives a file: the plain name for the first writer,
+    `<stem>-g<generation>.<ext>` for one that took the commit lease over. Each writer creates only
+    names of its own, each once (a conditional create), so nothing an earlier, stalled writer still
+    sends can land on a file another writer's manifest pins; the manifest names the files it pins."""
+    if generation <= 0:
+        return relative
+    stem, _, ext = relative.rpartition(".")
+    return f"{stem}-g{generation}.{ext}"
+
+
+def plain_name(relative: str) -> str:
+    """The plain name of a file whatever writer generation named it: `tree-g2.bin` -> `tree.bin`."""
+    return _GENERATION.sub("", relative, count=1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,13 @@ class Manifest:
         """The files or artifacts entry pinning `relative` (a path inside the batch), if any."""
         for entry in [*self.data["files"], *self.data.get("artifacts", [])]:
             if entry.get("path") == relative:
+                return dict(entry)
+        return None
+
+    def artifact(self, plain: str) -> dict[str, Any] | None:
+        """The artifacts entry of `plain` (tree.bin, …) under whatever generation name it was written."""
+        for entry in self.data.get("artifacts", []):
+            if plain_name(str(entry.get("path"))) == plain:
                 return dict(entry)
         return None
 

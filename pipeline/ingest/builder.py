@@ -7,6 +7,7 @@ stream through in chunks of `chunk_records`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections import Counter, deque
@@ -74,11 +75,20 @@ def parquet_bytes(table: Any) -> bytes:
 
 
 def _quarantine_schema() -> Any:
+    """batches/.../quarantine.parquet: public, so no text of the record itself (SPEC §13.1)."""
     import pyarrow as pa
 
     return pa.schema([("source_key", pa.string()), ("source_sha256", pa.string()), ("line", pa.int64()),
                       ("contributor", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-                      ("raw", pa.string()), ("duplicate_of", pa.string())])
+                      ("raw_sha256", pa.string()), ("duplicate_of", pa.string())])
+
+
+def _rejected_schema() -> Any:
+    """private/.../rejected.parquet: the raw bytes of each quarantined record, for the operator."""
+    import pyarrow as pa
+
+    return pa.schema([("source_sha256", pa.string()), ("line", pa.int64()), ("raw_sha256", pa.string()),
+                      ("raw", pa.binary())])
 
 
 def _index_schema() -> Any:
@@ -117,8 +127,8 @@ class _Chunk:
         self.reason[i], self.detail[i] = reason, detail
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
 
 
 class BatchBuilder:
@@ -143,8 +153,10 @@ class BatchBuilder:
         self.pending: list[Block] = []
         self.pending_rows = 0
         self.quarantine_path = scratch / layout.QUARANTINE
+        self.rejected_path = scratch / layout.REJECTED
         self.index_path = scratch / layout.INDEX
         self.quarantine = pq.ParquetWriter(self.quarantine_path, _quarantine_schema(), compression="zstd")
+        self.rejected = pq.ParquetWriter(self.rejected_path, _rejected_schema(), compression="zstd")
         self.index = pq.ParquetWriter(self.index_path, _index_schema(), compression="zstd")
 
     def add(self, block: Block) -> None:
@@ -225,8 +237,7 @@ class BatchBuilder:
         import pyarrow as pa
 
         rows = [typed[j] for j in accepted]
-        entry = self.files_of.write(layout.part(len(self.files), self.files_of.generation),
-                                     parquet_bytes(table.take(accepted)))
+        entry = self.files_of.write(layout.part(len(self.files)), parquet_bytes(table.take(accepted)))
         self.files.append(entry | {"rows": len(accepted)})
         self.index.write_table(pa.table({
             "record_id": pa.array([chunk.leaf[i].hex() for i in rows], pa.string()),  # type: ignore[union-attr]
@@ -240,24 +251,30 @@ class BatchBuilder:
         rejected = [i for i in range(len(chunk.line)) if chunk.reason[i] is not None]
         if not rejected:
             return
+        raw = [_bytes(chunk.raw[i]) for i in rejected]
+        raw_sha256 = pa.array([hashlib.sha256(r).hexdigest() for r in raw], pa.string())
+        source_sha256 = pa.array([self.plan[chunk.source[i]].sha256 for i in rejected], pa.string())
+        line = pa.array([chunk.line[i] for i in rejected], pa.int64())
         self.quarantine.write_table(pa.table({
             "source_key": [self.plan[chunk.source[i]].key for i in rejected],
-            "source_sha256": [self.plan[chunk.source[i]].sha256 for i in rejected],
-            "line": pa.array([chunk.line[i] for i in rejected], pa.int64()),
+            "source_sha256": source_sha256, "line": line,
             "contributor": pa.array([chunk.contributor[i] for i in rejected], pa.string()),
             "reason": pa.array([chunk.reason[i] for i in rejected], pa.string()),
             "detail": pa.array([chunk.detail[i] for i in rejected], pa.string()),
-            "raw": pa.array([_text(chunk.raw[i]) for i in rejected], pa.string()),
+            "raw_sha256": raw_sha256,
             "duplicate_of": pa.array([duplicate_of.get(i) for i in rejected], pa.string()),
         }, schema=_quarantine_schema()))
+        self.rejected.write_table(pa.table({"source_sha256": source_sha256, "line": line, "raw_sha256": raw_sha256,
+                                            "raw": pa.array(raw, pa.binary())}, schema=_rejected_schema()))
 
     def write_empty_part(self) -> None:
         """An empty batch still has one (empty) data file with the schema."""
         data = parquet_bytes(arrow_table(self.columns, {c.name: [] for c in self.columns}))
-        self.files.append(self.files_of.write(layout.part(0, self.files_of.generation), data) | {"rows": 0})
+        self.files.append(self.files_of.write(layout.part(0), data) | {"rows": 0})
 
     def close_writers(self) -> None:
         self.quarantine.close()
+        self.rejected.close()
         self.index.close()
 
 

@@ -75,6 +75,7 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
         if not builder.files:
             builder.write_empty_part()
         tree_bytes, root = treefile.encode(builder.leaves)
+        files.write_private(builder.rejected_path)
         artifacts = [
             files.write(layout.TREE, tree_bytes),
             files.write_file(layout.QUARANTINE, builder.quarantine_path),
@@ -83,9 +84,10 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
             *_data_docs(files, dataset.name, builder.quality.docs, chunk_records),
         ]
     rewards = ledger(files, dataset, builder.weights)
-    artifacts.append(files.write(layout.REWARDS, parquet_bytes(
-        rewards_table(rewards, builder.per_contributor, builder.weights))))
-    artifacts.append(files.write(layout.REWARDS_TREE, canonical_bytes(rewards.tree.dump())))
+    rewards_file = files.write(layout.REWARDS, parquet_bytes(rewards_table(rewards, builder.per_contributor,
+                                                                          builder.weights)))
+    rewards_tree = files.write(layout.REWARDS_TREE, canonical_bytes(rewards.tree.dump()))
+    artifacts += [rewards_file, rewards_tree]
     previous = None if files.seq == 0 else BatchFiles(files.lake, dataset.name, files.seq - 1).manifest()
     body = manifests.build(
         dataset=dataset.name, seq=files.seq, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -95,7 +97,7 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
         skipped=[asdict(s) for s in skipped], columns=[(c.name, c.type) for c in builder.columns],
         suite={"name": dataset.suite_path.name, "sha256": dataset.suite_sha256()},
         files=builder.files, artifacts=artifacts, tree_size=len(builder.leaves), root=root,
-        rewards=rewards.manifest_entry(dataset))
+        rewards=rewards.manifest_entry(dataset, rewards_file["path"], rewards_tree["path"]))
     lease.check()
     if not files.create_manifest(body, seal):
         log.warning("dataset %s batch %d was committed by another writer", dataset.name, files.seq)
@@ -130,8 +132,8 @@ def _check_conserved(builder: BatchBuilder, dataset: str, seq: int) -> None:
 def _data_docs(files: BatchFiles, dataset: str, pages: list[str], chunk_records: int) -> list[dict[str, Any]]:
     """Great Expectations Data Docs: one page per validated chunk and an index linking them."""
     entries = [files.write(layout.data_docs_page(n), page.encode("utf-8")) for n, page in enumerate(pages)]
-    links = "".join(f'<li><a href="{layout.data_docs_page(n).rsplit("/", 1)[1]}">chunk {n}</a></li>'
-                    for n in range(len(pages)))
+    links = "".join(f'<li><a href="{entry["path"].rsplit("/", 1)[1]}">chunk {n}</a></li>'
+                    for n, entry in enumerate(entries))
     seq = files.seq
     entries.append(files.write(layout.DATA_DOCS_INDEX, (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{dataset} batch {seq}: Data Docs</title></head>"

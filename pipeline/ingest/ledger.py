@@ -11,7 +11,6 @@ from typing import Any
 from pipeline.core.manifest import COUNT_KINDS
 from pipeline.core.rewards import RULE, RewardsTree, split_proportional
 from pipeline.datasets import Dataset
-from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 
 
@@ -21,8 +20,8 @@ class Ledger:
     cumulative: dict[str, int]  # every contributor's cumulative amount over batches 0..seq
     tree: RewardsTree
 
-    def manifest_entry(self, dataset: Dataset) -> dict[str, Any]:
-        """The manifest's `rewards` member."""
+    def manifest_entry(self, dataset: Dataset, file: str, tree: str) -> dict[str, Any]:
+        """The manifest's `rewards` member; `file` and `tree` name the batch's rewards files."""
         return {
             "unit": dataset.rewards.unit,
             "pool": str(dataset.rewards.pool),
@@ -30,8 +29,8 @@ class Ledger:
             "cumulative_total": str(sum(self.cumulative.values())),
             "rule": RULE,
             "payout": dataset.rewards.payout,
-            "file": layout.REWARDS,
-            "tree": layout.REWARDS_TREE,
+            "file": file,
+            "tree": tree,
             "root": self.tree.root.hex(),
         }
 

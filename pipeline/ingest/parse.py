@@ -209,7 +209,7 @@ class RecordTyper:
             if "salt" in unknown:
                 return record.reject("reserved_column", "'salt' is assigned by anchorlake, not by contributors")
             if unknown and self.quarantine_unknown:
-                return record.reject("unknown_column", f"unknown columns: {', '.join(map(str, unknown))[:200]}")
+                return record.reject("unknown_column", f"{len(unknown)} column(s) the dataset does not declare")
         values: dict[str, Any] = {}
         for name, check in self.checkers:
             value = obj.get(name)
@@ -466,32 +466,30 @@ def _jsonl_lines(dataset: Dataset, typer: RecordTyper, index: int,
 
 
 _CSV_BOOL = {"true": True, "false": False, "1": True, "0": False}
+_CSV_EXPECTED = {"int64": "a whole number", "float64": "a finite number", "bool": "true or false",
+                 "list<string>": "a JSON array"}
 
 
 def _csv_value(column: Column | None, cell: str) -> Any:
-    """A CSV cell as the JSON value it stands for; an empty cell is null. Raises ValueError."""
+    """A CSV cell as the JSON value it stands for; an empty cell is null. Raises ValueError naming
+    the column, never quoting the cell (details are public, the record's text is not)."""
     if cell == "":
         return None
-    if column is None or column.type == "string":
+    if column is None or column.type in ("string", "timestamp"):  # timestamp: typed by the schema checker
         return cell
-    if column.type == "int64":
-        return int(cell)
-    if column.type == "float64":
-        value = float(cell)
-        if not math.isfinite(value):
-            raise ValueError(f"{column.name}: {cell!r} is not a finite number")
-        return value
-    if column.type == "bool":
-        try:
+    try:
+        if column.type == "int64":
+            return int(cell)
+        if column.type == "bool":
             return _CSV_BOOL[cell.strip().lower()]
-        except KeyError:
-            raise ValueError(f"{column.name}: {cell!r} is not true or false") from None
-    if column.type == "list<string>":
-        value = orjson.loads(cell)
-        if not isinstance(value, list):
-            raise ValueError(f"{column.name}: a list must be a JSON array")
+        value = float(cell) if column.type == "float64" else orjson.loads(cell)
+    except (ValueError, KeyError):  # orjson.JSONDecodeError is a ValueError
+        value = None
+    if column.type == "float64" and isinstance(value, float) and math.isfinite(value):
         return value
-    return cell  # timestamp: typed by the schema checker
+    if column.type == "list<string>" and isinstance(value, list):
+        return value
+    raise ValueError(f"{column.name} is not {_CSV_EXPECTED[column.type]}")
 
 
 class _CsvLines:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from pipeline import config
 from pipeline.core import manifest as manifests
 from pipeline.core import receipt as receipts
 from pipeline.core import records
@@ -114,19 +115,40 @@ class BatchFiles:
         return None if found is None else str(found["mac"])
 
     # --- writing before the manifest ------------------------------------------------------------
+    # Every file is created once, by a conditional create, under this writer's generation name
+    # (layout.generation_name): nothing under batches/ is ever rewritten, whoever stalls.
 
     def write(self, relative: str, data: bytes) -> dict[str, Any]:
-        """Write a file of the batch; its manifest entry (path, sha256, bytes)."""
-        self.fence()
-        self.lake.write(self.key(relative), data)
-        return {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        """Create a file of the batch; its manifest entry (path, sha256, bytes)."""
+        name = layout.generation_name(relative, self.generation)
+        digest = hashlib.sha256(data).hexdigest()
+        self._create(self.key(name), digest, lambda key: self.lake.create(key, data))
+        return {"path": name, "sha256": digest, "bytes": len(data)}
 
     def write_file(self, relative: str, path: Path) -> dict[str, Any]:
-        """Upload a local file (streamed) as a file of the batch; its manifest entry."""
+        """Create a file of the batch from a local file (streamed); its manifest entry."""
+        name = layout.generation_name(relative, self.generation)
         digest, size = hash_file(path)
+        self._create(self.key(name), digest, lambda key: self.lake.create_file(key, path))
+        return {"path": name, "sha256": digest, "bytes": size}
+
+    def write_private(self, path: Path) -> str:
+        """Create the batch's private file of rejected records' raw text (outside batches/); its key."""
+        key = layout.private(self.dataset, self.seq) + layout.generation_name(layout.REJECTED, self.generation)
+        self._create(key, hash_file(path)[0], lambda k: self.lake.create_file(k, path))
+        return key
+
+    def _create(self, key: str, digest: str, create: Callable[[str], None]) -> None:
+        """Fence, then create `key` once. Finding it already there with the same bytes (a retried
+        request that did land) is success; with other bytes it is refused."""
         self.fence()
-        self.lake.write_file(self.key(relative), path)
-        return {"path": relative, "sha256": digest, "bytes": size}
+        config.fault_point("batch.fenced")
+        try:
+            create(key)
+        except AlreadyExists:
+            if hashlib.sha256(self.lake.read(key)).hexdigest() != digest:
+                raise CheckFailed(f"{self.lake.uri(key)} exists already with other bytes; "
+                                  "a batch file is never rewritten") from None
 
     # --- reading pinned files -------------------------------------------------------------------
 
@@ -139,6 +161,17 @@ class BatchFiles:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CheckFailed(f"{self.uri(relative)}: SHA-256 differs from the manifest's {entry['sha256']}")
         return data
+
+    def artifact(self, plain: str) -> bytes:
+        """The committed batch's artifact `plain` (layout.TREE, …) under whatever name the writer
+        that committed gave it, checked against the manifest."""
+        return self.read(self.artifact_path(plain))
+
+    def artifact_path(self, plain: str) -> str:
+        entry = self.manifest().artifact(plain)
+        if entry is None:
+            raise CheckFailed(f"the manifest of {self.dataset} batch {self.seq} pins no {plain}")
+        return str(entry["path"])
 
     def parquet(self, relative: str, columns: Sequence[str] | None = None) -> Any:
         return read_parquet(self.read(relative), columns)
@@ -155,25 +188,27 @@ class BatchFiles:
 
     def tree(self) -> TreeFile:
         """The batch's stored Merkle tree, checked whole against the manifest."""
-        data = self.read(layout.TREE)
-        return TreeFile(lambda offset, length: data[offset:offset + length], self.uri(layout.TREE))
+        data = self.artifact(layout.TREE)
+        return TreeFile(lambda offset, length: data[offset:offset + length], self.uri(self.artifact_path(layout.TREE)))
 
     def tree_ranges(self) -> TreeFile:
         """The stored tree read with ranged reads (two per proof); unchecked, so whoever uses a
         proof from it checks it against the anchored root."""
-        key = self.key(layout.TREE)
-        return TreeFile(lambda offset, length: self.lake.read_range(key, offset, length), self.uri(layout.TREE))
+        relative = self.artifact_path(layout.TREE)
+        key = self.key(relative)
+        return TreeFile(lambda offset, length: self.lake.read_range(key, offset, length), self.uri(relative))
 
     def rewards_tree(self) -> RewardsTree:
         """The cumulative rewards ledger over batches 0..seq."""
-        return RewardsTree.load(json.loads(self.read(layout.REWARDS_TREE)), self.uri(layout.REWARDS_TREE))
+        return RewardsTree.load(json.loads(self.artifact(layout.REWARDS_TREE)),
+                                self.uri(self.artifact_path(layout.REWARDS_TREE)))
 
     def rewards_rows(self) -> list[dict[str, Any]]:
         """One row per contributor of the batch: counts, weight, amount and cumulative amount."""
-        return list(self.parquet(layout.REWARDS).to_pylist())
+        return list(read_parquet(self.artifact(layout.REWARDS)).to_pylist())
 
     def index(self, columns: Sequence[str]) -> Any:
-        return self.parquet(layout.INDEX, columns)
+        return read_parquet(self.artifact(layout.INDEX), columns)
 
     # --- chain records --------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ manifest's `files` and `artifacts` entries give them.
 
 from __future__ import annotations
 
+from pipeline.core.manifest import generation_name, plain_name  # noqa: F401  (names of batch files)
+
 # Files inside batches/<dataset>/<seq>/.
 MANIFEST = "manifest.json"
 ANCHOR = "anchor.json"
@@ -24,11 +26,9 @@ def seq_part(seq: int) -> str:
     return f"{seq:06d}"
 
 
-def part(number: int, generation: int = 0) -> str:
-    """A data part, relative to its batch: leaf order is part order, then row order. A writer that
-    took the commit lease over (generation > 0) writes parts of its own names, so nothing an
-    earlier, stalled writer still sends can land on a part the manifest names."""
-    return f"data/part-{number:05d}.parquet" if generation <= 0 else f"data/part-{number:05d}-g{generation}.parquet"
+def part(number: int) -> str:
+    """A data part, relative to its batch: leaf order is part order, then row order."""
+    return f"data/part-{number:05d}.parquet"
 
 
 def data_docs_page(number: int) -> str:
@@ -53,6 +53,13 @@ def raw_plan(dataset: str, seq: int) -> str:
     """The frozen list of sources of a batch, written once staging is complete."""
     return f"raw/{dataset}/{seq_part(seq)}/sources.json"
 
+
+def private(dataset: str, seq: int) -> str:
+    """What only the operator reads (§13.1): the raw text of the batch's rejected records."""
+    return f"private/{dataset}/{seq_part(seq)}/"
+
+
+REJECTED = "rejected.parquet"  # under private/<dataset>/<seq>/: source, line, raw SHA-256 and raw bytes
 
 def seal(dataset: str, seq: int, manifest_sha256: str) -> str:
     """The commit seal of the manifest with this hash (see core.seal)."""

@@ -57,6 +57,10 @@ class Lake(ABC):
         """Create an object only if none exists; raise AlreadyExists otherwise."""
 
     @abstractmethod
+    def create_file(self, key: str, path: Path) -> None:
+        """`create` of a local file's bytes, streamed (one PUT: up to 5 GiB on S3)."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -137,7 +141,20 @@ class FileLake(Lake):
 
     def create(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = self._temp(path, data)
+        self._link(self._temp(path, data), path, key)
+
+    def create_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        with os.fdopen(fd, "wb") as f, open(path, "rb") as source:
+            shutil.copyfileobj(source, f, 8 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        self._link(tmp, target, key)
+
+    def _link(self, tmp: str, path: Path, key: str) -> None:
+        """Give the fully written temporary file its name unless the name exists (the conditional create)."""
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -277,6 +294,10 @@ class S3Lake(Lake):
 
     def create(self, key: str, data: bytes) -> None:
         self._call("create", key, self._client.put_object, Key=self._key(key), Body=data, IfNoneMatch="*")
+
+    def create_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as body:
+            self._call("create", key, self._client.put_object, Key=self._key(key), Body=body, IfNoneMatch="*")
 
     def exists(self, key: str) -> bool:
         try:
