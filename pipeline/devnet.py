@@ -2,8 +2,7 @@
 
 Both bind to 127.0.0.1 on explicit ports, are polled until ready, and on failure report the
 tail of their log instead of hanging. SeaweedFS gets an identities file with an admin identity
-(the pipeline) and a read-only identity (AI teams) scoped to READER_LAKE's batches/, receipts/ and
-deployments/.
+(the pipeline) and a read-only identity (AI teams), scoped by the actions the caller gives it.
 """
 
 from __future__ import annotations
@@ -101,20 +100,6 @@ def anvil_binary() -> str:
     return found
 
 
-# What the read-only identity (AI teams, contributors' tools) may read in a lake, SPEC §13.1:
-# committed batches, receipts and deployments; never incoming/, raw/, private/ or state/.
-READER_PREFIXES = ("batches/", "receipts/", "deployments/")
-# The lake of the devnet's SeaweedFS that its read-only identity is scoped to.
-READER_LAKE = "s3://published/anchorlake"
-
-
-def reader_actions(lake_url: str) -> list[str]:
-    """SeaweedFS identity actions that read and list READER_PREFIXES of the s3:// lake and nothing else."""
-    bucket, _, prefix = lake_url.removeprefix("s3://").partition("/")
-    base = f"{bucket}/{prefix.strip('/')}/" if prefix.strip("/") else f"{bucket}/"
-    return [f"{verb}:{base}{where}*" for where in READER_PREFIXES for verb in ("Read", "List")]
-
-
 @dataclass
 class Identity:
     name: str
@@ -131,8 +116,9 @@ class SeaweedFS:
     admin: Identity = field(default_factory=lambda: Identity("anchorlake-admin", "anchorlake-admin",
                                                              "anchorlake-admin-secret",
                                                              ["Admin", "Read", "Write", "List", "Tagging"]))
+    # The read-only identity; its actions scope it (see pipeline.lake.layout.reader_actions).
     reader: Identity = field(default_factory=lambda: Identity("ai-team-reader", "ai-team-reader",
-                                                              "ai-team-reader-secret", reader_actions(READER_LAKE)))
+                                                              "ai-team-reader-secret", ["Read", "List"]))
     s3_port: int = 0
     process: subprocess.Popen[bytes] | None = None
 

@@ -14,17 +14,21 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DEVNET_KEYS, key_variable
-from pipeline.devnet import READER_LAKE, Anvil, SeaweedFS
+from pipeline.devnet import Anvil, Identity, SeaweedFS
+from pipeline.lake.layout import reader_actions
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHORLAKE = str(Path(sys.executable).parent / "anchorlake")
 # anvil's account 9: has gas money and no role anywhere (accounts 0-3 are the devnet's four roles).
 OUTSIDER_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"
+# The one lake the test SeaweedFS's read-only identity is scoped to (its identities are fixed at start).
+READER_LAKE = "s3://published/anchorlake"
 
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = SeaweedFS(workdir=tmp_path_factory.mktemp("seaweedfs")).start()
+    reader = Identity("ai-team-reader", "ai-team-reader", "ai-team-reader-secret", reader_actions(READER_LAKE))
+    server = SeaweedFS(workdir=tmp_path_factory.mktemp("seaweedfs"), reader=reader).start()
     try:
         yield server
     finally:
@@ -57,8 +61,8 @@ def s3_env(tmp_path: Path, anvil: Anvil, seaweed: SeaweedFS) -> dict[str, str]:
 
 @pytest.fixture
 def published_env(tmp_path: Path, anvil: Anvil, seaweed: SeaweedFS) -> dict[str, str]:
-    """Environment for a CLI run over the devnet's READER_LAKE (admin identity), emptied first: the
-    one lake the devnet's read-only identity is scoped to (its identities file is fixed at start)."""
+    """Environment for a CLI run over READER_LAKE (admin identity), emptied first: the one lake the
+    test SeaweedFS's read-only identity is scoped to (its identities file is fixed at start)."""
     import boto3
 
     bucket, _, prefix = READER_LAKE.removeprefix("s3://").partition("/")

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -241,13 +240,12 @@ def test_the_read_only_identity_reads_what_readers_may_see_and_nothing_else(publ
     assert set(by_top) == {"batches", "receipts", "deployments", "incoming", "raw", "private", "state"}
     for top, key in by_top.items():
         allowed = top in ("batches", "receipts", "deployments")
-        for call in (lambda: reader.get_object(Bucket=bucket, Key=key),
-                     lambda: reader.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{top}/")):
+        for call, kwargs in ((reader.get_object, {"Key": key}), (reader.list_objects_v2, {"Prefix": f"{prefix}/{top}/"})):
             if allowed:
-                call()
+                call(Bucket=bucket, **kwargs)
             else:
                 with pytest.raises(ClientError, match="AccessDenied"):
-                    call()
+                    call(Bucket=bucket, **kwargs)
     with pytest.raises(ClientError, match="AccessDenied"):
         reader.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
     with pytest.raises(ClientError, match="AccessDenied"):

@@ -61,6 +61,18 @@ def private(dataset: str, seq: int) -> str:
 
 REJECTED = "rejected.parquet"  # under private/<dataset>/<seq>/: source, line, raw SHA-256 and raw bytes
 
+# What the read-only identity (AI teams, contributors' tools) may read in a lake (SPEC §13.1):
+# committed batches, receipts and deployments; never incoming/, raw/, private/ or state/.
+READER_PREFIXES = ("batches/", "receipts/", "deployments/")
+
+
+def reader_actions(lake_url: str) -> list[str]:
+    """SeaweedFS identity actions that read and list READER_PREFIXES of the s3:// lake, nothing else."""
+    bucket, _, prefix = lake_url.removeprefix("s3://").partition("/")
+    base = f"{bucket}/{prefix.strip('/')}/" if prefix.strip("/") else f"{bucket}/"
+    return [f"{verb}:{base}{where}*" for where in READER_PREFIXES for verb in ("Read", "List")]
+
+
 def seal(dataset: str, seq: int, manifest_sha256: str) -> str:
     """The commit seal of the manifest with this hash (see core.seal)."""
     return f"{state(dataset, seq)}seal-{manifest_sha256}.json"
