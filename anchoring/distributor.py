@@ -28,12 +28,20 @@ class Published:
 
 
 def published_root(chain: Chain, address: str, dataset_id: bytes, seq: int) -> bytes | None:
-    """The rewards root published for (dataset_id, seq), or None if it is not published."""
+    """The rewards root published for (dataset_id, seq), or None if none is (a batch that paid
+    nothing publishes nothing)."""
+    contract = chain.contract("RewardDistributor", address)
+    root = bytes(chain.rpc(lambda: contract.functions.rootAt(dataset_id, seq).call()))
+    return None if root == bytes(32) else root
+
+
+def latest_published(chain: Chain, address: str, dataset_id: bytes) -> tuple[int, bytes] | None:
+    """(seq, root) of the dataset's latest rewards publication, the one claims verify against."""
     contract = chain.contract("RewardDistributor", address)
     next_seq = int(chain.rpc(lambda: contract.functions.nextSeq(dataset_id).call()))
-    if seq >= next_seq:
+    if next_seq == 0:
         return None
-    return bytes(chain.rpc(lambda: contract.functions.rootAt(dataset_id, seq).call()))
+    return next_seq - 1, bytes(chain.rpc(lambda: contract.functions.latestRoot(dataset_id).call()))
 
 
 def _fund(chain: Chain, treasury: Chain | None, deployment: Mapping[str, str], increase: int,
@@ -84,8 +92,8 @@ def publish_rewards(chain: Chain, deployment: Mapping[str, str], dataset_id: byt
 
     if not published():
         expected = int(chain.rpc(lambda: distributor.functions.nextSeq(dataset_id).call()))
-        if expected != seq:
-            raise ChainError(f"cannot publish rewards for seq {seq}: the contract expects seq {expected} next")
+        if seq < expected:
+            raise ChainError(f"cannot publish rewards for seq {seq}: the contract has published up to seq {expected - 1}")
         previous = int(chain.rpc(lambda: distributor.functions.cumulativeTotal(dataset_id).call()))
         increase = cumulative_total - previous
         if increase < 0:
@@ -113,6 +121,13 @@ def claim(chain: Chain, address: str, dataset_id: bytes, account: str, cumulativ
     distributor = chain.contract("RewardDistributor", address)
     return chain.transact("RewardDistributor", distributor.functions.claim(
         dataset_id, chain.w3.to_checksum_address(account), cumulative_amount, proof), f"claiming for {account}")
+
+
+def funding(chain: Chain, address: str, dataset_id: bytes) -> tuple[int, int]:
+    """(funded, paid out) of one dataset: its claims can never pay more than it was funded."""
+    distributor = chain.contract("RewardDistributor", address)
+    funded = int(chain.rpc(lambda: distributor.functions.cumulativeTotal(dataset_id).call()))
+    return funded, int(chain.rpc(lambda: distributor.functions.paid(dataset_id).call()))
 
 
 def claimed(chain: Chain, address: str, dataset_id: bytes, account: str) -> int:

@@ -23,16 +23,28 @@ def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
 
 def _rewards(files: BatchFiles, contributors: Iterable[str], rewards_contract: str | None) -> dict[str, dict[str, Any]]:
     """The reward part of each of `contributors`' receipts: batch amount, cumulative amount and its
-    proof, and the cumulative amount of batch seq - 1 with its proof (`previous`, null for a
-    contributor first rewarded now), so a verifier checks the batch amount against two roots."""
+    proof, and the cumulative amount of the latest earlier batch that published rewards with its
+    proof (`previous`, null for a contributor first rewarded now), so a verifier checks the batch
+    amount against two roots."""
     tree = files.rewards_tree()
-    earlier = BatchFiles(files.lake, files.dataset, files.seq - 1).rewards_tree() if files.seq else None
+    before = _published_before(files)
+    earlier = before.rewards_tree() if before is not None else None
     amounts = {row["contributor"]: row["amount"] for row in files.rewards_rows()}
     unit = files.manifest().rewards["unit"]
     root = "0x" + tree.root.hex()
     return {address: {"unit": unit, "amount": amounts.get(address, "0"), **_cumulative(tree, address),
-                      "root": root, "contract": rewards_contract, "previous": _previous(earlier, address, files.seq)}
+                      "root": root, "contract": rewards_contract,
+            "previous": None if before is None else _previous(earlier, address, before.seq)}
             for address in contributors if tree.position(address) is not None}
+
+
+def _published_before(files: BatchFiles) -> BatchFiles | None:
+    """The latest batch before this one that published rewards (had an accepted row), if any."""
+    for seq in range(files.seq - 1, -1, -1):
+        earlier = BatchFiles(files.lake, files.dataset, seq)
+        if earlier.pays():
+            return earlier
+    return None
 
 
 def _cumulative(tree: RewardsTree, address: str) -> dict[str, Any]:
@@ -44,7 +56,7 @@ def _cumulative(tree: RewardsTree, address: str) -> dict[str, Any]:
 def _previous(earlier: RewardsTree | None, address: str, seq: int) -> dict[str, Any] | None:
     if earlier is None or earlier.position(address) is None:
         return None
-    return {"seq": seq - 1, **_cumulative(earlier, address)}
+    return {"seq": seq, **_cumulative(earlier, address)}
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:

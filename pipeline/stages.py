@@ -173,6 +173,7 @@ class _Settle:
     make: Callable[[BatchFiles], dict[str, Any]]
     holds: Callable[[BatchFiles, dict[str, Any]], bool]
     record: Callable[[BatchFiles, dict[str, Any], bool], None]  # (files, record, again)
+    needed: Callable[[BatchFiles], bool] = lambda _: True  # False: the batch has nothing to put on chain
 
 
 def _settle(lake: Lake, dataset: str, seq: int, kind: _Settle) -> dict[str, Any]:
@@ -181,6 +182,8 @@ def _settle(lake: Lake, dataset: str, seq: int, kind: _Settle) -> dict[str, Any]
     record: dict[str, Any] = {}
     for s in range(seq + 1):
         files = BatchFiles(lake, dataset, s)
+        if not kind.needed(files):
+            continue
         existing = kind.current(files)
         if existing is None:
             record = kind.make(files)
@@ -220,9 +223,10 @@ def anchor(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
 
 
 def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
-    """Publish the rewards root of every committed batch up to `seq`, in order: funded with the
-    token, or (payout "points") the ledger root alone. A recent publication a reorganisation
-    removed is published again (recorded under state/, as rewards-published.json is write-once)."""
+    """Publish the rewards root of every committed batch up to `seq` that pays (SPEC §13.8: a
+    batch with no accepted row publishes nothing), in order: funded with the token, or (payout
+    "points") the ledger root alone. A recent publication a reorganisation removed is published
+    again (recorded under state/, as rewards-published.json is write-once)."""
     from anchoring.distributor import publish_rewards as publish
     from anchoring.distributor import published_root
 
@@ -245,7 +249,8 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
         return onchain is not None and onchain.hex() == r["root"]
 
     return _settle(lake_for(settings), dataset, seq, _Settle(
-        "published rewards of", BatchFiles.rewards_publication, make, holds, BatchFiles.record_rewards_publication))
+        "published rewards of", BatchFiles.rewards_publication, make, holds, BatchFiles.record_rewards_publication,
+        BatchFiles.pays))
 
 
 def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
@@ -269,7 +274,7 @@ def batch_summary(settings: Settings, dataset: str) -> dict[str, Any]:
 def batch_finished(files: BatchFiles) -> bool:
     """Anchored, rewards published, and receipts written naming the batch's current anchor."""
     anchor = files.anchor()
-    return (anchor is not None and files.rewards_publication() is not None
+    return (anchor is not None and (files.rewards_publication() is not None or not files.pays())
             and files.receipts_anchor() == anchor["block_hash"])
 
 

@@ -119,12 +119,17 @@ def _rewarded(receipt: Receipt, chain: Any, trust: TrustAnchors) -> tuple[list[s
     root = published_root(chain, trust.distributor, did, seq)
     if root is None:
         return problems + [f"{where}: rewards of batch {seq} are not published in {trust.distributor}"], ""
-    previous = published_root(chain, trust.distributor, did, seq - 1) if seq else None
-    problems += verify_reward_proof(receipt, root) + verify_batch_amount(receipt, previous)
+    earlier = reward.get("previous")
+    previous_root, between = None, []
+    if earlier is not None and 0 <= earlier["seq"] < seq:
+        previous_root = published_root(chain, trust.distributor, did, earlier["seq"])
+        between = [s for s in range(earlier["seq"] + 1, seq) if published_root(chain, trust.distributor, did, s)]
+    problems += verify_reward_proof(receipt, root) + verify_batch_amount(receipt, previous_root, between)
     if not batch_amount_checkable(receipt):
         batch = f"; {BATCH_AMOUNT_NOT_CHECKED}"
-    elif seq:
-        batch = f", batch amount as the cumulative amount less the one under rootAt({seq - 1})"
+    elif earlier is not None:
+        batch = (f", batch amount as the cumulative amount less the one under rootAt({earlier['seq']}), no rewards "
+                 "published between")
     else:
         batch = ", batch amount as the cumulative amount (batch 0)"
     return problems, (f"; reward: cumulative amount against rootAt({seq}) of RewardDistributor {trust.distributor}"

@@ -128,3 +128,53 @@ def test_each_of_the_four_keys_can_do_its_role_and_nothing_else(anvil) -> None:
     assert token_balance(admin, token, treasury.address) == TOKEN_SUPPLY - 1000
     with pytest.raises(ConflictError, match="pulls rewards from"):  # a treasury key the distributor does not use
         publish_rewards(distributor, deployment, dataset, 1, b"s" * 32, 2000, treasury=anchorer)
+
+
+def _funded_distributor(anvil) -> tuple[Chain, dict[str, str]]:
+    """A token and a distributor whose admin, distributor and treasury are one devnet account."""
+    chain = Chain(anvil.url, DEVNET_KEYS["admin"])
+    me = chain.address
+    token = chain.deploy("RewardToken", me, 10**24)
+    distributor = chain.deploy("RewardDistributor", me, me, chain.w3.to_checksum_address(token), me)
+    return chain, {"RewardToken": token, "RewardDistributor": distributor}
+
+
+def test_each_dataset_is_solvent_on_its_own(anvil) -> None:
+    """SPEC §13.6: dataset B's root allocates more than B was funded; the claim reverts by name
+    (ExceedsFunding) instead of taking tokens funded for dataset A, whose claims all pay."""
+    from anchoring.distributor import claim, funding, publish_rewards, token_balance
+    from pipeline.core.rewards import RewardsTree
+
+    chain, deployment = _funded_distributor(anvil)
+    a, b = b"\x0a" * 32, b"\x0b" * 32
+    alice, bob, mallory = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "66" * 20
+    fair = RewardsTree.build([(alice, 700), (bob, 300)])
+    publish_rewards(chain, deployment, a, 0, fair.root, 1000, treasury=chain)
+    greedy = RewardsTree.build([(mallory, 1000), ("0x" + "77" * 20, 0)])
+    publish_rewards(chain, deployment, b, 0, greedy.root, 100, treasury=chain)  # funds 100, allocates 1000
+    address, token = deployment["RewardDistributor"], deployment["RewardToken"]
+    assert token_balance(chain, token, address) == 1100
+    with pytest.raises(ChainError, match="ExceedsFunding"):
+        claim(chain, address, b, mallory, 1000, greedy.proof(greedy.position(mallory)))
+    for who, amount in ((alice, 700), (bob, 300)):
+        claim(chain, address, a, who, amount, fair.proof(fair.position(who)))
+        assert token_balance(chain, token, who) == amount
+    assert funding(chain, address, a) == (1000, 1000) and funding(chain, address, b) == (100, 0)
+    assert token_balance(chain, token, address) == 100  # what B was funded, still there
+
+
+def test_a_batch_that_pays_nothing_publishes_nothing_and_later_batches_still_publish(anvil) -> None:
+    from anchoring.distributor import latest_published, publish_rewards, published_root
+    from pipeline.core.rewards import RewardsTree
+
+    chain, deployment = _funded_distributor(anvil)
+    dataset, address = b"\x0c" * 32, deployment["RewardDistributor"]
+    assert latest_published(chain, address, dataset) is None
+    first = RewardsTree.build([("0x" + "11" * 20, 10), ("0x" + "22" * 20, 0)])
+    third = RewardsTree.build([("0x" + "11" * 20, 10), ("0x" + "22" * 20, 5)])
+    publish_rewards(chain, deployment, dataset, 0, first.root, 10, treasury=chain)
+    publish_rewards(chain, deployment, dataset, 2, third.root, 15, treasury=chain)  # batch 1 paid nothing
+    assert published_root(chain, address, dataset, 1) is None
+    assert latest_published(chain, address, dataset) == (2, third.root)
+    with pytest.raises(ChainError, match="has published up to seq 2"):
+        publish_rewards(chain, deployment, dataset, 1, first.root, 15, treasury=chain)

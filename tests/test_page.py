@@ -482,3 +482,57 @@ def test_the_pages_keccak_and_reward_leaves_match_eth_hash_and_the_python_reward
     assert out["leaves"] == [reward_leaf(a, v).hex() for a, v in values]
     assert out["roots"] == [tree.root.hex()] * len(values)
     assert out["datasets"] == ["0x" + bytes(keccak(n.encode())).hex() for n in ("instructions", "préférences")]
+
+
+def test_a_batch_with_no_accepted_row_publishes_nothing_and_later_receipts_still_verify(anvil: Anvil,
+                                                                                        tmp_path: Path) -> None:
+    """SPEC §13.8: batch 1 accepts no row (every record lacks consent): it is anchored, publishes no
+    rewards root and pays nothing. Alice's batch-2 receipt names her cumulative amount of batch 0
+    as the earlier one; both verifiers check that nothing was published between and pass it."""
+    from anchoring.chain import Chain
+    from anchoring.distributor import published_root
+    from pipeline.datasets import dataset_id
+
+    env = base_env(tmp_path) | {"ANCHORLAKE_LAKE": (tmp_path / "lake").as_uri(), "ANCHORLAKE_RPC_URL": anvil.url}
+    cli(env, "up")
+    contribute_one(env, tmp_path, "What is a rewards root?", ALICE)
+    cli(env, "run", "--dataset", "instructions")
+    refused = tmp_path / "no-consent.jsonl"
+    refused.write_text(json.dumps({"prompt": "Keep this private.", "response": "No.", "language": "en", "consent": False,
+                                   "created_at": "2026-11-20T08:00:00Z", "contributor": ALICE}) + "\n")
+    cli(env, "contribute", "--dataset", "instructions", str(refused))
+    empty = cli_json(env, "run", "--dataset", "instructions")["committed"][0]
+    assert empty["seq"] == 1 and empty["counts"]["accepted"] == 0 and empty["counts"]["quarantined"] == 1
+    contribute_one(env, tmp_path, "Why does a claim pay the difference?", ALICE)
+    assert [c["seq"] for c in cli_json(env, "run", "--dataset", "instructions")["committed"]] == [2]
+    assert [b["anchored"] for b in cli_json(env, "status", "--dataset", "instructions")["batches"]] == [True] * 3
+
+    trust = trust_args(env, tmp_path)
+    addresses = json.loads(Path(trust[1]).read_text())
+    chain = Chain(anvil.url)
+    roots = [published_root(chain, addresses["RewardDistributor"], dataset_id("instructions"), s) for s in range(3)]
+    assert roots[0] is not None and roots[1] is None and roots[2] is not None
+
+    receipt = tmp_path / "alice-2.json"
+    cli(env, "receipt", "--dataset", "instructions", "--batch", "2", "--contributor", ALICE, "-o", str(receipt))
+    reward = json.loads(receipt.read_text())["reward"]
+    assert reward["previous"]["seq"] == 0 and int(reward["amount"]) == 10**21
+    python = cli(env, "verify", str(receipt), *trust)
+    assert "rootAt(0), no rewards published between" in python.stdout, python.stdout
+    javascript = verify_cli(receipt, "--rpc", anvil.url, *trust)
+    assert javascript.returncode == 0 and "batch amount" in javascript.stdout, javascript.stdout + javascript.stderr
+
+    # A batch-3 receipt that names batch 0's cumulative amount as the earlier one (a genuine proof)
+    # to show a larger batch amount: batch 2 published rewards between, and both verifiers say so.
+    contribute_one(env, tmp_path, "What does a later batch add?", ALICE)
+    assert [c["seq"] for c in cli_json(env, "run", "--dataset", "instructions")["committed"]] == [3]
+    third = tmp_path / "alice-3.json"
+    cli(env, "receipt", "--dataset", "instructions", "--batch", "3", "--contributor", ALICE, "-o", str(third))
+    forged = json.loads(third.read_text())
+    forged["reward"] |= {"previous": reward["previous"],
+                         "amount": str(int(forged["reward"]["cumulative_amount"]) - int(reward["previous"]["cumulative_amount"]))}
+    third.write_text(json.dumps(forged))
+    python = cli(env, "verify", str(third), *trust, check=False)
+    assert python.returncode == 1 and "but batch 2 published rewards after it" in python.stdout + python.stderr
+    javascript = verify_cli(third, "--rpc", anvil.url, *trust)
+    assert javascript.returncode == 1 and "but batch 2 published rewards after it" in javascript.stderr, javascript.stderr

@@ -640,14 +640,15 @@ async function checkReward(receipt, trust, rpc, id, lines, words = PAGE_WORDS) {
     lines.push(line("fail", "reward", `nothing answers nextSeq() at ${where}: no RewardDistributor at that address?`));
     return;
   }
-  const published = BigInt("0x" + next[0]);
+  // rootAt of a batch that published nothing (no accepted row, or not yet) is zero.
   const rootAt = async (seq) => (await callWords(rpc, trust.distributor, SELECTORS.rootAt + arg(id.slice(2)) + arg(BigInt(seq))))?.[0];
-  if (published <= BigInt(receipt.seq)) {
+  const isPublished = (root) => typeof root === "string" && !/^0+$/.test(root);
+  const onchain = await rootAt(receipt.seq);
+  if (!isPublished(onchain)) {
     lines.push(line("fail", "reward", `rewards of batch ${receipt.seq} are not published in ${where}`));
     return;
   }
   const cumulative = BigInt(reward.cumulative_amount), batchAmount = BigInt(reward.amount);
-  const onchain = await rootAt(receipt.seq);
   const folded = hex(processProof(rewardLeaf(receipt.contributor, cumulative), reward.proof.map(unhex)));
   const at = `rootAt(${trust.dataset}, ${receipt.seq}) = ${short0x(onchain ?? "")} in ${where}`;
   if (folded !== onchain) {
@@ -673,9 +674,15 @@ async function checkReward(receipt, trust, rpc, id, lines, words = PAGE_WORDS) {
     lines.push(line("skipped", "batch amount", BATCH_AMOUNT_NOT_CHECKED));
     return;
   }
-  if (previous.seq !== receipt.seq - 1) {
-    lines.push(line("fail", "batch amount", `the previous reward is of batch ${previous.seq}, not of batch ${receipt.seq - 1}`));
+  if (previous.seq < 0 || previous.seq >= receipt.seq) {
+    lines.push(line("fail", "batch amount", `the previous reward is of batch ${previous.seq}, not of one before batch ${receipt.seq}`));
     return;
+  }
+  for (let between = previous.seq + 1; between < receipt.seq; between++) {  // batches that paid nothing
+    if (isPublished(await rootAt(between))) {
+      lines.push(line("fail", "batch amount", `the previous reward is of batch ${previous.seq}, but batch ${between} published rewards after it`));
+      return;
+    }
   }
   const before = BigInt(previous.cumulative_amount);
   const earlier = await rootAt(previous.seq);

@@ -8,11 +8,13 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 
 /// @title RewardDistributor
 /// @notice Pays an ERC-20 token by cumulative Merkle claims. Per dataset, a rewards root is
-///         published for each batch seq, in order; it commits every contributor's cumulative
-///         amount over batches 0..seq as an OpenZeppelin StandardMerkleTree leaf of
-///         (address, uint256). A claim pays the difference to what the account already received.
-///         Funds come from the treasury, a separate key that approves this contract: the
-///         distributor key publishes roots and holds no tokens.
+///         published for each batch seq that pays anything, seqs ascending (a batch with no
+///         accepted row publishes nothing); it commits every contributor's cumulative amount over
+///         batches 0..seq as an OpenZeppelin StandardMerkleTree leaf of (address, uint256). A claim
+///         pays the difference to what the account already received. Funds come from the
+///         treasury, a separate key that approves this contract: the distributor key publishes
+///         roots and holds no tokens. Each dataset is solvent on its own: its claims never pay
+///         out more than was funded for it (its cumulative total), whatever a root says.
 contract RewardDistributor is AccessControl {
     using SafeERC20 for IERC20;
 
@@ -24,7 +26,10 @@ contract RewardDistributor is AccessControl {
 
     mapping(bytes32 datasetId => uint64) private _nextSeq;
     mapping(bytes32 datasetId => bytes32) public latestRoot;
+    /// @notice What was funded for the dataset: the sum its published roots allocate.
     mapping(bytes32 datasetId => uint256) public cumulativeTotal;
+    /// @notice What the dataset's claims have paid out; never more than its cumulativeTotal.
+    mapping(bytes32 datasetId => uint256) public paid;
     mapping(bytes32 datasetId => mapping(uint64 seq => bytes32)) public rootAt;
     mapping(bytes32 datasetId => mapping(address account => uint256)) public claimed;
     /// @notice Datasets paid in off-chain points: roots are published, no token moves, no claims.
@@ -33,11 +38,12 @@ contract RewardDistributor is AccessControl {
     event RewardsPublished(bytes32 indexed datasetId, uint64 indexed seq, bytes32 root, uint256 cumulativeTotal);
     event Claimed(bytes32 indexed datasetId, address indexed account, uint256 amount, uint256 cumulativeAmount);
 
-    error SeqNotNext(bytes32 datasetId, uint64 expected, uint64 given);
+    error SeqNotNext(bytes32 datasetId, uint64 expected, uint64 given);  // expected: the least seq accepted
     error TotalDecreased(uint256 previous, uint256 given);
     error InvalidProof();
     error NothingToClaim();
     error PayoutKindMismatch(bytes32 datasetId, bool pointsOnly);
+    error ExceedsFunding(bytes32 datasetId, uint256 funded, uint256 paid, uint256 amount);
 
     constructor(address admin, address distributor, IERC20 token_, address treasury_) {
         token = token_;
@@ -46,6 +52,8 @@ contract RewardDistributor is AccessControl {
         _grantRole(DISTRIBUTOR_ROLE, distributor);
     }
 
+    /// @notice One past the latest seq published for the dataset (0 before its first); rootAt of a
+    ///         seq below it that published nothing is zero.
     function nextSeq(bytes32 datasetId) external view returns (uint64) {
         return _nextSeq[datasetId];
     }
@@ -75,16 +83,16 @@ contract RewardDistributor is AccessControl {
         private
         returns (uint256 increase)
     {
-        if (seq == 0) {
-            pointsOnly[datasetId] = points;
+        if (latestRoot[datasetId] == bytes32(0)) {
+            pointsOnly[datasetId] = points;  // the dataset's first publication
         } else if (pointsOnly[datasetId] != points) {
             revert PayoutKindMismatch(datasetId, pointsOnly[datasetId]);
         }
         uint64 expected = _nextSeq[datasetId];
-        if (seq != expected) revert SeqNotNext(datasetId, expected, seq);
+        if (seq < expected) revert SeqNotNext(datasetId, expected, seq);
         uint256 previous = cumulativeTotal[datasetId];
         if (newCumulativeTotal < previous) revert TotalDecreased(previous, newCumulativeTotal);
-        _nextSeq[datasetId] = expected + 1;
+        _nextSeq[datasetId] = seq + 1;
         latestRoot[datasetId] = root;
         rootAt[datasetId][seq] = root;
         cumulativeTotal[datasetId] = newCumulativeTotal;
@@ -93,7 +101,9 @@ contract RewardDistributor is AccessControl {
     }
 
     /// @notice Pay `account` its cumulative amount under the latest root, less what it was paid.
-    ///         Anyone may submit the claim; the tokens always go to `account`.
+    ///         Anyone may submit the claim; the tokens always go to `account`. A claim that would
+    ///         pay the dataset out beyond what was funded for it reverts (ExceedsFunding), so one
+    ///         dataset's root can never take another dataset's tokens.
     function claim(bytes32 datasetId, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
         external
     {
@@ -102,8 +112,13 @@ contract RewardDistributor is AccessControl {
         if (!MerkleProof.verifyCalldata(proof, latestRoot[datasetId], leaf)) revert InvalidProof();
         uint256 already = claimed[datasetId][account];
         if (cumulativeAmount <= already) revert NothingToClaim();
-        claimed[datasetId][account] = cumulativeAmount;
         uint256 amount = cumulativeAmount - already;
+        uint256 out = paid[datasetId];
+        if (out + amount > cumulativeTotal[datasetId]) {
+            revert ExceedsFunding(datasetId, cumulativeTotal[datasetId], out, amount);
+        }
+        claimed[datasetId][account] = cumulativeAmount;
+        paid[datasetId] = out + amount;
         emit Claimed(datasetId, account, amount, cumulativeAmount);
         token.safeTransfer(account, amount);
     }

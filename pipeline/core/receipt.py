@@ -181,22 +181,27 @@ def batch_amount_checkable(receipt: Receipt) -> bool:
     return reward is None or receipt.seq == 0 or reward.get("previous") is not None
 
 
-def verify_batch_amount(receipt: Receipt, previous_root: bytes | None) -> list[str]:
+def verify_batch_amount(receipt: Receipt, previous_root: bytes | None, published_between: Sequence[int] = ()) -> list[str]:
     """Check the batch amount is the cumulative amount less the contributor's cumulative amount
-    of batch seq - 1 (`reward.previous`, folded to `previous_root`, the rewards root of seq - 1);
-    in batch 0 it is the cumulative amount. Without `previous` after batch 0 nothing is checked
-    (see batch_amount_checkable): absence from a rewards tree cannot be proved."""
+    at the latest earlier batch that published rewards (`reward.previous`, folded to
+    `previous_root`, the rewards root of that batch; `published_between` must be empty: the seqs
+    between the two that published rewards, which the earlier amount would skip). In batch 0 it is
+    the cumulative amount. Without `previous` after batch 0 nothing is checked (see
+    batch_amount_checkable): absence from a rewards tree cannot be proved."""
     reward, where, seq = receipt.data.get("reward"), receipt.source, receipt.seq
     if reward is None or not batch_amount_checkable(receipt):
         return []
     previous, earlier = reward.get("previous"), 0
     if previous is not None:
-        if previous["seq"] != seq - 1 or seq == 0:
-            return [f"{where}: reward: the earlier cumulative amount is for batch {previous['seq']}, not {seq - 1}"]
+        if not 0 <= previous["seq"] < seq:
+            return [f"{where}: reward: the earlier cumulative amount is for batch {previous['seq']}, not one before {seq}"]
+        if published_between:
+            return [f"{where}: reward: the earlier cumulative amount is for batch {previous['seq']}, but batch "
+                    f"{published_between[0]} published rewards after it"]
         if previous_root is None or not _folds(receipt.data["contributor"], previous, previous_root):
             shown = "is not published" if previous_root is None else f"is 0x{previous_root.hex()}"
             return [f"{where}: reward: the earlier cumulative amount {previous['cumulative_amount']} does not fold to "
-                    f"the rewards root of batch {seq - 1}, which {shown}"]
+                    f"the rewards root of batch {previous['seq']}, which {shown}"]
         earlier = int(previous["cumulative_amount"])
     amount, cumulative = int(reward["amount"]), int(reward["cumulative_amount"])
     if amount != cumulative - earlier:

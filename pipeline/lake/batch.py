@@ -229,6 +229,10 @@ class BatchFiles:
         else:
             create_once(self.lake, self.key(layout.ANCHOR), records.ANCHOR, record)
 
+    def pays(self) -> bool:
+        """Whether the committed batch has rewards to publish: any accepted row (SPEC §13.8)."""
+        return int(self.manifest().data["counts"]["accepted"]) > 0
+
     def rewards_publication(self) -> dict[str, Any] | None:
         """The batch's live rewards publication: a re-publication's if there was one, else
         rewards-published.json."""
