@@ -188,8 +188,16 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
-
-    receipt = _committed_batch(args).receipt(args.contributor).data
+    files = _committed_batch(args)
+    try:
+        receipt = files.receipt(args.contributor).data
+    except NotFound:
+        row = next((r for r in files.rewards_rows() if r["contributor"] == args.contributor), None)
+        if row is None or row["accepted"]:
+            raise
+        raise NotFound(f"{args.contributor} has no accepted row in {args.dataset} batch {args.batch}: "
+                       f"{row['quarantined']} rejected, {row['duplicate']} duplicate; see anchorlake explain "
+                       f"--dataset {args.dataset} --batch {args.batch} --contributor {args.contributor}") from None
     text = json.dumps(receipt, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -362,6 +370,8 @@ def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
     settings = config.load()
     lake = stages.lake_for(settings)
     spec = stages.dataset_for(settings, args.dataset)
+    if args.contributor:
+        return _contributor_statement(args, settings, lake, spec, out)
     seqs = committed_seqs(lake, args.dataset)
     if not seqs:
         raise NotFound(f"{args.dataset} has no batches yet")
@@ -381,6 +391,74 @@ def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
                  "every row agrees with the rewards tree")
     out.result({"dataset": args.dataset, "seq": seq, "rewards": rewards, "rows": rows,
                 "verified": True if args.verify else None})
+    return EXIT_OK
+
+
+def _contributor_statement(args: argparse.Namespace, settings: config.Settings, lake: Any, spec: Any,
+                           out: Output) -> int:
+    """`rewards --contributor`: every batch's amounts, and with a trusted distributor, claimed and claimable."""
+    from pipeline import claims
+
+    owed = None
+    if args.distributor or args.deployment or settings.contracts.get("RewardDistributor"):
+        chain, trust = _trust(args, settings, args.dataset, ("RewardDistributor",), "read the claims")
+        try:
+            owed = claims.entitlement(lake, spec, chain, str(trust.distributor), args.contributor)
+        except NotFound:
+            owed = None
+    result = claims.statement(lake, spec, args.contributor, owed)
+    out.line(f"{args.contributor} in {args.dataset} ({result['unit']}):")
+    for b in result["batches"]:
+        out.line(f"  batch {b['seq']:>6}  {b['accepted']:>6} accepted {b['quarantined']:>5} rejected "
+                 f"{b['duplicate']:>5} duplicate  amount {b['amount']:>28}  cumulative {b['cumulative_amount']}")
+    if owed is None:
+        out.line("claimed and claimable: give the RewardDistributor you trust (--distributor ADDR or --deployment FILE)")
+    else:
+        out.line(f"claimed {result['claimed']}, claimable now {result['claimable']} (under the root of batch "
+                 f"{result['published_seq']})")
+    out.result(result)
+    return EXIT_OK
+
+
+def cmd_claim(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import claims, stages, verify
+
+    settings = config.load()
+    spec = stages.dataset_for(settings, args.dataset)
+    _, trust = _trust(args, settings, args.dataset, ("RewardDistributor",), "claim")
+    chain = verify.connect(args.rpc or str(settings.rpc_url), settings.contributor())
+    result = claims.claim(stages.lake_for(settings), spec, chain, str(trust.distributor), args.contributor)
+    if result["tx_hash"] is None:
+        out.line(f"nothing to claim: {args.contributor} has been paid its cumulative {result['cumulative_amount']} "
+                 f"{result['unit']} of {args.dataset}; balance {result['balance']}")
+    else:
+        out.line(f"claimed {result['claimed_now']} {result['unit']} for {args.contributor} (cumulative "
+                 f"{result['cumulative_amount']} under the root of batch {result['seq']}) in tx {result['tx_hash']}; "
+                 f"balance now {result['balance']}")
+    out.result(result)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import stages
+    from pipeline.lake.batch import BatchFiles, committed_seqs
+
+    settings = config.load()
+    stages.dataset_for(settings, args.dataset)
+    lake = stages.lake_for(settings)
+    seqs = [args.batch] if args.batch is not None else committed_seqs(lake, args.dataset)
+    rejected = []
+    for seq in seqs:
+        files = BatchFiles(lake, args.dataset, seq)
+        if not files.committed():
+            raise NotFound(f"{args.dataset} has no batch {seq}")
+        rejected += [{"seq": seq, **row} for row in files.rejections(args.contributor)]
+    for r in rejected:
+        out.line(f"batch {r['seq']:>6}  {r['source_key']}:{r['line']}  {r['contributor'] or '-'}  {r['reason']}: "
+                 f"{r['detail']}")
+    out.line(f"{len(rejected)} rejected or duplicate record(s)"
+             + (f" of {args.contributor}" if args.contributor else "") + f" in {len(seqs)} batch(es)")
+    out.result({"dataset": args.dataset, "rejections": rejected})
     return EXIT_OK
 
 
@@ -471,11 +549,20 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--dest", required=True)
     pl.add_argument("--no-verify", action="store_true")
     _trust_flags(pl)
-    rw = sub.add_parser("rewards", help="a batch's reward split")
+    rw = sub.add_parser("rewards", help="a batch's reward split, or a contributor's statement across batches")
     rw.add_argument("--dataset", required=True)
     rw.add_argument("--batch", type=_seq)
+    rw.add_argument("--contributor", type=_address, help="the statement of one contributor across every batch")
     rw.add_argument("--verify", action="store_true", help="check the rewards root on chain")
     _trust_flags(rw)
+    cl = sub.add_parser("claim", help="claim a contributor's rewards (ANCHORLAKE_CONTRIBUTOR_KEY pays the gas)")
+    cl.add_argument("--dataset", required=True)
+    cl.add_argument("--contributor", required=True, type=_address, help="who is paid (the tokens go to this address)")
+    _trust_flags(cl)
+    ex = sub.add_parser("explain", help="rejected and duplicate records, with their reasons")
+    ex.add_argument("--dataset", required=True)
+    ex.add_argument("--batch", type=_seq)
+    ex.add_argument("--contributor", type=_address)
     sub.add_parser("demo", help="up, sample contributions, run, receipt, verify")
     return p
 
@@ -507,7 +594,7 @@ def _address(text: str) -> str:
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
             "check": cmd_check, "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit,
-            "pull": cmd_pull, "rewards": cmd_rewards, "demo": cmd_demo}
+            "pull": cmd_pull, "rewards": cmd_rewards, "claim": cmd_claim, "explain": cmd_explain, "demo": cmd_demo}
 
 
 def _redacting(record: logging.LogRecord) -> bool:

@@ -28,6 +28,8 @@ DEVNET_KEYS = {
     "distributor": "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "treasury": "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
 }
+# anvil's account 4: a contributor of the local devnet (signs contributions, pays for claims).
+DEVNET_CONTRIBUTOR_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
 DEVNET_CHAIN_ID = 31337
 
 
@@ -63,6 +65,14 @@ class Settings:
     keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # role -> private key
     seal_secret: str | None = field(default=None, repr=False)  # ANCHORLAKE_SEAL_KEY
     addresses: Mapping[str, str] = field(default_factory=dict)  # role -> account, where no key is held here
+    contributor_key: str | None = field(default=None, repr=False)  # ANCHORLAKE_CONTRIBUTOR_KEY
+
+    def contributor(self) -> str:
+        """A contributor's own key: signs contributions and pays the gas of claims (any funded
+        account may; the tokens always go to the contributor claimed for)."""
+        if not self.contributor_key:
+            raise BadInput("no contributor key is configured: set ANCHORLAKE_CONTRIBUTOR_KEY")
+        return self.contributor_key
 
     def key(self, role: str) -> str:
         """The private key of `role`; BadInput naming the variable when it is not configured."""
@@ -166,9 +176,11 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
                        "numbers of seconds") from None
     rpc_url = env.get("ANCHORLAKE_RPC_URL") or None
     keys = {role: env[key_variable(role)] for role in ROLES if env.get(key_variable(role))}
+    contributor_key = env.get("ANCHORLAKE_CONTRIBUTOR_KEY") or None
     if rpc_url is None:
         rpc_url = _devnet_url(home)
         keys = DEVNET_KEYS | keys  # the devnet's well-known keys are defaults only for the local devnet
+        contributor_key = contributor_key or DEVNET_CONTRIBUTOR_KEY
     contracts = {
         name: env[var]
         for name, var in (
@@ -198,6 +210,7 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         keys=keys,
         seal_secret=env.get("ANCHORLAKE_SEAL_KEY") or None,
         addresses=_addresses(env),
+        contributor_key=contributor_key,
     )
 
 

@@ -25,11 +25,11 @@ if TYPE_CHECKING:  # the lake is imported where a check reads it: offline receip
     from pipeline.lake.batch import BatchFiles
 
 
-def connect(rpc_url: str) -> Any:
-    """A read-only connection to the chain at `rpc_url`."""
+def connect(rpc_url: str, key: str | None = None) -> Any:
+    """A connection to the chain at `rpc_url`: read-only, or signing with `key`."""
     from anchoring.chain import Chain
 
-    return Chain(rpc_url)
+    return Chain(rpc_url, key)
 
 
 @dataclass(frozen=True)

@@ -267,29 +267,66 @@ def test_the_read_only_identity_reads_what_readers_may_see_and_nothing_else(publ
     assert cli(as_reader, "verify", str(receipt), *trust).returncode == 0
 
 
-def test_contributors_claim_their_rewards_once(file_env: dict[str, str], tmp_path: Path) -> None:
+def test_contributors_claim_their_cumulative_rewards_once_whatever_batch_they_were_in(file_env: dict[str, str],
+                                                                                     tmp_path: Path) -> None:
+    """Three batches: A in batches 0 and 2, B only in batch 0, C in batch 1. After batch 2, A and B
+    each `claim` (an outsider's key pays the gas) and receive exactly their cumulative amounts
+    under the latest root; a second claim pays nothing and says so; a forged amount reverts by name."""
     from anchoring.chain import Chain
-    from anchoring.distributor import claim, claimed, token_balance
-
-    committed_flow(file_env, tmp_path)
-    receipt = tmp_path / "alice.json"
-    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
-    reward = json.loads(receipt.read_text())["reward"]
-    lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
-    deployment = json.loads((lake / "deployments/31337.json").read_text())
-    chain = Chain(file_env["ANCHORLAKE_RPC_URL"], OUTSIDER_KEY)  # anyone may submit a claim
-    from eth_hash.auto import keccak
-
-    dataset_id = keccak(b"instructions")
-    proof = [bytes.fromhex(p[2:]) for p in reward["proof"]]
-    before = token_balance(chain, deployment["RewardToken"], ALICE)
-    claim(chain, deployment["RewardDistributor"], dataset_id, ALICE, int(reward["cumulative_amount"]), proof)
-    assert token_balance(chain, deployment["RewardToken"], ALICE) - before == int(reward["cumulative_amount"])
-    assert claimed(chain, deployment["RewardDistributor"], dataset_id, ALICE) == int(reward["cumulative_amount"])
+    from anchoring.distributor import claim
+    from pipeline.datasets import dataset_id
     from pipeline.errors import ChainError
 
-    with pytest.raises(ChainError, match="NothingToClaim"):
-        claim(chain, deployment["RewardDistributor"], dataset_id, ALICE, int(reward["cumulative_amount"]), proof)
+    a, b, c = ALICE, "0x2222222222222222222222222222222222222222", "0x3333333333333333333333333333333333333333"
+    pool = 10**21
+    cli(file_env, "up")
+    for batch in ((a, b), (c,), (a,)):
+        for who in batch:
+            contribute_one(file_env, tmp_path, f"What does {who} contribute to batch {len(batch)} {batch}?", who)
+        cli(file_env, "run", "--dataset", "instructions")
+    trust = trust_args(file_env, tmp_path)[:2]
+    payer = file_env | {"ANCHORLAKE_CONTRIBUTOR_KEY": OUTSIDER_KEY}
+    claims = {who: cli_json(payer, "claim", "--dataset", "instructions", "--contributor", who, *trust) for who in (a, b)}
+    assert {who: (r["seq"], r["claimed_now"], r["balance"]) for who, r in claims.items()} == {
+        a: (2, str(pool + pool // 2), str(pool + pool // 2)), b: (2, str(pool // 2), str(pool // 2))}
+    again = cli(payer, "claim", "--dataset", "instructions", "--contributor", a, *trust)
+    assert again.stdout.startswith(f"nothing to claim: {a} has been paid its cumulative {pool + pool // 2}"), again.stdout
+    statement = cli_json(file_env, "rewards", "--dataset", "instructions", "--contributor", a, *trust)
+    assert [(x["seq"], x["amount"]) for x in statement["batches"]] == [(0, str(pool // 2)), (2, str(pool))]
+    assert (statement["claimed"], statement["claimable"]) == (str(pool + pool // 2), "0")
+    unpaid = cli_json(file_env, "rewards", "--dataset", "instructions", "--contributor", c, *trust)
+    assert (unpaid["claimed"], unpaid["claimable"]) == ("0", str(pool))
+
+    deployment = json.loads(Path(trust[1]).read_text())
+    chain = Chain(file_env["ANCHORLAKE_RPC_URL"], OUTSIDER_KEY)
+    with pytest.raises(ChainError, match="InvalidProof"):  # C's true proof, a forged larger amount
+        receipt = tmp_path / "c.json"
+        cli(file_env, "receipt", "--dataset", "instructions", "--batch", "1", "--contributor", c, "-o", str(receipt))
+        proof = [bytes.fromhex(p[2:]) for p in json.loads(receipt.read_text())["reward"]["proof"]]
+        claim(chain, deployment["RewardDistributor"], dataset_id("instructions"), c, 2 * pool, proof)
+
+
+def test_a_contributor_whose_records_were_all_rejected_is_told_why(file_env: dict[str, str], tmp_path: Path) -> None:
+    """`receipt` for a contributor with only rejections says so and points to `explain`, which lists
+    each rejection with its source, line, reason and detail (never the record's text)."""
+    dave = "0x4444444444444444444444444444444444444444"
+    cli(file_env, "up")
+    contribute_one(file_env, tmp_path, "What is accepted?", ALICE)
+    mine = tmp_path / "dave.jsonl"
+    good = {"prompt": "A private thought.", "response": "Kept.", "language": "en", "consent": True,
+            "created_at": "2026-11-20T08:00:00Z", "contributor": dave}
+    mine.write_text(json.dumps(good | {"consent": False}) + "\n" + json.dumps(good | {"created_at": "yesterday"}) + "\n")
+    cli(file_env, "contribute", "--dataset", "instructions", str(mine))
+    cli(file_env, "run", "--dataset", "instructions")
+    proc = cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", dave, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"anchorlake: {dave} has no accepted row in instructions batch 0: 2 rejected, 0 duplicate; see anchorlake "
+        f"explain --dataset instructions --batch 0 --contributor {dave}"), proc.stderr
+    explained = cli_json(file_env, "explain", "--dataset", "instructions", "--contributor", dave)["rejections"]
+    assert [(r["seq"], r["source_key"].endswith("dave.jsonl"), r["line"], r["reason"]) for r in explained] == [
+        (0, True, 1, "no_consent"), (0, True, 2, "wrong_type")]
+    text = cli(file_env, "explain", "--dataset", "instructions", "--batch", "0").stdout
+    assert "no_consent" in text and "A private thought" not in text and text.endswith("2 rejected or duplicate record(s) in 1 batch(es)\n")
 
 
 def test_a_points_dataset_publishes_its_ledger_root_and_receipts_verify(file_env: dict[str, str], tmp_path: Path) -> None:

@@ -207,6 +207,12 @@ class BatchFiles:
         """One row per contributor of the batch: counts, weight, amount and cumulative amount."""
         return list(read_parquet(self.artifact(layout.REWARDS)).to_pylist())
 
+    def rejections(self, contributor: str | None = None) -> list[dict[str, Any]]:
+        """The batch's quarantine rows (source, line, contributor, reason, detail, …), checked
+        against the manifest; only `contributor`'s when given."""
+        rows = read_parquet(self.artifact(layout.QUARANTINE)).to_pylist()
+        return [r for r in rows if contributor is None or r["contributor"] == contributor]
+
     def index(self, columns: Sequence[str]) -> Any:
         return read_parquet(self.artifact(layout.INDEX), columns)
 
