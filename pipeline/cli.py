@@ -381,7 +381,7 @@ def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
         chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor", "RewardDistributor"), "verify the rewards")
         rewards_statement(files, spec, chain, trust)
     rewards, rows = files.manifest().rewards, files.rewards_rows()
-    out.line(f"{args.dataset} batch {seq}: pool {rewards['pool']} {rewards['unit']}, paid {rewards['total']}, "
+    out.line(f"{args.dataset} batch {seq}: {_terms(rewards)}, paid {rewards['total']}, "
              f"root 0x{rewards['root']}")
     for r in rows:
         out.line(f"  {r['contributor']}  {r['accepted']:>6} accepted  amount {r['amount']:>28}  cumulative {r['cumulative_amount']}")
@@ -497,7 +497,7 @@ def _print_demo(dataset: str, s: dict[str, Any], deployment: dict[str, Any], now
     print(f"merkle root  {m.root} over {m.tree_size} rows")
     print(f"anchor       tx {anchor['tx_hash']} in block {anchor['block_number']} on chain {anchor['chain_id']}"
           f" (BatchAnchor {deployment['BatchAnchor']})")
-    print(f"rewards      pool {r['pool']} {r['unit']} split over {s['rewarded']} contributors, root 0x{r['root']}")
+    print(f"rewards      {_terms(r)}, {s['rewarded']} contributors in the ledger, root 0x{r['root']}")
     print(f"receipt      {receipt}")
     if verified:
         print(f"verified     the receipt of {s['contributor']} verified against the chain")
@@ -573,6 +573,14 @@ def _trust_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contract", help="the BatchAnchor address you trust")
     parser.add_argument("--distributor", help="the RewardDistributor address you trust (checks rewards)")
     parser.add_argument("--deployment", metavar="FILE", help="a deployments/<chain_id>.json you trust, for the addresses")
+
+
+def _terms(rewards: dict[str, Any]) -> str:
+    """A manifest's reward rule in words: the pool of proportional/1 or the rate of per_unit/1."""
+    weight = rewards.get("weight", "rows")
+    if "rate" in rewards:
+        return f"{rewards['rate']} {rewards['unit']} per {'row' if weight == 'rows' else 'character'} (per_unit/1)"
+    return f"pool {rewards['pool']} {rewards['unit']} split by {weight} (proportional/1)"
 
 
 def _rows(n: int) -> str:

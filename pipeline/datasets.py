@@ -35,13 +35,28 @@ class Column:
     max_length: int | None = None  # characters for strings, items for lists
 
 
+RULES = ("proportional/1", "per_unit/1")
+WEIGHTS = ("rows", "characters")
+
+
 @dataclass(frozen=True)
 class RewardSpec:
+    """How a batch pays (SPEC §13.8): `proportional/1` splits `pool` base units per batch by
+    weight; `per_unit/1` pays `rate` base units per unit of weight. A weight is computed by the
+    pipeline from accepted rows, never read from a value the contributor wrote: one per row
+    ("rows") or the characters of the row's text columns ("characters")."""
+
     rule: str
-    pool: int  # base units per batch
+    pool: int  # base units per batch (proportional/1); 0 for per_unit/1
     unit: str
     payout: str  # "token" (on-chain ERC-20) or "points" (ledger and root only)
-    weight_column: str | None = None
+    weight: str = "rows"
+    rate: int = 0  # base units per weight unit (per_unit/1); 0 for proportional/1
+
+    def terms(self) -> dict[str, str]:
+        """What the manifest records of the rule, to be checked against the declaration."""
+        amount = {"pool": str(self.pool)} if self.rule == "proportional/1" else {"rate": str(self.rate)}
+        return {"rule": self.rule, **amount, "weight": self.weight, "payout": self.payout}
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,7 @@ class Dataset:
     suite_path: Path
     rewards: RewardSpec
     limits: Limits = Limits()
+    signed: bool = False  # contributors: "signed": each source carries its contributor's signature (§13.7)
 
     @property
     def dataset_id(self) -> bytes:
@@ -94,9 +110,9 @@ def _require(data: dict[str, Any], key: str, kind: type, source: str) -> Any:
 
 
 KEYS = ("format", "name", "description", "columns", "dedupe_key", "unknown_columns", "max_record_bytes", "limits",
-        "suite", "rewards")
+        "suite", "rewards", "contributors")
 COLUMN_KEYS = ("name", "type", "max_length", "description")
-REWARD_KEYS = ("rule", "pool", "unit", "payout", "weight_column")
+REWARD_KEYS = ("rule", "pool", "rate", "unit", "payout", "weight")
 LIMIT_KEYS = ("source_bytes", "source_rows")
 
 
@@ -152,29 +168,42 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
     given = _object(data.get("limits", {}), LIMIT_KEYS, "limits", source)
     limits = Limits(**{k: _positive(given, k, getattr(Limits, k), source, "limits.") for k in LIMIT_KEYS})
     suite_path = base / _require(data, "suite", str, source)
-    r = _object(_require(data, "rewards", dict, source), REWARD_KEYS, "rewards", source)
-    if r.get("rule") != "proportional/1":
-        raise FormatError(source, "rewards.rule", "only 'proportional/1' is known")
-    try:
-        pool = int(r.get("pool", ""))  # a decimal string: base units do not fit a JSON double
-        if pool < 0 or not isinstance(r.get("pool"), str):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise FormatError(source, "rewards.pool", "must be a decimal string of base units >= 0") from None
+    rewards = _reward_spec(_require(data, "rewards", dict, source), source)
+    contributors = data.get("contributors", "declared")
+    if contributors not in ("declared", "signed"):
+        raise FormatError(source, "contributors", "must be 'declared' or 'signed'")
+    return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards, limits,
+                   contributors == "signed")
+
+
+def _reward_spec(value: dict[str, Any], source: str) -> RewardSpec:
+    if "weight_column" in value:
+        raise FormatError(source, "rewards.weight_column", "is not accepted: a weight never comes from a value the "
+                                                           f"contributor wrote; declare weight: {' or '.join(WEIGHTS)}")
+    r = _object(value, REWARD_KEYS, "rewards", source)
+    rule = r.get("rule")
+    if rule not in RULES:
+        raise FormatError(source, "rewards.rule", f"must be one of {', '.join(RULES)}")
+    takes, other = ("pool", "rate") if rule == "proportional/1" else ("rate", "pool")
+    if other in r:
+        raise FormatError(source, f"rewards.{other}", f"does not apply to {rule}, which takes {takes}")
+    amount = _base_units(r, takes, source)
     payout = r.get("payout", "token")
     if payout not in ("token", "points"):
         raise FormatError(source, "rewards.payout", "must be 'token' or 'points'")
-    weight_column = r.get("weight_column")
-    if weight_column is not None and not any(c.name == weight_column and c.type == "int64" for c in columns):
-        raise FormatError(source, "rewards.weight_column", "must name an int64 column")
-    rewards = RewardSpec(
-        rule="proportional/1",
-        pool=pool,
-        unit=str(r.get("unit", "base units")),
-        payout=payout,
-        weight_column=weight_column,
-    )
-    return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards, limits)
+    weight = r.get("weight", "rows")
+    if weight not in WEIGHTS:
+        raise FormatError(source, "rewards.weight", f"must be one of {', '.join(WEIGHTS)}")
+    return RewardSpec(rule=rule, pool=amount if takes == "pool" else 0, unit=str(r.get("unit", "base units")),
+                      payout=payout, weight=weight, rate=amount if takes == "rate" else 0)
+
+
+def _base_units(r: dict[str, Any], key: str, source: str) -> int:
+    """A decimal string of base units >= 0 (base units do not fit a JSON double)."""
+    text = r.get(key)
+    if not isinstance(text, str) or not text.isdigit() or not text.isascii():
+        raise FormatError(source, f"rewards.{key}", "must be a decimal string of base units >= 0")
+    return int(text)
 
 
 def load(directory: Path, name: str) -> Dataset:

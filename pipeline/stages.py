@@ -156,11 +156,12 @@ def _sealed(settings: Settings, files: BatchFiles, spec: Dataset) -> Any:
     if given is None or not seal.holds(settings.seal_key(), files.dataset, files.seq, m.sha256, given):
         raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} ({m.sha256}) carries no valid seal of "
                             "this pipeline's commit: it was not written by anchorlake's commit; nothing was signed")
-    declared = {"pool": str(spec.rewards.pool), "payout": spec.rewards.payout}
-    if {k: m.rewards.get(k) for k in declared} != declared or int(m.rewards["total"]) > spec.rewards.pool:
-        raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} pays {m.rewards.get('total')} of a pool "
-                            f"of {m.rewards.get('pool')} ({m.rewards.get('payout')}); the dataset declares "
-                            f"{declared['pool']} ({declared['payout']}); nothing was signed")
+    declared = spec.rewards.terms()
+    recorded = {k: m.rewards.get(k) for k in declared}
+    over_pool = spec.rewards.rule == "proportional/1" and int(m.rewards["total"]) > spec.rewards.pool
+    if recorded != declared or over_pool:
+        raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} pays {m.rewards.get('total')} under "
+                            f"{recorded}; the dataset declares {declared}; nothing was signed")
     return m
 
 

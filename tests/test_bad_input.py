@@ -322,15 +322,14 @@ def test_a_third_dataset_needs_only_its_two_files(tmp_path: Path) -> None:
         "columns": [{"name": "item", "type": "string", "max_length": 200}, {"name": "stars", "type": "int64"},
                     {"name": "score", "type": "float64"}, {"name": "tags", "type": "list<string>", "max_length": 5}],
         "dedupe_key": ["item", "stars"], "suite": "ratings.suite.json",
-        "rewards": {"rule": "proportional/1", "pool": "1000", "unit": "points", "payout": "points",
-                    "weight_column": "stars"}}))
+        "rewards": {"rule": "per_unit/1", "rate": "10", "unit": "points", "payout": "points", "weight": "characters"}}))
     (declarations / "ratings.suite.json").write_text(json.dumps({"name": "ratings", "expectations": [
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "stars", "min_value": 1, "max_value": 5},
          "meta": {"anchorlake": {"reason": "stars_out_of_range"}}}]}))
     assert available(declarations) == ["instructions", "ratings"]
     dataset = load_dataset(declarations, "ratings")
     lake = open_lake((tmp_path / "lake").as_uri())
-    rows = [{"item": "a", "stars": 5, "score": 0.1, "tags": ["x"], "contributor": ALICE},
+    rows = [{"item": "apple", "stars": 5, "score": 0.1, "tags": ["x"], "contributor": ALICE},
             {"item": "b", "stars": 1, "score": 1e21, "tags": [], "contributor": CHECKSUMMED},
             {"item": "c", "stars": 9, "score": 2.5, "tags": None, "contributor": ALICE},
             {"item": "d", "stars": 2, "score": "high", "contributor": ALICE}]
@@ -341,7 +340,7 @@ def test_a_third_dataset_needs_only_its_two_files(tmp_path: Path) -> None:
     assert sorted(reasons) == ["stars_out_of_range", "wrong_type"]
     rewards = {r["contributor"]: int(r["amount"]) for r in
                pq.read_table(io.BytesIO(lake.read(layout.batch_file("ratings", 0, layout.REWARDS)))).to_pylist()}
-    assert rewards == {ALICE: 833, CHECKSUMMED.lower(): 167}  # weights 5 and 1 of a pool of 1000
+    assert rewards == {ALICE: 50, CHECKSUMMED.lower(): 10}  # 10 points per character of text: "apple" and "b"
     # Float rows take the JCS path: the stored leaves are the RFC 8785 hashes of the records.
     from pipeline.core.jcs import canonical_bytes
     from pipeline.core.merkle import leaf_hash
@@ -467,7 +466,12 @@ def test_limits_are_declared_per_dataset_and_a_misspelled_key_is_an_error(tmp_pa
     base = json.loads((REPO_ROOT / "expectations" / "instructions.dataset.json").read_text())
     for where, broken in (("(declaration)", base | {"unknown_column": "drop"}),
                           ("columns[0]", base | {"columns": [base["columns"][0] | {"maxlength": 3}]}),
-                          ("rewards", base | {"rewards": base["rewards"] | {"weight": "prompt"}}),
+                          ("rewards.weight", base | {"rewards": base["rewards"] | {"weight": "prompt"}}),
+                          ("rewards.weight_column: is not accepted: a weight never comes from a value the contributor",
+                           base | {"rewards": base["rewards"] | {"weight_column": "stars"}}),
+                          ("rewards.rate: does not apply to proportional/1", base | {"rewards": base["rewards"] | {"rate": "1"}}),
+                          ("rewards.rule", base | {"rewards": base["rewards"] | {"rule": "winner_takes_all/1"}}),
+                          ("contributors", base | {"contributors": "trusted"}),
                           ("limits", base | {"limits": {"source_byte": 10}}),
                           ("limits.source_rows", base | {"limits": {"source_rows": 0}})):
         (declarations / "instructions.dataset.json").write_text(json.dumps(broken))

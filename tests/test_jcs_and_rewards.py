@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.jcs import canonical_number, canonicalize
-from pipeline.core.rewards import RewardsTree, split_proportional, verify_reward
+from pipeline.core.rewards import RewardsTree, amounts_for, pay_per_unit, split_proportional, verify_reward
 from pipeline.errors import BadInput
 
 pytestmark = pytest.mark.unit
@@ -100,6 +100,39 @@ def test_split_is_exact_and_proportional(pool: int, weights: dict[str, int]) -> 
     for c, w in weights.items():
         floor = pool * w // total
         assert floor <= amounts[c] <= floor + 1
+
+
+WEIGHTS = st.dictionaries(st.from_regex(r"0x[0-9a-f]{4}", fullmatch=True), st.integers(0, 10**6), min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["proportional/1", "per_unit/1"]), st.integers(0, 10**30), WEIGHTS, st.randoms())
+def test_both_rules_are_exact_permutation_invariant_and_monotone_in_weight(rule: str, amount: int,
+                                                                          weights: dict[str, int], rng) -> None:
+    """SPEC §13.8: proportional/1 pays exactly the pool when anyone has weight, per_unit/1 exactly
+    rate x weight; the order contributors arrive in changes nothing; more weight never pays less."""
+    paid = amounts_for(rule, amount, amount, weights)
+    total = sum(weights.values())
+    if rule == "per_unit/1":
+        assert paid == {c: amount * w for c, w in weights.items() if w}
+    else:
+        assert sum(paid.values()) == (amount if total else 0)
+    shuffled = list(weights.items())
+    rng.shuffle(shuffled)
+    assert amounts_for(rule, amount, amount, dict(shuffled)) == paid
+    ranked = sorted(weights, key=lambda c: (weights[c], c))
+    for lighter, heavier in zip(ranked, ranked[1:], strict=False):
+        if weights[lighter] < weights[heavier]:
+            assert paid.get(lighter, 0) <= paid.get(heavier, 0)
+
+
+def test_per_unit_pays_nothing_for_no_weight_and_refuses_negatives() -> None:
+    assert pay_per_unit(5, {"0xa": 0, "0xb": 3}) == {"0xb": 15}
+    assert pay_per_unit(5, {}) == {}
+    with pytest.raises(BadInput):
+        pay_per_unit(-1, {"0xa": 1})
+    with pytest.raises(BadInput):
+        pay_per_unit(1, {"0xa": -1})
 
 
 def test_rewards_tree_matches_openzeppelin_merkle_tree() -> None:

@@ -1,6 +1,6 @@
 """Reward arithmetic and the rewards Merkle tree (SPEC §8, §9). Pure, integers only.
 
-`split_proportional` implements rule `proportional/1`. `RewardsTree` is the OpenZeppelin
+`split_proportional` implements rule `proportional/1`, `pay_per_unit` rule `per_unit/1`. `RewardsTree` is the OpenZeppelin
 StandardMerkleTree over `(address, uint256)` leaves, so `@openzeppelin/merkle-tree` and
 `MerkleProof.sol` agree with it; `dump()` is its `standard-v1` format.
 """
@@ -13,7 +13,6 @@ from functools import cached_property
 
 from pipeline.errors import BadInput, FormatError
 
-RULE = "proportional/1"
 ZERO_ROOT = bytes(32)
 
 
@@ -44,6 +43,26 @@ def split_proportional(pool: int, weights: Mapping[str, int]) -> dict[str, int]:
     for _, contributor in remainders[:leftover]:
         amounts[contributor] += 1
     return amounts
+
+
+def pay_per_unit(rate: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """Rule `per_unit/1`: amount_c = rate * w_c base units, for every contributor with w_c > 0.
+
+    Requires rate >= 0 and every weight >= 0."""
+    if rate < 0:
+        raise BadInput(f"rate must be >= 0, got {rate}")
+    if any(weight < 0 for weight in weights.values()):
+        raise BadInput("weights must be >= 0")
+    return {contributor: rate * weight for contributor, weight in weights.items() if weight > 0}
+
+
+def amounts_for(rule: str, pool: int, rate: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """The batch's amounts under `rule` (`proportional/1` or `per_unit/1`)."""
+    if rule == "proportional/1":
+        return split_proportional(pool, weights)
+    if rule == "per_unit/1":
+        return pay_per_unit(rate, weights)
+    raise BadInput(f"unknown reward rule {rule!r}")
 
 
 def _address_bytes(address: str) -> bytes:

@@ -215,12 +215,11 @@ class BatchBuilder:
         return accepted
 
     def _tally(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
-        weight_column = self.dataset.rewards.weight_column
-        weights = table.column(weight_column).to_pylist() if weight_column else None
+        weights = self._row_weights(table)
         for j in accepted:
             who = chunk.contributor[typed[j]]
             assert who is not None
-            self.weights[who] += 1 if weights is None else max(int(weights[j] or 0), 0)
+            self.weights[who] += 1 if weights is None else weights[j]
         per_contributor = self.per_contributor
         for i, reason in enumerate(chunk.reason):
             kind = "accepted" if reason is None else "duplicate" if reason == "duplicate" else "quarantined"
@@ -232,6 +231,20 @@ class BatchBuilder:
                 if counter is None:
                     counter = per_contributor[who] = Counter()
                 counter[kind] += 1
+
+    def _row_weights(self, table: Any) -> list[int] | None:
+        """Each row's weight as the pipeline measures it (never a value the contributor wrote):
+        None for one per row, else the characters of its text columns."""
+        if self.dataset.rewards.weight == "rows":
+            return None
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        total = pa.array([0] * table.num_rows, pa.int64())
+        for column in self.dataset.columns:
+            if column.type == "string":
+                total = pc.add(total, pc.fill_null(pc.utf8_length(table.column(column.name)), 0))
+        return [int(w) for w in total.to_pylist()]
 
     def _write_part(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
         import pyarrow as pa

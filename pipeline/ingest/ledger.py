@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.manifest import COUNT_KINDS
-from pipeline.core.rewards import RULE, RewardsTree, split_proportional
+from pipeline.core.rewards import RewardsTree, amounts_for
 from pipeline.datasets import Dataset
 from pipeline.lake.batch import BatchFiles
 
@@ -24,11 +24,9 @@ class Ledger:
         """The manifest's `rewards` member; `file` and `tree` name the batch's rewards files."""
         return {
             "unit": dataset.rewards.unit,
-            "pool": str(dataset.rewards.pool),
+            **dataset.rewards.terms(),
             "total": str(sum(self.amounts.values())),
             "cumulative_total": str(sum(self.cumulative.values())),
-            "rule": RULE,
-            "payout": dataset.rewards.payout,
             "file": file,
             "tree": tree,
             "root": self.tree.root.hex(),
@@ -36,8 +34,9 @@ class Ledger:
 
 
 def ledger(files: BatchFiles, dataset: Dataset, weights: Mapping[str, int]) -> Ledger:
-    """Split this batch's pool by `weights` and add it to the ledger of batch seq - 1."""
-    amounts = split_proportional(dataset.rewards.pool, dict(weights))
+    """Pay this batch by the dataset's rule over `weights` and add it to the ledger of batch seq - 1."""
+    spec = dataset.rewards
+    amounts = amounts_for(spec.rule, spec.pool, spec.rate, dict(weights))
     cumulative = {} if files.seq == 0 else dict(
         BatchFiles(files.lake, files.dataset, files.seq - 1).rewards_tree().values)
     for contributor, amount in amounts.items():
