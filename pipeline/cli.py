@@ -94,10 +94,11 @@ def cmd_down(args: argparse.Namespace, out: Output) -> int:
 def cmd_contribute(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
 
-    dropped = stages.contribute(config.load(), args.dataset, [Path(name) for name in args.files])
+    dropped = stages.contribute(config.load(), args.dataset, [Path(name) for name in args.files], args.sign)
     for name, entry in zip(args.files, dropped, strict=True):
-        out.line(f"contributed {name} -> {entry['uri']}")
-    out.result({"contributed": [{k: entry[k] for k in ("key", "sha256", "bytes")} for entry in dropped]})
+        signed = f" (signed by {entry['signer']}, {name}.sig.json beside it)" if args.sign else ""
+        out.line(f"contributed {name} -> {entry['uri']}{signed}")
+    out.result({"contributed": [{k: v for k, v in entry.items() if k != "uri"} for entry in dropped]})
     return EXIT_OK
 
 
@@ -472,23 +473,42 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         settings, deployment, started = stages.bring_up(out.progress)
         quiet = Output(as_json=False, quiet=out.quiet)
         samples = sorted((settings.samples_dir / dataset).glob("*.jsonl*"))
-        cmd_contribute(argparse.Namespace(files=[str(p) for p in samples], dataset=dataset), quiet)
+        cmd_contribute(argparse.Namespace(files=[str(p) for p in samples], dataset=dataset, sign=False), quiet)
         report = stages.run(settings, dataset, out.progress)
+        signed = _demo_signed(settings, out)
         summary = stages.batch_summary(settings, dataset)
         receipt_path = settings.home / f"receipt-{dataset}-{summary['seq']:06d}-{summary['contributor']}.json"
         receipt_path.write_text(json.dumps(summary["receipt"], indent=1))
         code = cmd_verify(argparse.Namespace(
             receipts=[str(receipt_path)], root=None, tree_size=None, rpc=None, dataset=dataset, deployment=None,
             contract=deployment["BatchAnchor"], distributor=deployment["RewardDistributor"]), quiet)
-        _print_demo(dataset, summary, deployment, bool(report.committed), receipt_path, code == EXIT_OK)
+        _print_demo(dataset, summary, deployment, bool(report.committed), receipt_path, code == EXIT_OK, signed)
         return code
     finally:
         if started:
             devnet.devnet_down(home)
 
 
+def _demo_signed(settings: config.Settings, out: Output) -> str:
+    """The demo's signed contribution: the critiques sample signed with the devnet contributor's
+    key (a copy under ANCHORLAKE_HOME gets the .sig.json), run; a line saying what was accepted."""
+    import shutil
+
+    from pipeline import stages
+
+    folder = settings.home / "signed"
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = [Path(shutil.copy(p, folder)) for p in sorted((settings.samples_dir / "critiques").glob("*.jsonl"))]
+    signer = stages.contribute(settings, "critiques", copies, sign=True)[0]["signer"]
+    stages.run(settings, "critiques", out.progress)
+    m = stages.batch_summary(settings, "critiques")["manifest"]
+    c = m.data["counts"]
+    return (f"critiques batch {m.seq}: {c['accepted']} rows signed by {signer} accepted, {c['quarantined']} "
+            f"quarantined; paid {m.rewards['total']} ({_terms(m.rewards)})")
+
+
 def _print_demo(dataset: str, s: dict[str, Any], deployment: dict[str, Any], now: bool, receipt: Path,
-                verified: bool) -> None:
+                verified: bool, signed: str) -> None:
     m, anchor = s["manifest"], s["anchor"]
     c, r = m.data["counts"], m.data["rewards"]
     print()
@@ -499,6 +519,7 @@ def _print_demo(dataset: str, s: dict[str, Any], deployment: dict[str, Any], now
           f" (BatchAnchor {deployment['BatchAnchor']})")
     print(f"rewards      {_terms(r)}, {s['rewarded']} contributors in the ledger, root 0x{r['root']}")
     print(f"receipt      {receipt}")
+    print(f"signed       {signed}")
     if verified:
         print(f"verified     the receipt of {s['contributor']} verified against the chain")
 
@@ -519,6 +540,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("contribute", help="drop contribution files into the lake")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--dataset", required=True)
+    c.add_argument("--sign", action="store_true",
+                   help="sign each file with ANCHORLAKE_CONTRIBUTOR_KEY (EIP-191), writing FILE.sig.json beside it")
     r = sub.add_parser("run", help="one batch now, every stage")
     r.add_argument("--dataset", required=True)
     ck = sub.add_parser("check", help="validate dataset declarations and suites without data")

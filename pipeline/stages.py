@@ -105,18 +105,29 @@ def _role_accounts(settings: Settings) -> dict[str, str]:
     return {role: str(address) for role, address in accounts.items()}
 
 
-def contribute(settings: Settings, dataset: str, paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Drop contribution files into the dataset's drop zone; (key, sha256, bytes) of each."""
+def contribute(settings: Settings, dataset: str, paths: Sequence[Path], sign: bool = False) -> list[dict[str, Any]]:
+    """Drop contribution files into the dataset's drop zone; (key, sha256, bytes) of each. With
+    `sign`, each is signed with the contributor key first (SPEC §13.7): `FILE.sig.json` is written
+    beside the file and dropped before it."""
+    from pipeline.core.signature import CONTRIBUTION, SIDECAR_SUFFIX, sign_file
+
     dataset_for(settings, dataset)
     for path in paths:
         if not path.is_file():
             raise NotFound(f"{path}: no such file")
+    key_text = settings.contributor() if sign else ""
     lake = lake_for(settings)
     dropped = []
     for path in paths:
         data = path.read_bytes()
-        key, digest = sources.contribute(lake, dataset, path.name, data)
-        dropped.append({"key": key, "uri": lake.uri(key), "sha256": digest, "bytes": len(data)})
+        sidecar, record = None, {}
+        if sign:
+            record = sign_file(key_text, dataset, data)
+            sidecar = CONTRIBUTION.dump(record)
+            path.with_name(path.name + SIDECAR_SUFFIX).write_bytes(sidecar)
+        key, digest = sources.contribute(lake, dataset, path.name, data, sidecar)
+        dropped.append({"key": key, "uri": lake.uri(key), "sha256": digest, "bytes": len(data)}
+                       | ({"signer": record["signer"]} if sign else {}))
     return dropped
 
 

@@ -82,11 +82,14 @@ class SourceCounts:
     accepted: int
     quarantined: int
     duplicate: int
+    signer: str = ""  # a signed source's contributor (SPEC §13.7), with the signature anyone re-checks
+    signature: str = ""
 
     def entry(self) -> dict[str, Any]:
+        signed = {"signer": self.signer, "signature": self.signature} if self.signer else {}
         return {"key": self.key, "sha256": self.sha256, "bytes": self.bytes,
                 "records": self.accepted + self.quarantined + self.duplicate,
-                "accepted": self.accepted, "quarantined": self.quarantined, "duplicate": self.duplicate}
+                "accepted": self.accepted, "quarantined": self.quarantined, "duplicate": self.duplicate} | signed
 
 
 def build(*, dataset: str, seq: int, created_at: str, previous: Manifest | None, sources: Sequence[SourceCounts],

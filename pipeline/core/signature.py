@@ -8,6 +8,7 @@ another contributor than the signer is quarantined (`contributor_not_signer`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -48,6 +49,11 @@ def sign(private_key: str, dataset: str, sha256: str, size: int) -> dict[str, An
     signature = signed.r.to_bytes(32, "big") + signed.s.to_bytes(32, "big") + bytes([signed.v + 27])
     return {"format": CONTRIBUTION.format, "dataset": dataset, "sha256": sha256, "bytes": size,
             "signer": key.public_key.to_checksum_address().lower(), "signature": "0x" + signature.hex()}
+
+
+def sign_file(private_key: str, dataset: str, data: bytes) -> dict[str, Any]:
+    """The sidecar record signing the file with bytes `data` for `dataset`."""
+    return sign(private_key, dataset, hashlib.sha256(data).hexdigest(), len(data))
 
 
 def recover(dataset: str, sha256: str, signature: str) -> str:

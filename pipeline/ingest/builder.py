@@ -171,6 +171,8 @@ class BatchBuilder:
         if not blocks:
             return
         chunk = _Chunk.of(blocks, self.columns)
+        if self.dataset.signed:
+            self._check_signers(chunk)
         typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
         table = arrow_table(self.columns, chunk.values, typed)
         self._validate(chunk, typed, table)
@@ -180,6 +182,16 @@ class BatchBuilder:
         if accepted:
             self._write_part(chunk, typed, table, accepted)
         self._write_quarantine(chunk, duplicate_of)
+
+    def _check_signers(self, chunk: _Chunk) -> None:
+        """A signed dataset (SPEC §13.7): a source without a valid signature is quarantined whole,
+        and a row naming another contributor than its source's signer is quarantined."""
+        for i, source_index in enumerate(chunk.source):
+            source = self.plan[source_index]
+            if not source.signer:
+                chunk.reject(i, "unsigned_source", source.unsigned or "the source carries no valid signature")
+            elif chunk.reason[i] is None and chunk.contributor[i] != source.signer:
+                chunk.reject(i, "contributor_not_signer", f"the source is signed by {source.signer}")
 
     def _validate(self, chunk: _Chunk, typed: list[int], table: Any) -> None:
         """Run the suite over the typed rows; rows it rejects take its reason."""

@@ -92,8 +92,8 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
     body = manifests.build(
         dataset=dataset.name, seq=files.seq, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         previous=previous,
-        sources=[manifests.SourceCounts(s.key, s.sha256, s.bytes, *(builder.per_source[i][k] for k in COUNT_KINDS))
-                 for i, s in enumerate(plan)],
+        sources=[manifests.SourceCounts(s.key, s.sha256, s.bytes, **{k: builder.per_source[i][k] for k in COUNT_KINDS},
+                                        signer=s.signer, signature=s.signature) for i, s in enumerate(plan)],
         skipped=[asdict(s) for s in skipped], columns=[(c.name, c.type) for c in builder.columns],
         suite={"name": dataset.suite_path.name, "sha256": dataset.suite_sha256()},
         files=builder.files, artifacts=artifacts, tree_size=len(builder.leaves), root=root,

@@ -72,8 +72,9 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
                     skipped.append(SkippedSource(obj.key, digest, size, "duplicate_source", first[digest], obj.version))
                     continue
                 first[digest] = obj.key
+                signature = staging.signed_by(lake, dataset.name, obj.key, digest, size) if dataset.signed else None
                 planned.append(staging.store_raw(lake, dataset.name, seq, obj, digest,
-                                                 source_extension(obj.key), local))
+                                                 source_extension(obj.key), local, signature))
             finally:
                 os.unlink(local)
     if not planned:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.core import records
-from pipeline.errors import CheckFailed, NotFound
+from pipeline.core.signature import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX, check_sidecar
+from pipeline.errors import BadInput, CheckFailed, FormatError, NotFound
 from pipeline.lake import layout
 from pipeline.lake.records import create_once, read_record
 from pipeline.lake.storage import Lake, ObjectInfo, hash_file
@@ -28,6 +29,9 @@ class Source:
     bytes: int
     raw_key: str
     version: str = ""  # the drop zone object's version when staged (see ObjectInfo.version)
+    signer: str = ""  # in a signed dataset: the contributor whose valid signature the source carries
+    signature: str = ""
+    unsigned: str = ""  # in a signed dataset: why the source has no valid signature ("" if it has one)
 
 
 @dataclass(frozen=True)
@@ -40,20 +44,42 @@ class SkippedSource:
     version: str = ""
 
 
-def contribute(lake: Lake, dataset: str, filename: str, data: bytes) -> tuple[str, str]:
-    """Drop a contribution file; (its key, its SHA-256). The same bytes dropped twice are one object."""
+def contribute(lake: Lake, dataset: str, filename: str, data: bytes, sidecar: bytes | None = None) -> tuple[str, str]:
+    """Drop a contribution file, after its signature sidecar when there is one; (its key, its
+    SHA-256). The same bytes dropped twice are one object."""
     digest = hashlib.sha256(data).hexdigest()
     key = layout.contribution(dataset, digest, filename)
+    if sidecar is not None:
+        lake.write(key + SIDECAR_SUFFIX, sidecar)
     if not lake.exists(key):
         lake.write(key, data)
     return key, digest
 
 
 def incoming(lake: Lake, dataset: str) -> Iterator[ObjectInfo]:
-    """Objects in the dataset's drop zone, skipping dot-files (partial uploads, editor droppings)."""
+    """Sources in the dataset's drop zone, skipping dot-files (partial uploads, editor droppings)
+    and signature sidecars (read beside their file, never sources of their own)."""
     for obj in lake.list(layout.incoming(dataset)):
-        if not obj.key.rsplit("/", 1)[-1].startswith("."):
+        name = obj.key.rsplit("/", 1)[-1]
+        if not name.startswith(".") and not name.endswith(SIDECAR_SUFFIX):
             yield obj
+
+
+def signed_by(lake: Lake, dataset: str, key: str, sha256: str, size: int) -> dict[str, str]:
+    """The signature fields of a Source for the file `key` of a signed dataset: signer and
+    signature when its sidecar signs exactly these bytes, else why not (`unsigned`)."""
+    try:
+        with lake.open(key + SIDECAR_SUFFIX) as f:
+            raw = f.read(MAX_SIDECAR_BYTES + 1)
+    except NotFound:
+        return {"unsigned": f"no signature beside it ({key.rsplit('/', 1)[-1]}{SIDECAR_SUFFIX})"}
+    except BadInput as e:  # a link or special file in a file:// drop zone
+        return {"unsigned": str(e)[:300]}
+    try:
+        sidecar = check_sidecar(raw, lake.uri(key + SIDECAR_SUFFIX), dataset, sha256, size)
+    except FormatError as e:
+        return {"unsigned": str(e)[:300]}
+    return {"signer": sidecar["signer"], "signature": sidecar["signature"]}
 
 
 def refused_source(obj: ObjectInfo) -> SkippedSource:
@@ -76,12 +102,13 @@ def copy_hashing(lake: Lake, key: str, scratch: Path) -> tuple[Path, str, int]:
     return Path(tmp), digest.hexdigest(), size
 
 
-def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, ext: str, local: Path) -> Source:
-    """Keep the byte-exact copy of a source of batch `seq` under raw/."""
+def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, ext: str, local: Path,
+              signature: dict[str, str] | None = None) -> Source:
+    """Keep the byte-exact copy of a source of batch `seq` under raw/; `signature` from signed_by."""
     raw_key = layout.raw(dataset, seq, sha256, ext)
     if not lake.exists(raw_key):
         lake.write_file(raw_key, local)
-    return Source(obj.key, sha256, local.stat().st_size, raw_key, obj.version)
+    return Source(obj.key, sha256, local.stat().st_size, raw_key, obj.version, **(signature or {}))
 
 
 def staged_versions(lake: Lake, dataset: str, seqs: Iterable[int]) -> set[tuple[str, int, str]]:
