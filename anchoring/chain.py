@@ -35,7 +35,12 @@ class Chain:
 
         from web3 import Web3
 
-        if urlsplit(rpc_url).scheme.lower() not in ("http", "https") or not urlsplit(rpc_url).netloc:
+        try:
+            parts = urlsplit(rpc_url)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        except ValueError:
+            raise BadInput("the chain RPC URL is malformed") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise BadInput(f"the chain RPC URL must be http:// or https://, got {redact_url(rpc_url)!r}")
         self.rpc_url = rpc_url
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
@@ -56,10 +61,18 @@ class Chain:
         """Run one RPC call; an unreachable or timed-out node, or one that does not answer
         JSON-RPC, is ServiceUnavailable (retryable). No message carries the URL's secret parts."""
         import requests
-        from web3.exceptions import BadResponseFormat, Web3RPCError
+        from web3.exceptions import BadFunctionCallOutput, BadResponseFormat, ContractLogicError, Web3RPCError
 
         try:
             return call()
+        except BadFunctionCallOutput:  # no code at the address: not the contract it was taken for
+            raise BadInput("a contract call got no answer: no contract of the expected kind is at that address "
+                           "on this chain (check the address and the chain)") from None
+        except ContractLogicError as e:
+            if getattr(e, "data", None) in (None, "0x", "") and "execution reverted" in str(e):  # an unknown function
+                raise BadInput("a contract call reverted without a reason: the address holds another kind of contract "
+                               "(check the address)") from None
+            raise
         except Web3RPCError as e:  # the node's own error: callers read it; its text may quote the URL
             e.args = tuple(scrub(str(a), self.rpc_url) for a in e.args)
             if isinstance(getattr(e, "message", None), str):

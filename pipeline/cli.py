@@ -8,6 +8,7 @@ Argparse and printing only: every command is a call into `stages` (what the DAG 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import config
-from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, NotFound, redact, redact_url
+from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, FormatError, NotFound, redact, redact_url
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 
@@ -254,7 +255,14 @@ def _trusted_contracts(args: argparse.Namespace, settings: config.Settings, chai
             raise BadInput(f"{args.deployment} is for chain {named['chain_id']}, the RPC serves chain {chain_id}")
         contracts |= {k: named[k] for k in ("BatchAnchor", "RewardDistributor") if k in named}
     flags = {"BatchAnchor": args.contract, "RewardDistributor": args.distributor}
-    return contracts | {k: v.lower() for k, v in flags.items() if v}
+    return contracts | {k: _contract_address(v, k) for k, v in flags.items() if v}
+
+
+def _contract_address(text: str, name: str) -> str:
+    lower = text.lower()
+    if len(lower) != 42 or not lower.startswith("0x") or any(ch not in "0123456789abcdef" for ch in lower[2:]):
+        raise BadInput(f"the {name} address must be 0x and 40 hex digits, got {text[:60]!r}")
+    return lower
 
 
 def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | None, needs: tuple[str, ...],
@@ -347,6 +355,9 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
         seqs = list(range(next_anchor_seq(chain, trust.batch_anchor, spec.dataset_id)))
     else:
         seqs = committed_seqs(lake, args.dataset)
+    if args.batch is not None and not BatchFiles(lake, args.dataset, args.batch).committed() and (
+            check is None or args.batch >= next_anchor_seq(chain, trust.batch_anchor, spec.dataset_id)):
+        raise NotFound(f"{args.dataset} has no batch {args.batch}")
     pulled = []
     for seq in seqs:
         target = Path(args.dest) / args.dataset / layout.seq_part(seq)
@@ -356,7 +367,10 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
                 raise CheckFailed(f"{args.dataset} batch {seq} is anchored in BatchAnchor {trust.batch_anchor}, "
                                   "but the lake has no manifest for it")
             out.progress(f"verifying batch {seq}")
-        pulled.append(pull_batch(files, spec, target, check))
+        try:
+            pulled.append(pull_batch(files, spec, target, check))
+        except (FormatError, NotFound) as e:  # a committed batch whose files are damaged: what audit finds too
+            raise CheckFailed(f"{args.dataset} batch {seq} cannot be pulled: {e}") from None
         out.line(f"pulled {args.dataset} batch {seq}: {pulled[-1]['rows']} rows -> {target}"
                  + ("" if args.no_verify else " (verified against the chain)"))
     out.result({"pulled": pulled})
@@ -539,51 +553,51 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--purge", action="store_true", help="also delete the local lake and chain state")
     c = sub.add_parser("contribute", help="drop contribution files into the lake")
     c.add_argument("files", nargs="+", metavar="FILE")
-    c.add_argument("--dataset", required=True)
+    c.add_argument("--dataset", required=True, type=_name)
     c.add_argument("--sign", action="store_true",
                    help="sign each file with ANCHORLAKE_CONTRIBUTOR_KEY (EIP-191), writing FILE.sig.json beside it")
     r = sub.add_parser("run", help="one batch now, every stage")
-    r.add_argument("--dataset", required=True)
+    r.add_argument("--dataset", required=True, type=_name)
     ck = sub.add_parser("check", help="validate dataset declarations and suites without data")
-    ck.add_argument("--dataset")
+    ck.add_argument("--dataset", type=_name)
     s = sub.add_parser("status", help="batches and their anchoring")
-    s.add_argument("--dataset")
+    s.add_argument("--dataset", type=_name)
     rc = sub.add_parser("receipt", help="a contributor's receipt for a batch")
-    rc.add_argument("--dataset", required=True)
+    rc.add_argument("--dataset", required=True, type=_name)
     rc.add_argument("--batch", required=True, type=_seq)
     rc.add_argument("--contributor", required=True, type=_address)
     rc.add_argument("-o", "--output")
     pf = sub.add_parser("proof", help="one leaf's inclusion proof, served from the stored tree")
-    pf.add_argument("--dataset", required=True)
+    pf.add_argument("--dataset", required=True, type=_name)
     pf.add_argument("--batch", required=True, type=_seq)
     pf.add_argument("--leaf", required=True, type=_seq)
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
     v.add_argument("receipts", nargs="+", metavar="RECEIPT")
-    v.add_argument("--dataset", help="the dataset you are verifying (its id is computed, never read from the receipt)")
+    v.add_argument("--dataset", type=_name, help="the dataset you are verifying (its id is computed, never read from the receipt)")
     _trust_flags(v)
     v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")
     v.add_argument("--tree-size", type=_seq, help="with --root: the tree size you trust")
     au = sub.add_parser("audit", help="every batch: files, manifest chain, rows, anchors and rewards roots on chain")
-    au.add_argument("--dataset", required=True)
+    au.add_argument("--dataset", required=True, type=_name)
     _trust_flags(au)
     pl = sub.add_parser("pull", help="download validated Parquet and check it is what was anchored")
-    pl.add_argument("--dataset", required=True)
+    pl.add_argument("--dataset", required=True, type=_name)
     pl.add_argument("--batch", type=_seq)
     pl.add_argument("--dest", required=True)
     pl.add_argument("--no-verify", action="store_true")
     _trust_flags(pl)
     rw = sub.add_parser("rewards", help="a batch's reward split, or a contributor's statement across batches")
-    rw.add_argument("--dataset", required=True)
+    rw.add_argument("--dataset", required=True, type=_name)
     rw.add_argument("--batch", type=_seq)
     rw.add_argument("--contributor", type=_address, help="the statement of one contributor across every batch")
     rw.add_argument("--verify", action="store_true", help="check the rewards root on chain")
     _trust_flags(rw)
     cl = sub.add_parser("claim", help="claim a contributor's rewards (ANCHORLAKE_CONTRIBUTOR_KEY pays the gas)")
-    cl.add_argument("--dataset", required=True)
+    cl.add_argument("--dataset", required=True, type=_name)
     cl.add_argument("--contributor", required=True, type=_address, help="who is paid (the tokens go to this address)")
     _trust_flags(cl)
     ex = sub.add_parser("explain", help="rejected and duplicate records, with their reasons")
-    ex.add_argument("--dataset", required=True)
+    ex.add_argument("--dataset", required=True, type=_name)
     ex.add_argument("--batch", type=_seq)
     ex.add_argument("--contributor", type=_address)
     sub.add_parser("demo", help="up, sample contributions, run, receipt, verify")
@@ -610,6 +624,12 @@ def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
+def _name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must name a dataset, got an empty name")
+    return text
+
+
 def _seq(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
@@ -626,6 +646,11 @@ def _address(text: str) -> str:
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
             "check": cmd_check, "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit,
             "pull": cmd_pull, "rewards": cmd_rewards, "claim": cmd_claim, "explain": cmd_explain, "demo": cmd_demo}
+
+
+# A path that is wrong (exit 2) rather than a device failing (exit 3, retrying may help).
+_PATH_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENAMETOOLONG,
+                errno.ELOOP, errno.EEXIST}
 
 
 def _redacting(record: logging.LogRecord) -> bool:
@@ -653,6 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `anchorlake proof … | head`: the reader has what it wanted; leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as e:  # a path it cannot use: a lake folder, --dest, a file it was given
+        where = f"{e.filename}: " if e.filename else ""
+        print(redact(f"anchorlake: {where}{e.strerror or type(e).__name__}"), file=sys.stderr)
+        return EXIT_USAGE if e.errno in _PATH_ERRORS else EXIT_SERVICE
     except Exception as e:  # a bug, not bad input: one line, the traceback with --debug
         if args.debug:
             raise

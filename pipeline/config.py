@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -167,13 +168,9 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
             raise ValueError
     except ValueError:
         raise BadInput(f"ANCHORLAKE_CONFIRMATIONS must be a whole number >= 1, got {raw_conf!r}") from None
-    try:
-        replace_after = float(env.get("ANCHORLAKE_REPLACE_AFTER", "30"))
-        chain_timeout = float(env.get("ANCHORLAKE_CHAIN_TIMEOUT", "600"))
-        lease_seconds = float(env.get("ANCHORLAKE_LEASE_SECONDS", "120"))
-    except ValueError:
-        raise BadInput("ANCHORLAKE_REPLACE_AFTER, ANCHORLAKE_CHAIN_TIMEOUT and ANCHORLAKE_LEASE_SECONDS must be "
-                       "numbers of seconds") from None
+    replace_after = _seconds(env, "ANCHORLAKE_REPLACE_AFTER", "30")
+    chain_timeout = _seconds(env, "ANCHORLAKE_CHAIN_TIMEOUT", "600")
+    lease_seconds = _seconds(env, "ANCHORLAKE_LEASE_SECONDS", "120")
     rpc_url = env.get("ANCHORLAKE_RPC_URL") or None
     keys = {role: env[key_variable(role)] for role in ROLES if env.get(key_variable(role))}
     contributor_key = env.get("ANCHORLAKE_CONTRIBUTOR_KEY") or None
@@ -182,7 +179,7 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         keys = DEVNET_KEYS | keys  # the devnet's well-known keys are defaults only for the local devnet
         contributor_key = contributor_key or DEVNET_CONTRIBUTOR_KEY
     contracts = {
-        name: env[var]
+        name: _address(env[var], var)
         for name, var in (
             ("BatchAnchor", "ANCHORLAKE_BATCH_ANCHOR"),
             ("RewardDistributor", "ANCHORLAKE_REWARD_DISTRIBUTOR"),
@@ -214,15 +211,28 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
     )
 
 
+def _seconds(env: Mapping[str, str], variable: str, default: str) -> float:
+    """A duration from the environment: a finite number of seconds > 0."""
+    text = env.get(variable) or default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise BadInput(f"{variable} must be a number of seconds > 0, got {text[:40]!r}")
+    return value
+
+
+def _address(value: str, variable: str) -> str:
+    lower = value.lower()
+    if not re.fullmatch(r"0x[0-9a-f]{40}", lower):
+        raise BadInput(f"{variable} must be 0x and 40 hex digits")
+    return lower
+
+
 def _addresses(env: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for role in ROLES:
-        value = env.get(address_variable(role), "").lower()
-        if value and not re.fullmatch(r"0x[0-9a-f]{40}", value):
-            raise BadInput(f"{address_variable(role)} must be 0x and 40 hex digits")
-        if value:
-            out[role] = value
-    return out
+    return {role: _address(env[address_variable(role)], address_variable(role))
+            for role in ROLES if env.get(address_variable(role))}
 
 
 def fault_point(name: str, env: Mapping[str, str] | None = None) -> None:

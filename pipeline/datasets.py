@@ -94,6 +94,8 @@ class Dataset:
             data = json.loads(self.suite_path.read_text())
         except (OSError, ValueError) as e:
             raise FormatError(str(self.suite_path), "(file)", f"unreadable suite: {e}") from None
+        except RecursionError:
+            raise FormatError(str(self.suite_path), "(file)", "unreadable suite: JSON nested too deeply") from None
         if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
             raise FormatError(str(self.suite_path), "expectations", "must be a list")
         return data
@@ -213,8 +215,12 @@ def load(directory: Path, name: str) -> Dataset:
         raise NotFound(f"unknown dataset {name!r} (known: {known})")
     try:
         data = json.loads(path.read_text())
+    except OSError as e:
+        raise FormatError(str(path), "(file)", f"unreadable: {e.strerror}") from None
     except ValueError as e:
         raise FormatError(str(path), "(file)", f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise FormatError(str(path), "(file)", "JSON nested too deeply") from None
     dataset = parse(data, str(path), directory)
     if dataset.name != name:
         raise FormatError(str(path), "name", f"declares {dataset.name!r}, file is named {name!r}")

@@ -496,13 +496,65 @@ def test_an_rpc_that_quotes_its_secret_path_back_never_gets_it_printed(file_env:
         receipt = tmp_path / "r.json"
         receipt.write_text(json.dumps({"format": "anchorlake.receipt/1", "dataset": "instructions", "seq": 0,
                                        "contributor": ALICE, "root": "00" * 32, "tree_size": 1,
-                                       "manifest_sha256": "00" * 32, "rows": [], "anchor": None, "reward": None}))
+                                       "manifest_sha256": "00" * 32, "anchor": None, "reward": None,
+                                       "rows": [{"leaf_index": 0, "record": {"prompt": "x"}, "path": []}]}))
         proc = cli(file_env, "verify", str(receipt), "--rpc", url, "--contract", "0x" + "11" * 20,
                    "--dataset", "instructions", check=False)
         assert proc.returncode == 3 and "SECRETKEY123" not in proc.stderr + proc.stdout, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "internal error" not in proc.stderr, proc.stderr
     finally:
         server.shutdown()
+
+
+def test_known_bad_inputs_get_one_line_and_their_exit_code_never_an_internal_error(file_env: dict[str, str],
+                                                                                  tmp_path: Path) -> None:
+    """What a hostile-input sweep of the CLI found: each is one line on stderr, exit 2 for bad input
+    (1 for a damaged lake found by a check), never "internal error" nor a traceback."""
+    committed_flow(file_env, tmp_path)
+    trust = trust_args(file_env, tmp_path)
+    deployment = json.loads(Path(trust[1]).read_text())
+    receipt = tmp_path / "alice.json"
+    cli(file_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", ALICE, "-o", str(receipt))
+    huge = tmp_path / "huge-seq.json"
+    huge.write_text(json.dumps(json.loads(receipt.read_text()) | {"seq": 10**40}))
+    empty = tmp_path / "no-rows.json"
+    empty.write_text(json.dumps(json.loads(receipt.read_text()) | {"rows": []}))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    verify = ["verify", str(receipt), "--dataset", "instructions"]
+    cases = [
+        (verify + ["--contract", "0x123"], {}, 2, "the BatchAnchor address must be 0x and 40 hex digits"),
+        (verify + ["--contract", "0x" + "00" * 20], {}, 2, "no contract of the expected kind is at that address"),
+        (verify + ["--contract", deployment["RewardDistributor"]], {}, 2, "holds another kind of contract"),
+        (verify + ["--deployment", trust[1], "--rpc", "http://[::1"], {}, 2, "the chain RPC URL is malformed"),
+        (["verify", str(huge), *trust], {}, 2, "seq/tree_size: must be >= 0 and below 2^64"),
+        (["verify", str(empty), *trust], {}, 2, "rows: is empty: a receipt proves at least one row"),
+        (["verify", str(deep), "--root", "00" * 32, "--tree-size", "1"], {}, 2, "JSON nested too deeply"),
+        (["status"], {"ANCHORLAKE_BATCH_ANCHOR": "zz"}, 2, "ANCHORLAKE_BATCH_ANCHOR must be 0x and 40 hex digits"),
+        (["status"], {"ANCHORLAKE_LAKE": "file://"}, 2, "must be file:///absolute/path"),
+        (["status"], {"ANCHORLAKE_LAKE": "file://relative/x"}, 2, "must be file:///absolute/path"),
+        (["status"], {"ANCHORLAKE_LEASE_SECONDS": "nan"}, 2, "ANCHORLAKE_LEASE_SECONDS must be a number of seconds > 0"),
+        (["status"], {"ANCHORLAKE_CHAIN_TIMEOUT": "-1"}, 2, "ANCHORLAKE_CHAIN_TIMEOUT must be a number of seconds > 0"),
+        (["status"], {"ANCHORLAKE_LAKE": "s3://b/p", "AWS_ENDPOINT_URL": "not a url"}, 2, "S3 settings: Invalid endpoint"),
+        (["contribute", "--dataset", "instructions", str(receipt)], {"ANCHORLAKE_LAKE": a_file.as_uri()}, 2,
+         "Not a directory"),
+        (["pull", "--dataset", "instructions", "--dest", str(a_file), *trust[:2]], {}, 2, "Not a directory"),
+        (["pull", "--dataset", "instructions", "--batch", "7", "--dest", str(tmp_path / "d"), *trust[:2]], {}, 2,
+         "instructions has no batch 7"),
+        (["status", "--dataset", ""], {}, 2, "must name a dataset, got an empty name"),
+    ]
+    for args, env, code, expected in cases:
+        proc = cli(file_env | env, *args, check=False)
+        errors = [line for line in proc.stderr.splitlines() if not line.startswith("... ")]  # not progress
+        assert (proc.returncode, len(errors)) == (code, 1) and expected in errors[0], (args, env, proc.returncode, proc.stderr)
+    part = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):]) / "batches/instructions/000000/data/part-00000.parquet"
+    part.unlink()
+    proc = cli(file_env, "pull", "--dataset", "instructions", "--dest", str(tmp_path / "e"), *trust[:2], check=False)
+    assert proc.returncode == 1 and "instructions batch 0 cannot be pulled" in proc.stderr, proc.stderr
+    run = cli(file_env, "run", "--dataset", "instructions")
+    assert "INFO" not in run.stderr, run.stderr  # Great Expectations' chatter is not ours to show
 
 
 def test_global_flags_go_before_or_after_the_command_and_unknown_names_are_named(file_env: dict[str, str]) -> None:

@@ -271,7 +271,7 @@ export function parseReceipt(input, source = "receipt") {
     ["contributor", (v) => typeof v === "string" && /^0x[0-9a-f]{40}$/.test(v), "0x and 40 lowercase hex digits"],
     ["root", (v) => typeof v === "string" && HEX64.test(v), "64 lowercase hex characters"],
     ["manifest_sha256", (v) => typeof v === "string" && HEX64.test(v), "64 lowercase hex characters"],
-    ["rows", Array.isArray, "a list"]]) {
+    ["rows", (v) => Array.isArray(v) && v.length > 0, "a list of at least one row (a receipt proves rows)"]]) {
     if (!ok(data[key])) throw new BadInput(`${source}: ${key} must be ${what}`);
   }
   data.rows.forEach((row, n) => {
@@ -548,7 +548,6 @@ const leaves = (n) => count(n, "leaf", "leaves");
 
 async function checkRows(receipt, lines) {
   const root = receipt.root;
-  if (receipt.rows.length === 0) lines.push(line("note", "rows", "the receipt holds no rows"));
   // One leaf shown as several rows would count one contributed row several times.
   const seen = new Map();
   for (const row of receipt.rows) seen.set(row.leaf_index, (seen.get(row.leaf_index) ?? 0) + 1);

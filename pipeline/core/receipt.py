@@ -62,8 +62,10 @@ def parse(raw: bytes, source: str) -> Receipt:
                       ("manifest_sha256", str), ("rows", list)):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise FormatError(source, key, f"missing or not a {kind.__name__}")
-    if data["seq"] < 0 or data["tree_size"] < 0:
-        raise FormatError(source, "seq/tree_size", "must be >= 0")
+    if not (0 <= data["seq"] < 2**64 and 0 <= data["tree_size"] < 2**64):
+        raise FormatError(source, "seq/tree_size", "must be >= 0 and below 2^64 (a uint64 on chain)")
+    if not data["rows"]:
+        raise FormatError(source, "rows", "is empty: a receipt proves at least one row")
     for key in ("root", "manifest_sha256"):
         if not HEX64(data[key]):
             raise FormatError(source, key, "must be 64 lowercase hex characters")

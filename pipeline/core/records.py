@@ -52,6 +52,8 @@ def tagged_json(raw: bytes, source: str, fmt: str) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise FormatError(source, "(file)", f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise FormatError(source, "(file)", "JSON nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise FormatError(source, "format", f"expected {fmt!r}")
     return data

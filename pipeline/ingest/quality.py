@@ -127,7 +127,8 @@ class QualityReport:
             # GX fingerprints every in-memory batch (an MD5 over all values, ~3 s per million rows)
             # only to label it; anchorlake pins every byte with SHA-256 already, so skip it.
             pandas_execution_engine.HASH_THRESHOLD = 0
-            logging.getLogger("great_expectations").setLevel(logging.WARNING)
+            for name in ("great_expectations", "great_expectations.data_context.types.base"):  # the latter sets INFO
+                logging.getLogger(name).setLevel(logging.WARNING)
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
             # GX may return results in another order than the suite's: tag each expectation.

@@ -228,19 +228,14 @@ class S3Lake(Lake):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._client = boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint_url,
-            aws_access_key_id=s3.access_key_id,
-            aws_secret_access_key=s3.secret_access_key,
-            region_name=s3.region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-            ),
-        )
+        config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=5, read_timeout=60)
+        try:
+            self._client = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key_id,
+                                        aws_secret_access_key=s3.secret_access_key, region_name=s3.region,
+                                        config=config)
+        except ValueError as e:  # e.g. an endpoint URL that is not a URL
+            raise BadInput(f"S3 settings: {e}") from None
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -371,6 +366,8 @@ def open_lake(url: str, s3: S3Settings | None = None) -> Lake:
     """Open `file:///path` or `s3://bucket/prefix`."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise BadInput(f"lake URL {url!r} must be file:///absolute/path (three slashes)")
         return FileLake(Path(unquote(parsed.path)))
     if parsed.scheme == "s3":
         if not parsed.netloc:
