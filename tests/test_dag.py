@@ -30,7 +30,7 @@ for dag_id in bag.dag_ids:
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("DAGS", "TASKS"))]
-    assert lines[0] == "DAGS ['anchorlake_instructions', 'anchorlake_preferences']"
+    assert lines[0] == "DAGS ['anchorlake_critiques', 'anchorlake_instructions', 'anchorlake_preferences']"
     assert "TASKS anchorlake_instructions ['stage', 'commit', 'anchor', 'publish_rewards', 'publish_receipts']" in lines
 
 
