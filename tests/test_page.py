@@ -536,3 +536,50 @@ def test_a_batch_with_no_accepted_row_publishes_nothing_and_later_receipts_still
     assert python.returncode == 1 and "but batch 2 published rewards after it" in python.stdout + python.stderr
     javascript = verify_cli(third, "--rpc", anvil.url, *trust)
     assert javascript.returncode == 1 and "but batch 2 published rewards after it" in javascript.stderr, javascript.stderr
+
+
+def test_the_page_claims_with_an_injected_wallet_or_shows_the_exact_calldata(lake: Lake, web_url: str,
+                                                                            tmp_path: Path) -> None:
+    """SPEC §13.6 on the page: a verified receipt of the latest published batch offers its claim:
+    without a wallet, the exact calldata (the one web3.py encodes); with an injected EIP-1193
+    wallet (an outsider's account on anvil), the claim is sent and the contributor is paid; a
+    receipt of an earlier batch says claims check the latest root; a second claim has nothing left."""
+    from anchoring.chain import Chain
+    from anchoring.distributor import claimed, token_balance
+    from pipeline.datasets import dataset_id
+
+    chain = Chain(lake.rpc)
+    outsider = chain.w3.eth.account.from_key(OUTSIDER_KEY).address
+    trusted = {"rpc": lake.rpc, "dataset": "instructions"}
+    latest = lake.text("genuine-batch-1")
+    wallet = {"rpc": lake.rpc, "account": outsider}
+    cases = [{"name": "claim-calldata", "deployment": str(lake.deployment), "fields": trusted, "receipt": latest},
+             {"name": "claim-earlier-batch", "deployment": str(lake.deployment), "fields": trusted,
+              "receipt": lake.text("genuine"), "wallet": wallet},
+             {"name": "claim-wallet", "deployment": str(lake.deployment), "fields": trusted, "receipt": latest,
+              "wallet": wallet},
+             {"name": "claim-again", "deployment": str(lake.deployment), "fields": trusted, "receipt": latest,
+              "wallet": wallet}]
+    spec = tmp_path / "claims.json"
+    spec.write_text(json.dumps({"url": f"{web_url}/verify.html", "chromium": CHROMIUM, "shots": str(SHOTS), "cases": cases}))
+    distributor = lake.addresses["RewardDistributor"]
+    reward = json.loads(latest)["reward"]
+    before = token_balance(chain, lake.addresses["RewardToken"], ALICE)
+    proc = subprocess.run([node(), str(REPO / "tests" / "page" / "drive.mjs"), str(spec)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, f"the Chromium driver failed:\n{proc.stderr}"
+    shown = {name: r["claim"] for name, r in json.loads(proc.stdout).items()}
+    assert all(not r["errors"] for r in json.loads(proc.stdout).values())
+
+    expected = chain.contract("RewardDistributor", distributor).encode_abi("claim", args=[
+        dataset_id("instructions"), chain.w3.to_checksum_address(ALICE), int(reward["cumulative_amount"]),
+        [bytes.fromhex(p[2:]) for p in reward["proof"]]])
+    assert shown["claim-calldata"]["shown"] and not shown["claim-calldata"]["wallet"]
+    assert f"data: {expected}" in shown["claim-calldata"]["calldata"], shown["claim-calldata"]
+    assert f"to:   {distributor.lower()}" in shown["claim-calldata"]["calldata"]
+    assert "a later batch has published rewards since" in shown["claim-earlier-batch"]["note"]
+    assert not shown["claim-earlier-batch"]["wallet"]
+    assert shown["claim-wallet"]["status"].lower().startswith(f"claim sent from {outsider.lower()}"), shown["claim-wallet"]
+    assert token_balance(chain, lake.addresses["RewardToken"], ALICE) - before == int(reward["cumulative_amount"])
+    assert claimed(chain, distributor, dataset_id("instructions"), ALICE) == int(reward["cumulative_amount"])
+    assert shown["claim-again"]["note"].startswith(f"nothing to claim: {ALICE} has been paid"), shown["claim-again"]

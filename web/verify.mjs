@@ -695,3 +695,48 @@ async function checkReward(receipt, trust, rpc, id, lines, words = PAGE_WORDS) {
     lines.push(line("pass", "batch amount", `batch amount ${batchAmount} = cumulative ${cumulative} − previous ${before} (previous folds to ${atBefore})`));
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Claiming (SPEC §13.6): anyone may submit a claim; the tokens always go to the contributor.
+
+const CLAIM_SELECTORS = { claim: selector("claim(bytes32,address,uint256,bytes32[])"),
+                          latestRoot: selector("latestRoot(bytes32)"), claimed: selector("claimed(bytes32,address)") };
+
+/** The calldata of RewardDistributor.claim(datasetId, account, cumulativeAmount, proof), as 0x hex. */
+export function claimCalldata(id, account, cumulativeAmount, proof) {
+  const words = [id.replace(/^0x/, ""), arg(BigInt(account)), arg(BigInt(cumulativeAmount)), arg(4n * 32n),
+                 arg(BigInt(proof.length)), ...proof.map((p) => p.replace(/^0x/, "").toLowerCase())];
+  return "0x" + CLAIM_SELECTORS.claim + words.join("");
+}
+
+/**
+ * What the receipt's contributor can claim now, from a receipt that verified with its reward:
+ * {ready, note} and, when ready, {to, chainId, data, amount}. Ready only when the receipt's reward root is the dataset's
+ * latest published root (claims verify against it) and something is left to pay.
+ */
+export async function claimPlan(receipt, trustInput, { rpc = null } = {}) {
+  const trust = normaliseTrust(trustInput);
+  const reward = receipt.reward ?? null;
+  if (trust.rpcUrl === null || trust.distributor === null || reward === null) {
+    return { ready: false, note: "a claim needs the chain, the RewardDistributor you trust and a receipt with a reward" };
+  }
+  const client = rpc ?? rpcClient(trust.rpcUrl);
+  const chainId = parseInt(await client.call("eth_chainId", []), 16);
+  const id = datasetId(trust.dataset);
+  const latest = (await callWords(client, trust.distributor, CLAIM_SELECTORS.latestRoot + arg(id.slice(2))))?.[0];
+  const root = String(reward.root ?? "").replace(/^0x/, "").toLowerCase();
+  if (latest !== root) {
+    return { ready: false, note: `this receipt's reward proof is for batch ${receipt.seq}; a later batch has published ` +
+      `rewards since, and claims check the latest root: take your receipt of the latest batch, or run ` +
+      `anchorlake claim --dataset ${trust.dataset} --contributor ${receipt.contributor}` };
+  }
+  const paid = BigInt("0x" + ((await callWords(client, trust.distributor, CLAIM_SELECTORS.claimed + arg(id.slice(2)) +
+    arg(BigInt(receipt.contributor))))?.[0] ?? "0"));
+  const cumulative = BigInt(reward.cumulative_amount);
+  if (cumulative <= paid) {
+    return { ready: false, note: `nothing to claim: ${receipt.contributor} has been paid its cumulative ${cumulative} base units` };
+  }
+  return { ready: true, to: trust.distributor, chainId, amount: cumulative - paid,
+           data: claimCalldata(id, receipt.contributor, cumulative, reward.proof),
+           note: `${receipt.contributor} can claim ${cumulative - paid} base units (cumulative ${cumulative}, paid ${paid})` };
+}

@@ -24,16 +24,19 @@ contract RewardDistributor is AccessControl {
     /// @notice The account rewards are pulled from; it approves this contract for what it funds.
     address public immutable treasury;
 
+    /// @dev One storage slot per dataset, read and written once by a claim (gas: a claim's cost is
+    ///      mostly cold slots). `funded` is the cumulative total its published roots allocate.
+    struct Funds {
+        uint128 funded;
+        uint120 paid;
+        bool pointsOnly;
+    }
+
     mapping(bytes32 datasetId => uint64) private _nextSeq;
     mapping(bytes32 datasetId => bytes32) public latestRoot;
-    /// @notice What was funded for the dataset: the sum its published roots allocate.
-    mapping(bytes32 datasetId => uint256) public cumulativeTotal;
-    /// @notice What the dataset's claims have paid out; never more than its cumulativeTotal.
-    mapping(bytes32 datasetId => uint256) public paid;
+    mapping(bytes32 datasetId => Funds) private _funds;
     mapping(bytes32 datasetId => mapping(uint64 seq => bytes32)) public rootAt;
     mapping(bytes32 datasetId => mapping(address account => uint256)) public claimed;
-    /// @notice Datasets paid in off-chain points: roots are published, no token moves, no claims.
-    mapping(bytes32 datasetId => bool) public pointsOnly;
 
     event RewardsPublished(bytes32 indexed datasetId, uint64 indexed seq, bytes32 root, uint256 cumulativeTotal);
     event Claimed(bytes32 indexed datasetId, address indexed account, uint256 amount, uint256 cumulativeAmount);
@@ -44,6 +47,7 @@ contract RewardDistributor is AccessControl {
     error NothingToClaim();
     error PayoutKindMismatch(bytes32 datasetId, bool pointsOnly);
     error ExceedsFunding(bytes32 datasetId, uint256 funded, uint256 paid, uint256 amount);
+    error TotalTooLarge(uint256 given);
 
     constructor(address admin, address distributor, IERC20 token_, address treasury_) {
         token = token_;
@@ -56,6 +60,21 @@ contract RewardDistributor is AccessControl {
     ///         seq below it that published nothing is zero.
     function nextSeq(bytes32 datasetId) external view returns (uint64) {
         return _nextSeq[datasetId];
+    }
+
+    /// @notice What was funded for the dataset: the sum its published roots allocate.
+    function cumulativeTotal(bytes32 datasetId) external view returns (uint256) {
+        return _funds[datasetId].funded;
+    }
+
+    /// @notice What the dataset's claims have paid out; never more than its cumulativeTotal.
+    function paid(bytes32 datasetId) external view returns (uint256) {
+        return _funds[datasetId].paid;
+    }
+
+    /// @notice Datasets paid in off-chain points: roots are published, no token moves, no claims.
+    function pointsOnly(bytes32 datasetId) external view returns (bool) {
+        return _funds[datasetId].pointsOnly;
     }
 
     /// @notice Publish the rewards root of batch `seq`; pulls the increase of the cumulative
@@ -83,19 +102,22 @@ contract RewardDistributor is AccessControl {
         private
         returns (uint256 increase)
     {
+        Funds memory funds = _funds[datasetId];
         if (latestRoot[datasetId] == bytes32(0)) {
-            pointsOnly[datasetId] = points;  // the dataset's first publication
-        } else if (pointsOnly[datasetId] != points) {
-            revert PayoutKindMismatch(datasetId, pointsOnly[datasetId]);
+            funds.pointsOnly = points;  // the dataset's first publication
+        } else if (funds.pointsOnly != points) {
+            revert PayoutKindMismatch(datasetId, funds.pointsOnly);
         }
         uint64 expected = _nextSeq[datasetId];
         if (seq < expected) revert SeqNotNext(datasetId, expected, seq);
-        uint256 previous = cumulativeTotal[datasetId];
+        uint256 previous = funds.funded;
         if (newCumulativeTotal < previous) revert TotalDecreased(previous, newCumulativeTotal);
+        if (newCumulativeTotal > type(uint120).max) revert TotalTooLarge(newCumulativeTotal);
         _nextSeq[datasetId] = seq + 1;
         latestRoot[datasetId] = root;
         rootAt[datasetId][seq] = root;
-        cumulativeTotal[datasetId] = newCumulativeTotal;
+        funds.funded = uint128(newCumulativeTotal);
+        _funds[datasetId] = funds;
         emit RewardsPublished(datasetId, seq, root, newCumulativeTotal);
         return newCumulativeTotal - previous;
     }
@@ -107,18 +129,17 @@ contract RewardDistributor is AccessControl {
     function claim(bytes32 datasetId, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
         external
     {
-        if (pointsOnly[datasetId]) revert PayoutKindMismatch(datasetId, true);
+        Funds memory funds = _funds[datasetId];
+        if (funds.pointsOnly) revert PayoutKindMismatch(datasetId, true);
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
         if (!MerkleProof.verifyCalldata(proof, latestRoot[datasetId], leaf)) revert InvalidProof();
         uint256 already = claimed[datasetId][account];
         if (cumulativeAmount <= already) revert NothingToClaim();
         uint256 amount = cumulativeAmount - already;
-        uint256 out = paid[datasetId];
-        if (out + amount > cumulativeTotal[datasetId]) {
-            revert ExceedsFunding(datasetId, cumulativeTotal[datasetId], out, amount);
-        }
+        if (funds.paid + amount > funds.funded) revert ExceedsFunding(datasetId, funds.funded, funds.paid, amount);
         claimed[datasetId][account] = cumulativeAmount;
-        paid[datasetId] = out + amount;
+        funds.paid += uint120(amount);  // below funded, itself below 2^120
+        _funds[datasetId] = funds;
         emit Claimed(datasetId, account, amount, cumulativeAmount);
         token.safeTransfer(account, amount);
     }

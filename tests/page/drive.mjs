@@ -6,8 +6,10 @@
 //
 // CASES.json: {"url": "http://127.0.0.1:PORT/verify.html", "chromium": "/usr/bin/chromium",
 //              "shots": "DIR", "cases": [{"name", "deployment": PATH|null, "fields": {id: value},
-//                                         "receipt": TEXT to paste, or "receiptFile": PATH to choose}]}
-// Each case leaves DIR/<name>.png, a screenshot of the whole page after the verdict.
+//                                         "receipt": TEXT to paste, or "receiptFile": PATH to choose,
+//                                         "wallet": {"rpc", "account"} to inject an EIP-1193 wallet that
+//                                         forwards to that node, then press "Claim with your wallet"}]}
+// Each case leaves DIR/<name>.png, a screenshot of the whole page after the verdict (and the claim).
 import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -17,12 +19,18 @@ mkdirSync(spec.shots, { recursive: true });
 const browser = await chromium.launch({ executablePath: spec.chromium, args: ["--no-sandbox"], headless: true });
 const results = {};
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   let errors = [];
-  page.on("pageerror", (e) => errors.push(`page error: ${e.message}`));
-  page.on("console", (m) => { if (m.type() === "error") errors.push(`console: ${m.text()}`); });
+  const open = async (wallet) => {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    page.on("pageerror", (e) => errors.push(`page error: ${e.message}`));
+    page.on("console", (m) => { if (m.type() === "error") errors.push(`console: ${m.text()}`); });
+    if (wallet) await page.addInitScript(injectWallet, wallet);
+    return page;
+  };
+  const plain = await open(null);
   for (const c of spec.cases) {
     errors = [];
+    const page = c.wallet ? await open(c.wallet) : plain;
     await page.goto(spec.url);
     if (c.deployment) {
       await page.setInputFiles("#deployment-file", c.deployment);
@@ -47,10 +55,34 @@ try {
       fields: Object.fromEntries(["rpc", "dataset", "batch-anchor", "distributor", "chain-id", "root", "tree-size"]
         .map((id) => [id, document.getElementById(id).value])),
     }));
+    if (c.wallet && await page.isVisible("#claim-wallet")) {
+      await page.click("#claim-wallet");
+      await page.waitForSelector("#claim-status[data-state=done]", { timeout: 30000 });
+    }
+    const claim = await page.evaluate(() => ({
+      shown: !document.getElementById("claim").hidden, note: document.getElementById("claim-note").textContent,
+      wallet: !document.getElementById("claim-wallet").hidden, calldata: document.getElementById("claim-calldata").textContent,
+      status: document.getElementById("claim-status").textContent }));
     await page.screenshot({ path: join(spec.shots, `${c.name}.png`), fullPage: true });
-    results[c.name] = { ...shown, errors };
+    if (page !== plain) await page.close();
+    results[c.name] = { ...shown, claim, errors };
   }
 } finally {
   await browser.close();
 }
 process.stdout.write(JSON.stringify(results));
+
+/** Runs in the page before its scripts: a minimal EIP-1193 wallet holding `account` whose requests
+ *  go to the node at `rpc` (anvil signs for its own unlocked accounts). */
+function injectWallet({ rpc, account }) {
+  window.ethereum = {
+    async request({ method, params }) {
+      if (method === "eth_requestAccounts" || method === "eth_accounts") return [account];
+      const answer = await fetch(rpc, { method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params: params ?? [] }) });
+      const body = await answer.json();
+      if (body.error) throw new Error(body.error.message);
+      return body.result;
+    },
+  };
+}
