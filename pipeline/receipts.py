@@ -26,6 +26,8 @@ def _rewards(files: BatchFiles, contributors: Iterable[str], rewards_contract: s
     proof, and the cumulative amount of the latest earlier batch that published rewards with its
     proof (`previous`, null for a contributor first rewarded now), so a verifier checks the batch
     amount against two roots."""
+    if not files.pays():  # nothing published for this batch: its receipts carry no reward part
+        return {}
     tree = files.rewards_tree()
     before = _published_before(files)
     earlier = before.rewards_tree() if before is not None else None

@@ -153,8 +153,17 @@ def stage(settings: Settings, dataset: str) -> int | None:
 
 
 def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
+    """Commit staged batch `seq`, sealed. Batch seq - 1, whose rewards ledger and manifest the new
+    batch builds on, must carry this pipeline's seal: a lake writer who rewrote it (say, moving a
+    contributor's cumulative amount to another) is refused before anything is built."""
     key = settings.seal_key()
-    m = commit_batch(lake_for(settings), dataset_for(settings, dataset), seq, lease_ttl=settings.lease_seconds,
+    lake = lake_for(settings)
+    if seq > 0:
+        previous = BatchFiles(lake, dataset, seq - 1)
+        if previous.committed() and not _seal_holds(settings, previous):
+            raise ConflictError(f"the manifest of {dataset} batch {seq - 1} ({previous.manifest().sha256}) carries no "
+                                f"valid seal of this pipeline's commit; batch {seq} is not built on it")
+    m = commit_batch(lake, dataset_for(settings, dataset), seq, lease_ttl=settings.lease_seconds,
                      seal=lambda digest: seal.mac(key, dataset, seq, digest))
     return {"seq": m.seq, "root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
 
@@ -163,8 +172,7 @@ def _sealed(settings: Settings, files: BatchFiles, spec: Dataset) -> Any:
     """The batch's manifest, if this pipeline committed it (its seal holds) and it pays what the
     dataset declares; ConflictError before anything is signed otherwise."""
     m = files.manifest()
-    given = files.seal()
-    if given is None or not seal.holds(settings.seal_key(), files.dataset, files.seq, m.sha256, given):
+    if not _seal_holds(settings, files):
         raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} ({m.sha256}) carries no valid seal of "
                             "this pipeline's commit: it was not written by anchorlake's commit; nothing was signed")
     declared = spec.rewards.terms()
@@ -174,6 +182,12 @@ def _sealed(settings: Settings, files: BatchFiles, spec: Dataset) -> Any:
         raise ConflictError(f"the manifest of {files.dataset} batch {files.seq} pays {m.rewards.get('total')} under "
                             f"{recorded}; the dataset declares {declared}; nothing was signed")
     return m
+
+
+def _seal_holds(settings: Settings, files: BatchFiles) -> bool:
+    """Whether the batch's manifest carries a valid seal of this pipeline's commit (core.seal)."""
+    given = files.seal()
+    return given is not None and seal.holds(settings.seal_key(), files.dataset, files.seq, files.manifest().sha256, given)
 
 
 @dataclass(frozen=True)
@@ -301,14 +315,14 @@ def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str],
     """Anchor and publish the rewards of every batch up to `seq` that lacks them (re-checking
     recent ones against reorganisations), then write the receipts that are missing or name an
     anchor that is no longer the batch's current one."""
-    progress(f"anchoring batches up to {seq}")
+    progress(f"{dataset}: anchoring batches up to {seq}")
     anchor(settings, dataset, seq)
-    progress(f"publishing rewards up to batch {seq}")
+    progress(f"{dataset}: publishing rewards up to batch {seq}")
     publish_rewards(settings, dataset, seq)
     lake = lake_for(settings)
     for s in range(seq + 1):
         if not batch_finished(BatchFiles(lake, dataset, s)):
-            progress(f"writing receipts of batch {s}")
+            progress(f"{dataset}: writing receipts of batch {s}")
             publish_receipts(settings, dataset, s)
 
 
@@ -321,12 +335,12 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
     if committed:
         report.finished = [s for s in committed if not batch_finished(BatchFiles(lake, dataset, s))]
         settle(settings, dataset, committed[-1], progress)
-    progress("staging new sources")
+    progress(f"{dataset}: staging new sources")
     staged = stage(settings, dataset)
     if staged is None:
-        progress("no new sources")
+        progress(f"{dataset}: no new sources")
         return report
-    progress(f"validating and committing batch {staged}")
+    progress(f"{dataset}: validating and committing batch {staged}")
     report.committed.append(commit(settings, dataset, staged))
     settle(settings, dataset, staged, progress)
     report.finished.append(staged)

@@ -208,8 +208,6 @@ def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple
     for seq in committed_seqs(lake, dataset.name):
         files = BatchFiles(lake, dataset.name, seq)
         try:
-            if seq != len(sound):
-                raise CheckFailed(f"batch {len(sound)} is missing: the manifests jump to batch {seq}")
             _audit_batch(files, dataset, previous, chain, trust)
         except (CheckFailed, BadInput) as e:
             return sound, str(e)
@@ -235,6 +233,7 @@ def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any,
                           "after the manifest of the batch before it")
     for entry in [*m.data["files"], *m.data.get("artifacts", [])]:
         files.read(entry["path"])  # each against the SHA-256 the manifest pins
+    _signatures_hold(m, dataset)
     if files.tree().root().hex() != m.root:
         raise CheckFailed(f"{files.uri(layout.TREE)} does not hold the manifest's root {m.root}")
     if files.rewards_tree().root.hex() != m.rewards["root"]:
@@ -242,6 +241,22 @@ def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any,
     batch_against_chain(files, dataset, chain, trust.batch_anchor)
     if trust.distributor is not None:
         rewards_against_chain(files, dataset, chain, trust.distributor)
+
+
+def _signatures_hold(m: Any, dataset: Dataset) -> None:
+    """Every signed source of the manifest: its signature recovers its signer over its SHA-256."""
+    from pipeline.core.signature import recover
+
+    for source in m.data["sources"]:
+        if "signer" not in source:
+            continue
+        try:
+            ok = recover(dataset.name, source["sha256"], source["signature"]) == source["signer"]
+        except (ValueError, TypeError, KeyError):
+            ok = False
+        if not ok:
+            raise CheckFailed(f"batch {m.seq}: the signature of source {source['key']} does not recover "
+                              f"its signer {source['signer']}")
 
 
 class AnchorStates:

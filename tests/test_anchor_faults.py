@@ -390,6 +390,40 @@ def test_a_manifest_written_into_the_lake_is_never_anchored_or_paid(env: dict[st
     assert len(anchored_events(env)) == 1 and token.functions.balanceOf(treasury).call() == before
 
 
+def test_a_doctored_earlier_batch_is_never_built_on(env: dict[str, str], chain: Anvil) -> None:
+    """The attack: rewrite batch 0's rewards tree and manifest (pins and root made consistent) so
+    that another contributor's cumulative amount moves to the attacker, then wait for the next
+    batch to build its ledger on it and the distributor to fund it. The commit checks batch 0's
+    seal first: nothing is built, nothing is paid; restored, the next run commits."""
+    import hashlib
+
+    cli(env, "run", "--dataset", "instructions")
+    lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
+    manifest = lake / "batches/instructions/000000/manifest.json"
+    original = manifest.read_bytes()
+    tree = lake / "batches/instructions/000000/rewards-tree.json"
+    original_tree = tree.read_bytes()
+    dump = json.loads(original_tree)
+    dump["values"][0]["value"][1], dump["values"][1]["value"][1] = (
+        str(int(dump["values"][0]["value"][1]) + int(dump["values"][1]["value"][1]) - 1), "1")
+    doctored = json.dumps(dump).encode()
+    tree.write_bytes(doctored)
+    data = json.loads(original)
+    for entry in data["artifacts"]:
+        if entry["path"] == "rewards-tree.json":
+            entry |= {"sha256": hashlib.sha256(doctored).hexdigest(), "bytes": len(doctored)}
+    manifest.write_text(json.dumps(data))
+    contribute_one(env, lake.parent, "What does a doctored ledger pay?", "0x" + "15" * 20)
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "batch 1 is not built on it" in proc.stderr, proc.stderr
+    assert not (lake / "batches/instructions/000001/manifest.json").exists()
+    manifest.write_bytes(original)  # the sealed manifest back, the doctored tree still there
+    proc = cli(env, "run", "--dataset", "instructions", check=False)
+    assert proc.returncode == 1 and "SHA-256 differs" in proc.stderr, proc.stderr
+    tree.write_bytes(original_tree)
+    assert [c["seq"] for c in cli_json(env, "run", "--dataset", "instructions")["committed"]] == [1]
+
+
 @pytest.mark.parametrize("record", ["every contract", "the BatchAnchor alone"])
 def test_up_refuses_a_deployment_record_the_admin_did_not_deploy(env: dict[str, str], chain: Anvil,
                                                                  record: str) -> None:

@@ -207,6 +207,11 @@ def test_no_text_of_a_rejected_record_is_public_and_the_operator_keeps_it_privat
                       for v in row.values())
     for text in ("mood", "happy", "perhaps", "yesterday", "just a string", "Tell me fact"):
         assert text not in public, text
+    # Nor do the Great Expectations result and its Data Docs, which are public too: counts, no values.
+    batch = layout.batch("instructions", 0)
+    published = b"".join(lake.read(o.key) for o in lake.list(batch)
+                         if o.key.endswith((layout.VALIDATION, ".html")))
+    assert b"English" not in published and b'"hi"' not in published and b"partial_unexpected" not in published
     private = pq.read_table(io.BytesIO(lake.read(layout.private("instructions", 0) + layout.REJECTED)))
     raw = dict(zip(private.column("raw_sha256").to_pylist(), private.column("raw").to_pylist(), strict=True))
     assert all(hashlib.sha256(r).hexdigest() == h for h, r in raw.items())

@@ -178,3 +178,8 @@ def test_a_batch_that_pays_nothing_publishes_nothing_and_later_batches_still_pub
     assert latest_published(chain, address, dataset) == (2, third.root)
     with pytest.raises(ChainError, match="has published up to seq 2"):
         publish_rewards(chain, deployment, dataset, 1, first.root, 15, treasury=chain)
+    # Zero marks "nothing published": a zero root would let a dataset change its payout kind (a
+    # points publication, then a token one funded by nothing) and drain another dataset.
+    fresh = b"\x0d" * 32
+    with pytest.raises(ChainError, match="ZeroRoot"):
+        publish_rewards(chain, deployment, fresh, 0, bytes(32), 1000, points=True)

@@ -329,6 +329,18 @@ def test_a_contributor_whose_records_were_all_rejected_is_told_why(file_env: dic
     assert "no_consent" in text and "A private thought" not in text and text.endswith("2 rejected or duplicate record(s) in 1 batch(es)\n")
 
 
+def test_a_manifest_planted_past_the_last_batch_halts_nothing(file_env: dict[str, str], tmp_path: Path) -> None:
+    """One object written into the lake (a manifest for batch 999999, junk or not) used to stop
+    every later stage. A manifest past a gap is no commit's: it is ignored, and batches go on."""
+    committed_flow(file_env, tmp_path)
+    planted = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):]) / "batches/instructions/999999/manifest.json"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("{}")
+    contribute_one(file_env, tmp_path, "Does a planted manifest stop the next batch?", ALICE)
+    assert [c["seq"] for c in cli_json(file_env, "run", "--dataset", "instructions")["committed"]] == [1]
+    assert [b["seq"] for b in cli_json(file_env, "status", "--dataset", "instructions")["batches"]] == [0, 1]
+
+
 def test_a_points_dataset_publishes_its_ledger_root_and_receipts_verify(file_env: dict[str, str], tmp_path: Path) -> None:
     cli(file_env, "up")
     cli(file_env, "contribute", "--dataset", "preferences",

@@ -94,3 +94,25 @@ def test_a_declared_dataset_ignores_sidecars_and_never_takes_one_for_a_source(tm
     manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
     assert [s["key"] for s in manifest.data["sources"]] == ["incoming/instructions/a.jsonl"]
     assert "signer" not in manifest.data["sources"][0]
+
+
+def test_a_plan_planted_in_the_lake_naming_a_signer_is_checked_again_at_commit(tmp_path: Path) -> None:
+    """The attack: write raw/ and a staged plan whose source names the victim as its signer (with
+    no valid signature). The commit recovers every signer itself: the rows are unsigned_source."""
+    import hashlib
+
+    from pipeline.lake.sources import Source, save_plan
+
+    dataset = load_dataset(REPO_ROOT / "expectations", "critiques")
+    lake = open_lake((tmp_path / "lake").as_uri())
+    data = rows(HONEST, "Planted in the victim's name through a forged plan entry.")
+    digest = hashlib.sha256(data).hexdigest()
+    raw_key = layout.raw("critiques", 0, digest, "jsonl")
+    lake.write(raw_key, data)
+    forged = sign_file(OUTSIDER_KEY, "critiques", data)["signature"]  # a real signature, by someone else
+    save_plan(lake, "critiques", 0, [Source("incoming/critiques/planted.jsonl", digest, len(data), raw_key,
+                                            signer=HONEST, signature=forged)], [])
+    manifest = commit_batch(lake, dataset, stage_sources(lake, dataset))
+    assert manifest.data["counts"] == {"input": 1, "accepted": 0, "quarantined": 1, "duplicate": 0}
+    quarantine = pq.read_table(io.BytesIO(lake.read(layout.batch_file("critiques", 0, layout.QUARANTINE)))).to_pylist()
+    assert [r["reason"] for r in quarantine] == ["unsigned_source"]

@@ -48,6 +48,7 @@ contract RewardDistributor is AccessControl {
     error PayoutKindMismatch(bytes32 datasetId, bool pointsOnly);
     error ExceedsFunding(bytes32 datasetId, uint256 funded, uint256 paid, uint256 amount);
     error TotalTooLarge(uint256 given);
+    error ZeroRoot();
 
     constructor(address admin, address distributor, IERC20 token_, address treasury_) {
         token = token_;
@@ -102,6 +103,7 @@ contract RewardDistributor is AccessControl {
         private
         returns (uint256 increase)
     {
+        if (root == bytes32(0)) revert ZeroRoot();  // zero marks "nothing published" (first publication, gaps)
         Funds memory funds = _funds[datasetId];
         if (latestRoot[datasetId] == bytes32(0)) {
             funds.pointsOnly = points;  // the dataset's first publication

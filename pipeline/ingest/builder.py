@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.signature import recover
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.dedupe import PriorKeys
 from pipeline.ingest.parse import Block, parse_source, source_format
@@ -144,6 +145,7 @@ class BatchBuilder:
         self.prior = PriorKeys.load(files.lake, dataset.name, files.seq)
         self.quality = QualityReport(dataset)
         self.seen: dict[bytes, int] = {}
+        self.signed: dict[int, bool] = {}  # plan index -> its signature holds (signed datasets)
         self.leaves: list[bytes] = []
         self.files: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
@@ -188,10 +190,23 @@ class BatchBuilder:
         and a row naming another contributor than its source's signer is quarantined."""
         for i, source_index in enumerate(chunk.source):
             source = self.plan[source_index]
-            if not source.signer:
+            if not self._signed(source_index):
                 chunk.reject(i, "unsigned_source", source.unsigned or "the source carries no valid signature")
             elif chunk.reason[i] is None and chunk.contributor[i] != source.signer:
                 chunk.reject(i, "contributor_not_signer", f"the source is signed by {source.signer}")
+
+    def _signed(self, source_index: int) -> bool:
+        """Whether the staged source's signature recovers its signer over its SHA-256, checked again
+        here (once per source): the staged plan is in the lake, where anyone with write access could
+        have planted a signer; the bytes read are checked against that SHA-256 as they are read."""
+        if source_index not in self.signed:
+            source = self.plan[source_index]
+            try:
+                ok = bool(source.signer) and recover(self.dataset.name, source.sha256, source.signature) == source.signer
+            except ValueError:
+                ok = False
+            self.signed[source_index] = ok
+        return self.signed[source_index]
 
     def _validate(self, chunk: _Chunk, typed: list[int], table: Any) -> None:
         """Run the suite over the typed rows; rows it rejects take its reason."""

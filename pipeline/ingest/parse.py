@@ -670,7 +670,7 @@ def _parquet_rows(batch: Any, limit: int) -> Iterator[dict[str, Any] | Record]:
                 problems.append(("invalid_utf8", f"{name} is not valid UTF-8"))
             except (ValueError, OverflowError, ArithmeticError) as e:
                 row[name] = "<unreadable>"
-                problems.append(("wrong_type", f"{name} cannot be read: {e}"[:200]))
+                problems.append(("wrong_type", f"{name} cannot be read as a Python value ({type(e).__name__})"))
         if problems:
             raw = orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
             yield Record(0, 0, raw, reason=problems[0][0], detail=problems[0][1])

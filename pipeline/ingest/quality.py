@@ -93,6 +93,12 @@ class ChunkResult:
     gx_result: Any  # the ExpectationSuiteValidationResult, for Data Docs
 
 
+# What of a GX result may be published (batches/ is public, SPEC §13.1): counts and shares, never
+# values (`partial_unexpected_list`, `observed_value`, … can quote a rejected record).
+PUBLIC_RESULT_KEYS = frozenset({"element_count", "missing_count", "missing_percent", "unexpected_count",
+                                "unexpected_percent", "unexpected_percent_total", "unexpected_percent_nonmissing"})
+
+
 @dataclass
 class QualityReport:
     """Validation of a whole batch, accumulated over its chunks."""
@@ -185,11 +191,10 @@ class QualityReport:
             for i in indices:
                 position = int(i["index"] if isinstance(i, dict) else i)
                 failures.setdefault(position, (tally.reason, f"{tally.type} on {column}".strip()))
+        for res in result.results:  # validation.json and Data Docs are public: counts only, never values
+            if res.result:
+                res.result = {k: v for k, v in res.result.items() if k in PUBLIC_RESULT_KEYS}
         summary = result.to_json_dict()
-        for res in summary.get("results", []):
-            for key in ("unexpected_index_list", "unexpected_list", "unexpected_index_query",
-                        "partial_unexpected_index_list"):
-                (res.get("result") or {}).pop(key, None)
         self.chunks.append(json.loads(json.dumps(summary, default=str)))
         self.docs.append(_render_docs(result))
         return ChunkResult(failures, result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,22 @@ from pipeline.lake import layout
 from pipeline.lake.records import create_once, read_record
 from pipeline.lake.storage import Lake, hash_file
 
+log = logging.getLogger(__name__)
+
 
 def committed_seqs(lake: Lake, dataset: str) -> list[int]:
-    """Seqs of the dataset that have a manifest, ascending."""
-    found = (layout.manifest_seq(dataset, obj.key) for obj in lake.list(layout.batches(dataset)))
-    return sorted(seq for seq in found if seq is not None)
+    """Seqs of the dataset's committed batches: 0, 1, … up to the first without a manifest. A
+    manifest past a gap was not written by a commit (batch N is built on batch N - 1): it is
+    logged and ignored, so a planted `batches/<d>/999999/manifest.json` halts nothing."""
+    found = sorted(seq for seq in (layout.manifest_seq(dataset, obj.key) for obj in lake.list(layout.batches(dataset)))
+                   if seq is not None)
+    contiguous = 0
+    while contiguous < len(found) and found[contiguous] == contiguous:
+        contiguous += 1
+    if contiguous < len(found):
+        log.warning("dataset %s: manifests past batch %d ignored (not built on a committed batch): %s",
+                    dataset, contiguous - 1, found[contiguous:contiguous + 5])
+    return found[:contiguous]
 
 
 def read_parquet(data: bytes, columns: Sequence[str] | None = None) -> Any:
@@ -236,8 +248,10 @@ class BatchFiles:
             create_once(self.lake, self.key(layout.ANCHOR), records.ANCHOR, record)
 
     def pays(self) -> bool:
-        """Whether the committed batch has rewards to publish: any accepted row (SPEC §13.8)."""
-        return int(self.manifest().data["counts"]["accepted"]) > 0
+        """Whether the committed batch has rewards to publish: it pays something, which takes an
+        accepted row (SPEC §13.8); a batch that pays nothing publishes nothing."""
+        m = self.manifest()
+        return int(m.data["counts"]["accepted"]) > 0 and int(m.rewards["total"]) > 0
 
     def rewards_publication(self) -> dict[str, Any] | None:
         """The batch's live rewards publication: a re-publication's if there was one, else

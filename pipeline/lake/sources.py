@@ -73,10 +73,10 @@ def signed_by(lake: Lake, dataset: str, key: str, sha256: str, size: int) -> dic
             raw = f.read(MAX_SIDECAR_BYTES + 1)
     except NotFound:
         return {"unsigned": f"no signature beside it ({key.rsplit('/', 1)[-1]}{SIDECAR_SUFFIX})"}
-    except BadInput as e:  # a link or special file in a file:// drop zone
-        return {"unsigned": str(e)[:300]}
+    except BadInput:  # a link or special file in a file:// drop zone
+        return {"unsigned": f"{key.rsplit('/', 1)[-1]}{SIDECAR_SUFFIX} is not a regular file"}
     try:
-        sidecar = check_sidecar(raw, lake.uri(key + SIDECAR_SUFFIX), dataset, sha256, size)
+        sidecar = check_sidecar(raw, key.rsplit("/", 1)[-1] + SIDECAR_SUFFIX, dataset, sha256, size)
     except FormatError as e:
         return {"unsigned": str(e)[:300]}
     return {"signer": sidecar["signer"], "signature": sidecar["signature"]}
