@@ -255,14 +255,7 @@ def _trusted_contracts(args: argparse.Namespace, settings: config.Settings, chai
             raise BadInput(f"{args.deployment} is for chain {named['chain_id']}, the RPC serves chain {chain_id}")
         contracts |= {k: named[k] for k in ("BatchAnchor", "RewardDistributor") if k in named}
     flags = {"BatchAnchor": args.contract, "RewardDistributor": args.distributor}
-    return contracts | {k: _contract_address(v, k) for k, v in flags.items() if v}
-
-
-def _contract_address(text: str, name: str) -> str:
-    lower = text.lower()
-    if len(lower) != 42 or not lower.startswith("0x") or any(ch not in "0123456789abcdef" for ch in lower[2:]):
-        raise BadInput(f"the {name} address must be 0x and 40 hex digits, got {text[:60]!r}")
-    return lower
+    return contracts | {k: config.checked_address(v, f"the {k} address") for k, v in flags.items() if v}
 
 
 def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | None, needs: tuple[str, ...],

@@ -179,7 +179,7 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
         keys = DEVNET_KEYS | keys  # the devnet's well-known keys are defaults only for the local devnet
         contributor_key = contributor_key or DEVNET_CONTRIBUTOR_KEY
     contracts = {
-        name: _address(env[var], var)
+        name: checked_address(env[var], var)
         for name, var in (
             ("BatchAnchor", "ANCHORLAKE_BATCH_ANCHOR"),
             ("RewardDistributor", "ANCHORLAKE_REWARD_DISTRIBUTOR"),
@@ -223,15 +223,16 @@ def _seconds(env: Mapping[str, str], variable: str, default: str) -> float:
     return value
 
 
-def _address(value: str, variable: str) -> str:
+def checked_address(value: str, what: str) -> str:
+    """`value` as a lowercase 0x address; BadInput saying `what` must be one otherwise."""
     lower = value.lower()
     if not re.fullmatch(r"0x[0-9a-f]{40}", lower):
-        raise BadInput(f"{variable} must be 0x and 40 hex digits")
+        raise BadInput(f"{what} must be 0x and 40 hex digits")
     return lower
 
 
 def _addresses(env: Mapping[str, str]) -> dict[str, str]:
-    return {role: _address(env[address_variable(role)], address_variable(role))
+    return {role: checked_address(env[address_variable(role)], address_variable(role))
             for role in ROLES if env.get(address_variable(role))}
 
 

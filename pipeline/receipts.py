@@ -36,7 +36,7 @@ def _rewards(files: BatchFiles, contributors: Iterable[str], rewards_contract: s
     root = "0x" + tree.root.hex()
     return {address: {"unit": unit, "amount": amounts.get(address, "0"), **_cumulative(tree, address),
                       "root": root, "contract": rewards_contract,
-            "previous": None if before is None else _previous(earlier, address, before.seq)}
+                      "previous": None if before is None else _previous(earlier, address, before.seq)}
             for address in contributors if tree.position(address) is not None}
 
 

@@ -74,6 +74,17 @@ def recover(dataset: str, sha256: str, signature: str) -> str:
     return public.to_checksum_address().lower()
 
 
+def holds(dataset: str, sha256: str, signature: object, signer: object) -> bool:
+    """Whether `signature` signs the file with this SHA-256 for `dataset` and is `signer`'s; False
+    for a malformed signature."""
+    if not isinstance(signature, str):
+        return False
+    try:
+        return recover(dataset, sha256, signature) == signer
+    except ValueError:
+        return False
+
+
 def check_sidecar(raw: bytes, where: str, dataset: str, sha256: str, size: int) -> dict[str, Any]:
     """The sidecar `raw` if it signs exactly this file of this dataset; FormatError saying why not."""
     if len(raw) > MAX_SIDECAR_BYTES:

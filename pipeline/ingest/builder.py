@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.signature import recover
+from pipeline.core.signature import holds as signature_holds
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.dedupe import PriorKeys
 from pipeline.ingest.parse import Block, parse_source, source_format
@@ -201,11 +201,8 @@ class BatchBuilder:
         have planted a signer; the bytes read are checked against that SHA-256 as they are read."""
         if source_index not in self.signed:
             source = self.plan[source_index]
-            try:
-                ok = bool(source.signer) and recover(self.dataset.name, source.sha256, source.signature) == source.signer
-            except ValueError:
-                ok = False
-            self.signed[source_index] = ok
+            self.signed[source_index] = bool(source.signer) and signature_holds(
+                self.dataset.name, source.sha256, source.signature, source.signer)
         return self.signed[source_index]
 
     def _validate(self, chunk: _Chunk, typed: list[int], table: Any) -> None:
