@@ -114,7 +114,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
                  f"{counts['quarantined']} quarantined, {counts['duplicate']} duplicate; root {c['root']}")
     if not report.committed:
         out.line(f"{args.dataset}: no new sources" + (f"; finished batches {report.finished}" if report.finished else ""))
-    out.result({"dataset": report.dataset, "committed": report.committed, "finished": report.finished})
+    out.result({"dataset": report.dataset, "committed": report.committed, "finished": report.finished,
+                "seconds": report.seconds})
     return EXIT_OK
 
 

@@ -1,16 +1,18 @@
-"""Receipts (SPEC §7) for every contributor of a batch, from its data parts and its stored tree
+"""Receipts (SPEC §13.4) for every contributor of a batch, in one streaming pass over its data
+parts (in leaf order, so each contributor's rows are one range: SPEC §13.2) and its stored tree
 (`tree.bin`): no second tree is built. Everything read is checked against the manifest first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.core import receipt as receipts
 from pipeline.core.leaf import record_object
+from pipeline.core.merkle import range_proof
 from pipeline.core.rewards import RewardsTree
-from pipeline.datasets import Dataset
+from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed, NotFound
 from pipeline.lake.batch import BatchFiles
 
@@ -21,23 +23,61 @@ def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
     return [record_object(columns, row) for table in files.parts() for row in table.to_pylist()]
 
 
-def _rewards(files: BatchFiles, contributors: Iterable[str], rewards_contract: str | None) -> dict[str, dict[str, Any]]:
-    """The reward part of each of `contributors`' receipts: batch amount, cumulative amount and its
-    proof, and the cumulative amount of the latest earlier batch that published rewards with its
-    proof (`previous`, null for a contributor first rewarded now), so a verifier checks the batch
-    amount against two roots."""
+def json_records(table: Any, columns: tuple[Column, ...]) -> list[dict[str, Any]]:
+    """The rows of a data part as their JSON records (what record_object gives, column-wise)."""
+    import pyarrow.compute as pc
+
+    for c in columns:
+        if c.type == "timestamp":
+            at = table.schema.get_field_index(c.name)
+            table = table.set_column(at, c.name, pc.strftime(table.column(c.name), format="%Y-%m-%dT%H:%M:%SZ"))
+    return table.select([c.name for c in columns]).to_pylist()
+
+
+def contributor_ranges(files: BatchFiles, dataset: Dataset) -> Iterator[tuple[str, int, list[dict[str, Any]]]]:
+    """(contributor, first leaf, records) for each contributor's range of the batch, in leaf order,
+    reading one part at a time. Raises CheckFailed unless contributors ascend (SPEC §13.2)."""
+    current: str | None = None
+    start, held = 0, list[dict[str, Any]]()
+    position = 0
+    for table in files.parts():
+        for record in json_records(table, dataset.committed_columns):
+            who = record["contributor"]
+            if who != current:
+                if current is not None:
+                    if who < current:
+                        raise CheckFailed(f"{files.dataset} batch {files.seq}: leaf {position} of {who} follows "
+                                          f"{current}: the rows are not ordered by contributor")
+                    yield current, start, held
+                current, start, held = who, position, []
+            held.append(record)
+            position += 1
+    if current is not None:
+        yield current, start, held
+
+
+def _reward_parts(files: BatchFiles, rewards_contract: str | None) -> Callable[[str], dict[str, Any] | None]:
+    """The reward part of a contributor's receipt: batch amount, cumulative amount and its proof,
+    and the cumulative amount of the latest earlier batch that published rewards with its proof
+    (`previous`, null for a contributor first rewarded now), so a verifier checks the batch amount
+    against two roots. None when the batch published nothing or the contributor is not in it."""
     if not files.pays():  # nothing published for this batch: its receipts carry no reward part
-        return {}
+        return lambda _: None
     tree = files.rewards_tree()
     before = _published_before(files)
     earlier = before.rewards_tree() if before is not None else None
     amounts = {row["contributor"]: row["amount"] for row in files.rewards_rows()}
     unit = files.manifest().rewards["unit"]
     root = "0x" + tree.root.hex()
-    return {address: {"unit": unit, "amount": amounts.get(address, "0"), **_cumulative(tree, address),
-                      "root": root, "contract": rewards_contract,
-                      "previous": None if before is None else _previous(earlier, address, before.seq)}
-            for address in contributors if tree.position(address) is not None}
+
+    def part(address: str) -> dict[str, Any] | None:
+        if tree.position(address) is None:
+            return None
+        return {"unit": unit, "amount": amounts.get(address, "0"), **_cumulative(tree, address), "root": root,
+                "contract": rewards_contract,
+                "previous": None if before is None else _previous(earlier, address, before.seq)}
+
+    return part
 
 
 def _published_before(files: BatchFiles) -> BatchFiles | None:
@@ -62,28 +102,31 @@ def _previous(earlier: RewardsTree | None, address: str, seq: int) -> dict[str, 
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
-    """Write every contributor's receipt for the batch, then the receipts index; their number.
-
-    Checks the parts and tree.bin against the manifest, and that the tree holds one leaf per row
-    and folds to the manifest's root."""
+    """Write every contributor's receipt for the batch (in bulk), then the receipts index; their
+    number. Checks the parts and tree.bin against the manifest, and that the tree holds one leaf
+    per row and folds to the manifest's root."""
     manifest = files.manifest()
-    records = batch_records(files, dataset)
     tree = files.tree()
-    if (tree.tree_size, tree.root().hex()) != (len(records), manifest.root) or tree.tree_size != manifest.tree_size:
-        raise CheckFailed(f"batch {manifest.seq}: {tree.source} holds {tree.tree_size} leaves with root {tree.root().hex()}, "
-                          f"the parts {len(records)} rows, the manifest says {manifest.root} over {manifest.tree_size}")
-    by_contributor: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        by_contributor.setdefault(record["contributor"], []).append(i)
+    if (tree.tree_size, tree.root().hex()) != (manifest.tree_size, manifest.root):
+        raise CheckFailed(f"batch {manifest.seq}: {tree.source} holds {tree.tree_size} leaves with root "
+                          f"{tree.root().hex()}, the manifest says {manifest.root} over {manifest.tree_size}")
     publication = files.rewards_publication()
-    rewards = _rewards(files, by_contributor, publication["contract"] if publication else None)
+    reward = _reward_parts(files, publication["contract"] if publication else None)
     anchor = files.anchor()
-    prove = tree.prover()
-    count = files.write_receipts(
-        receipts.build(manifest, contributor, [(i, records[i], prove(i)) for i in indices], anchor,
-                       rewards.get(contributor))
-        for contributor, indices in sorted(by_contributor.items()))
-    files.record_receipts(count, None if anchor is None else anchor["block_hash"])
+    node = tree.node_reader() if tree.tree_size else None
+    end = 0
+    with files.receipts_writer() as write:
+        for contributor, start, records in contributor_ranges(files, dataset):
+            end = start + len(records)
+            if node is None or end > tree.tree_size:
+                break
+            proof = range_proof(tree.tree_size, start, end, node)
+            write(contributor, receipts.build(manifest, contributor, start, records, proof, anchor, reward(contributor)))
+        if end != tree.tree_size:
+            raise CheckFailed(f"batch {manifest.seq}: the parts hold {'at least ' * (end > tree.tree_size)}{end} "
+                              f"rows, {tree.source} {tree.tree_size} leaves")
+        count = write.count
+    files.record_receipts(count, write.name, None if anchor is None else anchor["block_hash"])
     return count
 
 

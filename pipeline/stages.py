@@ -7,7 +7,9 @@ arguments, is idempotent, and can be killed at any instant and run again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,21 +311,33 @@ class RunReport:
     dataset: str
     committed: list[dict[str, Any]] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, summed over batches
+
+    @contextmanager
+    def timed(self, stage_name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage_name] = round(self.seconds.get(stage_name, 0.0) + time.perf_counter() - start, 3)
 
 
-def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str], None]) -> None:
+def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str], None], report: RunReport) -> None:
     """Anchor and publish the rewards of every batch up to `seq` that lacks them (re-checking
     recent ones against reorganisations), then write the receipts that are missing or name an
     anchor that is no longer the batch's current one."""
     progress(f"{dataset}: anchoring batches up to {seq}")
-    anchor(settings, dataset, seq)
+    with report.timed("anchor"):
+        anchor(settings, dataset, seq)
     progress(f"{dataset}: publishing rewards up to batch {seq}")
-    publish_rewards(settings, dataset, seq)
+    with report.timed("rewards"):
+        publish_rewards(settings, dataset, seq)
     lake = lake_for(settings)
     for s in range(seq + 1):
         if not batch_finished(BatchFiles(lake, dataset, s)):
             progress(f"{dataset}: writing receipts of batch {s}")
-            publish_receipts(settings, dataset, s)
+            with report.timed("receipts"):
+                publish_receipts(settings, dataset, s)
 
 
 def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None) -> RunReport:
@@ -334,14 +348,16 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
     committed = committed_seqs(lake, dataset)
     if committed:
         report.finished = [s for s in committed if not batch_finished(BatchFiles(lake, dataset, s))]
-        settle(settings, dataset, committed[-1], progress)
+        settle(settings, dataset, committed[-1], progress, report)
     progress(f"{dataset}: staging new sources")
-    staged = stage(settings, dataset)
+    with report.timed("stage"):
+        staged = stage(settings, dataset)
     if staged is None:
         progress(f"{dataset}: no new sources")
         return report
     progress(f"{dataset}: validating and committing batch {staged}")
-    report.committed.append(commit(settings, dataset, staged))
-    settle(settings, dataset, staged, progress)
+    with report.timed("commit"):
+        report.committed.append(commit(settings, dataset, staged))
+    settle(settings, dataset, staged, progress, report)
     report.finished.append(staged)
     return report

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.merkle import InclusionProof, root_from_inclusion
+
 from conftest import OUTSIDER_KEY, REPO, cli, cli_json, contribute_one, trust_args
 
 pytestmark = pytest.mark.e2e
@@ -55,14 +57,24 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     tampered.write_text(json.dumps(data))
     proc = cli(lake_env, "verify", str(tampered), *trust, check=False)
     assert proc.returncode == 1
-    assert "row 0 (leaf" in proc.stderr and "folds to root" in proc.stderr
+    assert f"rows [{data['range']['start']}, {data['range']['end']}) fold to root" in proc.stderr, proc.stderr
 
-    # A receipt claiming another tree size can still fold to the root (a path alone does not bind
-    # the size), so verify checks the size against the anchored one.
-    resized = json.loads(receipt.read_text())
-    resized["tree_size"] += 1
-    resized["rows"] = [r for r in resized["rows"] if r["leaf_index"] < 16][:1]
-    assert resized["rows"], "Alice has a row in the first 16 leaves of the sample batch"
+    # Leaves are ordered by contributor (SPEC §13.2): Alice's rows are one range, proved by one
+    # proof of at most 2·log2(n) hashes.
+    assert data["format"] == "anchorlake.receipt/2" and len(data["proof"]) <= 2 * 5
+    assert data["range"]["end"] - data["range"]["start"] == len(data["rows"])
+
+    # A receipt claiming another tree size can still fold to the root (a proof alone does not
+    # bind the size), so verify checks the size against the anchored one. Here: the first row of
+    # the lowest address, leaf 0, whose proof is the same in a tree of 25 or 26 leaves (leaf 0's
+    # siblings all lie to its right: its inclusion path, leaf level first, is its range proof).
+    lowest = min(r["contributor"] for r in cli_json(lake_env, "rewards", "--dataset", "instructions")["rows"])
+    first = tmp_path / "lowest.json"
+    cli(lake_env, "receipt", "--dataset", "instructions", "--batch", "0", "--contributor", lowest, "-o", str(first))
+    resized = json.loads(first.read_text())
+    assert resized["range"]["start"] == 0
+    leaf0 = cli_json(lake_env, "proof", "--dataset", "instructions", "--batch", "0", "--leaf", "0")
+    resized |= {"tree_size": 26, "range": {"start": 0, "end": 1}, "proof": leaf0["path"], "rows": resized["rows"][:1]}
     (tmp_path / "resized.json").write_text(json.dumps(resized))
     proc = cli(lake_env, "verify", str(tmp_path / "resized.json"), *trust, check=False)
     assert proc.returncode == 1 and "tree size 26 differs from the anchored 25" in proc.stderr, proc.stderr
@@ -73,10 +85,10 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     proc = cli(lake_env, "verify", str(receipt), "--root", batch["root"], check=False)
     assert proc.returncode == 2 and "--root needs --tree-size" in proc.stderr
 
-    # Any leaf's proof is served from the stored tree and equals the receipt's path.
-    row = json.loads(receipt.read_text())["rows"][0]
-    served = cli_json(lake_env, "proof", "--dataset", "instructions", "--batch", "0", "--leaf", str(row["leaf_index"]))
-    assert served["path"] == row["path"] and served["tree_size"] == 25 and served["root"] == batch["root"]
+    # Any leaf's inclusion proof is served from the stored tree and folds to the root.
+    served = cli_json(lake_env, "proof", "--dataset", "instructions", "--batch", "0", "--leaf", "24")
+    proof = InclusionProof(24, 25, tuple(bytes.fromhex(p) for p in served["path"]))
+    assert root_from_inclusion(proof, bytes.fromhex(served["leaf"])).hex() == batch["root"] == served["root"]
 
     # AI teams: pull checks every file and the root against the chain.
     pull = ["pull", "--dataset", "instructions", "--dest", str(tmp_path / "pulled")]
@@ -171,8 +183,9 @@ def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dic
         "not-json.json": "{not json",
         "wrong-tag.json": json.dumps(data | {"format": "anchorlake.receipt/0"}),
         "short-root.json": json.dumps(data | {"root": data["root"][:-2]}),
-        "index-past-size.json": json.dumps(data | {"rows": [data["rows"][0] | {"leaf_index": data["tree_size"]}]}),
-        "path-length.json": json.dumps(data | {"rows": [data["rows"][0] | {"path": data["rows"][0]["path"][:-1]}]}),
+        "range-past-size.json": json.dumps(data | {"range": {"start": 0, "end": data["tree_size"] + 1}}),
+        "rows-not-range.json": json.dumps(data | {"rows": data["rows"] + data["rows"][:1]}),
+        "proof-length.json": json.dumps(data | {"proof": data["proof"][:-1]}),
     }
     for name, text in cases.items():
         path = tmp_path / name
@@ -377,14 +390,14 @@ def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dic
         return cli(file_env, "verify", str(tmp_path / name), *args, check=False)
 
     # A forged one-row receipt whose root the attacker anchored in a BatchAnchor of their own.
-    row = genuine["rows"][0] | {"leaf_index": 0, "path": []}
-    row["record"] = row["record"] | {"prompt": "a row that was never contributed"}
+    row = {"record": genuine["rows"][0]["record"] | {"prompt": "a row that was never contributed"}}
     forged_root = leaf_hash(canonical_bytes(row["record"]))
     attacker = Chain(file_env["ANCHORLAKE_RPC_URL"], OUTSIDER_KEY)
     own = attacker.deploy("BatchAnchor", attacker.address, attacker.address)
     forged_manifest = bytes.fromhex(genuine["manifest_sha256"])
     anchor_batch(attacker, own, keccak(b"instructions"), 0, forged_root, 1, forged_manifest)
-    forged = genuine | {"root": forged_root.hex(), "tree_size": 1, "rows": [row], "reward": None,
+    forged = genuine | {"root": forged_root.hex(), "tree_size": 1, "range": {"start": 0, "end": 1}, "proof": [],
+                        "rows": [row], "reward": None,
                         "anchor": genuine["anchor"] | {"contract": own}}
     proc = verdict("forged.json", forged, *trust)
     assert proc.returncode == 1 and f"the receipt names contract {own}, you trust" in proc.stderr, proc.stderr
@@ -394,7 +407,7 @@ def test_verification_is_anchored_by_the_user_never_by_the_receipt(file_env: dic
 
     repeated = genuine | {"rows": genuine["rows"][:1] * 5}  # one row counted five times
     proc = verdict("repeated.json", repeated, *trust)
-    assert proc.returncode == 2 and "is listed more than once" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "rows [" in proc.stderr and "fold to root" in proc.stderr, proc.stderr
 
     relabelled = genuine | {"dataset": "preferences"}
     proc = verdict("relabelled.json", relabelled, *trust)

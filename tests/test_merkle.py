@@ -17,9 +17,13 @@ from pipeline.core.merkle import (
     build_levels,
     inclusion_path,
     leaf_hash,
+    levels_node,
     node_hash,
+    range_proof,
+    range_proof_length,
     root,
     root_from_inclusion,
+    root_from_range,
     verify_inclusion,
 )
 from pipeline.errors import RootMismatchError
@@ -117,3 +121,116 @@ def test_a_wrong_index_or_tree_size_is_rejected(size: int, data: st.DataObject) 
 def test_index_at_or_past_size_is_a_proof_error() -> None:
     with pytest.raises(ProofError):
         root_from_inclusion(InclusionProof(3, 3, ()), leaf_hash(b"x"))
+
+
+# --- range proofs (SPEC §13.3) ------------------------------------------------------------------
+
+
+def _ranges(n: int, rng: random.Random) -> set[tuple[int, int]]:
+    """Every range of a tree of up to 64 leaves; of a larger one, ranges of one or two leaves at
+    random, prefixes and suffixes at random, and random ones (60 of each)."""
+    if n <= 64:
+        return {(s, e) for s in range(n) for e in range(s + 1, n + 1)}
+    found = set()
+    for _ in range(60):
+        s = rng.randrange(n)
+        found |= {(s, min(n, s + rng.choice((1, 2)))), (0, rng.randrange(1, n + 1)), (rng.randrange(n), n),
+                  (s, rng.randrange(s + 1, n + 1))}
+    return found
+
+
+def test_range_proofs_fold_to_the_pymerkle_root_for_every_size_up_to_300() -> None:
+    rng = random.Random(13)
+    entries = [f"entry-{i}".encode() for i in range(300)]
+    reference = InmemoryTree(algorithm="sha256")
+    for n in range(1, 301):
+        reference.append_entry(entries[n - 1])
+        expected = reference.get_state(n)
+        leaves = [leaf_hash(e) for e in entries[:n]]
+        node = levels_node(build_levels(leaves))
+        for start, end in _ranges(n, rng):
+            proof = range_proof(n, start, end, node)
+            assert root_from_range(n, start, end, leaves[start:end], proof) == expected, (n, start, end)
+            assert len(proof) == range_proof_length(n, start, end) <= 2 * max(1, (n - 1).bit_length())
+            if n <= 40:  # each proof hash is the MTH of that subtree, computed by pymerkle
+                for h, (lo, hi) in zip(proof, _disjoint_subtrees(n, start, end), strict=True):
+                    assert h == pymerkle_root(entries[lo:hi])
+
+
+def _disjoint_subtrees(n: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The subtrees a range proof lists, by the recursion written out as a loop (left to right)."""
+    found, stack = [], [(0, n)]
+    while stack:
+        lo, hi = stack.pop()
+        if hi <= start or end <= lo:
+            found.append((lo, hi))
+        elif not (start <= lo and hi <= end):
+            k = 1 << ((hi - lo - 1).bit_length() - 1)
+            stack += [(lo + k, hi), (lo, lo + k)]
+    return found
+
+
+def test_a_one_leaf_range_proof_holds_the_inclusion_path_left_to_right() -> None:
+    for n in range(1, 130):
+        leaves = [leaf_hash(i.to_bytes(2, "big")) for i in range(n)]
+        levels = build_levels(leaves)
+        for i in range(n):
+            proof = range_proof(n, i, i + 1, levels_node(levels))
+            path = inclusion_path(levels, i)
+            # left siblings (top down), then right siblings (bottom up): the path's hashes by position
+            lefts = [p for level, p in enumerate(path) if (i >> _level_of(path, levels, i, level)) & 1]
+            assert sorted(proof) == sorted(path) and proof[:len(lefts)] == lefts[::-1], (n, i)
+
+
+def _level_of(path: list[bytes], levels: list[list[bytes]], index: int, position: int) -> int:
+    """The tree level of the `position`-th hash of leaf `index`'s path (levels without a sibling
+    are skipped in a path)."""
+    seen = -1
+    for level, hashes in enumerate(levels[:-1]):
+        if (index >> level) ^ 1 < len(hashes):
+            seen += 1
+            if seen == position:
+                return level
+    raise AssertionError("no such path position")
+
+
+def test_range_proofs_reject_flipped_bits_shifted_ranges_and_changed_leaves() -> None:
+    rng = random.Random(3)
+    for n in list(range(2, 70)) + [rng.randrange(70, 3000) for _ in range(20)]:
+        leaves = [leaf_hash(rng.randbytes(8)) for _ in range(n)]
+        node = levels_node(build_levels(leaves))
+        expected = root(leaves)
+        for start, end in rng.sample(sorted(_ranges(n, rng)), min(40, n * (n + 1) // 2)):
+            proof = range_proof(n, start, end, node)
+            bad: list[tuple[int, int, int, list[bytes], list[bytes]]] = []
+            if proof:
+                at, bit = rng.randrange(len(proof)), 1 << rng.randrange(8)
+                flipped = [*proof[:at], bytes([proof[at][0] ^ bit]) + proof[at][1:], *proof[at + 1:]]
+                bad += [(n, start, end, leaves[start:end], flipped), (n, start, end, leaves[start:end], proof[:-1]),
+                        (n, start, end, leaves[start:end], proof + proof[:1])]
+            at = rng.randrange(start, end)
+            bad.append((n, start, end, [bytes([h[0] ^ 1]) + h[1:] if i == at else h
+                                        for i, h in enumerate(leaves[start:end], start)], proof))
+            if end < n:
+                bad.append((n, start + 1, end + 1, leaves[start:end], proof))
+            if start > 0:
+                bad.append((n, start - 1, end - 1, leaves[start:end], proof))
+            # (A wrong tree size may fold to the same root: a proof does not bind the size, which
+            # verifiers check against the anchored one.)
+            for size, s, e, shown, hashes in bad:
+                try:
+                    assert root_from_range(size, s, e, shown, hashes) != expected, (n, start, end, size, s, e)
+                except ProofError:
+                    pass
+
+
+def test_range_proofs_of_malformed_ranges_are_refused() -> None:
+    leaves = [leaf_hash(b"a"), leaf_hash(b"b"), leaf_hash(b"c")]
+    node = levels_node(build_levels(leaves))
+    for start, end in ((0, 0), (2, 1), (-1, 1), (0, 4)):
+        with pytest.raises(IndexError):
+            range_proof(3, start, end, node)
+        with pytest.raises(ProofError):
+            root_from_range(3, start, end, leaves[max(0, start):max(0, end)], [])
+    with pytest.raises(ProofError, match="holds 2 leaves, 1 were given"):
+        root_from_range(3, 0, 2, leaves[:1], range_proof(3, 0, 2, node))

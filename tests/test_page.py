@@ -28,6 +28,7 @@ from conftest import OUTSIDER_KEY, REPO, base_env, cli, cli_json, contribute_one
 pytestmark = pytest.mark.e2e
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
 ALICE = "0x1111111111111111111111111111111111111111"
+BOB = "0x2222222222222222222222222222222222222222"  # the next address: his rows come right after Alice's
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / ".test-artifacts" / "page"
 VERIFY_CLI = REPO / "web" / "verify-cli.mjs"
@@ -53,6 +54,14 @@ class Lake:
     def text(self, name: str) -> str:
         return self.receipts[name].read_text()
 
+    def data(self, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.text(name)))
+
+    def rows_part(self, name: str = "genuine", shift: int = 0) -> str:
+        """The part of the report that folds a receipt/2's rows: "rows [start, end)"."""
+        span = self.data(name)["range"]
+        return f"rows [{span['start'] + shift}, {span['end'] + shift})"
+
 
 def node() -> str:
     found = shutil.which("node")
@@ -70,12 +79,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def as_receipt_v1(env: dict[str, str], receipt: dict[str, Any]) -> dict[str, Any]:
+    """The anchorlake.receipt/1 of a receipt/2's rows: one inclusion path per row, each served by
+    `anchorlake proof` from the stored tree (leaf level first), as receipts were written before."""
+    start, rows = receipt["range"]["start"], []
+    for n, row in enumerate(receipt["rows"]):
+        served = cli_json(env, "proof", "--dataset", receipt["dataset"], "--batch", str(receipt["seq"]), "--leaf", str(start + n))
+        assert (served["tree_size"], served["root"]) == (receipt["tree_size"], receipt["root"]), served
+        rows.append({"leaf_index": start + n, "record": row["record"], "path": served["path"]})
+    kept = {k: v for k, v in receipt.items() if k not in ("range", "proof")}
+    return kept | {"format": "anchorlake.receipt/1", "rows": rows}
+
+
 @pytest.fixture(scope="module")
 def lake(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Lake:
     from anchoring.batch_anchor import anchor_batch
     from anchoring.chain import Chain
     from pipeline.core.jcs import canonical_bytes
-    from pipeline.core.merkle import leaf_hash
+    from pipeline.core.merkle import leaf_hash, range_proof_length
     from pipeline.datasets import dataset_id
 
     folder = tmp_path_factory.mktemp("page")
@@ -87,43 +108,66 @@ def lake(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Lake:
     assert [c["seq"] for c in cli_json(env, "run", "--dataset", "instructions")["committed"]] == [1]
     deployment = Path(trust_args(env, folder)[1])
 
-    def receipt(seq: int) -> dict[str, Any]:
-        path = folder / f"receipt-{seq}.json"
-        cli(env, "receipt", "--dataset", "instructions", "--batch", str(seq), "--contributor", ALICE, "-o", str(path))
+    def receipt(seq: int, contributor: str = ALICE) -> dict[str, Any]:
+        path = folder / f"receipt-{seq}-{contributor}.json"
+        cli(env, "receipt", "--dataset", "instructions", "--batch", str(seq), "--contributor", contributor, "-o", str(path))
         return dict(json.loads(path.read_text()))
 
-    genuine, second = receipt(0), receipt(1)
+    genuine, second, bob = receipt(0), receipt(1), receipt(0, BOB)
+    assert genuine["format"] == "anchorlake.receipt/2" and len(genuine["rows"]) > 1
+    size, start, end = genuine["tree_size"], genuine["range"]["start"], genuine["range"]["end"]
     cases: dict[str, dict[str, Any]] = {"genuine": genuine, "genuine-batch-1": second}
 
     edited = copy.deepcopy(genuine)
     prompt = edited["rows"][0]["record"]["prompt"]
     edited["rows"][0]["record"]["prompt"] = prompt[:-1] + ("x" if prompt[-1] != "x" else "y")
     cases["edited"] = edited
+    flipped = genuine["proof"][0]
+    cases["proof-flipped"] = genuine | {"proof": [("1" if flipped[0] != "1" else "2") + flipped[1:], *genuine["proof"][1:]]}
+    # The same rows and proof one leaf to the right: a proof of the same length, so it folds, elsewhere.
+    assert end < size and range_proof_length(size, start + 1, end + 1) == len(genuine["proof"])
+    cases["range-shifted"] = genuine | {"range": {"start": start + 1, "end": end + 1}}
+    # One leaf more in the tree keeps this proof's shape: the rows still fold to the root (a proof
+    # alone does not bind the tree size), and only the anchored size tells.
+    assert range_proof_length(size + 1, start, end) == len(genuine["proof"])
+    cases["tree-size-changed"] = genuine | {"tree_size": size + 1}
+    # Bob's genuine rows, proof and range, presented as Alice's (with Alice's genuine reward).
+    cases["other-contributors-rows"] = bob | {"contributor": ALICE, "reward": genuine["reward"]}
+    # The same row five times: one contributed row must not count as five.
+    cases["duplicate-rows"] = genuine | {"rows": [genuine["rows"][0]] * len(genuine["rows"])}
+    # Malformed: the proof or the rows do not fit the range (refused before anything is folded).
+    cases["row-dropped"] = genuine | {"rows": genuine["rows"][:-1]}
+    cases["proof-extra-hash"] = genuine | {"proof": [*genuine["proof"], "ab" * 32]}
 
     # A one-row receipt for a row never contributed, whose root the attacker anchored for the
     # dataset in a BatchAnchor of their own, and which names that contract.
-    row = copy.deepcopy(genuine["rows"][0]) | {"leaf_index": 0, "path": []}
-    row["record"]["prompt"] = "a row that was never contributed"
-    forged_root = leaf_hash(canonical_bytes(row["record"]))
+    record = genuine["rows"][0]["record"] | {"prompt": "a row that was never contributed"}
+    forged_root = leaf_hash(canonical_bytes(record))
     attacker = Chain(anvil.url, OUTSIDER_KEY)
     own = attacker.deploy("BatchAnchor", attacker.address, attacker.address)
     anchor_batch(attacker, own, dataset_id("instructions"), 0, forged_root, 1, bytes.fromhex(genuine["manifest_sha256"]))
-    cases["forged"] = genuine | {"root": forged_root.hex(), "tree_size": 1, "rows": [row], "reward": None,
-                                 "anchor": genuine["anchor"] | {"contract": own}}
+    cases["forged"] = genuine | {"root": forged_root.hex(), "tree_size": 1, "range": {"start": 0, "end": 1}, "proof": [],
+                                 "rows": [{"record": record}], "reward": None, "anchor": genuine["anchor"] | {"contract": own}}
 
     cases["relabelled"] = genuine | {"dataset": "preferences"}
     reward = genuine["reward"]
     cases["inflated"] = genuine | {"reward": reward | {"amount": str(10 * int(reward["amount"])),
                                                       "cumulative_amount": str(10 * int(reward["cumulative_amount"]))}}
     cases["batch-0-amount-changed"] = genuine | {"reward": reward | {"amount": str(int(reward["amount"]) + 1)}}
-    # The same row five times: one contributed row must not count as five.
-    cases["duplicate-rows"] = genuine | {"rows": [genuine["rows"][0]] * 5}
     # After batch 0 a receipt showing no earlier cumulative amount cannot have its batch amount
     # checked (a rewards tree proves what it holds, not what it lacks), whatever the amount says.
     cases["batch-1-without-previous"] = second | {"reward": second["reward"] | {"previous": None}}
     deleted = {k: v for k, v in second["reward"].items() if k != "previous"}
     cases["batch-1-previous-deleted"] = second | {"reward": deleted | {"amount": deleted["cumulative_amount"]}}
     cases["batch-1-amount-inflated"] = second | {"reward": second["reward"] | {"amount": str(10 * int(second["reward"]["amount"]))}}
+
+    # Receipts written before receipt/2 keep verifying; their forgeries keep failing.
+    v1 = as_receipt_v1(env, genuine)
+    cases["genuine-v1"] = v1
+    edited_v1 = copy.deepcopy(v1)
+    edited_v1["rows"][0]["record"]["prompt"] = edited["rows"][0]["record"]["prompt"]
+    cases["edited-v1"] = edited_v1
+    cases["duplicate-rows-v1"] = v1 | {"rows": [v1["rows"][0]] * 5}
 
     (folder / "receipts").mkdir()
     paths = {}
@@ -158,17 +202,23 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 def test_the_node_cli_verifies_genuine_receipts_against_the_users_chain_and_contracts(lake: Lake) -> None:
     trust = ["--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions"]
-    proc = verify_cli(lake.receipts["genuine"], lake.receipts["genuine-batch-1"], *trust)
+    proc = verify_cli(lake.receipts["genuine"], lake.receipts["genuine-batch-1"], lake.receipts["genuine-v1"], *trust)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     batch_anchor, distributor = lake.addresses["BatchAnchor"].lower(), lake.addresses["RewardDistributor"].lower()
-    assert proc.stdout.count("OK ") == 2 and f"against BatchAnchor {batch_anchor} on chain 31337" in proc.stdout
-    assert "row 0 (leaf" in proc.stdout and "folds to the root" in proc.stdout
+    assert proc.stdout.count("OK ") == 3 and f"against BatchAnchor {batch_anchor} on chain 31337" in proc.stdout
+    genuine = lake.data("genuine")
+    # receipt/2: Alice's rows are one leaf range, folded with one range proof.
+    assert f"{lake.receipts['genuine']}: {lake.rows_part()}: fold to the root {genuine['root'][:8]}… over 25 leaves\n" in proc.stdout
+    assert f"{lake.receipts['genuine-batch-1']}: rows [0, 1): fold to the root" in proc.stdout
+    # receipt/1 (still read): one inclusion path per row.
+    assert f"{lake.receipts['genuine-v1']}: row 0 (leaf {genuine['range']['start']}): folds to the root" in proc.stdout
     assert f"equal BatchAnchor {batch_anchor} on chain 31337 for dataset instructions (id 0x7d1cc26d…)" in proc.stdout
     assert "folds to rootAt(instructions, 0) = 0x" in proc.stdout and f"in RewardDistributor {distributor}" in proc.stdout
     assert "reward: cumulative 200000000000000000000 base units folds to rootAt(instructions, 0)" in proc.stdout
     assert "not checked" not in proc.stdout and "?   " not in proc.stdout
     assert f"Verified: 1 row of {ALICE} in instructions batch 1, against" in proc.stdout and "1 rows" not in proc.stdout
+    assert f"Verified: {len(genuine['rows'])} rows of {ALICE} in instructions batch 0, against" in proc.stdout
     assert "batch amount 200000000000000000000 = cumulative 200000000000000000000 (batch 0" in proc.stdout
     assert "− previous 200000000000000000000 (previous folds to rootAt(instructions, 0)" in proc.stdout, proc.stdout
     # Flags name the same trust anchors without a deployments file.
@@ -177,47 +227,74 @@ def test_the_node_cli_verifies_genuine_receipts_against_the_users_chain_and_cont
     assert proc.returncode == 0, proc.stderr
 
 
-FORGED = {  # case: (the part the verdict names, a line on stderr)
-    "edited": ("row 0 (leaf", "folds to root"),
+FORGED = {  # case: (the part the verdict names, a line on stderr); {rows} is "rows [start, end)" of Alice's range
+    "edited": ("{rows} failed", "{path}: {rows}: fold to root"),
+    "proof-flipped": ("{rows} failed", "{path}: {rows}: fold to root"),
+    "duplicate-rows": ("{rows} failed", "{path}: {rows}: fold to root"),
+    "range-shifted": ("{shifted} failed", "{path}: {shifted}: fold to root"),
+    "tree-size-changed": ("batch failed", "batch: tree size 26 differs from the anchored 25 in BatchAnchor"),
+    "other-contributors-rows": ("row 0 (leaf {bob}), row 1 (leaf {bob1})",
+                                f"row 0 (leaf {{bob}}): the record names contributor \"{BOB}\", the receipt is for {ALICE}"),
     "forged": ("anchor, ", "the receipt names contract {attacker}, you trust BatchAnchor"),
     "relabelled": ("dataset", "the receipt says dataset \"preferences\", you are verifying \"instructions\""),
     "inflated": ("reward", "cumulative amount 2000000000000000000000 with its proof folds to"),
     "batch-1-amount-inflated": ("batch amount", "is not cumulative"),
     "batch-0-amount-changed": ("batch amount", "is not the cumulative 200000000000000000000 of batch 0"),
-    "duplicate-rows": ("rows", "FAIL {path}: rows: the rows repeat leaf index {leaf} (5 times)"),
+    "edited-v1": ("row 0 (leaf {leaf})", "{path}: row 0 (leaf {leaf}): folds to root"),
+    "duplicate-rows-v1": ("rows", "FAIL {path}: rows: the rows repeat leaf index {leaf} (5 times)"),
 }
+# Refused before anything is checked (exit 2): the proof or the rows do not fit the range.
+MALFORMED = {
+    "row-dropped": "rows holds {n_1} rows, the range [{start}, {end}) holds {n} leaves",
+    "proof-extra-hash": "proof has {p1} hashes, the proof of [{start}, {end}) in a tree of 25 leaves has {p}",
+}
+
+
+def forged_words(lake: Lake, case: str, text: str) -> str:
+    genuine, bob = lake.data("genuine"), lake.data("other-contributors-rows")
+    start, end, n, p = genuine["range"]["start"], genuine["range"]["end"], len(genuine["rows"]), len(genuine["proof"])
+    return text.format(attacker=lake.attacker_contract, path=lake.receipts[case], leaf=start, rows=lake.rows_part(),
+                       shifted=lake.rows_part(shift=1), bob=bob["range"]["start"], bob1=bob["range"]["start"] + 1,
+                       start=start, end=end, n=n, n_1=n - 1, p=p, p1=p + 1)
 
 
 @pytest.mark.parametrize("case", sorted(FORGED))
 def test_the_node_cli_names_the_failing_part_of_each_forged_receipt(lake: Lake, case: str) -> None:
-    part, detail = FORGED[case]
+    part, detail = (forged_words(lake, case, text) for text in FORGED[case])
     proc = verify_cli(lake.receipts[case], "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
     assert proc.returncode == 1, proc.stderr
     assert "OK " not in proc.stdout and "Traceback" not in proc.stderr and "    at " not in proc.stderr
-    assert f"Not verified: {part}" in proc.stdout
-    leaf = json.loads(lake.text("genuine"))["rows"][0]["leaf_index"]
-    assert detail.format(attacker=lake.attacker_contract, path=lake.receipts[case], leaf=leaf) in proc.stderr, proc.stderr
+    assert f"Not verified: {part}" in proc.stdout, proc.stdout
+    assert detail in proc.stderr, proc.stderr
     assert all(line.startswith("FAIL ") for line in proc.stderr.splitlines())
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_the_node_cli_refuses_a_receipt_whose_rows_or_proof_do_not_fit_its_range(lake: Lake, case: str) -> None:
+    proc = verify_cli(lake.receipts[case], "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr == f"error: {lake.receipts[case]}: {forged_words(lake, case, MALFORMED[case])}\n"
 
 
 def test_the_node_cli_agrees_with_anchorlake_verify_on_every_receipt(lake: Lake) -> None:
     trust = ["--deployment", str(lake.deployment), "--dataset", "instructions"]
-    # `anchorlake verify` refuses a receipt listing a leaf twice as malformed (exit 2, for the whole
-    # command); the node CLI fails its rows part (exit 1). Neither verifies it.
-    refused = ["duplicate-rows"]
+    # `anchorlake verify` refuses a receipt/1 listing a leaf twice as malformed (exit 2, for the
+    # whole command); the node CLI fails its rows part (exit 1). Neither verifies it. Both refuse
+    # a receipt/2 whose rows or proof do not fit its range (exit 2).
+    refused = {"duplicate-rows-v1": "listed more than once", "row-dropped": "rows", "proof-extra-hash": "proof"}
     names = sorted(set(lake.receipts) - set(refused))
     python = cli(lake.env, "--json", "--quiet", "verify", *(str(lake.receipts[n]) for n in names), *trust, check=False)
     assert python.stdout, python.stderr
     python_ok = {name: r["ok"] for name, r in zip(names, json.loads(python.stdout)["receipts"], strict=True)}
-    for name in refused:
+    for name, words in refused.items():
         proc = cli(lake.env, "verify", str(lake.receipts[name]), *trust, check=False)
-        assert proc.returncode == 2 and "listed more than once" in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
         python_ok[name] = False
-    javascript_ok = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode == 0
-                     for name in sorted(lake.receipts)}
-    assert javascript_ok == python_ok
-    assert [name for name, ok in javascript_ok.items() if ok] == [
-        "batch-1-previous-deleted", "batch-1-without-previous", "genuine", "genuine-batch-1"]
+    javascript = {name: verify_cli(lake.receipts[name], "--rpc", lake.rpc, *trust).returncode for name in sorted(lake.receipts)}
+    assert {name: code == 0 for name, code in javascript.items()} == python_ok
+    assert [name for name, code in javascript.items() if code == 0] == [
+        "batch-1-previous-deleted", "batch-1-without-previous", "genuine", "genuine-batch-1", "genuine-v1"]
+    assert [name for name, code in javascript.items() if code == 2] == ["proof-extra-hash", "row-dropped"]
 
 
 def test_the_node_cli_says_a_batch_amount_without_an_earlier_cumulative_amount_is_not_checked(lake: Lake) -> None:
@@ -234,11 +311,17 @@ def test_the_node_cli_says_a_batch_amount_without_an_earlier_cumulative_amount_i
 
 
 def test_the_node_cli_rejects_rows_that_repeat_a_leaf_online_and_offline(lake: Lake) -> None:
-    data = json.loads(lake.text("duplicate-rows"))
-    proc = verify_cli(lake.receipts["duplicate-rows"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
+    # receipt/1: the rows name their leaves, and naming one five times is refused as such.
+    data = lake.data("duplicate-rows-v1")
+    proc = verify_cli(lake.receipts["duplicate-rows-v1"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
     assert proc.returncode == 1 and "NOT VERIFIED" in proc.stdout and "Not verified: rows failed" in proc.stdout
     assert f"rows: the rows repeat leaf index {data['rows'][0]['leaf_index']} (5 times)" in proc.stderr, proc.stderr
     assert "Verified" not in proc.stdout.replace("Not verified", "")
+    # receipt/2: row n is leaf start + n, so a repeated row is a different leaf that does not fold.
+    data = lake.data("duplicate-rows")
+    proc = verify_cli(lake.receipts["duplicate-rows"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
+    assert proc.returncode == 1 and f"Not verified: {lake.rows_part()} failed" in proc.stdout, proc.stdout
+    assert f"{lake.rows_part()}: fold to root" in proc.stderr and "Verified" not in proc.stdout.replace("Not verified", "")
 
 
 def test_the_node_cli_trusts_what_the_user_names_not_what_the_receipt_names(lake: Lake) -> None:
@@ -294,6 +377,11 @@ def test_the_node_cli_verifies_offline_against_a_root_and_tree_size_the_user_giv
     assert "over 1 leaf\n" in proc.stdout and "1 rows" not in proc.stdout
     proc = verify_cli(lake.receipts["genuine"], "--root", data["root"], "--tree-size", str(data["tree_size"] + 1))
     assert proc.returncode == 1 and f"tree size {data['tree_size']} is not the given tree size" in proc.stderr
+    # A receipt naming one leaf more still folds (a proof alone does not bind the tree size): the
+    # tree size the user gives is what catches it.
+    proc = verify_cli(lake.receipts["tree-size-changed"], "--root", data["root"], "--tree-size", str(data["tree_size"]))
+    assert proc.returncode == 1 and f"{lake.rows_part()}: fold to the root" in proc.stdout, proc.stdout
+    assert f"root (offline): tree size {data['tree_size'] + 1} is not the given tree size {data['tree_size']}" in proc.stderr
 
 
 def test_the_node_cli_prints_each_error_on_one_line_in_its_own_words(lake: Lake, tmp_path: Path) -> None:
@@ -318,11 +406,22 @@ def test_the_node_cli_prints_each_error_on_one_line_in_its_own_words(lake: Lake,
     assert proc.returncode == 1 and "reward: not checked: give the RewardDistributor you trust: --distributor ADDR" in proc.stderr
     assert "load your deployments file" not in proc.stderr
     # Counts of one are singular in every message.
-    bad_path = json.loads(lake.text("forged"))
-    bad_path["rows"][0]["path"] = ["00" * 32]
-    (tmp_path / "bad-path.json").write_text(json.dumps(bad_path))
+    bad_proof = lake.data("forged") | {"proof": ["00" * 32]}
+    (tmp_path / "bad-proof.json").write_text(json.dumps(bad_proof))
+    error = one_error(verify_cli(tmp_path / "bad-proof.json", "--root", bad_proof["root"], "--tree-size", "1"))
+    assert error.endswith("proof has 1 hash, the proof of [0, 1) in a tree of 1 leaf has 0"), error
+    bad_path = lake.data("genuine-v1")
+    bad_path["rows"] = [bad_path["rows"][0] | {"leaf_index": 0, "path": ["00" * 32]}]
+    (tmp_path / "bad-path.json").write_text(json.dumps(bad_path | {"tree_size": 1}))
     error = one_error(verify_cli(tmp_path / "bad-path.json", "--root", bad_path["root"], "--tree-size", "1"))
     assert error.endswith("rows[0].path has 1 hash, a proof in this tree has 0"), error
+    # A receipt/2's range names the field and the tree size it must fit.
+    (tmp_path / "bad-range.json").write_text(json.dumps(lake.data("genuine") | {"range": {"start": 3, "end": 3}}))
+    error = one_error(verify_cli(tmp_path / "bad-range.json", "--root", bad_path["root"], "--tree-size", "25"))
+    assert error.endswith("bad-range.json: range must be {start, end} with 0 <= start < end <= tree size 25"), error
+    (tmp_path / "other-format.json").write_text(json.dumps(lake.data("genuine") | {"format": "anchorlake.receipt/3"}))
+    error = one_error(verify_cli(tmp_path / "other-format.json", "--root", bad_path["root"], "--tree-size", "25"))
+    assert error.endswith('format: expected anchorlake.receipt/2 or anchorlake.receipt/1, got "anchorlake.receipt/3"'), error
 
 
 def test_the_node_cli_shows_reward_amounts_in_base_units_not_in_the_receipts_unit(lake: Lake, tmp_path: Path) -> None:
@@ -368,8 +467,7 @@ def page(lake: Lake, web_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     other_chain = folder / "deployment-chain-1.json"
     other_chain.write_text(json.dumps(lake.addresses | {"chain_id": 1}))
     cases = [{"name": name, "deployment": str(lake.deployment), "fields": trusted, "receipt": lake.text(name)}
-             for name in ("genuine", "genuine-batch-1", "edited", "forged", "relabelled", "inflated", "duplicate-rows",
-                          "batch-1-previous-deleted")]
+             for name in ("genuine", "genuine-batch-1", "genuine-v1", *PAGE_FORGED, *MALFORMED, "batch-1-previous-deleted")]
     cases += [
         {"name": "empty-trust", "deployment": None, "fields": {}, "receipt": lake.text("genuine")},
         {"name": "offline", "deployment": None, "receiptFile": str(lake.receipts["genuine"]),
@@ -392,17 +490,26 @@ def page(lake: Lake, web_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_the_page_verifies_genuine_receipts_against_the_deployments_file_the_user_loads(page: dict, lake: Lake) -> None:
-    for name in ("genuine", "genuine-batch-1"):
+    first_part = {"genuine": lake.rows_part(), "genuine-batch-1": "rows [0, 1)",
+                  "genuine-v1": f"row 0 (leaf {lake.data('genuine')['range']['start']})"}
+    for name, part in first_part.items():
         shown = page[name]
         assert shown["outcome"] == "verified" and shown["verdict"].startswith("Verified: "), shown
         assert shown["fields"]["batch-anchor"] == lake.addresses["BatchAnchor"].lower()  # from the file, not the receipt
         assert shown["fields"]["chain-id"] == "31337" and shown["deploymentStatus"].startswith("loaded ")
         assert all(c["status"] in ("pass", "note") for c in shown["checks"])
         parts = [c["part"] for c in shown["checks"]]
-        assert parts[0].startswith("row 0 (leaf ") and {"batch", "reward", "batch amount"} <= set(parts)
+        assert parts[0] == part and {"batch", "reward", "batch amount"} <= set(parts), parts
+    genuine = lake.data("genuine")
+    assert page["genuine"]["checks"][0]["text"] == f"fold to the root {genuine['root'][:8]}… over 25 leaves"
+    # What the receipt says it holds is shown as the receipt's words, beside what was checked.
+    assert page["genuine"]["summary"] == (f"the receipt (anchorlake.receipt/2) shows {lake.rows_part()} of a tree of "
+                                          "25 leaves in instructions batch 0")
+    assert page["genuine-batch-1"]["summary"].endswith("shows rows [0, 1) of a tree of 1 leaf in instructions batch 1")
+    assert page["genuine-v1"]["summary"].startswith(f"the receipt (anchorlake.receipt/1) shows {len(genuine['rows'])} rows at leaves ")
     texts = " | ".join(c["text"] for c in page["genuine-batch-1"]["checks"])
     assert "− previous 200000000000000000000 (previous folds to rootAt(instructions, 0)" in texts
-    reward = json.loads(lake.text("genuine"))["reward"]
+    reward = genuine["reward"]
     texts = " | ".join(c["text"] for c in page["genuine"]["checks"])
     assert f"cumulative {reward['cumulative_amount']} base units folds to rootAt(instructions, 0)" in texts
     assert str(reward["unit"]) not in texts  # the receipt's unit is not shown as if checked
@@ -416,18 +523,36 @@ def test_the_page_says_a_batch_amount_without_an_earlier_cumulative_amount_is_no
     assert [c["part"] for c in shown["checks"] if c["status"] not in ("pass", "note")] == ["batch amount"]
 
 
-@pytest.mark.parametrize("case", ["edited", "forged", "relabelled", "inflated", "duplicate-rows"])
-def test_the_page_names_the_failing_part_of_each_forged_receipt(page: dict, case: str) -> None:
-    part = FORGED[case][0]
+PAGE_FORGED = ("edited", "proof-flipped", "range-shifted", "tree-size-changed", "other-contributors-rows", "duplicate-rows",
+               "forged", "relabelled", "inflated", "edited-v1", "duplicate-rows-v1")
+
+
+@pytest.mark.parametrize("case", PAGE_FORGED)
+def test_the_page_names_the_failing_part_of_each_forged_receipt(page: dict, lake: Lake, case: str) -> None:
+    part, detail = (forged_words(lake, case, text) for text in FORGED[case])
     shown = page[case]
     assert shown["outcome"] == "failed" and shown["verdict"].startswith(f"Not verified: {part}"), shown["verdict"]
-    assert any(c["status"] == "fail" and c["part"].startswith(part.rstrip(", ")) for c in shown["checks"])
+    failed = [c for c in shown["checks"] if c["status"] == "fail"]
+    # The verdict names the failing parts in the order of their lines, and a line says what differed.
+    assert failed and shown["verdict"].startswith(f"Not verified: {failed[0]['part']}"), shown
+    detail = detail.removeprefix("FAIL ").removeprefix(f"{lake.receipts[case]}: ")  # the CLI's line, less its prefix
+    assert any(detail in f"{c['part']}: {c['text']}" for c in failed), (detail, failed)
     if case == "forged":
         assert "batch" in shown["verdict"]  # the root the attacker anchored is not in the user's BatchAnchor
-    if case == "duplicate-rows":
+    if case == "tree-size-changed":  # the rows still fold: the proof alone does not bind the tree size
+        assert {"status": "pass", "part": lake.rows_part(), "text": "fold to the root "
+                f"{lake.data('genuine')['root'][:8]}… over 26 leaves"} in shown["checks"], shown["checks"]
+    if case == "duplicate-rows-v1":
         assert shown["verdict"] == "Not verified: rows failed"
         assert any(c["part"] == "rows" and "(5 times): each row of a receipt must be a different leaf" in c["text"]
                    for c in shown["checks"])
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_the_page_refuses_a_receipt_whose_rows_or_proof_do_not_fit_its_range(page: dict, lake: Lake, case: str) -> None:
+    shown = page[case]
+    assert shown["outcome"] == "error" and shown["checks"] == [], shown
+    assert shown["verdict"] == f"Not verified: the receipt: {forged_words(lake, case, MALFORMED[case])}"
 
 
 def test_the_page_checks_nothing_without_trust_anchors_and_says_so(page: dict) -> None:

@@ -1,7 +1,8 @@
 // node web/verify-cli.mjs RECEIPT.json... [--rpc URL] [--dataset D] [--contract ADDR] [--distributor ADDR]
 //                         [--deployment FILE] [--root HEX --tree-size N]
-// The same checks as verify.html, from a terminal. What to check against comes from these flags
-// only, never from the receipts. Exit 0 verified, 1 a check failed, 2 bad usage or bad input
+// The same checks as verify.html, from a terminal, of anchorlake.receipt/2 receipts (a leaf range
+// and its range proof) and anchorlake.receipt/1 ones (an inclusion path per row). What to check
+// against comes from these flags only, never from the receipts. Exit 0 verified, 1 a check failed, 2 bad usage or bad input
 // (nothing to check against included), 3 the chain RPC cannot be reached or does not answer.
 // Every message is one line (a file name, a JSON error or an RPC's answer may hold newlines).
 import { readFileSync } from "node:fs";

@@ -1,14 +1,18 @@
-// anchorlake receipt verifier, independent of the Python code (SPEC §4, §5, §7, §8, §13.4).
+// anchorlake receipt verifier, independent of the Python code (SPEC §4, §5, §7, §8, §13.3, §13.4).
 //
 // Trust anchors come from the verifying user, never from the receipt: the chain RPC, the dataset
 // name, the BatchAnchor and RewardDistributor addresses (typed in, or from a deployments file the
 // user picks), or offline a root and tree size. The receipt's rows are hashed here (RFC 8785 JCS,
-// SHA-256 leaves), folded along their RFC 9162 paths, and the root, tree size and manifest hash are
-// compared with what the user's BatchAnchor holds for keccak256(dataset name); the reward's
-// cumulative amount is folded (OpenZeppelin StandardMerkleTree leaf, sorted-pair keccak) to the
-// user's RewardDistributor.rootAt(datasetId, seq), and the batch amount to the previous batch's
-// (when the receipt shows none after batch 0, the batch amount is reported as not checked: a rewards
-// tree cannot prove an address absent). A receipt's rows must be distinct leaves.
+// SHA-256 leaves) and folded to a root: an anchorlake.receipt/2 holds the contributor's rows as one
+// leaf range [start, end) with one range proof (SPEC §13.3: the hashes of the maximal subtrees
+// disjoint from the range, left to right), an anchorlake.receipt/1 (still read) one RFC 9162
+// inclusion path per row. The root, tree size and manifest hash are compared with what the user's
+// BatchAnchor holds for keccak256(dataset name) (a proof alone does not bind the tree size); the
+// reward's cumulative amount is folded (OpenZeppelin StandardMerkleTree leaf, sorted-pair keccak)
+// to the user's RewardDistributor.rootAt(datasetId, seq), and the batch amount to the previous
+// batch's (when the receipt shows none after batch 0, the batch amount is reported as not checked:
+// a rewards tree cannot prove an address absent). A receipt's rows must be distinct leaves: in /2
+// each row is the leaf at its position in the range, in /1 no leaf index may repeat.
 //
 // Runs in a browser (verify.html) and in Node 20 (verify-cli.mjs); no dependencies: SHA-256 is
 // WebCrypto's, Keccak-256 is below.
@@ -160,7 +164,7 @@ export function datasetId(name) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rows: RFC 8785 leaves and RFC 9162 inclusion (SPEC §4, §5)
+// Rows: RFC 8785 leaves, RFC 9162 inclusion (SPEC §4, §5) and range proofs (SPEC §13.3)
 
 /** RFC 8785: JSON.stringify already gives ECMAScript numbers and JCS string escapes; sort keys by UTF-16. */
 export function canonicalize(value) {
@@ -209,6 +213,68 @@ export function pathLength(index, size) {
   return length;
 }
 
+/** RFC 9162's split of a subtree of `size` leaves: the largest power of two smaller than size. Requires size >= 2. */
+function split(size) {
+  let k = 1;
+  while (k * 2 < size) k *= 2;
+  return k;
+}
+
+/** Whether [start, end) is a non-empty range of leaves of a tree of `size` (all safe integers). */
+const isRange = (size, start, end) =>
+  [size, start, end].every(Number.isSafeInteger) && 0 <= start && start < end && end <= size;
+
+/** RFC 9162 §2.1.1 root over leaf hashes in order (SHA-256 of nothing for none). A node without
+ *  a right sibling is carried up unchanged, which is the split at the largest power of two below n. */
+export async function merkleRoot(leafHashes) {
+  if (leafHashes.length === 0) return sha256();
+  let level = leafHashes;
+  while (level.length > 1) {
+    const pairs = [];
+    for (let i = 0; i + 1 < level.length; i += 2) pairs.push(sha256(Uint8Array.of(1), level[i], level[i + 1]));
+    const next = await Promise.all(pairs); // WebCrypto digests are asynchronous: let them run together
+    if (level.length % 2) next.push(level[level.length - 1]);
+    level = next;
+  }
+  return level[0];
+}
+
+/** How many hashes the range proof of leaves [start, end) in a tree of `size` has (SPEC §13.3),
+ *  or null when [start, end) is not a non-empty range of that tree. Requires safe integers. */
+export function rangeProofLength(size, start, end) {
+  if (!isRange(size, start, end)) return null;
+  const walk = (lo, hi) => {
+    if (hi <= start || end <= lo) return 1;
+    if (start <= lo && hi <= end) return 0;
+    const k = split(hi - lo);
+    return walk(lo, lo + k) + walk(lo + k, hi);
+  };
+  return walk(0, size);
+}
+
+/**
+ * SPEC §13.3: the root that the leaf hashes of [start, end) and their range proof imply, or null
+ * when the proof does not fit: [start, end) is not a non-empty range of a tree of `size`, there is
+ * not one leaf hash per position of it, or the proof does not have exactly rangeProofLength hashes
+ * (so it is always consumed exactly). Subtrees disjoint from the range take the next proof hash,
+ * subtrees inside it are the RFC 9162 root of their leaves, the others split at RFC 9162's k.
+ * `leafHashes` and `proof` are lists of 32-byte Uint8Arrays, `proof` left to right.
+ */
+export async function rootFromRange(size, start, end, leafHashes, proof) {
+  if (!isRange(size, start, end) || leafHashes.length !== end - start) return null;
+  if (proof.length !== rangeProofLength(size, start, end)) return null;
+  let next = 0;
+  const walk = async (lo, hi) => {
+    if (hi <= start || end <= lo) return proof[next++];
+    if (start <= lo && hi <= end) return merkleRoot(leafHashes.slice(lo - start, hi - start));
+    const k = split(hi - lo);
+    const left = await walk(lo, lo + k);
+    return sha256(Uint8Array.of(1), left, await walk(lo + k, hi));
+  };
+  const root = await walk(0, size);
+  return next === proof.length ? root : null;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rewards: OpenZeppelin StandardMerkleTree leaf and MerkleProof.processProof (SPEC §8)
 
@@ -232,7 +298,11 @@ const HEX32_0X = /^0x[0-9a-fA-F]{64}$/;
 const ADDRESS = /^0x[0-9a-fA-F]{40}$/;
 const DECIMAL = /^(0|[1-9][0-9]*)$/;
 const UINT256_LIMIT = 1n << 256n;
-export const RECEIPT_FORMAT = "anchorlake.receipt/1";
+/** The receipt format written now (SPEC §13.4): one leaf range and its range proof. */
+export const RECEIPT_FORMAT = "anchorlake.receipt/2";
+/** The earlier receipt format, still read (SPEC §7): one inclusion path per row. */
+export const RECEIPT_FORMAT_V1 = "anchorlake.receipt/1";
+export const RECEIPT_FORMATS = [RECEIPT_FORMAT, RECEIPT_FORMAT_V1];
 export const DEPLOYMENT_FORMAT = "anchorlake.deployment/1";
 
 const isInt = (v) => Number.isSafeInteger(v);
@@ -259,26 +329,40 @@ function proofList(source, field, value) {
   return value.map(unhex);
 }
 
-/** Validate an anchorlake.receipt/1 object (or its JSON text); returns it. Raises BadInput. */
-export function parseReceipt(input, source = "receipt") {
-  const data = typeof input === "string" ? parseJson(input, source) : input;
-  if (data === null || typeof data !== "object" || Array.isArray(data)) throw new BadInput(`${source}: not a JSON object`);
-  if (data.format !== RECEIPT_FORMAT) {
-    throw new BadInput(`${source}: format: expected ${RECEIPT_FORMAT}, got ${JSON.stringify(data.format ?? null)}`);
+const leaves = (n) => count(n, "leaf", "leaves");
+
+const isRecord = (row) => row !== null && typeof row === "object" && !Array.isArray(row) &&
+  row.record !== null && typeof row.record === "object" && !Array.isArray(row.record);
+
+/** receipt/2 (as Python's _check_range): a range of the tree, one record per leaf of it, a proof of the right length. */
+function validateRange(data, source) {
+  const span = data.range;
+  const size = data.tree_size;
+  if (span === null || typeof span !== "object" || Array.isArray(span) || !isRange(size, span.start, span.end)) {
+    throw new BadInput(`${source}: range must be {start, end} with 0 <= start < end <= tree size ${size}`);
   }
-  for (const [key, ok, what] of [["dataset", (v) => typeof v === "string" && v !== "", "a dataset name"],
-    ["seq", (v) => isInt(v) && v >= 0, "an integer >= 0"], ["tree_size", (v) => isInt(v) && v >= 0, "an integer >= 0"],
-    ["contributor", (v) => typeof v === "string" && /^0x[0-9a-f]{40}$/.test(v), "0x and 40 lowercase hex digits"],
-    ["root", (v) => typeof v === "string" && HEX64.test(v), "64 lowercase hex characters"],
-    ["manifest_sha256", (v) => typeof v === "string" && HEX64.test(v), "64 lowercase hex characters"],
-    ["rows", (v) => Array.isArray(v) && v.length > 0, "a list of at least one row (a receipt proves rows)"]]) {
-    if (!ok(data[key])) throw new BadInput(`${source}: ${key} must be ${what}`);
+  const { start, end } = span, within = `[${start}, ${end})`;
+  if (data.rows.length !== end - start) {
+    throw new BadInput(`${source}: rows holds ${count(data.rows.length, "row")}, the range ${within} holds ${leaves(end - start)}`);
   }
   data.rows.forEach((row, n) => {
+    if (!isRecord(row)) throw new BadInput(`${source}: rows[${n}].record must be an object`);
+  });
+  if (!Array.isArray(data.proof) || !data.proof.every((p) => typeof p === "string" && HEX64.test(p))) {
+    throw new BadInput(`${source}: proof must be a list of 64-hex-character hashes`);
+  }
+  const expected = rangeProofLength(size, start, end);
+  if (data.proof.length !== expected) {
+    throw new BadInput(`${source}: proof has ${count(data.proof.length, "hash", "hashes")}, the proof of ${within} ` +
+                       `in a tree of ${leaves(size)} has ${expected}`);
+  }
+}
+
+/** receipt/1: each row a record, a leaf index in the tree and an inclusion path of the right length. */
+function validatePaths(data, source) {
+  data.rows.forEach((row, n) => {
     const where = `${source}: rows[${n}]`;
-    if (row === null || typeof row !== "object" || row.record === null || typeof row.record !== "object" || Array.isArray(row.record)) {
-      throw new BadInput(`${where}.record must be an object`);
-    }
+    if (!isRecord(row)) throw new BadInput(`${where}.record must be an object`);
     if (!isInt(row.leaf_index) || row.leaf_index < 0 || row.leaf_index >= data.tree_size) {
       throw new BadInput(`${where}.leaf_index must be an integer in [0, ${data.tree_size})`);
     }
@@ -290,6 +374,25 @@ export function parseReceipt(input, source = "receipt") {
       throw new BadInput(`${where}.path has ${count(row.path.length, "hash", "hashes")}, a proof in this tree has ${expected}`);
     }
   });
+}
+
+/** Validate an anchorlake.receipt/2 or /1 object (or its JSON text); returns it. Raises BadInput naming the field. */
+export function parseReceipt(input, source = "receipt") {
+  const data = typeof input === "string" ? parseJson(input, source) : input;
+  if (data === null || typeof data !== "object" || Array.isArray(data)) throw new BadInput(`${source}: not a JSON object`);
+  if (!RECEIPT_FORMATS.includes(data.format)) {
+    throw new BadInput(`${source}: format: expected ${RECEIPT_FORMATS.join(" or ")}, got ${JSON.stringify(data.format ?? null)}`);
+  }
+  for (const [key, ok, what] of [["dataset", (v) => typeof v === "string" && v !== "", "a dataset name"],
+    ["seq", (v) => isInt(v) && v >= 0, "an integer >= 0"], ["tree_size", (v) => isInt(v) && v >= 0, "an integer >= 0"],
+    ["contributor", (v) => typeof v === "string" && /^0x[0-9a-f]{40}$/.test(v), "0x and 40 lowercase hex digits"],
+    ["root", (v) => typeof v === "string" && HEX64.test(v), "64 lowercase hex characters"],
+    ["manifest_sha256", (v) => typeof v === "string" && HEX64.test(v), "64 lowercase hex characters"],
+    ["rows", (v) => Array.isArray(v) && v.length > 0, "a list of at least one row (a receipt proves rows)"]]) {
+    if (!ok(data[key])) throw new BadInput(`${source}: ${key} must be ${what}`);
+  }
+  if (data.format === RECEIPT_FORMAT) validateRange(data, source);
+  else validatePaths(data, source);
   const anchor = data.anchor ?? null;
   if (anchor !== null && (typeof anchor !== "object" || !isInt(anchor.chain_id))) {
     throw new BadInput(`${source}: anchor must be null or an object with chain_id`);
@@ -544,9 +647,51 @@ export async function verifyReceipt(receipt, trustInput = {}, { rpc = null, word
   return { ...verdictOf(receipt, lines, trust.rpcUrl === null), against: against.join("; "), lines };
 }
 
-const leaves = (n) => count(n, "leaf", "leaves");
-
 async function checkRows(receipt, lines) {
+  if (receipt.format === RECEIPT_FORMAT) await foldRange(receipt, lines);
+  else await foldPaths(receipt, lines);
+}
+
+/** Whether a row's record names the receipt's contributor; a fail line for `part` when not. */
+function namesContributor(receipt, row, part, lines) {
+  if (row.record.contributor === receipt.contributor) return true;
+  lines.push(line("fail", part, `the record names contributor ${JSON.stringify(row.record.contributor ?? null)}, the receipt is for ${receipt.contributor}`));
+  return false;
+}
+
+/** The leaf hash of a row's record, or null after a fail line for `part` when it has no JCS form. */
+async function rowLeaf(row, part, lines) {
+  try {
+    return await leafHash(row.record);
+  } catch (e) {
+    lines.push(line("fail", part, `the record has no canonical JSON form: ${e.message}`));
+    return null;
+  }
+}
+
+/** receipt/2: the rows are leaves [start, end) in order; with the range proof they fold to the root. */
+async function foldRange(receipt, lines) {
+  const { root, tree_size: size } = receipt, { start, end } = receipt.range;
+  const leafHashes = [];
+  for (const [n, row] of receipt.rows.entries()) {
+    const part = `row ${n} (leaf ${start + n})`;
+    // A row of another contributor fails even where it is in the tree: it is not this contributor's
+    // row. It is still folded: whether the rows are in the tree says what was changed.
+    namesContributor(receipt, row, part, lines);
+    leafHashes.push(await rowLeaf(row, part, lines));
+  }
+  if (leafHashes.includes(null)) return;
+  const part = `rows [${start}, ${end})`;
+  const got = await rootFromRange(size, start, end, leafHashes, receipt.proof.map(unhex));
+  if (got === null) lines.push(line("fail", part, `the range proof does not fit these leaves of a tree of ${leaves(size)}`));
+  else if (hex(got) !== root) {
+    lines.push(line("fail", part, `fold to root ${short(hex(got))} over ${leaves(size)}, not to the receipt's root ` +
+                                  `${short(root)}: a record, the range, the tree size or the proof was changed`));
+  } else lines.push(line("pass", part, `fold to the root ${short(root)} over ${leaves(size)}`));
+}
+
+/** receipt/1: each row folds along its own inclusion path; no leaf is shown twice. */
+async function foldPaths(receipt, lines) {
   const root = receipt.root;
   // One leaf shown as several rows would count one contributed row several times.
   const seen = new Map();
@@ -557,17 +702,9 @@ async function checkRows(receipt, lines) {
   }
   for (const [n, row] of receipt.rows.entries()) {
     const part = `row ${n} (leaf ${row.leaf_index})`;
-    if (row.record.contributor !== receipt.contributor) {
-      lines.push(line("fail", part, `the record names contributor ${JSON.stringify(row.record.contributor ?? null)}, the receipt is for ${receipt.contributor}`));
-      continue;
-    }
-    let leaf;
-    try {
-      leaf = await leafHash(row.record);
-    } catch (e) {
-      lines.push(line("fail", part, `the record has no canonical JSON form: ${e.message}`));
-      continue;
-    }
+    if (!namesContributor(receipt, row, part, lines)) continue;
+    const leaf = await rowLeaf(row, part, lines);
+    if (leaf === null) continue;
     const got = await rootFromInclusion(row.leaf_index, receipt.tree_size, leaf, row.path.map(unhex));
     if (got === null) lines.push(line("fail", part, `the path does not fit a tree of ${leaves(receipt.tree_size)}`));
     else if (hex(got) !== root) lines.push(line("fail", part, `folds to root ${short(hex(got))}, not the receipt's root ${short(root)}: the record or its path was changed`));

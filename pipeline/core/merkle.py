@@ -7,7 +7,7 @@ Indices are 0-based. pymerkle 7 (`InmemoryTree(algorithm="sha256")`) computes th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import CheckFailed, RootMismatchError
@@ -119,3 +119,81 @@ def verify_inclusion(proof: InclusionProof, leaf: bytes, expected_root: bytes) -
     calculated = root_from_inclusion(proof, leaf)
     if calculated != expected_root:
         raise RootMismatchError(expected_root.hex(), calculated.hex())
+
+
+# --- range proofs (SPEC §13.3) ------------------------------------------------------------------
+
+
+def _split(size: int) -> int:
+    """RFC 9162's k: the largest power of two smaller than `size` (size >= 2)."""
+    return 1 << ((size - 1).bit_length() - 1)
+
+
+def subtree_position(lo: int, hi: int) -> tuple[int, int]:
+    """(level, index) of the node for subtree [lo, hi) of an RFC 9162 split (a power-of-two-aligned
+    block, or the right edge of a tree) in levels built by `build_levels`."""
+    level = (hi - lo - 1).bit_length()
+    return level, lo >> level
+
+
+def range_proof(size: int, start: int, end: int, node: Callable[[int, int], bytes]) -> list[bytes]:
+    """The hashes of the maximal subtrees disjoint from leaves [start, end), left to right
+    (SPEC §13.3). `node(lo, hi)` gives the hash of subtree [lo, hi). Requires 0 <= start < end <= size."""
+    if not 0 <= start < end <= size:
+        raise IndexError(f"range [{start}, {end}) is not a non-empty range of a tree of size {size}")
+    proof: list[bytes] = []
+
+    def walk(lo: int, hi: int) -> None:
+        if hi <= start or end <= lo:
+            proof.append(node(lo, hi))
+        elif not (start <= lo and hi <= end):
+            k = _split(hi - lo)
+            walk(lo, lo + k)
+            walk(lo + k, hi)
+
+    walk(0, size)
+    return proof
+
+
+def levels_node(levels: Sequence[Sequence[bytes]]) -> Callable[[int, int], bytes]:
+    """`node(lo, hi)` for range_proof over a tree held as its levels (see build_levels)."""
+    def node(lo: int, hi: int) -> bytes:
+        level, index = subtree_position(lo, hi)
+        return levels[level][index]
+
+    return node
+
+
+def root_from_range(size: int, start: int, end: int, leaves: Sequence[bytes], proof: Sequence[bytes]) -> bytes:
+    """The root that the leaf hashes of [start, end) and a range proof imply (SPEC §13.3): the
+    same recursion, taking hashes from `proof` in order. Raises ProofError unless the range fits
+    the tree, there is one leaf per position, and the proof is consumed exactly."""
+    if not 0 <= start < end <= size:
+        raise ProofError(f"range [{start}, {end}) is not a non-empty range of a tree of size {size}")
+    if len(leaves) != end - start:
+        raise ProofError(f"range [{start}, {end}) holds {end - start} leaves, {len(leaves)} were given")
+    given = iter(proof)
+    used = 0
+
+    def walk(lo: int, hi: int) -> bytes:
+        nonlocal used
+        if hi <= start or end <= lo:
+            used += 1
+            taken = next(given, None)
+            if taken is None:
+                raise ProofError(f"the proof has {used - 1} hashes, a range [{start}, {end}) of {size} needs more")
+            return taken
+        if start <= lo and hi <= end:
+            return root(leaves[lo - start:hi - start])
+        k = _split(hi - lo)
+        return node_hash(walk(lo, lo + k), walk(lo + k, hi))
+
+    calculated = walk(0, size)
+    if used != len(proof):
+        raise ProofError(f"the proof has {len(proof)} hashes, a range [{start}, {end}) of {size} needs {used}")
+    return calculated
+
+
+def range_proof_length(size: int, start: int, end: int) -> int:
+    """How many hashes the range proof of [start, end) in a tree of `size` has."""
+    return len(range_proof(size, start, end, lambda lo, hi: b""))

@@ -1,7 +1,9 @@
-"""Receipts (SPEC §7): the format, its builder and the pure checks. No I/O.
+"""Receipts (SPEC §7, §13.4): the formats, the builder and the pure checks. No I/O.
 
-`verify_rows` needs nothing but the receipt: it folds each row to the receipt's root; the chain
-(or a root the user gives) then says whether that root is the anchored one.
+`anchorlake.receipt/2` (written now) proves a contributor's rows, one contiguous leaf range, with
+one range proof (SPEC §13.3); `anchorlake.receipt/1` (still read) proves each row with its own
+inclusion path. `verify_rows` needs nothing but the receipt: it folds the rows to the receipt's
+root; the chain (or a root the user gives) then says whether that root is the anchored one.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ from typing import Any
 
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import Manifest
-from pipeline.core.merkle import InclusionProof, ProofError, leaf_hash, root_from_inclusion
+from pipeline.core.merkle import (
+    InclusionProof,
+    ProofError,
+    leaf_hash,
+    range_proof_length,
+    root_from_inclusion,
+    root_from_range,
+)
 from pipeline.core.records import ADDRESS, HEX64, tagged_json
 from pipeline.core.rewards import verify_reward
 from pipeline.errors import FormatError
 
-FORMAT = "anchorlake.receipt/1"
+FORMAT = "anchorlake.receipt/2"
+FORMAT_V1 = "anchorlake.receipt/1"
 ANCHOR_FIELDS = ("chain_id", "contract", "dataset_id", "tx_hash", "block_number")
 
 
@@ -35,29 +45,30 @@ class Receipt:
         return int(self.data["seq"])
 
 
-def build(manifest: Manifest, contributor: str, rows: Sequence[tuple[int, dict[str, Any], Sequence[bytes]]],
+def build(manifest: Manifest, contributor: str, start: int, records: Sequence[Mapping[str, Any]], proof: Sequence[bytes],
           anchor: Mapping[str, Any] | None, reward: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A receipt for `contributor`'s rows in the batch of `manifest`.
-
-    `rows` are (leaf_index, record, inclusion path leaf level first); `anchor` is the batch's
-    anchor record (or None before anchoring); `reward` the reward part (or None)."""
+    """The receipt/2 for `contributor`'s rows in the batch of `manifest`: `records` are leaves
+    [start, start + len(records)) and `proof` their range proof; `anchor` is the batch's anchor
+    record (or None before anchoring); `reward` the reward part (or None)."""
     return {
         "format": FORMAT,
         "dataset": manifest.data["dataset"],
         "seq": manifest.seq,
         "contributor": contributor,
-        "root": manifest.root,
         "tree_size": manifest.tree_size,
+        "root": manifest.root,
         "manifest_sha256": manifest.sha256,
         "anchor": None if anchor is None else {k: anchor[k] for k in ANCHOR_FIELDS},
-        "rows": [{"leaf_index": i, "record": record, "path": [p.hex() for p in path]} for i, record, path in rows],
+        "range": {"start": start, "end": start + len(records)},
+        "proof": [p.hex() for p in proof],
+        "rows": [{"record": record} for record in records],
         "reward": None if reward is None else dict(reward),
     }
 
 
 def parse(raw: bytes, source: str) -> Receipt:
-    """Validate a receipt's shape; raise FormatError naming the field that is wrong."""
-    data = tagged_json(raw, source, FORMAT)
+    """Validate a receipt's shape (/2 or /1); raise FormatError naming the field that is wrong."""
+    data = tagged_json(raw, source, (FORMAT, FORMAT_V1))
     for key, kind in (("dataset", str), ("seq", int), ("contributor", str), ("root", str), ("tree_size", int),
                       ("manifest_sha256", str), ("rows", list)):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
@@ -71,17 +82,44 @@ def parse(raw: bytes, source: str) -> Receipt:
             raise FormatError(source, key, "must be 64 lowercase hex characters")
     if not ADDRESS(data["contributor"]):
         raise FormatError(source, "contributor", "must be 0x and 40 lowercase hex digits")
+    if data["format"] == FORMAT:
+        _check_range(source, data)
+    else:
+        _check_rows_v1(source, data)
+    _check_reward(source, data.get("reward"))
+    anchor = data.get("anchor")
+    if anchor is not None and (not isinstance(anchor, dict) or not isinstance(anchor.get("chain_id"), int)):
+        raise FormatError(source, "anchor", "must be null or an object with chain_id")
+    return Receipt(data, source)
+
+
+def _check_range(source: str, data: dict[str, Any]) -> None:
+    """receipt/2: a range of the tree, one record per leaf of it, and a proof of the right length."""
+    span, size = data.get("range"), data["tree_size"]
+    start, end = (span.get("start"), span.get("end")) if isinstance(span, dict) else (None, None)
+    if not (isinstance(start, int) and isinstance(end, int) and not isinstance(start, bool)
+            and not isinstance(end, bool) and 0 <= start < end <= size):
+        raise FormatError(source, "range", f"must be {{start, end}} with 0 <= start < end <= tree size {size}")
+    if len(data["rows"]) != end - start:
+        raise FormatError(source, "rows", f"holds {len(data['rows'])} rows, the range [{start}, {end}) {end - start}")
+    for n, row in enumerate(data["rows"]):
+        if not isinstance(row, dict) or not isinstance(row.get("record"), dict):
+            raise FormatError(source, f"rows[{n}].record", "must be an object")
+    proof = data.get("proof")
+    if not isinstance(proof, list) or not all(HEX64(p) for p in proof):
+        raise FormatError(source, "proof", "must be a list of 64-hex-character hashes")
+    expected = range_proof_length(size, start, end)
+    if len(proof) != expected:
+        raise FormatError(source, "proof", f"has {len(proof)} hashes, the proof of [{start}, {end}) in this tree has {expected}")
+
+
+def _check_rows_v1(source: str, data: dict[str, Any]) -> None:
     for n, row in enumerate(data["rows"]):
         _check_row(source, f"rows[{n}]", row, data["tree_size"])
     indices = [row["leaf_index"] for row in data["rows"]]
     if len(set(indices)) != len(indices):
         repeated = next(i for i in indices if indices.count(i) > 1)
         raise FormatError(source, "rows", f"leaf {repeated} is listed more than once: each row is counted once")
-    _check_reward(source, data.get("reward"))
-    anchor = data.get("anchor")
-    if anchor is not None and (not isinstance(anchor, dict) or not isinstance(anchor.get("chain_id"), int)):
-        raise FormatError(source, "anchor", "must be null or an object with chain_id")
-    return Receipt(data, source)
 
 
 def _check_row(source: str, where: str, row: Any, tree_size: int) -> None:
@@ -135,19 +173,36 @@ def path_length(index: int, size: int) -> int:
 
 
 def verify_rows(receipt: Receipt) -> list[str]:
-    """Check every row folds to the receipt's root and names its contributor. Failures as lines."""
+    """Check the rows fold to the receipt's root and name its contributor. Failures as lines."""
+    data = receipt.data
+    failures = [f"{receipt.source}: row {n}: record names contributor {row['record'].get('contributor')!r}, "
+                f"the receipt is for {data['contributor']}"
+                for n, row in enumerate(data["rows"]) if row["record"].get("contributor") != data["contributor"]]
+    if failures:
+        return failures
+    if data["format"] == FORMAT_V1:
+        return _verify_rows_v1(receipt)
+    start, end = data["range"]["start"], data["range"]["end"]
+    try:
+        leaves = [leaf_hash(canonical_bytes(row["record"])) for row in data["rows"]]
+        calculated = root_from_range(data["tree_size"], start, end, leaves, [bytes.fromhex(p) for p in data["proof"]])
+    except ValueError as e:
+        return [f"{receipt.source}: a record has no canonical JSON form: {e}"]
+    except ProofError as e:
+        return [f"{receipt.source}: rows [{start}, {end}): {e}"]
+    if calculated.hex() != data["root"]:
+        return [f"{receipt.source}: rows [{start}, {end}) fold to root {calculated.hex()}, expected {data['root']}"]
+    return []
+
+
+def _verify_rows_v1(receipt: Receipt) -> list[str]:
     failures = []
     root = bytes.fromhex(receipt.data["root"])
     size = receipt.data["tree_size"]
     for n, row in enumerate(receipt.data["rows"]):
-        record = row["record"]
         where = f"{receipt.source}: row {n} (leaf {row['leaf_index']})"
-        if record.get("contributor") != receipt.data["contributor"]:
-            failures.append(f"{where}: record names contributor {record.get('contributor')!r}, "
-                            f"the receipt is for {receipt.data['contributor']}")
-            continue
         try:
-            leaf = leaf_hash(canonical_bytes(record))
+            leaf = leaf_hash(canonical_bytes(row["record"]))
         except ValueError as e:
             failures.append(f"{where}: record has no canonical JSON form: {e}")
             continue

@@ -46,16 +46,18 @@ _NAMES = {INTEGER: "a whole number >= 0", NUMBER: "a number", TEXT: "a string", 
           ADDRESS: "a lowercase 0x address", DECIMAL: "a decimal string"}
 
 
-def tagged_json(raw: bytes, source: str, fmt: str) -> dict[str, Any]:
-    """Parse a JSON object carrying the format tag `fmt`; FormatError naming `source` otherwise."""
+def tagged_json(raw: bytes, source: str, fmt: str | tuple[str, ...]) -> dict[str, Any]:
+    """Parse a JSON object carrying the format tag `fmt` (or one of them); FormatError naming
+    `source` otherwise."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise FormatError(source, "(file)", f"invalid JSON: {e}") from None
     except RecursionError:
         raise FormatError(source, "(file)", "JSON nested too deeply") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise FormatError(source, "format", f"expected {fmt!r}")
+    formats = (fmt,) if isinstance(fmt, str) else fmt
+    if not isinstance(data, dict) or data.get("format") not in formats:
+        raise FormatError(source, "format", f"expected {' or '.join(map(repr, formats))}")
     return data
 
 
@@ -104,7 +106,8 @@ SEAL = RecordKind("anchorlake.seal/1", {"dataset": TEXT, "seq": INTEGER, "manife
 FAILED_PLAN = RecordKind("anchorlake.failed-batch/1", {"dataset": TEXT, "seq": INTEGER, "reason": TEXT,
                                                        "sources": LIST, "skipped": LIST})
 
-RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/1", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER},
+RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/2", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER,
+                                                            "file": TEXT},
                             {"anchor_block_hash": HASH})
 
 LEASE = RecordKind("anchorlake.lease/1", {"owner": TEXT, "expires_at": NUMBER})

@@ -17,7 +17,15 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 
-from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, build_levels, inclusion_path, leaf_hashes, root_from_levels
+from pipeline.core.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    build_levels,
+    inclusion_path,
+    leaf_hashes,
+    root_from_levels,
+    subtree_position,
+)
 from pipeline.errors import FormatError
 
 MAGIC = b"ALTREE01"
@@ -30,6 +38,14 @@ def _level_sizes(leaves: int) -> list[int]:
     while sizes[-1] > 1:
         sizes.append((sizes[-1] + 1) // 2)
     return sizes
+
+
+def _level_offsets(leaves: int) -> list[int]:
+    """Where each level of a tree of `leaves` starts, in hashes, when stored level by level."""
+    offsets = [0]
+    for size in _level_sizes(leaves)[:-1]:
+        offsets.append(offsets[-1] + size)
+    return offsets
 
 
 def _flatten(levels: Sequence[Sequence[bytes]]) -> bytes:
@@ -156,6 +172,27 @@ class TreeFile:
             return inclusion_path(tile, index - t * self.tile) + inclusion_path(top, t)
 
         return prove
+
+    def node_reader(self) -> Callable[[int, int], bytes]:
+        """`node(lo, hi)`, the hash of subtree [lo, hi) of an RFC 9162 split, for range proofs
+        (see merkle.range_proof), from one read of the whole tree."""
+        top_offset = self._top_offset()
+        whole = self.read(0, top_offset + sum(_level_sizes(self.tiles)) * HASH_SIZE)
+        k = self.tile_height
+        full, last = _level_offsets(self.tile), _level_offsets(self._tile_leaves(self.tiles - 1)) if self.tiles else []
+        top = _level_offsets(self.tiles)
+
+        def node(lo: int, hi: int) -> bytes:
+            level, index = subtree_position(lo, hi)
+            if level <= k:
+                t = lo >> k
+                at = self._tile_offset(t) + ((last if t == self.tiles - 1 else full)[level]
+                                             + index - (t << (k - level))) * HASH_SIZE
+            else:
+                at = top_offset + (top[level - k] + index) * HASH_SIZE
+            return whole[at:at + HASH_SIZE]
+
+        return node
 
     def leaf(self, index: int) -> bytes:
         t = index >> self.tile_height

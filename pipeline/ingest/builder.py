@@ -1,8 +1,11 @@
 """Build one batch from its staged sources: records in blocks -> typed chunks -> quality gate ->
-dedupe -> data parts, index and quarantine, with every record counted.
+dedupe -> contributor-ordered data parts, index and quarantine, with every record counted.
 
-The builder holds per accepted row only its leaf hash and its dedupe key; rows themselves
-stream through in chunks of `chunk_records`.
+Leaves are ordered by contributor, then arrival (SPEC §13.2). Accepted rows stream through in
+chunks of `chunk_records` and are spilled to scratch files partitioned by contributor address
+prefix (contiguous prefix ranges, so partition order is address order); `finish` then sorts one
+partition at a time and writes the parts. Memory holds one partition's rows, and per accepted
+row its leaf hash and dedupe key.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ from pipeline.lake.sources import Source, open_source
 
 CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
+PARTITION_SOURCE_BYTES = 256 << 20  # source bytes per contributor partition: what one sort holds
+MAX_PARTITIONS = 4096
+ARRIVAL, LEAF, KEY = "__arrival", "__leaf", "__key"  # spill-only columns, never committed
+
+
+def partition_count(source_bytes: int) -> int:
+    """How many contributor partitions a batch of `source_bytes` is sorted in."""
+    return max(1, min(MAX_PARTITIONS, -(-source_bytes // PARTITION_SOURCE_BYTES)))
+
+
+def partition_of(contributor: str, partitions: int) -> int:
+    """The partition of a (lowercase) address: contiguous ranges of its first 32 bits."""
+    return int(contributor[2:10], 16) * partitions >> 32
 
 
 # --- Arrow and Parquet ------------------------------------------------------------------------
@@ -144,9 +160,10 @@ class BatchBuilder:
         self.columns = dataset.committed_columns
         self.prior = PriorKeys.load(files.lake, dataset.name, files.seq)
         self.quality = QualityReport(dataset)
-        self.seen: dict[bytes, int] = {}
+        self.seen: dict[bytes, bytes] = {}  # dedupe key -> leaf hash of its accepted row
         self.signed: dict[int, bool] = {}  # plan index -> its signature holds (signed datasets)
-        self.leaves: list[bytes] = []
+        self.accepted = 0
+        self.leaves: list[bytes] = []  # in leaf order, once finished
         self.files: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self.per_source: list[Counter[str]] = [Counter() for _ in plan]
@@ -160,6 +177,7 @@ class BatchBuilder:
         self.quarantine = pq.ParquetWriter(self.quarantine_path, _quarantine_schema(), compression="zstd")
         self.rejected = pq.ParquetWriter(self.rejected_path, _rejected_schema(), compression="zstd")
         self.index = pq.ParquetWriter(self.index_path, _index_schema(), compression="zstd")
+        self.spill = _Spill(scratch, partition_count(sum(source.bytes for source in plan)), self.columns)
 
     def add(self, block: Block) -> None:
         self.pending.append(block)
@@ -182,7 +200,7 @@ class BatchBuilder:
         accepted = self._dedupe(chunk, typed, duplicate_of)
         self._tally(chunk, typed, table, accepted)
         if accepted:
-            self._write_part(chunk, typed, table, accepted)
+            self._spill_accepted(chunk, typed, table, accepted)
         self._write_quarantine(chunk, duplicate_of)
 
     def _check_signers(self, chunk: _Chunk) -> None:
@@ -230,11 +248,10 @@ class BatchBuilder:
                 chunk.reject(i, "duplicate", f"same {key_columns} as record {prior_id} of an earlier batch")
                 duplicate_of[i] = prior_id
             elif (first := self.seen.get(key)) is not None:
-                duplicate_of[i] = self.leaves[first].hex()
+                duplicate_of[i] = first.hex()
                 chunk.reject(i, "duplicate", f"same {key_columns} as record {duplicate_of[i]}")
             else:
-                self.seen[key] = len(self.leaves)
-                self.leaves.append(leaf)
+                self.seen[key] = leaf
                 accepted.append(j)
         return accepted
 
@@ -270,17 +287,37 @@ class BatchBuilder:
                 total = pc.add(total, pc.fill_null(pc.utf8_length(table.column(column.name)), 0))
         return [int(w) for w in total.to_pylist()]
 
-    def _write_part(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
+    def _spill_accepted(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
+        """The accepted rows with their arrival number, leaf and key, into their partitions."""
         import pyarrow as pa
 
         rows = [typed[j] for j in accepted]
-        entry = self.files_of.write(layout.part(len(self.files)), parquet_bytes(table.take(accepted)))
-        self.files.append(entry | {"rows": len(accepted)})
-        self.index.write_table(pa.table({
-            "record_id": pa.array([chunk.leaf[i].hex() for i in rows], pa.string()),  # type: ignore[union-attr]
-            "dedupe_key": pa.array([chunk.key[i] for i in rows], pa.binary(32)),
-            "contributor": pa.array([chunk.contributor[i] for i in rows], pa.string()),
-        }, schema=_index_schema()))
+        kept = table.take(accepted)
+        kept = kept.append_column(ARRIVAL, pa.array(range(self.accepted, self.accepted + len(rows)), pa.int64()))
+        kept = kept.append_column(LEAF, pa.array([chunk.leaf[i] for i in rows], pa.binary(32)))
+        kept = kept.append_column(KEY, pa.array([chunk.key[i] for i in rows], pa.binary(32)))
+        self.accepted += len(rows)
+        self.spill.add(kept, [chunk.contributor[i] for i in rows])  # type: ignore[misc]
+
+    def finish(self) -> None:
+        """Write the data parts and the index in leaf order: each partition sorted by contributor,
+        then arrival. Requires every block added and flushed."""
+        import pyarrow as pa
+
+        names = [c.name for c in self.columns]
+        for table in self.spill.sorted_partitions():
+            for start in range(0, table.num_rows, self.chunk_records):
+                part = table.slice(start, self.chunk_records)
+                entry = self.files_of.write(layout.part(len(self.files)), parquet_bytes(part.select(names)))
+                self.files.append(entry | {"rows": part.num_rows})
+                leaves = part.column(LEAF).to_pylist()
+                self.leaves += leaves
+                self.index.write_table(pa.table({
+                    "record_id": pa.array([leaf.hex() for leaf in leaves], pa.string()),
+                    "dedupe_key": part.column(KEY), "contributor": part.column("contributor"),
+                }, schema=_index_schema()))
+        if not self.files:
+            self.write_empty_part()
 
     def _write_quarantine(self, chunk: _Chunk, duplicate_of: dict[int, str]) -> None:
         import pyarrow as pa
@@ -313,6 +350,58 @@ class BatchBuilder:
         self.quarantine.close()
         self.rejected.close()
         self.index.close()
+        self.spill.close()
+
+
+class _Spill:
+    """Accepted rows in scratch files, one per contributor partition (Arrow IPC, uncompressed)."""
+
+    def __init__(self, scratch: Path, partitions: int, columns: tuple[Column, ...]) -> None:
+        import pyarrow as pa
+
+        self.partitions = partitions
+        self.schema = arrow_schema(columns).append(pa.field(ARRIVAL, pa.int64())).append(
+            pa.field(LEAF, pa.binary(32))).append(pa.field(KEY, pa.binary(32)))
+        self.paths = [scratch / f"spill-{p:05d}.arrow" for p in range(partitions)]
+        self.writers: dict[int, Any] = {}
+
+    def add(self, table: Any, contributors: list[str]) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        if self.partitions == 1:
+            self._writer(0).write_table(table)
+            return
+        owner = np.fromiter((partition_of(c, self.partitions) for c in contributors), np.int64, len(contributors))
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(self.partitions + 1))
+        grouped = table.take(pa.array(order))
+        for p in range(self.partitions):
+            if bounds[p + 1] > bounds[p]:
+                self._writer(p).write_table(grouped.slice(bounds[p], bounds[p + 1] - bounds[p]))
+
+    def _writer(self, p: int) -> Any:
+        import pyarrow as pa
+
+        if p not in self.writers:
+            self.writers[p] = pa.ipc.new_file(str(self.paths[p]), self.schema)
+        return self.writers[p]
+
+    def sorted_partitions(self) -> Iterator[Any]:
+        """Each partition's rows sorted by contributor, then arrival, in partition order."""
+        import pyarrow as pa
+
+        self.close()
+        for p in range(self.partitions):
+            if self.paths[p].exists():
+                with pa.memory_map(str(self.paths[p])) as source:
+                    table = pa.ipc.open_file(source).read_all()
+                yield table.sort_by([("contributor", "ascending"), (ARRIVAL, "ascending")])
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
 
 
 # --- reading the staged sources ---------------------------------------------------------------

@@ -72,8 +72,6 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
         builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease)
         config.fault_point("commit.built")
         _check_conserved(builder, dataset.name, files.seq)
-        if not builder.files:
-            builder.write_empty_part()
         tree_bytes, root = treefile.encode(builder.leaves)
         files.write_private(builder.rejected_path)
         artifacts = [
@@ -105,19 +103,23 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
 
 def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path, chunk_records: int,
            lease: Lease) -> BatchBuilder:
-    """Stream every staged record through the builder; the quality gate's thresholds last."""
+    """Stream every staged record through the builder, apply the quality gate's thresholds, then
+    write the parts in leaf order."""
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records)
     pool = worker_pool()
     try:
-        for block in blocks(files, dataset, plan, scratch, pool):
-            lease.renew()
-            builder.add(block)
-        builder.flush()
+        try:
+            for block in blocks(files, dataset, plan, scratch, pool):
+                lease.renew()
+                builder.add(block)
+            builder.flush()
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        builder.quality.check_thresholds()
+        builder.finish()
     finally:
         builder.close_writers()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    builder.quality.check_thresholds()
     return builder
 
 

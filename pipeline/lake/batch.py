@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,34 +275,100 @@ class BatchFiles:
 
     # --- receipts -------------------------------------------------------------------------------
 
-    def write_receipts(self, receipts: Iterable[dict[str, Any]]) -> int:
-        """Write receipts (a stream: held one at a time) in bulk; how many."""
-        option = orjson.OPT_INDENT_2
-        return self.lake.write_all((layout.receipt(self.dataset, self.seq, r["contributor"]), orjson.dumps(r, option=option))
-                                   for r in receipts)
+    @contextmanager
+    def receipts_writer(self) -> Iterator[ReceiptsWriter]:
+        """Write receipts one at a time into one JSON Lines file and its offsets (contributor ->
+        byte range), uploaded together on leaving the block without an error; then
+        `record_receipts` makes them the batch's receipts."""
+        with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-") as tmp:
+            writer = ReceiptsWriter(Path(tmp))
+            with writer:
+                yield writer
+            name = writer.name
+            self.lake.write_file(layout.receipts_file(self.dataset, self.seq, name), writer.path)
+            self.lake.write(layout.receipts_offsets(self.dataset, self.seq, name), writer.offsets())
+
+    def record_receipts(self, count: int, name: str, anchor_block: str | None) -> None:
+        """Written after the receipts file `name`: the batch's receipts are complete, naming the
+        anchor included in block `anchor_block` (a block hash; None before anchoring)."""
+        self.lake.write(layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX.dump(
+            {"dataset": self.dataset, "seq": self.seq, "receipts": count, "file": name}
+            | ({} if anchor_block is None else {"anchor_block_hash": anchor_block})))
+
+    def _receipts_file(self) -> str:
+        index = read_record(self.lake, layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX)
+        if index is None:
+            raise NotFound(f"{self.dataset} batch {self.seq} has no receipts yet")
+        if not layout.RECEIPTS_NAME(index["file"]):
+            raise CheckFailed(f"{layout.receipts_index(self.dataset, self.seq)} names {index['file']!r}, not a receipts file")
+        return str(index["file"])
+
+    def _offsets(self, name: str) -> Any:
+        return read_parquet(self.lake.read(layout.receipts_offsets(self.dataset, self.seq, name)))
 
     def receipt(self, contributor: str) -> receipts.Receipt:
-        key = layout.receipt(self.dataset, self.seq, contributor.lower())
-        try:
-            raw = self.lake.read(key)
-        except NotFound:
-            raise NotFound(f"no receipt for contributor {contributor.lower()} in {self.dataset} "
-                           f"batch {self.seq}") from None
-        return receipts.parse(raw, self.lake.uri(key))
+        name, address = self._receipts_file(), contributor.lower()
+        offsets = self._offsets(name)
+        import pyarrow.compute as pc
+
+        found = offsets.filter(pc.equal(offsets.column("contributor"), address))
+        if found.num_rows == 0:
+            raise NotFound(f"no receipt for contributor {address} in {self.dataset} batch {self.seq}")
+        key = layout.receipts_file(self.dataset, self.seq, name)
+        raw = self.lake.read_range(key, found.column("offset")[0].as_py(), found.column("length")[0].as_py())
+        return receipts.parse(raw, f"{self.lake.uri(key)} ({address})")
 
     def receipt_contributors(self) -> list[str]:
-        found = (layout.receipt_contributor(o.key) for o in self.lake.list(layout.receipts(self.dataset, self.seq)))
-        return sorted(c for c in found if c is not None)
-
-    def record_receipts(self, count: int, anchor_block: str | None) -> None:
-        """Written after every receipt: the batch's receipts are complete, naming the anchor
-        included in block `anchor_block` (a block hash; None before anchoring)."""
-        self.lake.write(layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX.dump(
-            {"dataset": self.dataset, "seq": self.seq, "receipts": count}
-            | ({} if anchor_block is None else {"anchor_block_hash": anchor_block})))
+        return self._offsets(self._receipts_file()).column("contributor").to_pylist()
 
     def receipts_anchor(self) -> str | None:
         """The block hash of the anchor the batch's complete receipts name; None if they are
         incomplete or were written before anchoring."""
         index = read_record(self.lake, layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX)
         return None if index is None else index.get("anchor_block_hash")
+
+
+class ReceiptsWriter:
+    """One batch's receipts as JSON Lines in a local file, with each contributor's byte range.
+    Its `name` is derived from the file's SHA-256, so a rewrite never changes bytes a reader
+    of the earlier index is reading."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "receipts.jsonl"
+        self.contributors: list[str] = []
+        self.starts: list[int] = []
+        self.lengths: list[int] = []
+        self.count = 0
+        self._digest = hashlib.sha256()
+        self._size = 0
+
+    def __enter__(self) -> ReceiptsWriter:
+        self._file = open(self.path, "wb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def __call__(self, contributor: str, receipt: dict[str, Any]) -> None:
+        line = orjson.dumps(receipt) + b"\n"
+        self._file.write(line)
+        self._digest.update(line)
+        self.contributors.append(contributor)
+        self.starts.append(self._size)
+        self.lengths.append(len(line))
+        self._size += len(line)
+        self.count += 1
+
+    @property
+    def name(self) -> str:
+        return "receipts-" + self._digest.hexdigest()[:32]
+
+    def offsets(self) -> bytes:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"contributor": pa.array(self.contributors, pa.string()),
+                          "offset": pa.array(self.starts, pa.int64()), "length": pa.array(self.lengths, pa.int64())})
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        return buf.getvalue()

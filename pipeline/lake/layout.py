@@ -7,6 +7,8 @@ manifest's `files` and `artifacts` entries give them.
 
 from __future__ import annotations
 
+import re
+
 from pipeline.core.manifest import generation_name, plain_name  # noqa: F401  (names of batch files)
 
 # Files inside batches/<dataset>/<seq>/.
@@ -112,19 +114,22 @@ def receipts(dataset: str, seq: int) -> str:
     return f"receipts/{dataset}/{seq_part(seq)}/"
 
 
-def receipt(dataset: str, seq: int, contributor: str) -> str:
-    return f"{receipts(dataset, seq)}{contributor}.json"
-
-
 def receipts_index(dataset: str, seq: int) -> str:
-    """Written after every receipt of the batch: its presence means the receipts are complete."""
+    """Written after the receipts file of the batch: it names the file and means it is complete."""
     return f"{receipts(dataset, seq)}index.json"
 
 
-def receipt_contributor(key: str) -> str | None:
-    """The contributor whose receipt `key` is, or None for the index and other keys."""
-    name = key.rsplit("/", 1)[-1]
-    return name.removesuffix(".json") if name.startswith("0x") and name.endswith(".json") else None
+RECEIPTS_NAME = re.compile(r"receipts-[0-9a-f]{32}").fullmatch
+
+
+def receipts_file(dataset: str, seq: int, name: str) -> str:
+    """Every receipt of the batch, one JSON object a line, in contributor order."""
+    return f"{receipts(dataset, seq)}{name}.jsonl"
+
+
+def receipts_offsets(dataset: str, seq: int, name: str) -> str:
+    """Where each contributor's receipt is in the receipts file `name`: (contributor, offset, length)."""
+    return f"{receipts(dataset, seq)}{name}.offsets.parquet"
 
 
 def state(dataset: str, seq: int) -> str:

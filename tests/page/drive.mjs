@@ -2,7 +2,8 @@
 // person would: load the deployments file they trust, type the RPC URL and dataset name, paste the
 // receipt, press Verify, read the verdict. tests/test_page.py runs it.
 //
-//   node tests/page/drive.mjs CASES.json   prints {"name": {verdict, outcome, checks, fields, errors}, ...}
+//   node tests/page/drive.mjs CASES.json   prints {"name": {verdict, against, summary, outcome, checks, fields,
+//                                                        claim, errors}, ...}
 //
 // CASES.json: {"url": "http://127.0.0.1:PORT/verify.html", "chromium": "/usr/bin/chromium",
 //              "shots": "DIR", "cases": [{"name", "deployment": PATH|null, "fields": {id: value},
@@ -48,6 +49,7 @@ try {
     const shown = await page.evaluate(() => ({
       verdict: document.getElementById("verdict").textContent,
       against: document.getElementById("against").textContent,
+      summary: document.getElementById("receipt-summary").textContent,
       outcome: document.getElementById("result").dataset.outcome,
       deploymentStatus: document.getElementById("deployment-status").textContent,
       checks: [...document.querySelectorAll("#checks li")].map((li) => ({
