@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline.core.jcs import canonical_bytes
+from pipeline.core.leaf import record_object
 from pipeline.core.receipt import parse, verify_rows
-from pipeline.datasets import load
+from pipeline.datasets import Column, load
 from pipeline.errors import FormatError
 from pipeline.ingest import builder
+from pipeline.ingest.builder import arrow_schema
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.storage import open_lake
-from pipeline.receipts import build_receipts
+from pipeline.receipts import build_receipts, json_records, row_items
 
 from conftest import REPO
 
@@ -90,3 +97,35 @@ def test_a_receipt_whose_rows_were_moved_or_relabelled_does_not_fold(tmp_path: P
     assert pq.read_table(tmp_path / "lake" / "batches" / "instructions" / "000000" / "data" / "part-00000.parquet"
                          ).column("contributor").to_pylist() == sorted(f"0x{i:040x}" for i in range(1, 6) for _ in range(
                              sum(1 for r in files.parts() for c in r.column("contributor").to_pylist() if c == f"0x{i:040x}")))
+
+
+COLUMNS = (Column("s", "string"), Column("i", "int64"), Column("f", "float64"), Column("b", "bool"),
+           Column("t", "timestamp"), Column("l", "list<string>"))
+
+
+def _same_records(table: pa.Table, columns: tuple[Column, ...]) -> None:
+    """Receipt rows written column-wise parse to records with the leaf bytes of record_object's."""
+    expected = [record_object(columns, row) for row in table.to_pylist()]
+    assert json_records(table, columns) == expected
+    items = row_items(table, columns).to_pylist()
+    assert all(item.endswith(b"},") for item in items)
+    assert [canonical_bytes(json.loads(item[:-1])["record"]) for item in items] == [canonical_bytes(r) for r in expected]
+
+
+def test_receipt_rows_written_column_wise_are_the_committed_records() -> None:
+    values = {"s": ['a"b\\c\n\x01\x1f é 😀 \u2028', None, ""], "i": [1, -(2**53) + 1, None], "f": [0.1, 1e21, None],
+              "b": [True, False, None], "l": [["x", '"q"\n'], [], None],
+              "t": [datetime(2026, 1, 1, tzinfo=UTC), None, datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)]}
+    table = pa.table(values, schema=arrow_schema(COLUMNS))
+    for part in (table, table.slice(1, 2), table.slice(2, 1)):
+        _same_records(part, COLUMNS)
+    floats = (Column("f", "float64"),)  # values whose shortest text Arrow may not write: orjson then
+    _same_records(pa.table({"f": [0.1 + 0.2, 5e-324, 1.7976931348623157e308, -0.0]}, schema=arrow_schema(floats)), floats)
+
+
+@given(st.lists(st.one_of(st.none(), st.text()), min_size=1, max_size=20),
+       st.lists(st.one_of(st.none(), st.lists(st.text(), max_size=3)), min_size=20, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_any_text_is_written_as_the_json_of_its_record(texts: list[str | None], lists: list[list[str] | None]) -> None:
+    columns = (Column("s", "string"), Column("l", "list<string>"))
+    _same_records(pa.table({"s": texts, "l": lists[:len(texts)]}, schema=arrow_schema(columns)), columns)

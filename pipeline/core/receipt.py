@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import Manifest
 from pipeline.core.merkle import (
@@ -45,10 +47,10 @@ class Receipt:
         return int(self.data["seq"])
 
 
-def build(manifest: Manifest, contributor: str, start: int, records: Sequence[Mapping[str, Any]], proof: Sequence[bytes],
+def build(manifest: Manifest, contributor: str, start: int, end: int, proof: Sequence[bytes],
           anchor: Mapping[str, Any] | None, reward: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The receipt/2 for `contributor`'s rows in the batch of `manifest`: `records` are leaves
-    [start, start + len(records)) and `proof` their range proof; `anchor` is the batch's anchor
+    """The receipt/2 for `contributor`'s rows in the batch of `manifest`, without its rows (see
+    encode): leaves [start, end) and `proof` their range proof; `anchor` is the batch's anchor
     record (or None before anchoring); `reward` the reward part (or None)."""
     return {
         "format": FORMAT,
@@ -59,11 +61,17 @@ def build(manifest: Manifest, contributor: str, start: int, records: Sequence[Ma
         "root": manifest.root,
         "manifest_sha256": manifest.sha256,
         "anchor": None if anchor is None else {k: anchor[k] for k in ANCHOR_FIELDS},
-        "range": {"start": start, "end": start + len(records)},
+        "range": {"start": start, "end": end},
         "proof": [p.hex() for p in proof],
-        "rows": [{"record": record} for record in records],
         "reward": None if reward is None else dict(reward),
     }
+
+
+def encode(receipt: Mapping[str, Any], rows: bytes) -> bytes:
+    """The receipt as one line of JSON, with `rows`: the JSON of its rows `{"record": {...}}`,
+    comma-separated, in leaf order (written column-wise, so spliced in, not re-serialized)."""
+    head = orjson.dumps(receipt)
+    return head[:-1] + b',"rows":[' + rows + b"]}\n"
 
 
 def parse(raw: bytes, source: str) -> Receipt:

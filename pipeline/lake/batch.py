@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pipeline import config
 from pipeline.core import manifest as manifests
 from pipeline.core import receipt as receipts
@@ -349,8 +347,8 @@ class ReceiptsWriter:
     def __exit__(self, *exc: object) -> None:
         self._file.close()
 
-    def __call__(self, contributor: str, receipt: dict[str, Any]) -> None:
-        line = orjson.dumps(receipt) + b"\n"
+    def __call__(self, contributor: str, line: bytes) -> None:
+        """Add the receipt of `contributor`: one line of JSON (see core.receipt.encode)."""
         self._file.write(line)
         self._digest.update(line)
         self.contributors.append(contributor)
