@@ -212,18 +212,22 @@ def cmd_receipt(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_proof(args: argparse.Namespace, out: Output) -> int:
-    from pipeline.receipts import serve_proof
+    from pipeline.receipts import serve_proof, serve_range_proof
 
     files = _committed_batch(args)
     m = files.manifest()
-    proof = serve_proof(files, args.leaf) | {"root": m.root, "manifest_sha256": m.sha256}
+    served = serve_proof(files, args.leaf) if args.leaf is not None else serve_range_proof(files, *args.range)
+    proof = served | {"root": m.root, "manifest_sha256": m.sha256}
     if out.as_json:
         out.result(proof)
-    else:
+        return EXIT_OK
+    if args.leaf is not None:
         out.line(f"leaf {proof['leaf_index']} of {proof['tree_size']} in {args.dataset} batch {args.batch}: {proof['leaf']}")
-        for n, node in enumerate(proof["path"]):
-            out.line(f"  path[{n}] {node}")
-        out.line(f"root {m.root}")
+    else:
+        out.line(f"leaves [{args.range[0]}, {args.range[1]}) of {proof['tree_size']} in {args.dataset} batch {args.batch}")
+    for n, node in enumerate(proof["path" if args.leaf is not None else "proof"]):
+        out.line(f"  {'path' if args.leaf is not None else 'proof'}[{n}] {node}")
+    out.line(f"root {m.root}")
     return EXIT_OK
 
 
@@ -235,6 +239,18 @@ def _root_argument(text: str) -> bytes:
         return bytes.fromhex(hex_text)
     except ValueError:
         raise BadInput("--root is not hex") from None
+
+
+def _receipts_in(name: str) -> list[tuple[str, bytes]]:
+    """(source, bytes) of the receipt in file `name`, or of each line of a JSON Lines file of
+    receipts (`*.jsonl`, as a batch's receipts are published)."""
+    raw = _read(name)
+    if not name.endswith(".jsonl"):
+        return [(name, raw)]
+    found = [(f"{name} line {n}", line) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
+    if not found:
+        raise BadInput(f"{name}: holds no receipts")
+    return found
 
 
 def _read(name: str) -> bytes:
@@ -286,7 +302,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     from pipeline.core.receipt import parse
 
     settings = config.load()
-    parsed = [parse(_read(name), name) for name in args.receipts]
+    parsed = [parse(raw, source) for name in args.receipts for source, raw in _receipts_in(name)]
     if args.root is not None:
         if args.tree_size is None:
             raise BadInput("--root needs --tree-size: a path alone does not bind the size of the tree")
@@ -561,12 +577,15 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("--batch", required=True, type=_seq)
     rc.add_argument("--contributor", required=True, type=_address)
     rc.add_argument("-o", "--output")
-    pf = sub.add_parser("proof", help="one leaf's inclusion proof, served from the stored tree")
+    pf = sub.add_parser("proof", help="a leaf's inclusion proof or a range proof, served from the stored tree")
     pf.add_argument("--dataset", required=True, type=_name)
     pf.add_argument("--batch", required=True, type=_seq)
-    pf.add_argument("--leaf", required=True, type=_seq)
+    which = pf.add_mutually_exclusive_group(required=True)
+    which.add_argument("--leaf", type=_seq, help="the RFC 9162 inclusion path of this leaf")
+    which.add_argument("--range", type=_seq, nargs=2, metavar=("START", "END"),
+                       help="the range proof of leaves [START, END) (SPEC §13.3)")
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
-    v.add_argument("receipts", nargs="+", metavar="RECEIPT")
+    v.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt files (JSON), or a batch's receipts (JSON Lines, .jsonl)")
     v.add_argument("--dataset", type=_name, help="the dataset you are verifying (its id is computed, never read from the receipt)")
     _trust_flags(v)
     v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")

@@ -42,7 +42,7 @@ def test_the_dag_file_imports_no_heavy_library_at_top_level() -> None:
 
 
 def test_airflow_runs_the_dag_end_to_end_and_the_receipts_verify(file_env: dict[str, str], tmp_path: Path) -> None:
-    from conftest import cli
+    from conftest import cli, cli_json
 
     cli(file_env, "up")
     cli(file_env, "contribute", "--dataset", "instructions",
@@ -64,6 +64,6 @@ def test_airflow_runs_the_dag_end_to_end_and_the_receipts_verify(file_env: dict[
     assert run.returncode == 0 and "state=success" in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
     lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
     assert (lake / "batches/instructions/000000/anchor.json").exists()
-    receipts = sorted((lake / "receipts/instructions/000000").glob("0x*.json"))
-    assert len(receipts) == 5
-    assert cli(file_env, "verify", *map(str, receipts), *trust_args(file_env, lake.parent)).returncode == 0
+    receipts = [str(p) for p in (lake / "receipts/instructions/000000").glob("receipts-*.jsonl")]
+    verified = cli_json(file_env, "verify", *receipts, *trust_args(file_env, lake.parent))
+    assert verified["ok"] and len(verified["receipts"]) == 5

@@ -63,6 +63,9 @@ def test_a_batch_commits_anchors_and_its_receipts_verify(lake_env: dict[str, str
     # proof of at most 2·log2(n) hashes.
     assert data["format"] == "anchorlake.receipt/2" and len(data["proof"]) <= 2 * 5
     assert data["range"]["end"] - data["range"]["start"] == len(data["rows"])
+    span = [str(data["range"]["start"]), str(data["range"]["end"])]
+    served = cli_json(lake_env, "proof", "--dataset", "instructions", "--batch", "0", "--range", *span)
+    assert served["proof"] == data["proof"] and served["root"] == batch["root"] and served["tree_size"] == 25
 
     # A receipt claiming another tree size can still fold to the root (a proof alone does not
     # bind the size), so verify checks the size against the anchored one. Here: the first row of
