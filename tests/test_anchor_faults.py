@@ -206,13 +206,14 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     state = cli_json(env, "status", "--dataset", "instructions")["batches"][0]
     assert state["anchored"] and "re-anchored after a reorganisation" in state["anchor_state"]
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
-    receipts = [str(p) for p in (lake / "receipts/instructions/000000").glob("receipts-*.jsonl")]
-    assert cli(env, "verify", *receipts, *trust_args(env, lake.parent)).returncode == 0
+    published = lake / "receipts/instructions/000000"
+    receipts = published / (json.loads((published / "index.json").read_text())["file"] + ".jsonl")
+    assert cli(env, "verify", str(receipts), *trust_args(env, lake.parent)).returncode == 0
     # Every reader names the one current anchor: status and the receipts (rewritten when it moved).
     lost = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
     current = json.loads((lake / "state/instructions/000000/anchor-current.json").read_text())
     assert current["block_hash"] != lost["block_hash"] and state["tx_hash"] == current["tx_hash"]
-    named = {(a["tx_hash"], a["block_number"]) for a in (json.loads(Path(r).read_text())["anchor"] for r in receipts)}
+    named = {(a["tx_hash"], a["block_number"]) for a in (json.loads(line)["anchor"] for line in receipts.open())}
     assert named == {(current["tx_hash"], current["block_number"])}
     # The rewards root went with the reorganisation too: published again and recorded beside the anchor.
     republished = json.loads((lake / "state/instructions/000000/rewards-current.json").read_text())
