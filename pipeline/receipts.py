@@ -5,10 +5,9 @@ parts (in leaf order, so each contributor's rows are one range: SPEC §13.2) and
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from typing import Any
-
-import orjson
 
 from pipeline.core import receipt as receipts
 from pipeline.core.leaf import record_object
@@ -27,11 +26,16 @@ def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
 
 def json_records(table: Any, columns: tuple[Column, ...]) -> list[dict[str, Any]]:
     """The rows of a data part as their JSON records (what record_object gives, column-wise)."""
+    return _committed_text(table, columns).to_pylist()
+
+
+def _committed_text(table: Any, columns: tuple[Column, ...]) -> Any:
+    """The committed columns of a data part, timestamps as their committed text."""
     for c in columns:
         if c.type == "timestamp":
             at = table.schema.get_field_index(c.name)
             table = table.set_column(at, c.name, _timestamp_text(table.column(c.name).combine_chunks()))
-    return table.select([c.name for c in columns]).to_pylist()
+    return table.select([c.name for c in columns])
 
 
 def _timestamp_text(column: Any) -> Any:
@@ -45,63 +49,16 @@ def _timestamp_text(column: Any) -> Any:
     return pa.array(text, pa.string(), mask=column.is_null().to_numpy(zero_copy_only=False))
 
 
-def row_items(table: Any, columns: tuple[Column, ...]) -> Any:
-    """Each row of a data part as the text `{"record":{...}},` (a receipt's row and a comma), as
-    one Arrow array: a contributor's rows are then one slice of its buffer. Built column-wise;
-    a value Arrow cannot write as exact JSON (a float that would not read back the same) sends
-    the part through orjson instead."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def row_lines(table: Any, columns: tuple[Column, ...]) -> list[bytes]:
+    """Each row of a data part as its receipt row, `{"record":{...}}` (JSON, exactly the values
+    record_object gives), written column-wise by polars' JSON Lines writer."""
+    import polars as pl
 
-    pieces: list[Any] = []
-    for n, c in enumerate(sorted(columns, key=lambda c: c.name)):
-        values = _json_values(table.column(c.name).combine_chunks(), c.type)
-        if values is None:
-            return pa.array([orjson.dumps({"record": r}) + b"," for r in json_records(table, columns)], pa.large_binary())
-        pieces += [pa.scalar(("{\"record\":{" if n == 0 else ",") + orjson.dumps(c.name).decode() + ":", pa.large_string()),
-                   values]
-    close, separator = pa.scalar("}},", pa.large_string()), pa.scalar("", pa.large_string())
-    return pc.binary_join_element_wise(*pieces, close, separator).cast(pa.large_binary())
-
-
-def _json_values(column: Any, kind: str) -> Any:
-    """The JSON text of each value of `column` (large_string; `null` for nulls), or None."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if kind == "string":
-        text = _quoted(column)
-    elif kind == "timestamp":
-        text = _quoted(_timestamp_text(column))
-    elif kind == "bool":
-        text = pc.if_else(column, "true", "false")
-    elif kind == "int64":
-        text = pc.cast(column, pa.string())
-    elif kind == "float64":
-        text = pc.cast(column, pa.string())
-        if pc.all(pc.equal(pc.cast(text, pa.float64()), column)).as_py() is False:  # would not read back
-            return None
-    elif kind == "list<string>":
-        items = pc.fill_null(_quoted(column.values), "null")  # `offsets` index `values`, even in a slice
-        joined = pc.binary_join(pa.ListArray.from_arrays(column.offsets, items, mask=pc.is_null(column)), ",")
-        text = pc.binary_join_element_wise("[", joined, "]", "")
-    else:
-        return None
-    return pc.fill_null(text.cast(pa.large_string()), "null")
-
-
-def _quoted(strings: Any) -> Any:
-    """Each string as a JSON string literal: quotes, backslashes and control characters escaped."""
-    import pyarrow.compute as pc
-
-    text = strings
-    for special, escaped in (("\\", "\\\\"), ('"', '\\"')):  # the backslash first
-        if pc.any(pc.match_substring(text, special)).as_py():
-            text = pc.replace_substring(text, special, escaped)
-    if pc.any(pc.match_substring_regex(text, "[\\x00-\\x1f]")).as_py():
-        for code in range(32):
-            text = pc.replace_substring(text, chr(code), f"\\u{code:04x}")
-    return pc.binary_join_element_wise('"', text, '"', "")
+    frame = pl.from_arrow(_committed_text(table, columns))
+    assert isinstance(frame, pl.DataFrame)
+    out = io.BytesIO()
+    frame.select(pl.struct(pl.all()).alias("record")).write_ndjson(out)
+    return out.getvalue().split(b"\n")[:-1]  # a JSON string never holds a raw newline
 
 
 def contributor_ranges(files: BatchFiles, dataset: Dataset) -> Iterator[tuple[str, int, int, bytes]]:
@@ -116,9 +73,7 @@ def contributor_ranges(files: BatchFiles, dataset: Dataset) -> Iterator[tuple[st
     for table in files.parts():
         if table.num_rows == 0:
             continue
-        items = row_items(table, dataset.committed_columns)
-        offsets = np.frombuffer(items.buffers()[1], np.int64, len(items) + 1, items.offset * 8)
-        data = items.buffers()[2]
+        lines = row_lines(table, dataset.committed_columns)
         who = table.column("contributor").combine_chunks()
         changes = np.flatnonzero(pc.not_equal(who[1:], who[:-1]).to_numpy(zero_copy_only=False)) + 1
         for a, b in zip([0, *changes.tolist()], [*changes.tolist(), table.num_rows], strict=True):
@@ -128,12 +83,12 @@ def contributor_ranges(files: BatchFiles, dataset: Dataset) -> Iterator[tuple[st
                     if address < current:
                         raise CheckFailed(f"{files.dataset} batch {files.seq}: leaf {position + a} of {address} "
                                           f"follows {current}: the rows are not ordered by contributor")
-                    yield current, start, position + a, b"".join(held)[:-1]
+                    yield current, start, position + a, b",".join(held)
                 current, start, held = address, position + a, []
-            held.append(data[int(offsets[a]):int(offsets[b])].to_pybytes())
+            held.append(b",".join(lines[a:b]))
         position += table.num_rows
     if current is not None:
-        yield current, start, position, b"".join(held)[:-1]
+        yield current, start, position, b",".join(held)
 
 
 def _reward_parts(files: BatchFiles, rewards_contract: str | None) -> Callable[[str], dict[str, Any] | None]:

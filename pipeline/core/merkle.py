@@ -146,10 +146,10 @@ def range_proof(size: int, start: int, end: int, node: Callable[[int, int], byte
     def walk(lo: int, hi: int) -> None:
         if hi <= start or end <= lo:
             proof.append(node(lo, hi))
-        elif not (start <= lo and hi <= end):
-            k = _split(hi - lo)
-            walk(lo, lo + k)
-            walk(lo + k, hi)
+        elif lo < start or end < hi:
+            k = lo + (1 << ((hi - lo - 1).bit_length() - 1))  # lo + _split(hi - lo), inlined: a hot loop
+            walk(lo, k)
+            walk(k, hi)
 
     walk(0, size)
     return proof
