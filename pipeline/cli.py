@@ -15,11 +15,13 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import config
 from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, FormatError, NotFound, redact, redact_url
+from pipeline.progress import Tick, bar, silent
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 
@@ -49,8 +51,13 @@ class Output:
         self.quiet = quiet
 
     def progress(self, message: str) -> None:
-        if not self.quiet:
+        """A progress line on stderr; none with --quiet or --json."""
+        if not (self.quiet or self.as_json):
             print(f"... {message}", file=sys.stderr, flush=True)
+
+    def meter(self, what: str, unit: str = "rows", total: int | None = None) -> AbstractContextManager[Tick]:
+        """A progress bar for long work (pipeline.progress.Meter); none with --quiet or --json."""
+        return (silent if self.quiet or self.as_json else bar)(what, unit, total)
 
     def line(self, message: str) -> None:
         if not self.as_json:
@@ -95,7 +102,18 @@ def cmd_down(args: argparse.Namespace, out: Output) -> int:
 def cmd_contribute(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
 
-    dropped = stages.contribute(config.load(), args.dataset, [Path(name) for name in args.files], args.sign)
+    settings = config.load()
+    paths = [Path(name) for name in args.files]
+    stages.dataset_for(settings, args.dataset)
+    missing = next((path for path in paths if not path.is_file()), None)
+    if missing is not None:  # before anything is dropped, as stages.contribute checks
+        raise NotFound(f"{missing}: no such file")
+    sizes = [path.stat().st_size for path in paths]
+    dropped: list[dict[str, Any]] = []
+    with out.meter(f"contributing to {args.dataset}", "bytes", sum(sizes)) as tick:
+        for group in _groups(list(zip(paths, sizes, strict=True))):
+            dropped += stages.contribute(settings, args.dataset, [path for path, _ in group], args.sign)
+            tick(sum(size for _, size in group))
     for name, entry in zip(args.files, dropped, strict=True):
         signed = f" (signed by {entry['signer']}, {name}.sig.json beside it)" if args.sign else ""
         out.line(f"contributed {name} -> {entry['uri']}{signed}")
@@ -103,11 +121,30 @@ def cmd_contribute(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+CONTRIBUTE_GROUP_BYTES = 8 << 20  # files dropped per call of stages.contribute, at least (one lake client each)
+
+
+def _groups(files: list[tuple[Path, int]], count: int = 50) -> list[list[tuple[Path, int]]]:
+    """(path, bytes) in order, in at most about `count` groups of similar bytes, each of at least
+    CONTRIBUTE_GROUP_BYTES but the last: each group is one call (one lake client), each group's
+    end a step of the progress bar."""
+    step = max(1, CONTRIBUTE_GROUP_BYTES, sum(size for _, size in files) // count)
+    groups: list[list[tuple[Path, int]]] = [[]]
+    held = 0
+    for path, size in files:
+        if groups[-1] and held >= step:
+            groups.append([])
+            held = 0
+        groups[-1].append((path, size))
+        held += size
+    return groups
+
+
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages
 
     settings = config.load()
-    report = stages.run(settings, args.dataset, out.progress)
+    report = stages.run(settings, args.dataset, out.progress, out.meter)
     for c in report.committed:
         counts = c["counts"]
         out.line(f"committed {args.dataset} batch {c['seq']}: {counts['input']} records, {counts['accepted']} accepted, "
@@ -334,7 +371,9 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
     spec = stages.dataset_for(settings, args.dataset)
     chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "audit")
     out.progress(f"auditing {args.dataset} against chain {chain.chain_id}")
-    sound, problem = verify.audit(stages.lake_for(settings), spec, chain, trust)
+    lake = stages.lake_for(settings)
+    with out.meter(f"auditing {args.dataset}", "rows", verify.committed_rows(lake, spec)) as tick:
+        sound, problem = verify.audit(lake, spec, chain, trust, tick)
     checked = "anchor and rewards root" if trust.distributor else "anchor (rewards not checked: no distributor given)"
     for seq in sound:
         out.line(f"{args.dataset} {seq:06d}  sound: files, manifest chain, rows and root; {checked} on chain")
@@ -378,7 +417,8 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
                                   "but the lake has no manifest for it")
             out.progress(f"verifying batch {seq}")
         try:
-            pulled.append(pull_batch(files, spec, target, check))
+            with out.meter(f"{args.dataset} batch {seq}", "rows", files.manifest().tree_size) as tick:
+                pulled.append(pull_batch(files, spec, target, check, tick))
         except (FormatError, NotFound) as e:  # a committed batch whose files are damaged: what audit finds too
             raise CheckFailed(f"{args.dataset} batch {seq} cannot be pulled: {e}") from None
         out.line(f"pulled {args.dataset} batch {seq}: {pulled[-1]['rows']} rows -> {target}"
@@ -593,12 +633,7 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="every batch: files, manifest chain, rows, anchors and rewards roots on chain")
     au.add_argument("--dataset", required=True, type=_name)
     _trust_flags(au)
-    pl = sub.add_parser("pull", help="download validated Parquet and check it is what was anchored")
-    pl.add_argument("--dataset", required=True, type=_name)
-    pl.add_argument("--batch", type=_seq)
-    pl.add_argument("--dest", required=True)
-    pl.add_argument("--no-verify", action="store_true")
-    _trust_flags(pl)
+    _pull_parser(sub.add_parser("pull", help="download validated Parquet and check it is what was anchored"))
     rw = sub.add_parser("rewards", help="a batch's reward split, or a contributor's statement across batches")
     rw.add_argument("--dataset", required=True, type=_name)
     rw.add_argument("--batch", type=_seq)
@@ -615,6 +650,14 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--contributor", type=_address)
     sub.add_parser("demo", help="up, sample contributions, run, receipt, verify")
     return p
+
+
+def _pull_parser(pl: argparse.ArgumentParser) -> None:
+    pl.add_argument("--dataset", required=True, type=_name)
+    pl.add_argument("--batch", type=_seq)
+    pl.add_argument("--dest", required=True)
+    pl.add_argument("--no-verify", action="store_true")
+    _trust_flags(pl)
 
 
 def _trust_flags(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from pipeline.lake import records as lake_records
 from pipeline.lake import sources
 from pipeline.lake.batch import BatchFiles, committed_seqs
 from pipeline.lake.storage import Lake, open_lake
+from pipeline.progress import Meter, silent
 from pipeline.receipts import build_receipts
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def stage(settings: Settings, dataset: str) -> int | None:
     return stage_sources(lake_for(settings), dataset_for(settings, dataset))
 
 
-def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
+def commit(settings: Settings, dataset: str, seq: int, tick: Callable[[int], None] = lambda _: None) -> dict[str, Any]:
     """Commit staged batch `seq`, sealed. Batch seq - 1, whose rewards ledger and manifest the new
     batch builds on, must carry this pipeline's seal: a lake writer who rewrote it (say, moving a
     contributor's cumulative amount to another) is refused before anything is built."""
@@ -166,7 +167,7 @@ def commit(settings: Settings, dataset: str, seq: int) -> dict[str, Any]:
             raise ConflictError(f"the manifest of {dataset} batch {seq - 1} ({previous.manifest().sha256}) carries no "
                                 f"valid seal of this pipeline's commit; batch {seq} is not built on it")
     m = commit_batch(lake, dataset_for(settings, dataset), seq, lease_ttl=settings.lease_seconds,
-                     seal=lambda digest: seal.mac(key, dataset, seq, digest))
+                     seal=lambda digest: seal.mac(key, dataset, seq, digest), tick=tick)
     return {"seq": m.seq, "root": m.root, "counts": m.data["counts"], "manifest_sha256": m.sha256}
 
 
@@ -340,8 +341,10 @@ def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str],
                 publish_receipts(settings, dataset, s)
 
 
-def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None) -> RunReport:
-    """One batch now, every stage: finish what an earlier run left, then commit what is new."""
+def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None,
+        meter: Meter = silent) -> RunReport:
+    """One batch now, every stage: finish what an earlier run left, then commit what is new.
+    `progress` gets a line as each stage starts; `meter` shows the progress of long stages."""
     dataset_for(settings, dataset)  # an unknown or broken declaration stops the run before anything
     lake = lake_for(settings)
     report = RunReport(dataset)
@@ -356,8 +359,8 @@ def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lamb
         progress(f"{dataset}: no new sources")
         return report
     progress(f"{dataset}: validating and committing batch {staged}")
-    with report.timed("commit"):
-        report.committed.append(commit(settings, dataset, staged))
+    with report.timed("commit"), meter(f"{dataset}: committing batch {staged}", "records") as tick:
+        report.committed.append(commit(settings, dataset, staged, tick))
     settle(settings, dataset, staged, progress, report)
     report.finished.append(staged)
     return report

@@ -5,11 +5,14 @@ CheckFailed; none prints anything.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, LEAF_PREFIX, node_hash
+from pipeline.core.merkle import root as merkle_root
 from pipeline.core.receipt import (
     BATCH_AMOUNT_NOT_CHECKED,
     Receipt,
@@ -18,8 +21,9 @@ from pipeline.core.receipt import (
     verify_reward_proof,
     verify_rows,
 )
-from pipeline.datasets import Dataset, dataset_id
+from pipeline.datasets import Column, Dataset, dataset_id
 from pipeline.errors import AnchorlakeError, BadInput, CheckFailed
+from pipeline.progress import Tick, ignore
 
 if TYPE_CHECKING:  # the lake is imported where a check reads it: offline receipt checks start fast
     from pipeline.lake.batch import BatchFiles
@@ -136,22 +140,25 @@ def _rewarded(receipt: Receipt, chain: Any, trust: TrustAnchors) -> tuple[list[s
                       + batch)
 
 
-def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address: str) -> None:
+def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address: str, tick: Tick = ignore) -> None:
     """A committed batch is what was anchored: every part's SHA-256 against the manifest, every
     leaf and the root recomputed from the rows, root, tree size and manifest hash against
-    BatchAnchor. Raises CheckFailed naming what differs."""
-    from pipeline.core.leaf import leaf_function
-    from pipeline.core.merkle import root as merkle_root
-    from pipeline.receipts import batch_records
+    BatchAnchor. Raises CheckFailed naming what differs. `tick(rows)` as parts are recomputed."""
+    verified_parts(files, dataset, tick)
+    manifest_anchored(files.manifest(), dataset, chain, address)
 
+
+def verified_parts(files: BatchFiles, dataset: Dataset, tick: Tick = ignore) -> list[bytes]:
+    """The bytes of every data part of the committed batch, in leaf order, each checked against
+    the SHA-256 the manifest pins, their leaves and root recomputed (in one worker process per
+    core for a large batch) and found to be the manifest's root and tree size. Raises CheckFailed
+    naming what differs; `tick(rows)` as each part's leaves are recomputed."""
     m = files.manifest()
-    leaf = leaf_function(dataset.committed_columns)
-    leaves = [leaf(r) for r in batch_records(files, dataset)]
-    root = merkle_root(leaves).hex()
-    if (root, len(leaves)) != (m.root, m.tree_size):
-        raise CheckFailed(f"batch {m.seq}: the rows recompute to root {root} over {len(leaves)} leaves, "
+    data, root, leaves = _recomputed(files, dataset, tick)
+    if (root.hex(), leaves) != (m.root, m.tree_size):
+        raise CheckFailed(f"batch {m.seq}: the rows recompute to root {root.hex()} over {leaves} leaves, "
                           f"the manifest says {m.root} over {m.tree_size}")
-    manifest_anchored(m, dataset, chain, address)
+    return data
 
 
 def manifest_anchored(m: Any, dataset: Dataset, chain: Any, address: str) -> None:
@@ -199,8 +206,10 @@ def rewards_statement(files: BatchFiles, dataset: Dataset, chain: Any, trust: Tr
         raise CheckFailed(f"batch {m.seq}: the rewards table's amounts do not add up to the total {m.rewards['total']}")
 
 
-def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple[list[int], str | None]:
-    """Every committed batch in order: (the seqs found sound, the first thing that differs or None)."""
+def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors,
+          tick: Tick = ignore) -> tuple[list[int], str | None]:
+    """Every committed batch in order: (the seqs found sound, the first thing that differs or None).
+    `tick(rows)` as each batch's rows are recomputed."""
     from pipeline.lake.batch import BatchFiles, committed_seqs
 
     sound: list[int] = []
@@ -208,7 +217,7 @@ def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple
     for seq in committed_seqs(lake, dataset.name):
         files = BatchFiles(lake, dataset.name, seq)
         try:
-            _audit_batch(files, dataset, previous, chain, trust)
+            _audit_batch(files, dataset, previous, chain, trust, tick)
         except (CheckFailed, BadInput) as e:
             return sound, str(e)
         previous = files.manifest()
@@ -221,7 +230,19 @@ def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors) -> tuple
     return sound, None
 
 
-def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any, trust: TrustAnchors) -> None:
+def committed_rows(lake: Any, dataset: Dataset) -> int | None:
+    """The rows of every committed batch of `dataset`, as their manifests say (for progress); None
+    if a manifest cannot be read (audit names it)."""
+    from pipeline.lake.batch import BatchFiles, committed_seqs
+
+    try:
+        return sum(BatchFiles(lake, dataset.name, seq).manifest().tree_size for seq in committed_seqs(lake, dataset.name))
+    except (CheckFailed, BadInput):
+        return None
+
+
+def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any, trust: TrustAnchors,
+                 tick: Tick = ignore) -> None:
     """One batch: its manifest and its link to the one before, every file it pins, its stored tree
     and rewards tree, its rows recomputed, its anchor and rewards root on chain."""
     from pipeline.lake import layout
@@ -238,7 +259,7 @@ def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any,
         raise CheckFailed(f"{files.uri(layout.TREE)} does not hold the manifest's root {m.root}")
     if files.rewards_tree().root.hex() != m.rewards["root"]:
         raise CheckFailed(f"{files.uri(layout.REWARDS_TREE)} does not give the manifest's rewards root")
-    batch_against_chain(files, dataset, chain, trust.batch_anchor)
+    batch_against_chain(files, dataset, chain, trust.batch_anchor, tick)
     if trust.distributor is not None:
         rewards_against_chain(files, dataset, chain, trust.distributor)
 
@@ -311,16 +332,292 @@ class AnchorStates:
         return f"anchored in {record['tx_hash']} ({self.chain.head() - int(record['block_number']) + 1} confirmations)"
 
 
-def pull_batch(files: BatchFiles, dataset: Dataset, target: Path, check: tuple[Any, str] | None) -> dict[str, Any]:
+def pull_batch(files: BatchFiles, dataset: Dataset, target: Path, check: tuple[Any, str] | None,
+               tick: Tick = ignore) -> dict[str, Any]:
     """Copy a committed batch's data parts and manifest to `target`, each part checked against
-    the manifest; with `check` = (chain, BatchAnchor address), first `batch_against_chain`."""
+    the manifest; with `check` = (chain, BatchAnchor address), first `batch_against_chain`.
+    `tick(rows)` as parts are verified (or, unverified, copied)."""
+    anchored = None if check is None else (lambda m: manifest_anchored(m, dataset, *check))
+    return pull(files, dataset, target, anchored, tick)
+
+
+def pull(files: BatchFiles, dataset: Dataset, target: Path, anchored: Callable[[Any], None] | None,
+         tick: Tick = ignore) -> dict[str, Any]:
+    """pull_batch with the last check given: `anchored(manifest)` raises CheckFailed unless the
+    manifest is the one the user trusts. With it, the rows are recomputed to the manifest's root
+    (verified_parts), then `anchored` runs, and nothing is written unless both hold; without it
+    (None), each part is only checked against the manifest's SHA-256 as it is copied."""
     from pipeline.lake import layout
 
     m = files.manifest()
-    if check is not None:
-        batch_against_chain(files, dataset, *check)
-    for relative, data in files.part_bytes():
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
-        (target / relative).write_bytes(data)
-    (target / layout.MANIFEST).write_bytes(files.manifest_bytes())
-    return {"seq": m.seq, "rows": m.tree_size, "root": m.root, "verified": check is not None}
+    if anchored is not None:
+        parts = verified_parts(files, dataset, tick)
+        anchored(m)
+        for entry, data in zip(m.data["files"], parts, strict=True):
+            _write(target / entry["path"], data)
+    else:
+        for entry in m.data["files"]:
+            _write(target / entry["path"], files.read(entry["path"]))
+            tick(int(entry.get("rows", 0)))
+    _write(target / layout.MANIFEST, files.manifest_bytes())
+    return {"seq": m.seq, "rows": m.tree_size, "root": m.root, "verified": anchored is not None}
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+# --- recomputing a batch's leaves, one worker per core ------------------------------------------
+# The parent reads each part (one read, checked against the manifest: an S3 client is not shared
+# with forked children) and hands its bytes to a worker, which decodes it and builds its JSON
+# records and leaf hashes column-wise, then the roots of the aligned subtrees its rows cover; the
+# parent folds those into the root.
+
+PARALLEL_FROM_ROWS = 1 << 16  # below this many rows, worker processes cost more than they save
+
+
+@dataclass(frozen=True)
+class PartLeaves:
+    """One data part's leaves: `rows`, their hashes (32 bytes each, in leaf order), and, when the
+    part's first leaf `start` was known, the (size, root) of the aligned subtrees covering
+    [start, start + rows), left to right."""
+
+    start: int | None
+    rows: int
+    leaves: bytes
+    subtrees: tuple[tuple[int, bytes], ...]
+
+
+def part_leaves(data: bytes, columns: tuple[Column, ...], start: int | None) -> PartLeaves:
+    """The leaves of a data part's bytes (a Parquet file) whose first leaf is `start` (None: unknown)."""
+    from pipeline.lake.batch import read_parquet
+
+    table = read_parquet(data)
+    leaves = _column_wise_leaves(table, columns)
+    if leaves is None:  # floats, lists or an unexpected Arrow type: the row-by-row rule
+        from pipeline.core.leaf import leaf_function, record_object
+
+        leaf = leaf_function(columns)
+        leaves = [leaf(record_object(columns, row)) for row in table.to_pylist()]
+    return PartLeaves(start, table.num_rows, b"".join(leaves), () if start is None else _subtrees(leaves, start))
+
+
+def _recomputed(files: BatchFiles, dataset: Dataset, tick: Tick) -> tuple[list[bytes], bytes, int]:
+    """(every part's bytes, the root their rows recompute to, the number of leaves)."""
+    entries = files.manifest().data["files"]
+    starts = _starts(entries)
+    columns = dataset.committed_columns
+    pool = _pool(files.manifest().tree_size, len(entries))
+    data: list[bytes] = []
+    pending: list[Any] = []
+    try:
+        for entry, start in zip(entries, starts, strict=True):
+            data.append(files.read(entry["path"]))
+            pending.append(pool.submit(part_leaves, data[-1], columns, start) if pool
+                           else part_leaves(data[-1], columns, start))
+        parts = []
+        for item in pending:
+            parts.append(item.result() if pool else item)
+            tick(parts[-1].rows)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return data, _root(parts), sum(p.rows for p in parts)
+
+
+def _starts(entries: list[dict[str, Any]]) -> list[int | None]:
+    """Each part's first leaf, as the manifest's row counts give it (None where it gives none)."""
+    if not all(isinstance(e.get("rows"), int) for e in entries):
+        return [None] * len(entries)
+    starts: list[int | None] = []
+    at = 0
+    for e in entries:
+        starts.append(at)
+        at += e["rows"]
+    return starts
+
+
+def _pool(rows: int, parts: int) -> Any:
+    """One forked worker per core (at most one per part); None for one core or a small batch."""
+    cores = _cores()
+    if cores < 2 or parts < 2 or rows < PARALLEL_FROM_ROWS:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy  # noqa: F401  imported once, before the fork, rather than in every worker
+    import orjson  # noqa: F401
+    import pyarrow.compute  # noqa: F401
+    import pyarrow.dataset  # noqa: F401  what pq.read_table imports on first use (with pandas: 0.5 s)
+    import pyarrow.parquet  # noqa: F401
+
+    return ProcessPoolExecutor(max_workers=min(cores, parts), mp_context=multiprocessing.get_context("fork"))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _root(parts: list[PartLeaves]) -> bytes:
+    """The root over every part's leaves: their subtrees folded when the parts are contiguous as
+    the manifest said (each starting where the one before ended), else the leaves themselves."""
+    at = 0
+    for p in parts:
+        if p.start != at:
+            return merkle_root([h for q in parts for h in _split_leaves(q.leaves)])
+        at += p.rows
+    stack: list[tuple[int, bytes]] = []  # the compact range of [0, at): sizes strictly decreasing
+    for p in parts:
+        for size, hashed in p.subtrees:
+            stack.append((size, hashed))
+            while len(stack) > 1 and stack[-2][0] == stack[-1][0]:
+                (half, left), (_, right) = stack[-2], stack[-1]
+                stack[-2:] = [(2 * half, node_hash(left, right))]
+    if not stack:
+        return EMPTY_ROOT
+    root = stack[-1][1]
+    for _, left in reversed(stack[:-1]):  # RFC 9162: the largest power-of-two subtree, then the rest
+        root = node_hash(left, root)
+    return root
+
+
+def _subtrees(leaves: list[bytes], start: int) -> tuple[tuple[int, bytes], ...]:
+    """(size, root) of the largest aligned power-of-two subtrees covering leaves [start, start +
+    len(leaves)), left to right: what an RFC 9162 tree over any range holding them is built from."""
+    found = []
+    at, n = 0, len(leaves)
+    while at < n:
+        position = start + at
+        size = position & -position if position else 1 << n.bit_length()
+        while size > n - at:
+            size >>= 1
+        found.append((size, merkle_root(leaves[at:at + size])))
+        at += size
+    return tuple(found)
+
+
+def _split_leaves(blob: bytes) -> list[bytes]:
+    return [blob[i:i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+
+
+# --- leaf bytes, column-wise --------------------------------------------------------------------
+# A leaf is SHA-256(0x00 || the record's JSON, keys sorted, as orjson writes it: see
+# core.leaf.leaf_function). For string, int64, bool and timestamp columns Arrow builds that text
+# for a whole part at once; values are escaped exactly as orjson escapes them.
+
+_YEAR_1, _YEAR_10000 = -62135596800 * 10**6, 253402300800 * 10**6  # microseconds since 1970
+TEXT_BYTES = 1 << 30  # at most this much leaf text at once: an Arrow string array holds < 2 GiB
+
+
+def _column_wise_leaves(table: Any, columns: tuple[Column, ...]) -> list[bytes] | None:
+    """The leaf hashes of every row of `table`, column-wise, in slices whose text cannot reach
+    TEXT_BYTES (escaping makes a byte at most 6); None if a column cannot be done column-wise."""
+    worst = 6 * table.nbytes + 64 * table.num_rows * max(1, table.num_columns)
+    step = max(1, -(-table.num_rows // (1 + worst // TEXT_BYTES)))
+    leaves: list[bytes] = []
+    for first in range(0, table.num_rows, step):
+        texts = leaf_texts(table.slice(first, step), columns)
+        if texts is None:
+            return None
+        leaves += _hash_each(texts)
+    return leaves
+
+
+def leaf_texts(table: Any, columns: tuple[Column, ...]) -> Any:
+    """LEAF_PREFIX + the JSON record of every row of `table`, as one Arrow string array; None when
+    a column is missing, a float or a list, or not of the Arrow type a commit writes."""
+    import orjson
+    import pyarrow.compute as pc
+
+    types = {c.name: c.type for c in columns}
+    if any(name not in table.column_names for name in types):
+        return None
+    pieces: list[Any] = []
+    literal = LEAF_PREFIX.decode() + "{"
+    for i, name in enumerate(orjson.loads(orjson.dumps(dict.fromkeys(types), option=orjson.OPT_SORT_KEYS))):
+        value = _value_text(table.column(name), types[name])
+        if value is None:
+            return None
+        opening, text, closing = value
+        pieces += [f"{literal}{',' if i else ''}{orjson.dumps(name).decode()}:{opening}", text]
+        literal = closing
+    return pc.binary_join_element_wise(*pieces, literal + "}", "")
+
+
+def _value_text(column: Any, column_type: str) -> tuple[str, Any, str] | None:
+    """(opening, JSON text of each value, closing) of a column; the quotes of a column without
+    nulls are left to the literals around it (one Arrow pass fewer). None: not column-wise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if column_type == "string" and kind == pa.string():
+        text, quote = _escaped(column), ('"', '"')
+    elif column_type == "timestamp" and kind == pa.timestamp("us", tz="UTC") and _common_era(column):
+        naive = pc.cast(pc.cast(column, pa.timestamp("us")), pa.string())  # YYYY-MM-DD HH:MM:SS.ffffff
+        text, quote = pc.replace_substring(naive, " ", "T", max_replacements=1), ('"', 'Z"')
+    elif column_type == "int64" and kind == pa.int64():
+        return "", pc.cast(column, pa.string()).fill_null("null"), ""
+    elif column_type == "bool" and kind == pa.bool_():
+        return "", pc.if_else(column, "true", "false").fill_null("null"), ""
+    else:
+        return None
+    if column.null_count == 0:
+        return quote[0], text, quote[1]
+    return "", pc.binary_join_element_wise(quote[0], text, quote[1], "").fill_null("null"), ""
+
+
+def _escaped(column: Any) -> Any:
+    """String values escaped as orjson escapes them inside quotes: backslash, quote, and every
+    control character below 0x20 (each replaced by orjson's own spelling of it)."""
+    import orjson
+    import pyarrow.compute as pc
+
+    if not _may_need_escapes(column):
+        return column
+    column = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
+    for code in range(0x20):
+        if pc.any(pc.match_substring(column, chr(code))).as_py():
+            column = pc.replace_substring(column, chr(code), orjson.dumps(chr(code)).decode()[1:-1])
+    return column
+
+
+def _may_need_escapes(column: Any) -> bool:
+    """Whether the bytes behind a string column hold a control character, a quote or a backslash
+    (a scan of its data buffers: bytes outside the values can only make it say True)."""
+    import numpy as np
+
+    for chunk in column.chunks:
+        values = chunk.buffers()[2]
+        if values is not None and values.size:
+            octets = np.frombuffer(values, dtype=np.uint8)
+            if octets.min() < 0x20 or (octets == ord('"')).any() or (octets == ord("\\")).any():
+                return True
+    return False
+
+
+def _common_era(column: Any) -> bool:
+    """Every timestamp is in years 1..9999 (what the row-by-row rule can write)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bounds = pc.min_max(pc.cast(column, pa.int64())).as_py()
+    return bounds["min"] is None or (_YEAR_1 <= bounds["min"] and bounds["max"] < _YEAR_10000)
+
+
+def _hash_each(texts: Any) -> list[bytes]:
+    """SHA-256 of each value of an Arrow string array."""
+    import hashlib
+    from itertools import pairwise
+
+    import numpy as np
+    import pyarrow as pa
+
+    array = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    if len(array) == 0:
+        return []
+    _, offsets, values = array.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1, offset=array.offset * 4).tolist()
+    view, sha256 = memoryview(values), hashlib.sha256
+    return [sha256(view[a:b]).digest() for a, b in pairwise(bounds)]

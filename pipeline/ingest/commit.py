@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CHUNK_RECORDS,
-                 lease_ttl: float = 120.0, seal: Callable[[str], str] | None = None) -> manifests.Manifest:
+                 lease_ttl: float = 120.0, seal: Callable[[str], str] | None = None,
+                 tick: Callable[[int], None] = lambda _: None) -> manifests.Manifest:
     """Validate, dedupe and commit staged batch `seq`; return its manifest. `seal(manifest
-    sha256)` gives the MAC of the commit seal written just before the manifest (see core.seal).
+    sha256)` gives the MAC of the commit seal written just before the manifest (see core.seal);
+    `tick(n)` is told of every n records read (progress).
 
     Requires a staged plan for `seq` (see ingest.stage). Re-running after the commit returns
     the committed manifest unchanged. Raises BatchRejected (nothing committed) if the suite
@@ -55,7 +57,7 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
     lease = Lease(lake, dataset.name, seq, lease_ttl).acquire()
     try:
         if not files.committed():  # another writer may have committed while we waited for the lease
-            _commit_leased(files, dataset, *staged, chunk_records, lease, seal)
+            _commit_leased(files, dataset, *staged, chunk_records, lease, seal, tick)
     except BatchRejected as e:  # refused as a whole: recorded, so it does not block the batches after it
         staging.fail_plan(lake, dataset.name, seq, str(e))
         raise
@@ -65,11 +67,12 @@ def commit_batch(lake: Lake, dataset: Dataset, seq: int, chunk_records: int = CH
 
 
 def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skipped: list[SkippedSource],
-                   chunk_records: int, lease: Lease, seal: Callable[[str], str] | None) -> None:
+                   chunk_records: int, lease: Lease, seal: Callable[[str], str] | None,
+                   tick: Callable[[int], None]) -> None:
     files.generation = lease.generation
     files.fence = lambda: lease.fence(files.committed)
     with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
-        builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease)
+        builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease, tick)
         config.fault_point("commit.built")
         _check_conserved(builder, dataset.name, files.seq)
         tree_bytes, root = treefile.encode(builder.leaves)
@@ -102,7 +105,7 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
 
 
 def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path, chunk_records: int,
-           lease: Lease) -> BatchBuilder:
+           lease: Lease, tick: Callable[[int], None]) -> BatchBuilder:
     """Stream every staged record through the builder, apply the quality gate's thresholds, then
     write the parts in leaf order."""
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records)
@@ -112,6 +115,7 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
             for block in blocks(files, dataset, plan, scratch, pool):
                 lease.renew()
                 builder.add(block)
+                tick(len(block))
             builder.flush()
         finally:
             if pool is not None:
