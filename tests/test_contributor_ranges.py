@@ -19,7 +19,7 @@ from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
 from pipeline.core.receipt import parse, verify_rows
 from pipeline.datasets import Column, load
-from pipeline.errors import FormatError
+from pipeline.errors import CheckFailed, FormatError
 from pipeline.ingest import builder
 from pipeline.ingest.builder import arrow_schema
 from pipeline.ingest.commit import commit_batch
@@ -128,3 +128,19 @@ def test_receipt_rows_written_column_wise_are_the_committed_records() -> None:
 def test_any_text_is_written_as_the_json_of_its_record(texts: list[str | None], lists: list[list[str] | None]) -> None:
     columns = (Column("s", "string"), Column("l", "list<string>"))
     _same_records(pa.table({"s": texts, "l": lists[:len(texts)]}, schema=arrow_schema(columns)), columns)
+
+
+def test_offsets_pointing_at_another_contributors_receipt_are_refused(tmp_path: Path) -> None:
+    """The offsets file is in the lake: a writer who swaps two contributors' byte ranges makes
+    `receipt` refuse, never hand one contributor another's receipt."""
+    rng = random.Random(8)
+    _contribute(tmp_path / "lake" / "incoming" / "instructions", 1, 20, [f"0x{i:040x}" for i in (1, 2)], rng)
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    commit_batch(lake, dataset, stage_sources(lake, dataset))  # type: ignore[arg-type]
+    files = BatchFiles(lake, "instructions", 0)
+    build_receipts(files, dataset)
+    offsets = next((tmp_path / "lake" / "receipts" / "instructions" / "000000").glob("*.offsets.parquet"))
+    table = pq.read_table(offsets)
+    pq.write_table(table.set_column(0, "contributor", pa.array(table.column("contributor").to_pylist()[::-1])), offsets)
+    with pytest.raises(CheckFailed, match="the offsets point at the receipt of"):
+        files.receipt(f"0x{1:040x}")

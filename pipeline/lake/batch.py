@@ -314,7 +314,10 @@ class BatchFiles:
             raise NotFound(f"no receipt for contributor {address} in {self.dataset} batch {self.seq}")
         key = layout.receipts_file(self.dataset, self.seq, name)
         raw = self.lake.read_range(key, found.column("offset")[0].as_py(), found.column("length")[0].as_py())
-        return receipts.parse(raw, f"{self.lake.uri(key)} ({address})")
+        receipt = receipts.parse(raw, f"{self.lake.uri(key)} ({address})")
+        if receipt.data["contributor"] != address:  # the offsets are in the lake, which writers can change
+            raise CheckFailed(f"{receipt.source}: the offsets point at the receipt of {receipt.data['contributor']}")
+        return receipt
 
     def receipt_contributors(self) -> list[str]:
         return self._offsets(self._receipts_file()).column("contributor").to_pylist()
