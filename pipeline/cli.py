@@ -151,9 +151,11 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
                  f"{counts['quarantined']} quarantined, {counts['duplicate']} duplicate; root {c['root']}")
     if not report.committed:
         out.line(f"{args.dataset}: no new sources" + (f"; finished batches {report.finished}" if report.finished else ""))
+    for problem in report.unfinished:
+        print(f"FAIL {problem}; see anchorlake audit --dataset {args.dataset}", file=sys.stderr)
     out.result({"dataset": report.dataset, "committed": report.committed, "finished": report.finished,
-                "seconds": report.seconds})
-    return EXIT_OK
+                "seconds": report.seconds, "unfinished": report.unfinished})
+    return EXIT_CHECK if report.unfinished else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:

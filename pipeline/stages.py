@@ -19,7 +19,7 @@ from pipeline.config import Settings
 from pipeline.core import seal
 from pipeline.core.records import DEPLOYMENT
 from pipeline.datasets import Dataset
-from pipeline.errors import BadInput, ConflictError, NotFound, ServiceUnavailable
+from pipeline.errors import BadInput, CheckFailed, ConflictError, NotFound, ServiceUnavailable
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import records as lake_records
@@ -313,6 +313,7 @@ class RunReport:
     committed: list[dict[str, Any]] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, summed over batches
+    unfinished: list[str] = field(default_factory=list)  # batches whose receipts could not be written, and why
 
     @contextmanager
     def timed(self, stage_name: str) -> Iterator[None]:
@@ -338,7 +339,11 @@ def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str],
         if not batch_finished(BatchFiles(lake, dataset, s)):
             progress(f"{dataset}: writing receipts of batch {s}")
             with report.timed("receipts"):
-                publish_receipts(settings, dataset, s)
+                try:
+                    publish_receipts(settings, dataset, s)
+                except CheckFailed as e:  # the batch's files differ from its manifest: later batches go on
+                    log.error("%s batch %d: receipts not written: %s", dataset, s, e)
+                    report.unfinished.append(f"{dataset} batch {s}: receipts not written: {e}")
 
 
 def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
-from pipeline.core.receipt import parse, verify_rows
+from pipeline.core.receipt import Receipt, parse, verify_rows
 from pipeline.datasets import Column, load
 from pipeline.errors import CheckFailed, FormatError
 from pipeline.ingest import builder
@@ -142,5 +142,18 @@ def test_offsets_pointing_at_another_contributors_receipt_are_refused(tmp_path: 
     offsets = next((tmp_path / "lake" / "receipts" / "instructions" / "000000").glob("*.offsets.parquet"))
     table = pq.read_table(offsets)
     pq.write_table(table.set_column(0, "contributor", pa.array(table.column("contributor").to_pylist()[::-1])), offsets)
-    with pytest.raises(CheckFailed, match="the offsets point at the receipt of"):
+    with pytest.raises(CheckFailed, match="the offsets point at a receipt of"):
         files.receipt(f"0x{1:040x}")
+
+
+def test_a_record_nested_too_deep_fails_its_receipt_with_a_line(tmp_path: Path) -> None:
+    nested: object = "x"
+    for _ in range(5000):
+        nested = [nested]
+    receipt = {"format": "anchorlake.receipt/2", "dataset": "d", "seq": 0, "contributor": "0x" + "11" * 20,
+               "tree_size": 1, "root": "00" * 32, "manifest_sha256": "00" * 32, "anchor": None,
+               "range": {"start": 0, "end": 1}, "proof": [], "reward": None,
+               "rows": [{"record": {"contributor": "0x" + "11" * 20, "prompt": nested}}]}
+    # json.loads reads a few hundred levels; canonicalising a record nested deeper than Python's
+    # recursion limit must still end in a failure line, never an internal error.
+    assert verify_rows(Receipt(receipt, "deep.json")) == ["deep.json: a record has no canonical JSON form: RecursionError"]

@@ -611,3 +611,15 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(file_env: 
     proc = subprocess.run(f"{sys.executable} -c \"{script}\" | head -c 10 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
                           shell=True, executable="/bin/bash", capture_output=True, text=True, env=file_env, cwd=REPO)
     assert proc.stdout.strip() == "0" and proc.stderr == "", (proc.stdout, proc.stderr)
+
+
+def test_a_receipts_index_overwritten_with_garbage_never_halts_the_dataset(file_env: dict[str, str], tmp_path: Path) -> None:
+    """A lake writer who puts garbage in a batch's receipts index: the next run writes the receipts
+    again and goes on, and they verify."""
+    committed_flow(file_env, tmp_path)
+    published = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):]) / "receipts" / "instructions" / "000000"
+    (published / "index.json").write_text("garbage")
+    assert cli(file_env, "run", "--dataset", "instructions").returncode == 0
+    index = json.loads((published / "index.json").read_text())
+    receipts = published / f"{index['file']}.jsonl"
+    assert cli_json(file_env, "verify", str(receipts), *trust_args(file_env, tmp_path))["ok"]

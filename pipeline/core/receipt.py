@@ -194,8 +194,8 @@ def verify_rows(receipt: Receipt) -> list[str]:
     try:
         leaves = [leaf_hash(canonical_bytes(row["record"])) for row in data["rows"]]
         calculated = root_from_range(data["tree_size"], start, end, leaves, [bytes.fromhex(p) for p in data["proof"]])
-    except ValueError as e:
-        return [f"{receipt.source}: a record has no canonical JSON form: {e}"]
+    except (ValueError, RecursionError) as e:  # RecursionError: a record nested too deep
+        return [f"{receipt.source}: a record has no canonical JSON form: {type(e).__name__}"]
     except ProofError as e:
         return [f"{receipt.source}: rows [{start}, {end}): {e}"]
     if calculated.hex() != data["root"]:
@@ -211,8 +211,8 @@ def _verify_rows_v1(receipt: Receipt) -> list[str]:
         where = f"{receipt.source}: row {n} (leaf {row['leaf_index']})"
         try:
             leaf = leaf_hash(canonical_bytes(row["record"]))
-        except ValueError as e:
-            failures.append(f"{where}: record has no canonical JSON form: {e}")
+        except (ValueError, RecursionError) as e:
+            failures.append(f"{where}: record has no canonical JSON form: {type(e).__name__}")
             continue
         proof = InclusionProof(row["leaf_index"], size, tuple(bytes.fromhex(p) for p in row["path"]))
         try:

@@ -25,12 +25,14 @@ from pipeline.core import receipt as receipts
 from pipeline.core import records
 from pipeline.core.rewards import RewardsTree
 from pipeline.core.treefile import TreeFile
-from pipeline.errors import AlreadyExists, CheckFailed, NotFound
+from pipeline.errors import AlreadyExists, CheckFailed, FormatError, NotFound
 from pipeline.lake import layout
 from pipeline.lake.records import create_once, read_record
 from pipeline.lake.storage import Lake, hash_file
 
 log = logging.getLogger(__name__)
+
+MAX_RECEIPT_BYTES = 1 << 31  # one receipt's line, at most: the rows of one contributor in one batch
 
 
 def committed_seqs(lake: Lake, dataset: str) -> list[int]:
@@ -302,21 +304,38 @@ class BatchFiles:
         return str(index["file"])
 
     def _offsets(self, name: str) -> Any:
-        return read_parquet(self.lake.read(layout.receipts_offsets(self.dataset, self.seq, name)))
+        """The offsets of receipts file `name`, checked for shape: the lake's writers can change it."""
+        import pyarrow as pa
+
+        key = layout.receipts_offsets(self.dataset, self.seq, name)
+        try:
+            table = read_parquet(self.lake.read(key)).select(["contributor", "offset", "length"])
+            table = table.cast(pa.schema([("contributor", pa.string()), ("offset", pa.int64()), ("length", pa.int64())]))
+        except (pa.ArrowException, KeyError, ValueError) as e:
+            raise CheckFailed(f"{self.lake.uri(key)} is not a receipts offsets file ({type(e).__name__})") from None
+        return table
 
     def receipt(self, contributor: str) -> receipts.Receipt:
-        name, address = self._receipts_file(), contributor.lower()
-        offsets = self._offsets(name)
+        """The receipt of `contributor`, one ranged read of the receipts file; CheckFailed unless it
+        is that contributor's receipt of this batch (the index and offsets are in the lake)."""
         import pyarrow.compute as pc
 
+        name, address = self._receipts_file(), contributor.lower()
+        offsets = self._offsets(name)
         found = offsets.filter(pc.equal(offsets.column("contributor"), address))
         if found.num_rows == 0:
             raise NotFound(f"no receipt for contributor {address} in {self.dataset} batch {self.seq}")
         key = layout.receipts_file(self.dataset, self.seq, name)
-        raw = self.lake.read_range(key, found.column("offset")[0].as_py(), found.column("length")[0].as_py())
-        receipt = receipts.parse(raw, f"{self.lake.uri(key)} ({address})")
-        if receipt.data["contributor"] != address:  # the offsets are in the lake, which writers can change
-            raise CheckFailed(f"{receipt.source}: the offsets point at the receipt of {receipt.data['contributor']}")
+        offset, length = found.column("offset")[0].as_py(), found.column("length")[0].as_py()
+        if offset is None or length is None or offset < 0 or not 0 < length <= MAX_RECEIPT_BYTES:
+            raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}")
+        receipt = receipts.parse(self.lake.read_range(key, offset, length), f"{self.lake.uri(key)} ({address})")
+        m = self.manifest()
+        shown = (receipt.data["contributor"], receipt.dataset, receipt.seq, receipt.data["root"],
+                 receipt.data["tree_size"], receipt.data["manifest_sha256"])
+        if shown != (address, self.dataset, self.seq, m.root, m.tree_size, m.sha256):
+            raise CheckFailed(f"{receipt.source}: the offsets point at a receipt of {shown[0]} in {shown[1]} batch "
+                              f"{shown[2]} (root {shown[3]}), not {address}'s of this batch")
         return receipt
 
     def receipt_contributors(self) -> list[str]:
@@ -325,7 +344,12 @@ class BatchFiles:
     def receipts_anchor(self) -> str | None:
         """The block hash of the anchor the batch's complete receipts name; None if they are
         incomplete or were written before anchoring."""
-        index = read_record(self.lake, layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX)
+        key = layout.receipts_index(self.dataset, self.seq)
+        try:
+            index = read_record(self.lake, key, records.RECEIPTS_INDEX)
+        except FormatError as e:  # unreadable or of an older format: the receipts are written again
+            log.warning("%s: %s; the batch's receipts will be written again", self.lake.uri(key), e)
+            return None
         return None if index is None else index.get("anchor_block_hash")
 
 
