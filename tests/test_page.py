@@ -258,6 +258,14 @@ def forged_words(lake: Lake, case: str, text: str) -> str:
                        start=start, end=end, n=n, n_1=n - 1, p=p, p1=p + 1)
 
 
+def test_the_node_cli_verifies_a_batchs_published_receipts_file(lake: Lake) -> None:
+    published = lake.folder / "lake" / "receipts" / "instructions" / "000000"
+    receipts = published / (json.loads((published / "index.json").read_text())["file"] + ".jsonl")
+    proc = verify_cli(receipts, "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
+    assert proc.returncode == 0 and proc.stdout.count("OK ") == 5 and f"OK {receipts} line 5:" in proc.stdout, proc.stderr
+
+
+
 @pytest.mark.parametrize("case", sorted(FORGED))
 def test_the_node_cli_names_the_failing_part_of_each_forged_receipt(lake: Lake, case: str) -> None:
     part, detail = (forged_words(lake, case, text) for text in FORGED[case])

@@ -62,10 +62,19 @@ function trustFrom(options) {
   return trust;
 }
 
+/** [source, receipt] for the receipt in `path`, or for each line of a batch's receipts (`*.jsonl`). */
+function receiptsIn(path) {
+  const text = read(path);
+  if (!path.endsWith(".jsonl")) return [[path, parseReceipt(text, path)]];
+  const found = text.split("\n").map((line, n) => [`${path} line ${n + 1}`, line]).filter(([, line]) => line.trim());
+  if (found.length === 0) throw new BadInput(`${path}: holds no receipts`);
+  return found.map(([source, line]) => [source, parseReceipt(line, source)]);
+}
+
 async function main() {
   const { options, receipts } = parseArgs(process.argv.slice(2));
   const trust = trustFrom(options);
-  const parsed = receipts.map((path) => [path, parseReceipt(read(path), path)]);
+  const parsed = receipts.flatMap((path) => receiptsIn(path));
   let exit = 0;
   for (const [path, receipt] of parsed) {
     const report = await verifyReceipt(receipt, trust, { words: CLI_WORDS });
