@@ -14,7 +14,7 @@ import hashlib
 import io
 import os
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,14 +299,16 @@ class BatchBuilder:
         self.accepted += len(rows)
         self.spill.add(kept, [chunk.contributor[i] for i in rows])  # type: ignore[misc]
 
-    def finish(self) -> None:
+    def finish(self, renew: Callable[[], None] = lambda: None) -> None:
         """Write the data parts and the index in leaf order: each partition sorted by contributor,
-        then arrival. Requires every block added and flushed."""
+        then arrival; `renew()` before each part (the writer's lease). Requires every block added
+        and flushed."""
         import pyarrow as pa
 
         names = [c.name for c in self.columns]
         for table in self.spill.sorted_partitions():
             for start in range(0, table.num_rows, self.chunk_records):
+                renew()
                 part = table.slice(start, self.chunk_records)
                 entry = self.files_of.write(layout.part(len(self.files)), parquet_bytes(part.select(names)))
                 self.files.append(entry | {"rows": part.num_rows})

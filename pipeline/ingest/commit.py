@@ -121,7 +121,7 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         builder.quality.check_thresholds()
-        builder.finish()
+        builder.finish(lease.renew)
     finally:
         builder.close_writers()
     return builder
