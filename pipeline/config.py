@@ -34,6 +34,11 @@ DEVNET_CONTRIBUTOR_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f
 DEVNET_CHAIN_ID = 31337
 
 
+def cores() -> int:
+    """The cores this process may run on: how many worker processes parallel work starts."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def key_variable(role: str) -> str:
     return f"ANCHORLAKE_{role.upper()}_KEY"
 

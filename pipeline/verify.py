@@ -5,12 +5,12 @@ CheckFailed; none prints anything.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import config
 from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, LEAF_PREFIX, node_hash
 from pipeline.core.merkle import root as merkle_root
 from pipeline.core.receipt import (
@@ -440,7 +440,7 @@ def _starts(entries: list[dict[str, Any]]) -> list[int | None]:
 
 def _pool(rows: int, parts: int) -> Any:
     """One forked worker per core (at most one per part); None for one core or a small batch."""
-    cores = _cores()
+    cores = config.cores()
     if cores < 2 or parts < 2 or rows < PARALLEL_FROM_ROWS:
         return None
     import multiprocessing
@@ -453,10 +453,6 @@ def _pool(rows: int, parts: int) -> Any:
     import pyarrow.parquet  # noqa: F401
 
     return ProcessPoolExecutor(max_workers=min(cores, parts), mp_context=multiprocessing.get_context("fork"))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _root(parts: list[PartLeaves]) -> bytes:
@@ -555,8 +551,9 @@ def _value_text(column: Any, column_type: str) -> tuple[str, Any, str] | None:
     if column_type == "string" and kind == pa.string():
         text, quote = _escaped(column), ('"', '"')
     elif column_type == "timestamp" and kind == pa.timestamp("us", tz="UTC") and _common_era(column):
-        naive = pc.cast(pc.cast(column, pa.timestamp("us")), pa.string())  # YYYY-MM-DD HH:MM:SS.ffffff
-        text, quote = pc.replace_substring(naive, " ", "T", max_replacements=1), ('"', 'Z"')
+        from pipeline.receipts import timestamp_texts
+
+        text, quote = timestamp_texts(column.combine_chunks()), ('"', '"')
     elif column_type == "int64" and kind == pa.int64():
         return "", pc.cast(column, pa.string()).fill_null("null"), ""
     elif column_type == "bool" and kind == pa.bool_():

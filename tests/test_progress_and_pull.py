@@ -135,7 +135,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pull(lake: Path, target: Path, workers: int, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setattr(verify, "_cores", lambda: workers)
+    monkeypatch.setattr(verify.config, "cores", lambda: workers)
     monkeypatch.setattr(verify, "PARALLEL_FROM_ROWS", 0)
     files = BatchFiles(open_lake(lake.as_uri()), "instructions", 0)
     ticks: list[int] = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import config
 from pipeline.core.signature import holds as signature_holds
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.dedupe import PriorKeys
@@ -435,7 +435,7 @@ def _resolve(item: Block | Future[Block]) -> Block:
 
 def worker_pool() -> Executor | None:
     """Worker processes for parsing and hashing, one per core; None on a single core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = config.cores()
     if cores < 2:
         return None
     import multiprocessing
