@@ -16,6 +16,7 @@ from pipeline.core.rewards import RewardsTree
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed, NotFound
 from pipeline.lake.batch import BatchFiles
+from pipeline.lake.columnar import timestamp_texts
 
 
 def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
@@ -36,18 +37,6 @@ def _committed_text(table: Any, columns: tuple[Column, ...]) -> Any:
             at = table.schema.get_field_index(c.name)
             table = table.set_column(at, c.name, timestamp_texts(table.column(c.name).combine_chunks()))
     return table.select([c.name for c in columns])
-
-
-def timestamp_texts(column: Any) -> Any:
-    """core.leaf.timestamp_text of each value of an Arrow UTC microsecond timestamp array, as an Arrow
-    string array (nulls kept), column-wise: numpy formats it several times faster than Arrow's
-    strftime. Requires years 1..9999."""
-    import numpy as np
-    import pyarrow as pa
-
-    micros = column.cast(pa.int64()).fill_null(0).to_numpy().astype("datetime64[us]")
-    text = np.char.add(np.datetime_as_string(micros, unit="us"), "Z")
-    return pa.array(text, pa.string(), mask=column.is_null().to_numpy(zero_copy_only=False))
 
 
 def row_lines(table: Any, columns: tuple[Column, ...]) -> list[bytes]:

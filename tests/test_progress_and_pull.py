@@ -25,6 +25,7 @@ from pipeline.datasets import Column, load
 from pipeline.errors import CheckFailed
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
+from pipeline.lake import columnar
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.storage import open_lake
 from pipeline.progress import Bar
@@ -223,7 +224,7 @@ def _by_rows(table: pa.Table, columns: tuple[Column, ...]) -> bytes:
 @given(st.lists(rows, max_size=12))
 def test_column_wise_leaves_are_the_row_by_row_leaves(values: list[dict]) -> None:
     table = _table(values)
-    assert verify.leaf_texts(table, COLUMNS) is not None
+    assert columnar.leaf_texts(table, COLUMNS) is not None
     assert verify.part_leaves(_parquet(table), COLUMNS, 0).leaves == _by_rows(table, COLUMNS)
 
 
@@ -231,12 +232,12 @@ def test_floats_lists_and_other_arrow_types_take_the_row_by_row_rule() -> None:
     columns = (Column("score", "float64"), Column("tags", "list<string>"), Column("text", "string"))
     table = _table([{"score": 0.1, "tags": ["a", '"b"'], "text": "x"}, {"score": None, "tags": None, "text": None}],
                    columns)
-    assert verify.leaf_texts(table, columns) is None
+    assert columnar.leaf_texts(table, columns) is None
     assert verify.part_leaves(_parquet(table), columns, None).leaves == _by_rows(table, columns)
     naive = pa.table({"at": pa.array([EPOCH.replace(tzinfo=None) + timedelta(days=3)], pa.timestamp("us"))})
-    assert verify.leaf_texts(naive, (Column("at", "timestamp"),)) is None
+    assert columnar.leaf_texts(naive, (Column("at", "timestamp"),)) is None
     missing = pa.table({"text": ["x"]})
-    assert verify.leaf_texts(missing, (Column("text", "string"), Column("other", "string"))) is None
+    assert columnar.leaf_texts(missing, (Column("text", "string"), Column("other", "string"))) is None
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -310,5 +311,5 @@ def test_contribute_shows_progress_in_bytes_unless_quiet_or_json(
 def test_a_part_whose_text_could_outgrow_an_arrow_array_is_hashed_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     table = _table([{"text": text, "count": n, "ok": n % 2 == 0, "at": EPOCH + timedelta(seconds=n),
                      "contributor": "0x" + "b" * 40, "salt": f"{n:032x}"} for n, text in enumerate(TRICKY * 3)])
-    monkeypatch.setattr(verify, "TEXT_BYTES", 2_000)  # a few rows at a time
+    monkeypatch.setattr(columnar, "TEXT_BYTES", 2_000)  # a few rows at a time
     assert verify.part_leaves(_parquet(table), COLUMNS, None).leaves == _by_rows(table, COLUMNS)
