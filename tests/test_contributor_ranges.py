@@ -21,10 +21,10 @@ from pipeline.core.receipt import Receipt, parse, verify_rows
 from pipeline.datasets import Column, load
 from pipeline.errors import CheckFailed, FormatError
 from pipeline.ingest import builder
-from pipeline.ingest.builder import arrow_schema
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake.batch import BatchFiles
+from pipeline.lake.columnar import arrow_schema
 from pipeline.lake.storage import open_lake
 from pipeline.receipts import build_receipts, json_records, row_lines
 

@@ -27,6 +27,7 @@ from pipeline.ingest.parse import Block, parse_source, source_format
 from pipeline.ingest.quality import QualityReport
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
+from pipeline.lake.columnar import arrow_schema, arrow_table
 from pipeline.lake.sources import Source, open_source
 
 CHUNK_RECORDS = 100_000
@@ -47,40 +48,6 @@ def partition_of(contributor: str, partitions: int) -> int:
 
 
 # --- Arrow and Parquet ------------------------------------------------------------------------
-
-
-def _arrow_type(column_type: str) -> Any:
-    import pyarrow as pa
-
-    return {
-        "string": pa.string(),
-        "int64": pa.int64(),
-        "float64": pa.float64(),
-        "bool": pa.bool_(),
-        "timestamp": pa.timestamp("us", tz="UTC"),
-        "list<string>": pa.list_(pa.string()),
-    }[column_type]
-
-
-def arrow_schema(columns: tuple[Column, ...]) -> Any:
-    import pyarrow as pa
-
-    return pa.schema([pa.field(c.name, _arrow_type(c.type)) for c in columns])
-
-
-def arrow_table(columns: tuple[Column, ...], data: dict[str, list[Any]], rows: list[int] | None = None) -> Any:
-    """Committed values (timestamps in canonical string form) as an Arrow table, optionally
-    only the rows at the given positions."""
-    import pyarrow as pa
-
-    arrays = []
-    for c in columns:
-        values = data[c.name] if rows is None else [data[c.name][i] for i in rows]
-        if c.type == "timestamp":
-            arrays.append(pa.array(values, pa.string()).cast(_arrow_type("timestamp")))
-        else:
-            arrays.append(pa.array(values, _arrow_type(c.type)))
-    return pa.Table.from_arrays(arrays, schema=arrow_schema(columns))
 
 
 def parquet_bytes(table: Any) -> bytes:
@@ -129,19 +96,27 @@ class _Chunk:
     contributor: list[str | None]
     leaf: list[bytes | None]
     key: list[bytes | None]
-    values: dict[str, list[Any]]
+    table: Any  # committed values, a null row where a record was rejected as it was read
 
     @classmethod
-    def of(cls, blocks: list[Block], columns: tuple[Column, ...]) -> _Chunk:
+    def of(cls, blocks: list[Block]) -> _Chunk:
+        import pyarrow as pa
+
         def joined(name: str) -> list[Any]:
             return [x for b in blocks for x in getattr(b, name)]
 
         return cls([b.source for b in blocks for _ in range(len(b))], joined("line"), joined("raw"), joined("reason"),
                    joined("detail"), joined("contributor"), joined("leaf"), joined("key"),
-                   {c.name: [x for b in blocks for x in b.values[c.name]] for c in columns})
+                   pa.concat_tables([b.table for b in blocks]))
 
     def reject(self, i: int, reason: str, detail: str) -> None:
         self.reason[i], self.detail[i] = reason, detail
+
+
+def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterator[tuple[Any, ...]]:
+    """(key values..., aggregate) of each group of `table`'s rows."""
+    grouped = table.group_by(keys, use_threads=False).aggregate([aggregate])
+    return zip(*(grouped.column(name).to_pylist() for name in (*keys, "_".join(aggregate))), strict=True)
 
 
 def _bytes(raw: bytes | str) -> bytes:
@@ -190,11 +165,11 @@ class BatchBuilder:
         blocks, self.pending, self.pending_rows = self.pending, [], 0
         if not blocks:
             return
-        chunk = _Chunk.of(blocks, self.columns)
+        chunk = _Chunk.of(blocks)
         if self.dataset.signed:
             self._check_signers(chunk)
         typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
-        table = arrow_table(self.columns, chunk.values, typed)
+        table = chunk.table.take(typed)
         self._validate(chunk, typed, table)
         duplicate_of: dict[int, str] = {}
         accepted = self._dedupe(chunk, typed, duplicate_of)
@@ -256,22 +231,27 @@ class BatchBuilder:
         return accepted
 
     def _tally(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
+        """Count the chunk's records by kind: overall, per source and per contributor; and the
+        accepted rows' weights per contributor (Arrow group-bys: one pass per chunk, not per row)."""
+        import pyarrow as pa
+
         weights = self._row_weights(table)
-        for j in accepted:
-            who = chunk.contributor[typed[j]]
-            assert who is not None
-            self.weights[who] += 1 if weights is None else weights[j]
-        per_contributor = self.per_contributor
-        for i, reason in enumerate(chunk.reason):
-            kind = "accepted" if reason is None else "duplicate" if reason == "duplicate" else "quarantined"
-            self.counts[kind] += 1
-            self.per_source[chunk.source[i]][kind] += 1
-            who = chunk.contributor[i]
-            if who is not None:
-                counter = per_contributor.get(who)
-                if counter is None:
-                    counter = per_contributor[who] = Counter()
-                counter[kind] += 1
+        if accepted:
+            rows = pa.table({"who": pa.array([chunk.contributor[typed[j]] for j in accepted], pa.string()),
+                             "weight": pa.array([1] * len(accepted) if weights is None
+                                                else [weights[j] for j in accepted], pa.int64())})
+            for who, weight in _grouped(rows, ["who"], ("weight", "sum")):
+                self.weights[who] += weight
+        kinds = pa.table({
+            "kind": pa.array(["accepted" if r is None else "duplicate" if r == "duplicate" else "quarantined"
+                              for r in chunk.reason], pa.string()),
+            "source": pa.array(chunk.source, pa.int64()),
+            "who": pa.array(chunk.contributor, pa.string())})
+        for kind, source, count in _grouped(kinds, ["kind", "source"], ("kind", "count")):
+            self.counts[kind] += count
+            self.per_source[source][kind] += count
+        for kind, who, count in _grouped(kinds.filter(kinds["who"].is_valid()), ["kind", "who"], ("kind", "count")):
+            self.per_contributor.setdefault(who, Counter())[kind] += count
 
     def _row_weights(self, table: Any) -> list[int] | None:
         """Each row's weight as the pipeline measures it (never a value the contributor wrote):

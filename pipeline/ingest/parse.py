@@ -26,6 +26,8 @@ from eth_utils import is_checksum_address
 from pipeline.core.jcs import MAX_SAFE_INTEGER
 from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_text
 from pipeline.datasets import Column, Dataset
+from pipeline.ingest.columns import ColumnTyper, Typed
+from pipeline.lake.columnar import arrow_table
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _UTC_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|\+00:00)")
@@ -58,8 +60,8 @@ class Record:
 class Block:
     """Records of one source in columns: what workers send back, cheap to pickle.
 
-    `values[column]` holds committed values (None where the record was rejected); `leaf` and
-    `key` are set for typed records once sealed.
+    `table` holds the committed values of every record as Arrow (a null row where the record was
+    rejected); `leaf` and `key` are set for typed records once sealed.
     """
 
     source: int
@@ -68,7 +70,7 @@ class Block:
     reason: list[str | None]
     detail: list[str | None]
     contributor: list[str | None]
-    values: dict[str, list[Any]]
+    table: Any
     leaf: list[bytes | None]
     key: list[bytes | None]
 
@@ -76,7 +78,7 @@ class Block:
         return len(self.line)
 
 
-def to_block(source: int, records: list[Record], column_names: tuple[str, ...]) -> Block:
+def to_block(source: int, records: list[Record], columns: tuple[Column, ...]) -> Block:
     return Block(
         source,
         [r.line for r in records],
@@ -84,10 +86,16 @@ def to_block(source: int, records: list[Record], column_names: tuple[str, ...]) 
         [r.reason for r in records],
         [r.detail for r in records],
         [r.contributor for r in records],
-        {name: [r.values[name] if r.values is not None else None for r in records] for name in column_names},
+        _values(records, columns),
         [r.leaf for r in records],
         [r.key for r in records],
     )
+
+
+def _values(records: list[Record], columns: tuple[Column, ...]) -> Any:
+    """The committed values of records as an Arrow table, a null row for each rejected one."""
+    return arrow_table(columns, {c.name: [r.values[c.name] if r.values is not None else None for r in records]
+                                 for c in columns})
 
 
 def source_format(key: str) -> tuple[str | None, bool]:
@@ -232,10 +240,9 @@ class Sealer:
     """Gives typed records their salt, leaf hash and dedupe key (CPU-heavy; runs in workers)."""
 
     def __init__(self, dataset: Dataset) -> None:
-        columns = dataset.committed_columns
-        self.column_names = tuple(c.name for c in columns)
-        self.leaf = leaf_function(columns)
-        self.key = dedupe_key_function(columns, dataset.dedupe_key)
+        self.columns = dataset.committed_columns
+        self.leaf = leaf_function(self.columns)
+        self.key = dedupe_key_function(self.columns, dataset.dedupe_key)
 
     def seal(self, records: list[Record]) -> list[Record]:
         typed = [r for r in records if r.values is not None]
@@ -249,65 +256,237 @@ class Sealer:
         return records
 
 
-_WORKER_STATE: dict[str, tuple[RecordTyper, Sealer]] = {}
+@dataclass
+class _State:
+    """What a worker builds once per dataset."""
+
+    typer: RecordTyper
+    sealer: Sealer
+    columns: ColumnTyper | None  # None when the schema has a type Arrow does not type here
 
 
-def _state(dataset: Dataset) -> tuple[RecordTyper, Sealer]:
+_WORKER_STATE: dict[str, _State] = {}
+
+
+def _state(dataset: Dataset) -> _State:
     state = _WORKER_STATE.get(dataset.name)
-    if state is None or state[0].dataset != dataset:
-        state = _WORKER_STATE[dataset.name] = (RecordTyper(dataset), Sealer(dataset))
+    if state is None or state.typer.dataset != dataset:
+        columns = ColumnTyper(dataset) if ColumnTyper.usable(dataset) else None
+        state = _WORKER_STATE[dataset.name] = _State(RecordTyper(dataset), Sealer(dataset), columns)
     return state
-
-
-def _jsonl_block(dataset: Dataset, index: int, lines: list[tuple[int, bytes, bool]]) -> Block:
-    """Worker: parse, type and seal a block of JSONL lines."""
-    typer, sealer = _state(dataset)
-    records = sealer.seal(list(_jsonl_lines(dataset, typer, index, iter(lines))))
-    return to_block(index, records, sealer.column_names)
 
 
 def _blocks(dataset: Dataset, index: int, records: Iterator[Record]) -> Iterator[Block]:
     """Group records read in this process into sealed blocks."""
-    _, sealer = _state(dataset)
+    sealer = _state(dataset).sealer
     pending: list[Record] = []
     failure: BaseException | None = None
     try:
         for record in records:
             pending.append(record)
             if len(pending) >= BLOCK_LINES:
-                yield to_block(index, sealer.seal(pending), sealer.column_names)
+                yield to_block(index, sealer.seal(pending), sealer.columns)
                 pending = []
     except (OSError, EOFError, zlib.error, _CorruptSource) as e:
         failure = e  # the source breaks off here: keep what was read before it
     if pending:
-        yield to_block(index, sealer.seal(pending), sealer.column_names)
+        yield to_block(index, sealer.seal(pending), sealer.columns)
     if failure is not None:
         raise failure
 
 
-BLOCK_LINES = 20_000
+BLOCK_LINES = 20_000  # records of a CSV or Parquet source per block
 
 
+# --- JSONL: runs of lines, typed column-wise where they can be --------------------------------
 
-def _jsonl_parallel(dataset: Dataset, index: int, body: IO[bytes],
-                    pool: Executor) -> Iterator[tuple[Future[Block], int]]:
-    """Non-blank JSONL lines sent to a process pool in blocks; yields (future, last line number)
-    in order (the caller bounds how many are in flight). Lines read before a read error are sent
-    before it is raised."""
-    block: list[tuple[int, bytes, bool]] = []
-    failure: BaseException | None = None
+RUN_BYTES = 4 << 20  # JSONL bytes a worker types at once
+HEAD_BYTES = 1024  # what is kept of a line over the size limit
+
+
+@dataclass(frozen=True)
+class LineRun:
+    """Lines `first` .. `first + count - 1` of a JSONL source as read: `data` is their bytes, each
+    line ended by a newline but perhaps the last. A line over the size limit is cut to its head,
+    and its number is in `long`."""
+
+    first: int
+    count: int
+    data: bytes
+    long: frozenset[int]
+
+    def lines(self) -> list[tuple[int, bytes, bool]]:
+        """(number, line without its end, over the limit) of each line that is not blank."""
+        found = []
+        for number, line in enumerate(self.data.split(b"\n")[:self.count], self.first):
+            if number in self.long:
+                found.append((number, line, True))
+            elif line.strip():
+                found.append((number, line.rstrip(b"\r"), False))
+        return found
+
+    def blank(self) -> bool:
+        return not self.long and (not self.data or self.data.isspace())
+
+
+def _line_runs(body: IO[bytes], limit: int, max_lines: int, size: int = RUN_BYTES) -> Iterator[LineRun]:
+    """The lines of a JSONL source in runs of about `size` bytes, holding at most `limit` bytes of
+    a line over the limit; _CorruptSource("too_many_rows") after the run that reaches `max_lines`.
+    A UTF-8 byte order mark before the first line is dropped."""
+    run = _RunBuilder(limit, max_lines)
+    tail = b""  # the start of the line being read: at most `limit` bytes
+    head: bytes | None = None  # the head of a line over the limit whose rest is being skipped
+    read = getattr(body, "read1", body.read)  # what one step gives: a corrupt gzip tail loses no more
+    first_read = True
     try:
-        for item in _lines(body, dataset.max_record_bytes, dataset.limits.source_rows):
-            if not item[2] and not item[1].strip():
+        while not run.full and (data := read(size)):
+            if first_read:  # the mark may come in reads of fewer than its three bytes
+                while len(data) < len(_BOM) and (more := read(size)):
+                    data += more
+                data, first_read = data.removeprefix(_BOM), False
+            if head is not None:  # skip to the end of the long line
+                cut = data.find(b"\n")
+                if cut < 0:
+                    continue
+                run.add_long(head)
+                head, data = None, data[cut + 1:]
+            data = tail + data if tail else data
+            cut = data.rfind(b"\n") + 1
+            run.add(data[:cut])
+            tail = data[cut:]
+            if len(tail) > limit:
+                head, tail = tail[:min(HEAD_BYTES, limit + 1)], b""
+            if run.held >= size:
+                yield run.take()
+    except (OSError, EOFError, zlib.error, _CorruptSource):
+        if run.count:  # the source breaks off here: the whole lines before it are kept
+            yield run.take()
+        raise
+    if not run.full:
+        if head is not None:
+            run.add_long(head)
+        elif tail:
+            run.add(tail, ended=False)
+    if run.count:
+        yield run.take()
+    if run.full:
+        raise _CorruptSource(f"more than {max_lines} lines (limits.source_rows)", "too_many_rows")
+
+
+class _RunBuilder:
+    """Gathers whole lines into a LineRun, counting them against the source's line limit."""
+
+    def __init__(self, limit: int, max_lines: int) -> None:
+        self.limit, self.max_lines = limit, max_lines
+        self.read = 0  # lines before this run
+        self.full = False  # a line past max_lines was read
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pieces: list[bytes] = []
+        self.count = self.held = 0
+        self.long: set[int] = set()
+
+    def add(self, lines: bytes, ended: bool = True) -> None:
+        """Whole lines, each ended by a newline (the last not, at the end of the source)."""
+        if not lines:
+            return
+        count = lines.count(b"\n") + (0 if ended else 1)
+        if _has_long_line(lines, self.limit):
+            lines = self._cut_long(lines)
+        room = self.max_lines - self.read - self.count
+        if count > room:  # the source has more lines than it may: keep those it may have
+            self.full = True
+            if room <= 0:
+                return
+            lines, count = b"".join(line + b"\n" for line in lines.split(b"\n")[:room]), room
+        self.pieces.append(lines)
+        self.count += count
+        self.held += len(lines)
+
+    def add_long(self, head: bytes) -> None:
+        if self.read + self.count >= self.max_lines:
+            self.full = True
+            return
+        self.long.add(self.read + self.count + 1)
+        self.add(head + b"\n")
+
+    def _cut_long(self, lines: bytes) -> bytes:
+        parts = lines.split(b"\n")
+        for k, line in enumerate(parts):
+            if len(line) > self.limit:
+                self.long.add(self.read + self.count + k + 1)
+                parts[k] = line[:min(HEAD_BYTES, self.limit + 1)]
+        return b"\n".join(parts)
+
+    def take(self) -> LineRun:
+        run = LineRun(self.read + 1, self.count, b"".join(self.pieces), frozenset(self.long))
+        self.read += self.count
+        self._reset()
+        return run
+
+
+def _has_long_line(data: bytes, limit: int) -> bool:
+    """Whether a line of `data` (whole lines) is over `limit` bytes, without splitting it."""
+    at = 0
+    while len(data) - at > limit + 1:
+        cut = data.rfind(b"\n", at, at + limit + 1)
+        if cut < 0:
+            return True
+        at = cut + 1
+    return False
+
+
+def _jsonl_run(dataset: Dataset, index: int, run: LineRun) -> Block:
+    """Worker: parse, type and seal a run of JSONL lines, column-wise where it can be."""
+    state = _state(dataset)
+    lines = run.lines()
+    typed = state.columns.type(run.data, len(lines)) if state.columns is not None and not run.long else None
+    if typed is None:
+        return to_block(index, state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, iter(lines)))),
+                        state.sealer.columns)
+    doubted = state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, (lines[i] for i in typed.doubtful))))
+    return _merged(index, lines, typed, doubted, state.sealer.columns)
+
+
+def _merged(index: int, lines: list[tuple[int, bytes, bool]], typed: Typed, doubted: list[Record],
+            columns: tuple[Column, ...]) -> Block:
+    """One block of a run's lines: those typed column-wise, and the doubted ones typed row by row."""
+    import numpy as np
+    import pyarrow as pa
+
+    size = len(lines)
+    block = Block(index, [n for n, _, _ in lines], [line for _, line, _ in lines], [None] * size, [None] * size,
+                  [None] * size, typed.table, [None] * size, [None] * size)
+    for i, who, leaf, key in zip(typed.rows, typed.contributor, typed.leaf, typed.key, strict=True):
+        block.contributor[i], block.leaf[i], block.key[i] = who, leaf, key
+    if not doubted:
+        return block
+    for i, r in zip(typed.doubtful, doubted, strict=True):
+        block.reason[i], block.detail[i], block.contributor[i] = r.reason, r.detail, r.contributor
+        block.leaf[i], block.key[i] = r.leaf, r.key
+    table = pa.concat_tables([typed.table, _values(doubted, columns)])
+    block.table = table.take(pa.array(np.argsort(np.array(typed.rows + typed.doubtful)), pa.int64()))
+    return block
+
+
+def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes],
+                pool: Executor | None) -> Iterator[Block | tuple[Future[Block], int]]:
+    """The source's runs of lines, each typed here or sent to the pool; yields blocks, or (future,
+    last line number) in order (the caller bounds how many are in flight). Lines read before a
+    read error are sent before it is raised."""
+    failure: BaseException | None = None
+    runs = _line_runs(body, dataset.max_record_bytes, dataset.limits.source_rows)
+    try:
+        for run in runs:
+            if run.blank():
                 continue
-            block.append(item)
-            if len(block) >= BLOCK_LINES:
-                yield pool.submit(_jsonl_block, dataset, index, block), block[-1][0]
-                block = []
+            if pool is None:
+                yield _jsonl_run(dataset, index, run)
+            else:
+                yield pool.submit(_jsonl_run, dataset, index, run), run.first + run.count - 1
     except (OSError, EOFError, zlib.error, _CorruptSource) as e:
         failure = e  # the source breaks off here: keep what was read before it
-    if block:
-        yield pool.submit(_jsonl_block, dataset, index, block), block[-1][0]
     if failure is not None:
         raise failure
 
@@ -317,12 +496,12 @@ def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes],
     """Yield every record of the source, typed and sealed, in blocks (or futures of blocks when
     a pool parses them). A source that cannot be read at all, or breaks off part-way, ends with
     a quarantined record saying why; records before it are kept."""
-    typer, sealer = _state(dataset)
-    names = sealer.column_names
+    state = _state(dataset)
+    columns = state.sealer.columns
     produced = 0
     last_line = 0
     try:
-        for item in _parse_blocks(dataset, typer, index, key, stream, pool):
+        for item in _parse_blocks(dataset, state.typer, index, key, stream, pool):
             if isinstance(item, Block):
                 produced += len(item)
                 last_line = item.line[-1] if item.line else last_line
@@ -334,9 +513,9 @@ def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes],
     except _SourceBroken as e:
         produced += 1
         yield to_block(index, [Record(index, last_line + 1 if e.reason == "corrupt_compression" else 0, b"",
-                                      reason=e.reason, detail=str(e))], names)
+                                      reason=e.reason, detail=str(e))], columns)
     if produced == 0:
-        yield to_block(index, [Record(index, 0, b"", reason="empty_source", detail=f"{key} holds no records")], names)
+        yield to_block(index, [Record(index, 0, b"", reason="empty_source", detail=f"{key} holds no records")], columns)
 
 
 class _SourceBroken(Exception):
@@ -354,10 +533,10 @@ def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, st
     if fmt != "parquet":  # Parquet is checked against its footer, and read by row groups
         body = _Capped(body, dataset.limits.source_bytes)  # type: ignore[assignment]
     try:
-        if fmt == "jsonl" and pool is not None:
-            yield from _jsonl_parallel(dataset, index, body, pool)
+        if fmt == "jsonl":
+            yield from _jsonl_runs(dataset, index, body, pool)
         else:
-            reader = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[fmt]
+            reader = {"csv": _csv, "parquet": _parquet}[fmt]
             yield from _blocks(dataset, index, reader(dataset, typer, index, body))
     except (OSError, EOFError, zlib.error) as e:
         reason = "corrupt_compression" if compressed else "corrupt_source"
@@ -389,35 +568,20 @@ class _Capped:
         return data
 
     def read(self, size: int = -1) -> bytes:
-        return self._count(self.inner.read(self.limit + 1 - self.read_so_far if size < 0 else size))
+        """Up to the limit, what the source holds; past it, _CorruptSource."""
+        room = self.limit - self.read_so_far
+        return self._count(self.inner.read(1 if room <= 0 else room if size < 0 else min(size, room)))
+
+    def read1(self, size: int = -1) -> bytes:
+        inner = getattr(self.inner, "read1", self.inner.read)
+        room = self.limit - self.read_so_far
+        return self._count(inner(1 if room <= 0 else room if size < 0 else min(size, room)))
 
     def readline(self, size: int = -1) -> bytes:
         return self._count(self.inner.readline(size))
 
     def seekable(self) -> bool:
         return False
-
-
-def _lines(body: IO[bytes], limit: int, max_lines: int) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, line without its end, too_long) with at most `limit` bytes held per line;
-    _CorruptSource("too_many_rows") past `max_lines` lines."""
-    number = 0
-    while True:
-        line = body.readline(limit + 1)
-        if not line:
-            return
-        number += 1
-        if number > max_lines:
-            raise _CorruptSource(f"more than {max_lines} lines (limits.source_rows)", "too_many_rows")
-        if number == 1 and line.startswith(_BOM):
-            line = line[3:]
-        if len(line) > limit and not line.endswith(b"\n"):
-            head = line[:1024]
-            while line and not line.endswith(b"\n"):  # skip the rest of an over-long line
-                line = body.readline(1 << 20)
-            yield number, head, True
-            continue
-        yield number, line.rstrip(b"\r\n"), False
 
 
 def _depth_ok(obj: Any, depth: int = 0) -> bool:
@@ -428,10 +592,6 @@ def _depth_ok(obj: Any, depth: int = 0) -> bool:
     if isinstance(obj, list):
         return all(_depth_ok(v, depth + 1) for v in obj)
     return True
-
-
-def _jsonl(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
-    return _jsonl_lines(dataset, typer, index, _lines(body, dataset.max_record_bytes, dataset.limits.source_rows))
 
 
 def _jsonl_lines(dataset: Dataset, typer: RecordTyper, index: int,

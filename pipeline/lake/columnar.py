@@ -14,6 +14,45 @@ from typing import Any
 from pipeline.core.merkle import LEAF_PREFIX
 from pipeline.datasets import Column
 
+# --- committed values as Arrow ---------------------------------------------------------------
+
+
+def _arrow_type(column_type: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "list<string>": pa.list_(pa.string()),
+    }[column_type]
+
+
+def arrow_schema(columns: tuple[Column, ...]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([pa.field(c.name, _arrow_type(c.type)) for c in columns])
+
+
+def arrow_table(columns: tuple[Column, ...], data: dict[str, list[Any]], rows: list[int] | None = None) -> Any:
+    """Committed values (timestamps in canonical string form) as an Arrow table, optionally
+    only the rows at the given positions."""
+    import pyarrow as pa
+
+    arrays = []
+    for c in columns:
+        values = data[c.name] if rows is None else [data[c.name][i] for i in rows]
+        if c.type == "timestamp":
+            arrays.append(pa.array(values, pa.string()).cast(_arrow_type("timestamp")))
+        else:
+            arrays.append(pa.array(values, _arrow_type(c.type)))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema(columns))
+
+
+# --- leaf text ---------------------------------------------------------------------------------
+
 _YEAR_1, _YEAR_10000 = -62135596800 * 10**6, 253402300800 * 10**6  # microseconds since 1970
 TEXT_BYTES = 1 << 30  # at most this much leaf text at once: an Arrow string array holds < 2 GiB
 
@@ -94,8 +133,9 @@ def _may_need_escapes(column: Any) -> bool:
     """Whether the bytes behind a string column hold a control character, a quote or a backslash
     (a scan of its data buffers: bytes outside the values can only make it say True)."""
     import numpy as np
+    import pyarrow as pa
 
-    for chunk in column.chunks:
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
         values = chunk.buffers()[2]
         if values is not None and values.size:
             octets = np.frombuffer(values, dtype=np.uint8)
@@ -140,3 +180,65 @@ def timestamp_texts(column: Any) -> Any:
     micros = column.cast(pa.int64()).fill_null(0).to_numpy().astype("datetime64[us]")
     text = np.char.add(np.datetime_as_string(micros, unit="us"), "Z")
     return pa.array(text, pa.string(), mask=column.is_null().to_numpy(zero_copy_only=False))
+
+
+# --- dedupe key text ---------------------------------------------------------------------------
+
+_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"  # what str.split() splits an ASCII string on, but the space
+
+
+def key_hashes(table: Any, columns: tuple[Column, ...], key_columns: tuple[str, ...]) -> list[bytes | None] | None:
+    """core.leaf.dedupe_key_function of every row of `table` (committed values), column-wise:
+    None for a row whose text key values are not all ASCII (NFKC and case folding are left to the
+    row-by-row rule), and None for all when a key column is a float or a list."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types = {c.name: c.type for c in columns}
+    ascii_rows = None
+    pieces: list[Any] = []
+    literal = "["
+    for i, name in enumerate(key_columns):
+        column, kind = table.column(name), types[name]
+        if kind == "timestamp":  # committed as text, so normalised as text
+            column, kind = timestamp_texts(column.combine_chunks()), "string"
+        if kind == "string" and column.type == pa.string():
+            plain = pc.string_is_ascii(column).fill_null(True)
+            ascii_rows = plain if ascii_rows is None else pc.and_(ascii_rows, plain)
+            column = _words(pc.ascii_lower(column))
+        elif kind not in ("int64", "bool"):
+            return None
+        value = value_text(column, kind)
+        if value is None:
+            return None
+        opening, text, closing = value
+        pieces += [f"{literal}{',' if i else ''}{opening}", text]
+        literal = closing
+    hashes: list[bytes | None] = list(hash_each(pc.binary_join_element_wise(*pieces, literal + "]", "")))
+    if ascii_rows is not None and not pc.all(ascii_rows).as_py():
+        hashes = [h if plain else None for h, plain in zip(hashes, ascii_rows.to_pylist(), strict=True)]
+    return hashes
+
+
+def _words(column: Any) -> Any:
+    """`" ".join(value.split())` of each ASCII string: every run of whitespace one space, none at
+    either end (Arrow's regular expressions would take ten times as long)."""
+    import pyarrow.compute as pc
+
+    octets = _octets(column)
+    for code in _WHITESPACE:
+        if code.encode() in octets:
+            column = pc.replace_substring(column, code, " ")
+    for _ in range(40):  # each pass halves every run of spaces: 2**40 bytes is more than a column holds
+        if b"  " not in _octets(column):
+            break
+        column = pc.replace_substring(column, "  ", " ")
+    return pc.utf8_trim(column, " ")
+
+
+def _octets(column: Any) -> bytes:
+    """The bytes behind a string column's values (a sliced column: perhaps more around them)."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    return b"".join(c.buffers()[2].to_pybytes() for c in chunks if c.buffers()[2] is not None)

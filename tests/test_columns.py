@@ -1,0 +1,122 @@
+"""The column-wise typing of JSONL runs (ingest.columns) against the row-by-row rule it stands in
+for: on every run, hostile or not, each record gets the same reason, detail, contributor, dedupe
+key and committed values, and its leaf is the leaf of the values committed. And the JSONL reader
+(parse._line_runs) cuts sources into the same lines as reading them line by line would."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.core.leaf import leaf_function, record_object
+from pipeline.datasets import load
+from pipeline.ingest import parse
+from pipeline.ingest.columns import ColumnTyper
+
+from conftest import REPO
+
+pytestmark = pytest.mark.unit
+DATASET = load(REPO / "expectations", "instructions")
+COLUMNS = DATASET.committed_columns
+LEAF = leaf_function(COLUMNS)
+CHECKSUMMED = "0x52908400098527886E0F7030069857D2E4169EE7"  # EIP-55's own example
+ADDRESSES = ["0x" + "ab" * 20, "0x" + "AB" * 20, CHECKSUMMED, CHECKSUMMED.lower(), "0x52908400098527886e0F7030069857D2E4169EE7",
+             "0X" + "ab" * 20, "0x" + "ab" * 19, "ab" * 21, "", None, 5]
+TIMES = ["2026-11-27T10:20:30Z", "2026-11-27T10:20:30.5Z", "2026-11-27T10:20:30.123456Z", "2026-11-27T10:20:30+00:00",
+         "2026-11-27T10:20:30.1234567Z", "2026-11-27T10:20:30+05:30", "2026-11-27T10:20:30", "2026-11-27t10:20:30Z",
+         "2026-11-27 10:20:30Z", "2024-02-29T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T00:00:00Z",
+         "0000-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "9999-12-31T23:00:00-05:00",
+         "2026-11-27T24:00:00Z", "2026-11-27T23:59:60Z", "2026-13-01T00:00:00Z", "２０２６-11-27T10:20:30Z",
+         "2026-11-27", "", 17, None]
+TEXTS = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=24) | st.sampled_from(
+    ["  spaced \t out\n", "\x1c\x1dx\x1e\x1f", "ÉTÉ ß ﬁ", "a\u2028b", "\x00\x01\"\\", "x" * 17])
+VALUES = {
+    "prompt": TEXTS | st.none(), "response": TEXTS | st.none(), "language": st.sampled_from(["en", "fr-CA", "x" * 17]) | TEXTS,
+    "consent": st.booleans() | st.sampled_from([None, 1, "true"]), "created_at": st.sampled_from(TIMES),
+    "contributor": st.sampled_from(ADDRESSES),
+}
+EXTRA = st.sampled_from([{}, {}, {}, {"salt": "00"}, {"mood": "ok"}, {"count": 2**53}])
+records = st.fixed_dictionaries({}, optional=VALUES).flatmap(lambda r: EXTRA.map(lambda e: {**r, **e}))
+RAW_LINES = [b'{"prompt":"a","prompt":"b","contributor":"0x' + b"ab" * 20 + b'"}', b'{"prompt":"\\ud800"}', b"\xff\xfe",
+             b'{"prompt":"a"} {"prompt":"b"}', b'{"prompt":"a"}\r{"prompt":"b"}', b"[1]", b'"x"', b"{", b"   ", b"\x0b",
+             b'{"prompt":"deep","x":' + b"[" * 80 + b"]" * 80 + b"}", b'{"prompt":1e2}', b"\xef\xbb\xbf{}"]
+
+
+def _slow(lines: list[tuple[int, bytes, bool]]) -> parse.Block:
+    state = parse._state(DATASET)
+    return parse.to_block(0, state.sealer.seal(list(parse._jsonl_lines(DATASET, state.typer, 0, iter(lines)))), COLUMNS)
+
+
+def _rows(block: parse.Block) -> list[dict]:
+    return block.table.to_pylist()
+
+
+def _same(lines: list[bytes]) -> bool:
+    """Both rules agree on the run; True if the column-wise rule typed any of it."""
+    run = parse.LineRun(1, len(lines), b"\n".join(lines) + b"\n", frozenset())
+    fast, slow = parse._jsonl_run(DATASET, 0, run), _slow(run.lines())
+    assert (fast.line, fast.raw, fast.reason, fast.detail, fast.contributor, fast.key) == \
+           (slow.line, slow.raw, slow.reason, slow.detail, slow.contributor, slow.key)
+    for got, want, reason, leaf in zip(_rows(fast), _rows(slow), fast.reason, fast.leaf, strict=True):
+        assert {**got, "salt": None} == {**want, "salt": None}
+        assert (leaf is None) == (reason is not None)
+        if leaf is not None:
+            assert leaf == LEAF(record_object(COLUMNS, got))
+    return ColumnTyper(DATASET).type(run.data, len(run.lines())) is not None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(records, min_size=1, max_size=12), raw=st.lists(st.sampled_from(RAW_LINES), max_size=2))
+def test_column_wise_typing_is_the_row_by_row_rule(rows: list[dict], raw: list[bytes]) -> None:
+    _same([orjson.dumps(r) for r in rows] + raw)
+
+
+def test_a_clean_run_is_typed_column_wise_and_agrees() -> None:
+    rows = [{"prompt": f"Question {n}:  what\tis {n}?", "response": "Ünïcode ß and\nlines", "language": "en",
+             "consent": True, "created_at": TIMES[n % 4], "contributor": ADDRESSES[n % 2]} for n in range(50)]
+    assert _same([json.dumps(r).encode() for r in rows])
+
+
+@pytest.mark.parametrize("line", RAW_LINES)
+def test_a_run_arrow_reads_otherwise_goes_row_by_row(line: bytes) -> None:
+    good = orjson.dumps({"prompt": "hello", "response": "x", "language": "en", "consent": True,
+                         "created_at": TIMES[0], "contributor": ADDRESSES[0]})
+    _same([good, line, good])
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.sampled_from([b"{}", b"\n", b"\r\n", b"x" * 7, b"y" * 12, b" ", b"\xef\xbb\xbf"]), max_size=40),
+       size=st.integers(1, 9), limit=st.integers(4, 12), max_lines=st.integers(1, 30))
+def test_line_runs_are_the_lines_read_one_by_one(chunks: list[bytes], size: int, limit: int, max_lines: int) -> None:
+    data = b"".join(chunks)
+    expected, error = _by_line(data, limit, max_lines)
+    got = []
+    try:
+        for run in parse._line_runs(io.BytesIO(data), limit, max_lines, size):
+            assert run.first == len(got) + 1
+            got += [(run.first + k, line, run.first + k in run.long)
+                    for k, line in enumerate(run.data.split(b"\n")[:run.count])]
+    except parse._CorruptSource as e:
+        assert error == e.reason
+    else:
+        assert error is None
+    assert [(n, line.rstrip(b"\r"), long) for n, line, long in got] == expected
+
+
+def _by_line(data: bytes, limit: int, max_lines: int) -> tuple[list[tuple[int, bytes, bool]], str | None]:
+    """Every line after a byte order mark, one at a time: (number, text without its end, or its head
+    if over the limit)."""
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    found = []
+    for number, line in enumerate(lines, 1):
+        if number > max_lines:
+            return found, "too_many_rows"
+        found.append((number, line[:min(parse.HEAD_BYTES, limit + 1)], True) if len(line) > limit else (number, line.rstrip(b"\r"), False))
+    return found, None
