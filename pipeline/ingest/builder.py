@@ -24,7 +24,7 @@ from pipeline.core.signature import holds as signature_holds
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.dedupe import PriorKeys
 from pipeline.ingest.parse import Block, parse_source, source_format
-from pipeline.ingest.quality import QualityReport
+from pipeline.ingest.quality import ChunkResult, QualityReport, check_chunk
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_schema, arrow_table
@@ -32,6 +32,7 @@ from pipeline.lake.sources import Source, open_source
 
 CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
+VALIDATING = 1  # chunks being checked by the quality gate while the next one gathers
 PARTITION_SOURCE_BYTES = 256 << 20  # source bytes per contributor partition: what one sort holds
 MAX_PARTITIONS = 4096
 ARRIVAL, LEAF, KEY = "__arrival", "__leaf", "__key"  # spill-only columns, never committed
@@ -113,6 +114,16 @@ class _Chunk:
         self.reason[i], self.detail[i] = reason, detail
 
 
+@dataclass
+class _Validating:
+    """A chunk whose typed rows the quality gate is checking (a future of it, with a pool)."""
+
+    chunk: _Chunk
+    typed: list[int]
+    table: Any
+    checked: ChunkResult | Future[ChunkResult]
+
+
 def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterator[tuple[Any, ...]]:
     """(key values..., aggregate) of each group of `table`'s rows."""
     grouped = table.group_by(keys, use_threads=False).aggregate([aggregate])
@@ -127,7 +138,7 @@ class BatchBuilder:
     """Accumulates one batch block by block, validating and writing a data part per chunk."""
 
     def __init__(self, files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path,
-                 chunk_records: int = CHUNK_RECORDS) -> None:
+                 chunk_records: int = CHUNK_RECORDS, pool: Executor | None = None) -> None:
         import pyarrow.parquet as pq
 
         self.files_of, self.dataset, self.plan = files, dataset, plan
@@ -135,6 +146,8 @@ class BatchBuilder:
         self.columns = dataset.committed_columns
         self.prior = PriorKeys.load(files.lake, dataset.name, files.seq)
         self.quality = QualityReport(dataset)
+        self.pool = pool
+        self.validating: deque[_Validating] = deque()
         self.seen: dict[bytes, bytes] = {}  # dedupe key -> leaf hash of its accepted row
         self.signed: dict[int, bool] = {}  # plan index -> its signature holds (signed datasets)
         self.accepted = 0
@@ -161,7 +174,10 @@ class BatchBuilder:
             self.flush()
 
     def flush(self) -> None:
-        """Validate, dedupe and write the pending blocks as one chunk."""
+        """Send the pending blocks, as one chunk, to the quality gate: a worker process checks it
+        while the next chunk gathers; chunks are settled in order."""
+        import pyarrow as pa
+
         blocks, self.pending, self.pending_rows = self.pending, [], 0
         if not blocks:
             return
@@ -169,8 +185,26 @@ class BatchBuilder:
         if self.dataset.signed:
             self._check_signers(chunk)
         typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
-        table = chunk.table.take(typed)
-        self._validate(chunk, typed, table)
+        table = chunk.table.take(pa.array(typed, pa.int64()))
+        selected = self.quality.selected(table)
+        checked = (self.pool.submit(check_chunk, self.dataset, selected) if self.pool is not None and typed
+                   else check_chunk(self.dataset, selected))
+        self.validating.append(_Validating(chunk, typed, table, checked))
+        while len(self.validating) > VALIDATING:
+            self._settle(self.validating.popleft())
+
+    def settle(self) -> None:
+        """Flush, and settle every chunk still being checked (before the pool is shut down)."""
+        self.flush()
+        while self.validating:
+            self._settle(self.validating.popleft())
+
+    def _settle(self, done: _Validating) -> None:
+        """Apply a chunk's quality results, dedupe it, count it and write what it accepted and rejected."""
+        chunk, typed, table = done.chunk, done.typed, done.table
+        result = self.quality.add(done.checked.result() if isinstance(done.checked, Future) else done.checked)
+        for position, (why, what) in result.failures.items():
+            chunk.reject(typed[position], why, what)
         duplicate_of: dict[int, str] = {}
         accepted = self._dedupe(chunk, typed, duplicate_of)
         self._tally(chunk, typed, table, accepted)
@@ -197,17 +231,6 @@ class BatchBuilder:
             self.signed[source_index] = bool(source.signer) and signature_holds(
                 self.dataset.name, source.sha256, source.signature, source.signer)
         return self.signed[source_index]
-
-    def _validate(self, chunk: _Chunk, typed: list[int], table: Any) -> None:
-        """Run the suite over the typed rows; rows it rejects take its reason."""
-        if not typed:
-            return
-        wanted = self.quality.columns
-        if wanted is not None and not set(wanted) <= set(table.column_names):
-            wanted = None  # the suite names an unknown column: let GX say which, clearly
-        frame = (table if wanted is None else table.select(wanted)).to_pandas()
-        for position, (why, what) in self.quality.validate(frame).failures.items():
-            chunk.reject(typed[position], why, what)
 
     def _dedupe(self, chunk: _Chunk, typed: list[int], duplicate_of: dict[int, str]) -> list[int]:
         """Positions in `typed` of the rows accepted: not seen in an earlier batch nor earlier in this one."""

@@ -23,7 +23,7 @@ from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed, NotFound
 from pipeline.ingest.builder import CHUNK_RECORDS, BatchBuilder, blocks, parquet_bytes, worker_pool
 from pipeline.ingest.ledger import ledger, rewards_table
-from pipeline.ingest.quality import BatchRejected
+from pipeline.ingest.quality import BatchRejected, checking
 from pipeline.lake import layout
 from pipeline.lake import sources as staging
 from pipeline.lake.batch import BatchFiles
@@ -108,15 +108,16 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
            lease: Lease, tick: Callable[[int], None]) -> BatchBuilder:
     """Stream every staged record through the builder, apply the quality gate's thresholds, then
     write the parts in leaf order."""
-    builder = BatchBuilder(files, dataset, plan, scratch, chunk_records)
+    checking(dataset)  # the quality gate's GX context, built before worker processes fork
     pool = worker_pool()
+    builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
         try:
             for block in blocks(files, dataset, plan, scratch, pool):
                 lease.renew()
                 builder.add(block)
                 tick(len(block))
-            builder.flush()
+            builder.settle()
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)

@@ -89,8 +89,14 @@ class ExpectationTally:
 
 @dataclass
 class ChunkResult:
+    """What validating one chunk found (picklable: a worker process finds it, the batch's report
+    adds it up): the failing rows, each expectation's (rows evaluated, rows unexpected), and the
+    chunk's public GX result and Data Docs page (None for an empty chunk)."""
+
     failures: dict[int, tuple[str, str]]  # row position in the chunk -> (reason, detail)
-    gx_result: Any  # the ExpectationSuiteValidationResult, for Data Docs
+    counts: list[tuple[int, int]]
+    summary: dict[str, Any] | None = None
+    docs: str | None = None
 
 
 # What of a GX result may be published (batches/ is public, SPEC §13.1): counts and shares, never
@@ -161,10 +167,31 @@ class QualityReport:
             names += [n for n in found if n not in names]
         return names
 
+    def selected(self, table: Any) -> Any:
+        """The columns of a chunk's typed rows (Arrow) the suite reads."""
+        wanted = self.columns
+        if wanted is None or not set(wanted) <= set(table.column_names):
+            return table  # the whole table, or a column it lacks: let GX say which, clearly
+        return table.select(wanted)
+
     def validate(self, frame: Any) -> ChunkResult:
-        """Validate one chunk (a pandas DataFrame indexed 0..n-1)."""
+        """Validate one chunk (a pandas DataFrame indexed 0..n-1) and add it to the batch's tally."""
+        return self.add(self.check(frame))
+
+    def add(self, result: ChunkResult) -> ChunkResult:
+        for tally, (evaluated, unexpected) in zip(self.tallies, result.counts, strict=True):
+            tally.evaluated += evaluated
+            tally.unexpected += unexpected
+        if result.summary is not None and result.docs is not None:
+            self.chunks.append(result.summary)
+            self.docs.append(result.docs)
+        return result
+
+    def check(self, frame: Any) -> ChunkResult:
+        """Validate one chunk (a pandas DataFrame indexed 0..n-1), changing nothing of the report."""
+        counts = [(0, 0)] * len(self.tallies)
         if len(frame) == 0:
-            return ChunkResult({}, None)
+            return ChunkResult({}, counts)
         definition, suite = self._validator()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -175,29 +202,28 @@ class QualityReport:
             raise BadInput(f"{self.dataset.suite_path}: Great Expectations ran {len(result.results)} of the suite's "
                            f"{len(self.tallies)} expectations")
         for res in result.results:
-            tally = self.tallies[int(res.expectation_config.meta["anchorlake_position"])]
+            position = int(res.expectation_config.meta["anchorlake_position"])
+            tally = self.tallies[position]
             message = _raised(res.exception_info)
             if message is not None:
                 raise BadInput(f"{self.dataset.suite_path}: expectation {tally.type} "
                                f"on {tally.kwargs.get('column', '?')} cannot run: {message}")
-            tally.evaluated += len(frame)
             if res.success:
+                counts[position] = (len(frame), 0)
                 continue
             indices = (res.result or {}).get("unexpected_index_list")
             if indices is None:
                 raise BatchRejected(f"dataset {self.dataset.name}: {tally.type} failed for the batch as a whole")
-            tally.unexpected += len(indices)
+            counts[position] = (len(frame), len(indices))
             column = tally.kwargs.get("column", "")
             for i in indices:
-                position = int(i["index"] if isinstance(i, dict) else i)
-                failures.setdefault(position, (tally.reason, f"{tally.type} on {column}".strip()))
+                row = int(i["index"] if isinstance(i, dict) else i)
+                failures.setdefault(row, (tally.reason, f"{tally.type} on {column}".strip()))
         for res in result.results:  # validation.json and Data Docs are public: counts only, never values
             if res.result:
                 res.result = {k: v for k, v in res.result.items() if k in PUBLIC_RESULT_KEYS}
-        summary = result.to_json_dict()
-        self.chunks.append(json.loads(json.dumps(summary, default=str)))
-        self.docs.append(_render_docs(result))
-        return ChunkResult(failures, result)
+        summary = json.loads(json.dumps(result.to_json_dict(), default=str))
+        return ChunkResult(failures, counts, summary, _render_docs(result))
 
     def check_thresholds(self) -> None:
         """Refuse the batch if any expectation's failing share is over its declared limit."""
@@ -243,3 +269,24 @@ def _render_docs(result: Any) -> str:
     except Exception as e:  # rendering is a report, never a reason to lose a batch
         log.warning("Data Docs rendering failed: %s", e)
         return f"<html><body><p>Data Docs could not be rendered: {e}</p></body></html>"
+
+
+# --- validating in worker processes --------------------------------------------------------------
+
+_CHECKING: dict[tuple[str, str], QualityReport] = {}  # per dataset and suite: this process's report to check with
+
+
+def checking(dataset: Dataset) -> QualityReport:
+    """This process's report for checking `dataset`'s chunks, its GX context built: made before
+    worker processes are forked, they inherit it rather than each building its own."""
+    key = (dataset.name, dataset.suite_sha256())
+    report = _CHECKING.get(key)
+    if report is None or report.dataset != dataset:
+        report = _CHECKING[key] = QualityReport(dataset)
+        report._validator()
+    return report
+
+
+def check_chunk(dataset: Dataset, table: Any) -> ChunkResult:
+    """Validate one chunk's typed rows (an Arrow table of the columns the suite reads)."""
+    return checking(dataset).check(table.to_pandas())
