@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -752,5 +752,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CHECK
 
 
+def command() -> NoReturn:
+    """The `anchorlake` command: main(), its output flushed, then an immediate exit. The exit skips
+    the C++ libraries' static destructors: Arrow's thread pools, torn down while a thread of theirs
+    still ran, aborted a process now and then after its work was done (exit 134, "terminate called
+    without an active exception"). Nothing of anchorlake's runs at interpreter exit."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    command()

@@ -54,8 +54,7 @@ def read_parquet(data: bytes, columns: Sequence[str] | None = None) -> Any:
     """A Parquet file's bytes as an Arrow table (single-threaded: see pyarrow's exit-time abort)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(data), columns=None if columns is None else list(columns), use_threads=False,
-                         pre_buffer=False)  # pre-buffering reads through a thread pool of its own
+    return pq.read_table(io.BytesIO(data), columns=None if columns is None else list(columns), use_threads=False)
 
 
 @dataclass(frozen=True)
