@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.datasets import Dataset
@@ -11,7 +14,9 @@ from pipeline.ingest.parse import source_extension
 from pipeline.lake import sources as staging
 from pipeline.lake.batch import BatchFiles, committed_seqs
 from pipeline.lake.sources import SkippedSource, Source
-from pipeline.lake.storage import Lake
+from pipeline.lake.storage import Lake, ObjectInfo
+
+STAGE_THREADS = 8  # sources copied to raw/ at once: an object store answers many requests in parallel
 
 
 def next_seq(lake: Lake, dataset: str) -> int:
@@ -47,33 +52,52 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
     first, seen = _ingested(lake, dataset.name)
     seen.update(staging.failed_sources(lake, dataset.name))  # a refused plan's sources are not tried again
     known = staging.staged_versions(lake, dataset.name, range(seq))  # recognised without downloading
-    planned: list[Source] = []
+    planned: list[Future[Source]] = []
     skipped: list[SkippedSource] = []
-    with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch:
-        for obj in staging.incoming(lake, dataset.name):
-            if not obj.regular:  # a link or special file: recorded, never read
+    with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch, ThreadPoolExecutor(STAGE_THREADS) as pool:
+        for obj, copy in _read_ahead(pool, lake, staging.incoming(lake, dataset.name), known, Path(scratch)):
+            if copy is None:  # a link or special file: recorded, never read
                 refused = staging.refused_source(obj)
                 if (obj.key, refused.sha256) not in seen:
                     seen.add((obj.key, refused.sha256))
                     skipped.append(refused)
                 continue
-            if obj.version and (obj.key, obj.size, obj.version) in known:
-                continue
-            local, digest, size = staging.copy_hashing(lake, obj.key, Path(scratch))
-            try:
-                if (obj.key, digest) in seen:
-                    continue
-                seen.add((obj.key, digest))
-                if digest in first:
-                    skipped.append(SkippedSource(obj.key, digest, size, "duplicate_source", first[digest], obj.version))
-                    continue
-                first[digest] = obj.key
-                signature = staging.signed_by(lake, dataset.name, obj.key, digest, size) if dataset.signed else None
-                planned.append(staging.store_raw(lake, dataset.name, seq, obj, digest,
-                                                 source_extension(obj.key), local, signature))
-            finally:
+            local, digest, size = copy.result()
+            if (obj.key, digest) in seen:
                 os.unlink(local)
-    if not planned:
+                continue
+            seen.add((obj.key, digest))
+            if digest in first:
+                skipped.append(SkippedSource(obj.key, digest, size, "duplicate_source", first[digest], obj.version))
+                os.unlink(local)
+                continue
+            first[digest] = obj.key
+            signature = staging.signed_by(lake, dataset.name, obj.key, digest, size) if dataset.signed else None
+            planned.append(pool.submit(_store, lake, dataset.name, seq, obj, digest, local, signature))
+        sources = [p.result() for p in planned]
+    if not sources:
         return None
-    staging.save_plan(lake, dataset.name, seq, planned, skipped)
+    staging.save_plan(lake, dataset.name, seq, sources, skipped)
     return seq
+
+
+def _read_ahead(pool: Executor, lake: Lake, objects: Iterable[ObjectInfo], known: set[tuple[str, int, str]],
+                scratch: Path) -> Iterator[tuple[ObjectInfo, Future[tuple[Path, str, int]] | None]]:
+    """The drop zone's objects in order, each regular one not staged before with its copy being
+    made by the pool (a few ahead of the one being looked at); None for a link or special file."""
+    window: deque[tuple[ObjectInfo, Future[tuple[Path, str, int]] | None]] = deque()
+    for obj in objects:
+        if obj.regular and obj.version and (obj.key, obj.size, obj.version) in known:
+            continue
+        window.append((obj, pool.submit(staging.copy_hashing, lake, obj.key, scratch) if obj.regular else None))
+        if len(window) > 2 * STAGE_THREADS:
+            yield window.popleft()
+    yield from window
+
+
+def _store(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, digest: str, local: Path,
+           signature: dict[str, str] | None) -> Source:
+    try:
+        return staging.store_raw(lake, dataset, seq, obj, digest, source_extension(obj.key), local, signature)
+    finally:
+        os.unlink(local)
