@@ -55,9 +55,11 @@ def partitions_of(contributors: Any, partitions: int) -> Any:
     import pyarrow.compute as pc
 
     prefixes = pc.utf8_slice_codeunits(contributors, 2, 10).combine_chunks().cast(pa.binary())
+    if len(prefixes) == 0:
+        return np.zeros(0, np.int64)
+    if prefixes.offset or prefixes.null_count or pc.min_max(pc.binary_length(prefixes)).as_py() != {"min": 8, "max": 8}:
+        return np.array([partition_of(c, partitions) for c in contributors.to_pylist()], np.int64)  # not addresses
     digits = np.frombuffer(prefixes.buffers()[2], np.uint8, count=8 * len(prefixes)).reshape(-1, 8)
-    if len(prefixes) and (prefixes.offset or prefixes.null_count or pc.any(pc.not_equal(pc.binary_length(prefixes), 8)).as_py()):
-        return np.array([partition_of(c, partitions) for c in contributors.to_pylist()], np.int64)
     nibbles = np.where(digits >= ord("a"), digits - (ord("a") - 10), digits - ord("0")).astype(np.uint64)
     prefix = (nibbles << (4 * np.arange(7, -1, -1, dtype=np.uint64))).sum(axis=1, dtype=np.uint64)
     return (prefix * np.uint64(partitions) >> np.uint64(32)).astype(np.int64)
