@@ -60,13 +60,15 @@ class ColumnTyper:
     def usable(dataset: Dataset) -> bool:
         return all(c.type in COLUMN_TYPES for c in dataset.columns)
 
-    def type(self, data: bytes, rows: int) -> Typed | None:
-        """The `rows` non-blank lines in `data` typed column-wise, or None: leave the run to the
+    def type(self, data: bytes, lines: list[bytes]) -> Typed | None:
+        """The non-blank `lines` of `data` typed column-wise, or None: leave the run to the
         row-by-row rule."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        table = self._read(data, rows)
+        if not all(_one_object(line) for line in lines):
+            return None
+        table = self._read(data, len(lines))
         if table is None:
             return None
         doubt = pc.invert(pc.fill_null(pc.match_substring_regex(table.column("contributor"), _PLAIN_ADDRESS), False))
@@ -131,6 +133,17 @@ class ColumnTyper:
             for i, row in zip(missing, picked.to_pylist(), strict=True):
                 keys[i] = self.key(row)
         return keys  # type: ignore[return-value]
+
+
+def _one_object(line: bytes) -> bool:
+    """Whether a line is shaped like one JSON object: `{` first and `}` last. Arrow reads a run as
+    one stream of values, so without this an object could span two lines (each only a part of
+    one, to the row-by-row rule), a byte order mark could be skipped, and a `null` first in the
+    run crashes pyarrow 26's reader (a segmentation fault, not an error). A line that starts with
+    `{` and ends with `}` cannot leave an object open for the next line, which starts with `{`;
+    two objects on one line are still caught by the row count."""
+    text = line.strip()
+    return text[:1] == b"{" and text[-1:] == b"}"
 
 
 def _utc_text(values: Any) -> tuple[Any, Any]:

@@ -441,7 +441,8 @@ def _jsonl_run(dataset: Dataset, index: int, run: LineRun) -> Block:
     """Worker: parse, type and seal a run of JSONL lines, column-wise where it can be."""
     state = _state(dataset)
     lines = run.lines()
-    typed = state.columns.type(run.data, len(lines)) if state.columns is not None and not run.long else None
+    typed = (state.columns.type(run.data, [line for _, line, _ in lines])
+             if state.columns is not None and not run.long else None)
     if typed is None:
         return to_block(index, state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, iter(lines)))),
                         state.sealer.columns)
