@@ -1,22 +1,27 @@
-"""Receipts (SPEC §13.4) for every contributor of a batch, in one streaming pass over its data
-parts (in leaf order, so each contributor's rows are one range: SPEC §13.2) and its stored tree
-(`tree.bin`): no second tree is built. Everything read is checked against the manifest first.
+"""Receipts (SPEC §13.4) for every contributor of a batch, in one pass over its data parts (in
+leaf order, so each contributor's rows are one range: SPEC §13.2) and its stored tree
+(`tree.bin`), one worker per core: no second tree is built. Everything read is checked against
+the manifest first.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
 
+from pipeline import config
 from pipeline.core import receipt as receipts
+from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
 from pipeline.core.merkle import range_proof
 from pipeline.core.rewards import RewardsTree
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed, NotFound
-from pipeline.lake.batch import BatchFiles
-from pipeline.lake.columnar import timestamp_texts
+from pipeline.lake.batch import BatchFiles, read_parquet
+from pipeline.lake.columnar import record_texts, text_slices, timestamp_texts
+from pipeline.lake.workers import fork_pool
 
 
 def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
@@ -39,46 +44,128 @@ def _committed_text(table: Any, columns: tuple[Column, ...]) -> Any:
     return table.select([c.name for c in columns])
 
 
-def row_lines(table: Any, columns: tuple[Column, ...]) -> list[bytes]:
-    """Each row of a data part as its receipt row, `{"record":{...}}` (JSON, exactly the values
-    record_object gives), written column-wise by polars' JSON Lines writer."""
-    import polars as pl
+def row_json(table: Any, columns: tuple[Column, ...]) -> tuple[bytes | memoryview, Any]:
+    """The rows of a data part as receipt rows, `{"record":{...}}` (the record as its leaf writes
+    it), each followed by a comma, written column-wise where the columns allow; and where each row
+    starts (numpy, one more than the rows: the end)."""
+    import numpy as np
+    import pyarrow as pa
 
-    frame = pl.from_arrow(_committed_text(table, columns))
-    assert isinstance(frame, pl.DataFrame)
-    out = io.BytesIO()
-    frame.select(pl.struct(pl.all()).alias("record")).write_ndjson(out)
-    return out.getvalue().split(b"\n")[:-1]  # a JSON string never holds a raw newline
+    texts: list[bytes | memoryview] = []
+    starts, at = [np.zeros(1, np.int64)], 0
+    for piece in text_slices(table):
+        rows = record_texts(piece, columns, '{"record":', "},")
+        if rows is None:  # floats or lists: the row-by-row rule
+            lines = [b'{"record":' + canonical_bytes(record_object(columns, row)) + b"}," for row in piece.to_pylist()]
+            texts.append(b"".join(lines))
+            ends = np.cumsum([len(line) for line in lines], dtype=np.int64)
+        else:
+            rows = rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
+            offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4).astype(np.int64)
+            texts.append(memoryview(rows.buffers()[2]).cast("B")[offsets[0]:offsets[-1]])  # not copied
+            ends = offsets[1:] - offsets[0]
+        starts.append(ends + at)
+        at += len(texts[-1])
+    return texts[0] if len(texts) == 1 else b"".join(texts), np.concatenate(starts)
 
 
-def contributor_ranges(files: BatchFiles, dataset: Dataset) -> Iterator[tuple[str, int, int, bytes]]:
-    """(contributor, first leaf, end leaf, its rows' JSON) for each contributor's range of the
-    batch, in leaf order, reading one part at a time. Raises CheckFailed unless contributors
-    ascend (SPEC §13.2)."""
+# --- one contributor's rows: a range of the batch ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A batch's data parts (Parquet bytes, checked against the manifest) in leaf order, with the
+    row count the manifest gives each."""
+
+    name: str  # "<dataset> batch <seq>", for messages
+    data: tuple[bytes, ...]
+    rows: tuple[int, ...]
+
+    @classmethod
+    def read(cls, files: BatchFiles) -> Parts:
+        entries, name = files.manifest().data["files"], f"{files.dataset} batch {files.seq}"
+        rows = tuple(e.get("rows") for e in entries)
+        if not all(type(r) is int and r >= 0 for r in rows):
+            raise CheckFailed(f"{name}: the manifest does not give every data part's rows")
+        return cls(name, tuple(files.read(e["path"]) for e in entries), rows)
+
+    def table(self, index: int) -> Any:
+        table = read_parquet(self.data[index])
+        if table.num_rows != self.rows[index]:
+            raise CheckFailed(f"{self.name}: data part {index} holds {table.num_rows} rows, the manifest says "
+                              f"{self.rows[index]!r}")
+        return table
+
+    def last_contributor(self, before: int) -> str | None:
+        """The contributor of the last row before part `before` (None: there is none)."""
+        for index in range(before - 1, -1, -1):
+            who = read_parquet(self.data[index], ["contributor"]).column("contributor")
+            if len(who):
+                return str(who[-1].as_py())
+        return None
+
+    def groups(self, count: int) -> list[tuple[int, int]]:
+        """The parts cut into at most `count` runs [first, end) of about equal rows."""
+        total, bounds, at = sum(self.rows), [0], 0
+        for index, rows in enumerate(self.rows[:-1]):
+            at += rows
+            if at * count >= total * len(bounds) and len(bounds) < count:
+                bounds.append(index + 1)
+        return list(zip(bounds, [*bounds[1:], len(self.rows)], strict=True))
+
+
+def _runs(table: Any) -> list[tuple[str, int, int]]:
+    """(contributor, first row, end row) of each run of rows of one contributor in a data part."""
     import numpy as np
     import pyarrow.compute as pc
 
-    current, start, held = None, 0, list[bytes]()
-    position = 0
-    for table in files.parts():
-        if table.num_rows == 0:
+    if table.num_rows == 0:
+        return []
+    who = table.column("contributor").combine_chunks()
+    changes = (np.flatnonzero(pc.not_equal(who[1:], who[:-1]).to_numpy(zero_copy_only=False)) + 1).tolist()
+    firsts, ends = [0, *changes], [*changes, table.num_rows]
+    return list(zip(who.take(np.array(firsts, np.int64)).to_pylist(), firsts, ends, strict=True))
+
+
+def contributor_ranges(parts: Parts, columns: tuple[Column, ...], first: int = 0,
+                       end: int | None = None) -> Iterator[tuple[str, int, int, bytes]]:
+    """(contributor, first leaf, end leaf, its rows' JSON) for each contributor whose range starts
+    in parts [first, end) (all by default), in leaf order: a range running on past `end` is read to
+    its end, the rows of one that started before `first` are left to whoever reads that part.
+    Raises CheckFailed unless contributors ascend (SPEC §13.2)."""
+    end = len(parts.rows) if end is None else end
+    position = sum(parts.rows[:first])
+    current = parts.last_contributor(first)  # before `first`: its rows at the start are not ours
+    ours, start, held = False, position, list[bytes | memoryview]()  # ours: current's range began in [first, end)
+    for index in range(first, len(parts.rows)):
+        table = parts.table(index)
+        runs = _runs(table)
+        if not runs:
             continue
-        lines = row_lines(table, dataset.committed_columns)
-        who = table.column("contributor").combine_chunks()
-        changes = np.flatnonzero(pc.not_equal(who[1:], who[:-1]).to_numpy(zero_copy_only=False)) + 1
-        for a, b in zip([0, *changes.tolist()], [*changes.tolist(), table.num_rows], strict=True):
-            address = who[a].as_py()
+        if index >= end:  # reading on, past our parts: the rest of our last range, if it runs on
+            if not ours:
+                return
+            address, _, b = runs[0]
+            if address == current:
+                held.append(row_json(table.slice(0, b), columns)[0][:-1])
+            if address != current or b < table.num_rows:
+                yield cast(str, current), start, position + b * (address == current), b",".join(held)
+                return
+            position += table.num_rows
+            continue
+        text, starts = row_json(table, columns)
+        for address, a, b in runs:
             if address != current:
-                if current is not None:
-                    if address < current:
-                        raise CheckFailed(f"{files.dataset} batch {files.seq}: leaf {position + a} of {address} "
-                                          f"follows {current}: the rows are not ordered by contributor")
-                    yield current, start, position + a, b",".join(held)
-                current, start, held = address, position + a, []
-            held.append(b",".join(lines[a:b]))
+                if current is not None and address < current:
+                    raise CheckFailed(f"{parts.name}: leaf {position + a} of {address} follows {current}: "
+                                      "the rows are not ordered by contributor")
+                if ours:
+                    yield cast(str, current), start, position + a, b",".join(held)
+                current, start, held, ours = address, position + a, [], True
+            held.append(text[starts[a]:starts[b] - 1])  # those of a range begun before `first` are let go
         position += table.num_rows
-    if current is not None:
-        yield current, start, position, b",".join(held)
+    if ours:
+        yield cast(str, current), start, position, b",".join(held)
 
 
 def _reward_parts(files: BatchFiles, rewards_contract: str | None) -> Callable[[str], dict[str, Any] | None]:
@@ -126,6 +213,50 @@ def _previous(earlier: RewardsTree | None, address: str, seq: int) -> dict[str, 
     return {"seq": seq, **_cumulative(earlier, address)}
 
 
+# --- every receipt of a batch, written by one worker per core ------------------------------------
+# The parent checks what every receipt rests on (tree.bin, the parts, the rewards trees) and
+# prepares it before the fork; each worker writes the receipts of the contributors whose ranges
+# start in its run of parts to a file of its own; the parent joins the files in leaf order into
+# the batch's receipts file and shifts the offsets.
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    parts: Parts
+    columns: tuple[Column, ...]
+    tree_size: int
+    receipt: Callable[[str, int, int], dict[str, Any]]  # contributor's receipt of leaves [start, end), no rows
+
+
+_PREPARED: list[_Prepared] = []  # what build_receipts prepared, inherited by its forked workers
+
+
+@dataclass(frozen=True)
+class _Written:
+    path: str
+    contributors: list[str]
+    lengths: list[int]
+    start: int | None  # the first leaf of the first range written
+    end: int | None  # the end of the last
+
+
+def _write(first: int, end: int, path: str) -> _Written:
+    """Write the receipts of the ranges starting in parts [first, end) to `path`."""
+    job = _PREPARED[-1]
+    contributors, lengths, start, last = list[str](), list[int](), None, None
+    with open(path, "wb") as out:
+        for contributor, a, b, rows in contributor_ranges(job.parts, job.columns, first, end):
+            last = b
+            if b > job.tree_size:
+                break
+            line = receipts.encode(job.receipt(contributor, a, b), rows)
+            out.write(line)
+            contributors.append(contributor)
+            lengths.append(len(line))
+            start = a if start is None else start
+    return _Written(path, contributors, lengths, start, last)
+
+
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
     """Write every contributor's receipt for the batch (in bulk), then the receipts index; their
     number. Checks the parts and tree.bin against the manifest, and that the tree holds one leaf
@@ -138,19 +269,38 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
     publication = files.rewards_publication()
     reward = _reward_parts(files, publication["contract"] if publication else None)
     anchor = files.anchor()
-    node = tree.node_reader() if tree.tree_size else None
-    end = 0
-    with files.receipts_writer() as write:
-        for contributor, start, end, rows in contributor_ranges(files, dataset):
-            if node is None or end > tree.tree_size:
-                break
-            proof = range_proof(tree.tree_size, start, end, node)
-            write(contributor, receipts.encode(
-                receipts.build(manifest, contributor, start, end, proof, anchor, reward(contributor)), rows))
-        if end != tree.tree_size:
-            raise CheckFailed(f"batch {manifest.seq}: the parts hold {'at least ' * (end > tree.tree_size)}{end} "
-                              f"rows, {tree.source} {tree.tree_size} leaves")
-        count = write.count
+    node = tree.node_reader()
+
+    def receipt(contributor: str, start: int, end: int) -> dict[str, Any]:
+        proof = range_proof(tree.tree_size, start, end, node)
+        return receipts.build(manifest, contributor, start, end, proof, anchor, reward(contributor))
+
+    parts = Parts.read(files)
+    groups = parts.groups(config.cores())
+    _PREPARED.append(_Prepared(parts, dataset.committed_columns, tree.tree_size, receipt))
+    pool = fork_pool(len(groups), tree.tree_size)
+    try:
+        with files.receipts_writer() as write:
+            jobs = [(first, end, str(write.directory / f"{first}.jsonl")) for first, end in groups]
+            pending = [pool.submit(_write, *job) for job in jobs] if pool else None
+            end = 0
+            for i, job in enumerate(jobs):
+                written: _Written = pending[i].result() if pending else _write(*job)
+                if written.start not in (None, end):
+                    raise CheckFailed(f"batch {manifest.seq}: no receipt covers leaf {end}")
+                if (written.end or end) > tree.tree_size:
+                    end = written.end or end
+                    break
+                write.join(Path(written.path), written.contributors, written.lengths)
+                end = written.end or end
+            if end != tree.tree_size:
+                raise CheckFailed(f"batch {manifest.seq}: the parts hold {'at least ' * (end > tree.tree_size)}"
+                                  f"{end} rows, {tree.source} {tree.tree_size} leaves")
+            count = write.count
+    finally:
+        _PREPARED.pop()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     files.record_receipts(count, write.name, None if anchor is None else anchor["block_hash"])
     return count
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import config
 from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, node_hash
 from pipeline.core.merkle import root as merkle_root
 from pipeline.core.receipt import (
@@ -23,6 +22,7 @@ from pipeline.core.receipt import (
 )
 from pipeline.datasets import Column, Dataset, dataset_id
 from pipeline.errors import AnchorlakeError, BadInput, CheckFailed
+from pipeline.lake.workers import fork_pool
 from pipeline.progress import Tick, ignore
 
 if TYPE_CHECKING:  # the lake is imported where a check reads it: offline receipt checks start fast
@@ -374,9 +374,6 @@ def _write(path: Path, data: bytes) -> None:
 # records and leaf hashes column-wise, then the roots of the aligned subtrees its rows cover; the
 # parent folds those into the root.
 
-PARALLEL_FROM_ROWS = 1 << 16  # below this many rows, worker processes cost more than they save
-
-
 @dataclass(frozen=True)
 class PartLeaves:
     """One data part's leaves: `rows`, their hashes (32 bytes each, in leaf order), and, when the
@@ -409,7 +406,7 @@ def _recomputed(files: BatchFiles, dataset: Dataset, tick: Tick) -> tuple[list[b
     entries = files.manifest().data["files"]
     starts = _starts(entries)
     columns = dataset.committed_columns
-    pool = _pool(files.manifest().tree_size, len(entries))
+    pool = fork_pool(len(entries), files.manifest().tree_size)
     data: list[bytes] = []
     pending: list[Any] = []
     try:
@@ -437,23 +434,6 @@ def _starts(entries: list[dict[str, Any]]) -> list[int | None]:
         starts.append(at)
         at += e["rows"]
     return starts
-
-
-def _pool(rows: int, parts: int) -> Any:
-    """One forked worker per core (at most one per part); None for one core or a small batch."""
-    cores = config.cores()
-    if cores < 2 or parts < 2 or rows < PARALLEL_FROM_ROWS:
-        return None
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import numpy  # noqa: F401  imported once, before the fork, rather than in every worker
-    import orjson  # noqa: F401
-    import pyarrow.compute  # noqa: F401
-    import pyarrow.dataset  # noqa: F401  what pq.read_table imports on first use (with pandas: 0.5 s)
-    import pyarrow.parquet  # noqa: F401
-
-    return ProcessPoolExecutor(max_workers=min(cores, parts), mp_context=multiprocessing.get_context("fork"))
 
 
 def _root(parts: list[PartLeaves]) -> bytes:

@@ -4,6 +4,7 @@ and every receipt's range proof folds to the batch root."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import config
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
 from pipeline.core.receipt import Receipt, parse, verify_rows
@@ -23,10 +25,11 @@ from pipeline.errors import CheckFailed, FormatError
 from pipeline.ingest import builder
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
-from pipeline.lake.batch import BatchFiles
+from pipeline.lake import workers
+from pipeline.lake.batch import BatchFiles, ReceiptsWriter
 from pipeline.lake.columnar import arrow_schema
 from pipeline.lake.storage import open_lake
-from pipeline.receipts import build_receipts, json_records, row_lines
+from pipeline.receipts import Parts, build_receipts, contributor_ranges, json_records, row_json
 
 from conftest import REPO
 
@@ -123,7 +126,9 @@ def _same_records(table: pa.Table, columns: tuple[Column, ...]) -> None:
     """Receipt rows written column-wise parse to records with the leaf bytes of record_object's."""
     expected = [record_object(columns, row) for row in table.to_pylist()]
     assert json_records(table, columns) == expected
-    lines = row_lines(table, columns)
+    text, starts = row_json(table, columns)
+    lines = [bytes(text[a:b - 1]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    assert text == b"".join(line + b"," for line in lines)
     assert [canonical_bytes(json.loads(line)["record"]) for line in lines] == [canonical_bytes(r) for r in expected]
 
 
@@ -175,3 +180,94 @@ def test_a_record_nested_too_deep_fails_its_receipt_with_a_line(tmp_path: Path) 
     assert verify_rows(Receipt(receipt, "deep.json")) == [
         "deep.json: row 0: the record is nested more than 8 levels deep; a committed record is an object of values "
         "and lists of strings"]
+
+
+# --- receipts written by several workers: each takes the ranges that start in its run of parts --
+
+RANGE_COLUMNS = (Column("contributor", "string"), Column("n", "int64"))
+
+
+def _parts(tables: list[pa.Table]) -> Parts:
+    data = []
+    for table in tables:
+        out = io.BytesIO()
+        pq.write_table(table, out)
+        data.append(out.getvalue())
+    return Parts("d batch 0", tuple(data), tuple(t.num_rows for t in tables))
+
+
+def _cut(rows: list[str], cuts: list[int]) -> list[pa.Table]:
+    bounds = [0, *sorted(min(c, len(rows)) for c in cuts), len(rows)]
+    return [pa.table({"contributor": pa.array(rows[a:b], pa.string()), "n": pa.array(range(a, b), pa.int64())})
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _grouped(parts: Parts, groups: int) -> list[tuple[str, int, int, list[dict]]]:
+    return [(who, a, b, json.loads(b"[" + rows + b"]")) for first, end in parts.groups(groups)
+            for who, a, b, rows in contributor_ranges(parts, RANGE_COLUMNS, first, end)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=12), st.lists(st.integers(0, 40), max_size=6),
+       st.integers(1, 5))
+def test_ranges_read_by_groups_of_parts_are_every_range_once(counts: list[int], cuts: list[int], groups: int) -> None:
+    """Parts cut anywhere (empty ones too, a contributor over several parts), read by 1-5 groups:
+    every contributor's range exactly once, in order, with its rows."""
+    rows = [f"0x{i:040x}" for i, count in enumerate(counts) for _ in range(count)]
+    parts = _parts(_cut(rows, cuts))
+    expected, at = [], 0
+    for i, count in enumerate(counts):
+        expected.append((f"0x{i:040x}", at, at + count, [{"record": {"contributor": f"0x{i:040x}", "n": n}}
+                                                           for n in range(at, at + count)]))
+        at += count
+    assert _grouped(parts, groups) == expected
+    bounds = parts.groups(groups)
+    assert len(bounds) <= groups and [a for a, _ in bounds] == [0] + [b for _, b in bounds[:-1]]
+    assert bounds[-1][1] == len(parts.rows)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("rows, cuts", [(["0x" + "2" * 40, "0x" + "1" * 40, "0x" + "3" * 40], [1, 2]),  # at a cut
+                                        (["0x" + "2" * 40, "0x" + "1" * 40, "0x" + "3" * 40], [2]),  # in a part
+                                        (["0x" + "2" * 40, "0x" + "3" * 40, "0x" + "2" * 40], [1, 2])])  # back again
+def test_rows_out_of_contributor_order_are_refused_however_the_parts_are_grouped(
+        rows: list[str], cuts: list[int], groups: int) -> None:
+    with pytest.raises(CheckFailed, match="the rows are not ordered by contributor"):
+        _grouped(_parts(_cut(rows, cuts)), groups)
+
+
+def test_a_part_holding_other_rows_than_the_manifest_says_is_refused() -> None:
+    parts = _parts(_cut(["0x" + "1" * 40] * 3, [1]))
+    with pytest.raises(CheckFailed, match="data part 1 holds 2 rows, the manifest says 5"):
+        list(contributor_ranges(Parts(parts.name, parts.data, (1, 5)), RANGE_COLUMNS))
+
+
+def test_receipts_written_by_two_workers_are_the_bytes_one_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(11)
+    contributors = [f"0x{rng.getrandbits(160):040x}" for _ in range(30)]
+    _contribute(tmp_path / "lake" / "incoming" / "instructions", 4, 150, contributors, rng)
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    commit_batch(lake, dataset, stage_sources(lake, dataset), chunk_records=100)  # type: ignore[arg-type]
+    files = BatchFiles(lake, "instructions", 0)
+    assert len(files.manifest().data["files"]) >= 4
+    written = {}
+    monkeypatch.setattr(workers, "PARALLEL_FROM_ROWS", 0)
+    for cores in (1, 2):
+        monkeypatch.setattr(config, "cores", lambda cores=cores: cores)
+        assert build_receipts(files, dataset) == len(set(files.receipt_contributors())) == 30
+        folder = tmp_path / "lake" / "receipts" / "instructions" / "000000"
+        written[cores] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert written[1] == written[2]
+    assert all(not verify_rows(files.receipt(c)) for c in contributors)
+
+
+def test_a_worker_that_wrote_no_receipt_shifts_no_offset(tmp_path: Path) -> None:
+    """A worker whose parts hold only the rest of a range begun earlier writes nothing."""
+    one, none = tmp_path / "one.jsonl", tmp_path / "none.jsonl"
+    one.write_bytes(b"{}\n")
+    none.write_bytes(b"")
+    with ReceiptsWriter(tmp_path) as write:
+        for path, contributors, lengths in ((one, ["a"], [3]), (none, [], []), (one, ["b"], [3])):
+            write.join(path, contributors, lengths)
+    assert (write.contributors, write.starts, write.lengths, write.count) == (["a", "b"], [0, 3], [3, 3], 2)
+    assert write.path.read_bytes() == b"{}\n{}\n"

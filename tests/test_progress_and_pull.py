@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import cli, progress, verify
-from pipeline.core.leaf import leaf_function, record_object
+from pipeline.core.leaf import leaf_function, record_object, timestamp_text
 from pipeline.core.merkle import leaf_hash
 from pipeline.core.merkle import root as merkle_root
 from pipeline.datasets import Column, load
@@ -26,6 +26,7 @@ from pipeline.errors import CheckFailed
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import columnar
+from pipeline.lake import workers as workers_module
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.storage import open_lake
 from pipeline.progress import Bar
@@ -136,8 +137,8 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pull(lake: Path, target: Path, workers: int, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setattr(verify.config, "cores", lambda: workers)
-    monkeypatch.setattr(verify, "PARALLEL_FROM_ROWS", 0)
+    monkeypatch.setattr(workers_module.config, "cores", lambda: workers)
+    monkeypatch.setattr(workers_module, "PARALLEL_FROM_ROWS", 0)
     files = BatchFiles(open_lake(lake.as_uri()), "instructions", 0)
     ticks: list[int] = []
     trusted = files.manifest().root
@@ -201,11 +202,11 @@ def test_rows_that_recompute_to_another_root_are_refused_with_both_roots(
 COLUMNS = (Column("text", "string"), Column("count", "int64"), Column("ok", "bool"), Column("at", "timestamp"),
            Column("contributor", "string"), Column("salt", "string"))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TIMES = st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)).map(lambda t: t.replace(tzinfo=UTC))
 texts = st.none() | st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(TRICKY)
 rows = st.fixed_dictionaries({
     "text": texts, "count": st.none() | st.integers(-2**63, 2**63 - 1), "ok": st.none() | st.booleans(),
-    "at": st.none() | st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)).map(
-        lambda t: t.replace(tzinfo=UTC)),
+    "at": st.none() | TIMES,
     "contributor": st.sampled_from(["0x" + "a" * 40, "0x" + "0" * 40]), "salt": texts})
 
 
@@ -226,6 +227,27 @@ def test_column_wise_leaves_are_the_row_by_row_leaves(values: list[dict]) -> Non
     table = _table(values)
     assert columnar.leaf_texts(table, COLUMNS) is not None
     assert verify.part_leaves(_parquet(table), COLUMNS, 0).leaves == _by_rows(table, COLUMNS)
+
+
+def _texts_by_rows(column: pa.Array) -> list[str | None]:
+    return [None if t is None else timestamp_text(t) for t in column.to_pylist()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.none() | TIMES, max_size=30), st.integers(0, 4))
+def test_column_wise_timestamp_text_is_the_row_by_row_text(values: list[datetime | None], skip: int) -> None:
+    column = pa.array(values, pa.timestamp("us", tz="UTC")).slice(min(skip, len(values)))  # an offset into buffers
+    assert columnar.timestamp_texts(column).to_pylist() == _texts_by_rows(column)
+
+
+def test_column_wise_timestamp_text_on_every_new_year_and_the_days_around_every_february() -> None:
+    days = [datetime(year, 1, 1, tzinfo=UTC) for year in range(1, 10000)]
+    days += [datetime(year, 3, 1, tzinfo=UTC) + timedelta(days=d, microseconds=m)
+             for year in (1, 4, 100, 400, 1582, 1600, 1700, 1900, 1970, 2000, 2024, 2100, 9996, 9999)
+             for d in (-2, -1, 0) for m in (-1, 0, 1)]
+    days += [datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)]
+    column = pa.array(days, pa.timestamp("us", tz="UTC"))
+    assert columnar.timestamp_texts(column).to_pylist() == _texts_by_rows(column)
 
 
 def test_floats_lists_and_other_arrow_types_take_the_row_by_row_rule() -> None:

@@ -142,16 +142,14 @@ def range_proof(size: int, start: int, end: int, node: Callable[[int, int], byte
     if not 0 <= start < end <= size:
         raise IndexError(f"range [{start}, {end}) is not a non-empty range of a tree of size {size}")
     proof: list[bytes] = []
-
-    def walk(lo: int, hi: int) -> None:
+    pending = [(0, size)]  # subtrees still to look at, the leftmost last
+    while pending:
+        lo, hi = pending.pop()
         if hi <= start or end <= lo:
             proof.append(node(lo, hi))
         elif lo < start or end < hi:
             k = lo + (1 << ((hi - lo - 1).bit_length() - 1))  # lo + _split(hi - lo), inlined: a hot loop
-            walk(lo, k)
-            walk(k, hi)
-
-    walk(0, size)
+            pending += ((k, hi), (lo, k))
     return proof
 
 

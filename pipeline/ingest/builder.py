@@ -14,12 +14,11 @@ import hashlib
 import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import config
 from pipeline.core.signature import holds as signature_holds
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.dedupe import PriorKeys
@@ -29,6 +28,7 @@ from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_schema, arrow_table
 from pipeline.lake.sources import Source, open_source
+from pipeline.lake.workers import fork_pool
 
 CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
@@ -482,9 +482,4 @@ def _resolve(item: Block | Future[Block]) -> Block:
 
 def worker_pool() -> Executor | None:
     """Worker processes for parsing and hashing, one per core; None on a single core."""
-    cores = config.cores()
-    if cores < 2:
-        return None
-    import multiprocessing
-
-    return ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
+    return fork_pool()
