@@ -39,6 +39,45 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+ENGINES = ("local", "ray")
+
+
+def engine(env: Mapping[str, str] | None = None) -> str:
+    """Where a batch's parsing, typing, hashing and checking run (SPEC §13.11): ANCHORLAKE_ENGINE,
+    `local` (worker processes on this machine, the default) or `ray` (the cluster at RAY_ADDRESS)."""
+    env = os.environ if env is None else env
+    name = env.get("ANCHORLAKE_ENGINE") or "local"
+    if name not in ENGINES:
+        raise BadInput(f"ANCHORLAKE_ENGINE must be one of {', '.join(ENGINES)}, got {name[:40]!r}")
+    return name
+
+
+def salt_seed(env: Mapping[str, str] | None = None) -> bytes | None:
+    """ANCHORLAKE_TEST_SALT_SEED, the test-only seed that pins every salt (see ingest.salts), or
+    None. Pinned salts make rows guessable from their leaves, so the seed is refused unless the
+    lake and the chain are both on this machine (file:// or loopback): a local test setup."""
+    env = os.environ if env is None else env
+    seed = env.get("ANCHORLAKE_TEST_SALT_SEED")
+    if not seed:
+        return None
+    lake = env.get("ANCHORLAKE_LAKE") or "file:"
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
+    places = {"ANCHORLAKE_RPC_URL": env.get("ANCHORLAKE_RPC_URL") or "http://127.0.0.1",
+              **({"the S3 endpoint": endpoint} if lake.startswith("s3:") else {"ANCHORLAKE_LAKE": lake})}
+    remote = [name for name, url in places.items() if not _on_this_machine(url)]
+    if remote:
+        raise BadInput(f"ANCHORLAKE_TEST_SALT_SEED pins every salt and is for tests only; refused with "
+                       f"{', '.join(remote)} beyond this machine")
+    return seed.encode()
+
+
+def _on_this_machine(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme == "file" or parts.scheme in ("http", "https") and parts.hostname in ("127.0.0.1", "::1")
+
+
 def key_variable(role: str) -> str:
     return f"ANCHORLAKE_{role.upper()}_KEY"
 
@@ -173,6 +212,8 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | No
             raise ValueError
     except ValueError:
         raise BadInput(f"ANCHORLAKE_CONFIRMATIONS must be a whole number >= 1, got {raw_conf!r}") from None
+    engine(env)  # a misspelt engine or a refused salt seed fail every command at once, not mid-batch
+    salt_seed(env)
     replace_after = _seconds(env, "ANCHORLAKE_REPLACE_AFTER", "30")
     chain_timeout = _seconds(env, "ANCHORLAKE_CHAIN_TIMEOUT", "600")
     lease_seconds = _seconds(env, "ANCHORLAKE_LEASE_SECONDS", "120")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,11 @@ class Dataset:
     rewards: RewardSpec
     limits: Limits = Limits()
     signed: bool = False  # contributors: "signed": each source carries its contributor's signature (§13.7)
+    suite_bytes: bytes | None = field(default=None, repr=False)  # the suite as loaded: a Ray worker has no file
+
+    def suite_file(self) -> bytes:
+        """The suite's bytes: as loaded, or read now if they could not be then."""
+        return self.suite_bytes if self.suite_bytes is not None else self.suite_path.read_bytes()
 
     @property
     def dataset_id(self) -> bytes:
@@ -91,7 +96,7 @@ class Dataset:
 
     def suite_json(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.suite_path.read_text())
+            data = json.loads(self.suite_file())
         except (OSError, ValueError) as e:
             raise FormatError(str(self.suite_path), "(file)", f"unreadable suite: {e}") from None
         except RecursionError:
@@ -101,7 +106,7 @@ class Dataset:
         return data
 
     def suite_sha256(self) -> str:
-        return hashlib.sha256(self.suite_path.read_bytes()).hexdigest()
+        return hashlib.sha256(self.suite_file()).hexdigest()
 
 
 def _require(data: dict[str, Any], key: str, kind: type, source: str) -> Any:
@@ -174,8 +179,12 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
     contributors = data.get("contributors", "declared")
     if contributors not in ("declared", "signed"):
         raise FormatError(source, "contributors", "must be 'declared' or 'signed'")
+    try:
+        suite_bytes: bytes | None = suite_path.read_bytes()
+    except OSError:  # reported when the suite is used (anchorlake check names it)
+        suite_bytes = None
     return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards, limits,
-                   contributors == "signed")
+                   contributors == "signed", suite_bytes)
 
 
 def _reward_spec(value: dict[str, Any], source: str) -> RewardSpec:

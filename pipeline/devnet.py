@@ -1,6 +1,7 @@
-"""Real local services: SeaweedFS (S3) and anvil (chain), for tests and `anchorlake up`.
+"""Real local services: SeaweedFS (S3) and anvil (chain), for tests and `anchorlake up`, and a
+Ray head (the `ray` engine) for tests.
 
-Both bind to 127.0.0.1 on explicit ports, are polled until ready, and on failure report the
+All bind to 127.0.0.1 on explicit ports, are polled until ready, and on failure report the
 tail of their log instead of hanging. SeaweedFS gets an identities file with an admin identity
 (the pipeline) and a read-only identity (AI teams), scoped by the actions the caller gives it.
 """
@@ -247,6 +248,87 @@ class Anvil:
         if self.process is not None:
             stop_process(self.process.pid, grace=5.0)
             self.process = None
+
+
+@dataclass
+class RayHead:
+    """`ray start --head --block` with `cpus` CPUs on explicit loopback ports, its dashboard on
+    (the job-submission API lives there); `address` is what RAY_ADDRESS takes."""
+
+    workdir: Path
+    cpus: int = 2
+    port: int = 0
+    dashboard_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "ray.log"
+
+    def start(self, timeout: float = 90.0) -> RayHead:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port, self.dashboard_port = self.port or free_port(), self.dashboard_port or free_port()
+        ray = Path(sys.executable).parent / "ray"
+        if not ray.exists():
+            raise ServiceUnavailable("`ray` is not installed: pip install 'ray[default]' (make setup does)")
+        args = [str(ray), "start", "--head", "--block", f"--num-cpus={self.cpus}", f"--port={self.port}",
+                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                "--include-dashboard=true", f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+                f"--temp-dir={self.workdir / 'tmp'}"]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceUnavailable(f"ray exited with {self.process.returncode}:\n{_tail(self.log_path)}")
+            if _http_ok(f"{self.dashboard}/api/version"):
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServiceUnavailable(f"ray did not answer on {self.dashboard} within {timeout:.0f}s:\n{_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        """Stop the head and every process it started (they share its process group)."""
+        if self.process is None:
+            return
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                self.process.poll()
+                time.sleep(0.1)
+            if not _group_alive(self.process.pid):
+                break
+        self.process.poll()
+        self.process = None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
 
 
 def rpc_ready(url: str) -> bool:

@@ -75,7 +75,7 @@ def _same(lines: list[bytes]) -> bool:
         assert (leaf is None) == (reason is not None)
         if leaf is not None:
             assert leaf == LEAF(record_object(COLUMNS, got))
-    return ColumnTyper(DATASET).type(run.data, [line for _, line, _ in run.lines()]) is not None
+    return ColumnTyper(DATASET).type(0, run.data, run.lines()) is not None
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,7 +28,7 @@ from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_schema, arrow_table
 from pipeline.lake.sources import Source, open_source
-from pipeline.lake.workers import fork_pool
+from pipeline.lake.workers import engine_pool
 
 CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
@@ -481,5 +481,6 @@ def _resolve(item: Block | Future[Block]) -> Block:
 
 
 def worker_pool() -> Executor | None:
-    """Worker processes for parsing and hashing, one per core; None on a single core."""
-    return fork_pool()
+    """Where sources are parsed, typed and hashed and chunks checked: the engine's pool (forked
+    workers, one per core, or Ray tasks); None for one local core."""
+    return engine_pool()

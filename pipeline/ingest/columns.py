@@ -12,13 +12,13 @@ result on hostile runs.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.jcs import MAX_SAFE_INTEGER
 from pipeline.core.leaf import dedupe_key_function
 from pipeline.datasets import Column, Dataset
+from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_schema, key_hashes, leaf_hashes
 
 COLUMN_TYPES = ("string", "int64", "bool", "timestamp")  # what Arrow types here; others go row by row
@@ -60,13 +60,13 @@ class ColumnTyper:
     def usable(dataset: Dataset) -> bool:
         return all(c.type in COLUMN_TYPES for c in dataset.columns)
 
-    def type(self, data: bytes, lines: list[bytes]) -> Typed | None:
-        """The non-blank `lines` of `data` typed column-wise, or None: leave the run to the
-        row-by-row rule."""
+    def type(self, source: int, data: bytes, lines: list[tuple[int, bytes, bool]]) -> Typed | None:
+        """The non-blank `lines` (number, bytes, ...) of `data`, a run of source `source`, typed
+        column-wise, or None: leave the run to the row-by-row rule."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if not all(_one_object(line) for line in lines):
+        if not all(_one_object(line) for _, line, _ in lines):
             return None
         table = self._read(data, len(lines))
         if table is None:
@@ -83,14 +83,15 @@ class ColumnTyper:
         if kept == 0:
             return None
         values = {name: pc.filter(value, keep) for name, value in values.items()}
-        values["salt"] = _salts(kept)
+        flags = keep.to_numpy(zero_copy_only=False)
+        rows = flags.nonzero()[0].tolist()
+        values["salt"] = _salts(salt_hex(source, [lines[i][0] for i in rows]))
         committed = pa.table([_committed(c, values[c.name]) for c in self.columns], schema=arrow_schema(self.columns))
         leaves = leaf_hashes(committed, self.columns)
         keys = key_hashes(committed, self.columns, self.dataset.dedupe_key)
         if leaves is None or keys is None:
             return None
-        flags = keep.to_numpy(zero_copy_only=False)
-        return Typed(committed, flags.nonzero()[0].tolist(), (~flags).nonzero()[0].tolist(),
+        return Typed(committed, rows, (~flags).nonzero()[0].tolist(),
                      values["contributor"].to_pylist(), leaves, self._keys(keys, values))
 
     def _read(self, data: bytes, rows: int) -> Any:
@@ -174,11 +175,11 @@ def _committed(column: Column, values: Any) -> Any:
     return values
 
 
-def _salts(count: int) -> Any:
-    """`count` fresh salts, 32 hex characters each, as one Arrow string array."""
+def _salts(text: bytes) -> Any:
+    """Salts of 32 hex characters each, one after another, as one Arrow string array."""
     import numpy as np
     import pyarrow as pa
 
+    count = len(text) // 32
     offsets = np.arange(0, 32 * count + 1, 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets.tobytes()),
-                                       pa.py_buffer(os.urandom(16 * count).hex().encode()))
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets.tobytes()), pa.py_buffer(text))

@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import math
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from pipeline.core.jcs import MAX_SAFE_INTEGER
 from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_text
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.columns import ColumnTyper, Typed
+from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_table
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -246,7 +246,7 @@ class Sealer:
 
     def seal(self, records: list[Record]) -> list[Record]:
         typed = [r for r in records if r.values is not None]
-        salts = os.urandom(16 * len(typed)).hex()
+        salts = salt_hex(typed[0].source, [r.line for r in typed]).decode() if typed else ""
         for n, r in enumerate(typed):
             values = r.values
             assert values is not None
@@ -441,7 +441,7 @@ def _jsonl_run(dataset: Dataset, index: int, run: LineRun) -> Block:
     """Worker: parse, type and seal a run of JSONL lines, column-wise where it can be."""
     state = _state(dataset)
     lines = run.lines()
-    typed = (state.columns.type(run.data, [line for _, line, _ in lines])
+    typed = (state.columns.type(index, run.data, lines)
              if state.columns is not None and not run.long else None)
     if typed is None:
         return to_block(index, state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, iter(lines)))),

@@ -1,13 +1,21 @@
-"""Worker processes on this machine: one per core, forked, so each inherits what the parent
-prepared before the fork (a batch's trees, a GX context, imported modules) instead of building it."""
+"""Where parallel work runs (SPEC §13.11): worker processes on this machine, forked so each
+inherits what the parent prepared before the fork (a batch's trees, a GX context, imported
+modules), or tasks on a Ray cluster. Both sit behind concurrent.futures' Executor, and every
+caller takes results in the order it submitted them, so nothing it writes depends on scheduling."""
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
 
 from pipeline import config
 
 PARALLEL_FROM_ROWS = 1 << 16  # below this many rows, worker processes cost more than they save
+TASK_RETRIES = 3  # a Ray task whose worker died (a node lost, a process killed) runs again
+
+log = logging.getLogger(__name__)
 
 
 def fork_pool(jobs: int | None = None, rows: int | None = None) -> Executor | None:
@@ -27,3 +35,58 @@ def fork_pool(jobs: int | None = None, rows: int | None = None) -> Executor | No
 
     workers = cores if jobs is None else min(cores, jobs)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def engine_pool() -> Executor | None:
+    """The batch engine's pool (ANCHORLAKE_ENGINE): `local`, forked workers (None on one core);
+    `ray`, Ray tasks on the cluster at RAY_ADDRESS (a local Ray when it is unset)."""
+    return RayPool() if config.engine() == "ray" else fork_pool()
+
+
+class RayPool(Executor):
+    """Each submit is one Ray task. The functions are pipeline's own, so each Ray worker imports
+    them from the anchorlake package installed beside Ray; arguments and results travel by
+    Ray's object store."""
+
+    def __init__(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            _ray_messages_to_log()
+            seed = config.salt_seed()  # a Ray worker's environment is its node's, not this process's
+            env = {} if seed is None else {"env_vars": {"ANCHORLAKE_TEST_SALT_SEED": seed.decode()}}
+            ray.init(configure_logging=False, log_to_driver=False, runtime_env=env or None)
+            log.info("engine ray: %s CPUs", ray.cluster_resources().get("CPU", 0))
+        self._remote: dict[Callable[..., Any], Any] = {}
+        self._pending: list[Any] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        import ray
+
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = ray.remote(max_retries=TASK_RETRIES)(fn)
+        ref = remote.remote(*args, **kwargs)
+        self._pending.append(ref)
+        return ref.future()  # type: ignore[no-any-return]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        import ray
+
+        if cancel_futures:
+            for ref in self._pending:
+                ray.cancel(ref, force=True)
+        self._pending.clear()
+
+
+def _ray_messages_to_log() -> None:
+    """Ray prints what it pushes to a driver (a worker died, a task is retried) on stdout, where
+    the CLI's --json goes: send it to the log (stderr) instead. Ray has no setting for this, so
+    its module function is replaced."""
+    import ray._private.worker as ray_worker
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        for line in data.get("lines", []):
+            log.warning("ray (%s): %s", data.get("pid", "?"), line)
+
+    ray_worker.print_to_stdstream = to_log
