@@ -1,17 +1,26 @@
 """One Airflow DAG per declared dataset: stage -> commit -> anchor -> rewards -> receipts.
 
 This file only wires tasks. Each task body is one call into `pipeline.stages` with explicit
-arguments; pandas, boto3, web3 and Great Expectations are imported inside those calls, never here.
-Settings come from the worker's environment (SPEC §11).
+arguments (through anchorlake_tasks.run_stage); pandas, boto3, web3 and Great Expectations are
+imported inside those calls, never here. Settings come from the worker's environment (SPEC §11).
+No new sources: `stage` is skipped, and so is everything after it. The commit runs in the worker
+or as a Ray job (anchorlake_tasks.CommitBatch); each committed batch updates the dataset's Asset.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # Airflow puts the DAGs folder on sys.path; a DagBag loaded by hand may not
+    sys.path.append(HERE)
+from anchorlake_tasks import CommitBatch, run_stage  # noqa: E402
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 
@@ -24,40 +33,6 @@ def _dataset_names() -> list[str]:
         except (ValueError, KeyError, OSError):
             continue  # a broken declaration fails its own DAG's tasks, not every DAG's import
     return names
-
-
-def _run(stage: str, *args):  # type: ignore[no-untyped-def]
-    """Call one stage of pipeline.stages. Transient errors (S3 or the RPC unreachable) raise as
-    they are, so Airflow retries; terminal ones (bad input, a conflict on chain) fail at once."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from pipeline import config, stages
-    from pipeline.errors import AnchorlakeError, redact
-
-    try:
-        return getattr(stages, stage)(config.load(overrides=_connections()), *args)
-    except AnchorlakeError as e:
-        if e.transient:
-            raise
-        raise AirflowFailException(redact(f"{type(e).__name__}: {e}")) from None
-
-
-def _connections() -> dict[str, str]:
-    """Settings from the Connections `anchorlake_lake`, `anchorlake_chain` and, for the keys of the
-    distributor and the treasury, `anchorlake_distributor` and `anchorlake_treasury`, where defined.
-    The admin key is never needed by a DAG."""
-    from airflow.sdk import BaseHook
-
-    from pipeline import config
-
-    def connection(conn_id: str) -> object | None:
-        try:
-            return BaseHook.get_connection(conn_id)
-        except Exception:  # not defined: the worker's environment applies
-            return None
-
-    signers = {role: connection(f"anchorlake_{role}") for role in ("distributor", "treasury")}
-    return config.from_connections(connection("anchorlake_lake"), connection("anchorlake_chain"), signers)
 
 
 def build_dag(dataset: str):  # type: ignore[no-untyped-def]
@@ -73,30 +48,29 @@ def build_dag(dataset: str):  # type: ignore[no-untyped-def]
     )
     def pipeline_dag():  # type: ignore[no-untyped-def]
         @task
-        def stage() -> int | None:
-            return _run("stage", dataset)
+        def stage() -> int:
+            seq = run_stage("stage", dataset)
+            if seq is None:
+                raise AirflowSkipException(f"{dataset}: no new sources")
+            return int(seq)
+
+        committed = CommitBatch(task_id="commit", dataset=dataset, seq=stage())
 
         @task
-        def commit(seq: int | None) -> int | None:
-            return None if seq is None else int(_run("commit", dataset, seq)["seq"])
-
-        @task
-        def anchor(seq: int | None) -> int | None:
-            if seq is not None:
-                _run("anchor", dataset, seq)
+        def anchor(seq: int) -> int:
+            run_stage("anchor", dataset, seq)
             return seq
 
         @task
-        def publish_rewards(seq: int | None) -> int | None:
-            if seq is not None:
-                _run("publish_rewards", dataset, seq)
+        def publish_rewards(seq: int) -> int:
+            run_stage("publish_rewards", dataset, seq)
             return seq
 
         @task
-        def publish_receipts(seq: int | None) -> int:
-            return 0 if seq is None else int(_run("publish_receipts", dataset, seq))
+        def publish_receipts(seq: int) -> int:
+            return int(run_stage("publish_receipts", dataset, seq))
 
-        publish_receipts(publish_rewards(anchor(commit(stage()))))
+        publish_receipts(publish_rewards(anchor(committed.output)))
 
     return pipeline_dag()
 

@@ -158,6 +158,19 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     return EXIT_CHECK if report.unfinished else EXIT_OK
 
 
+def cmd_commit(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import stages
+
+    settings = config.load()
+    with out.meter(f"{args.dataset}: committing batch {args.batch}", "records") as tick:
+        c = stages.commit(settings, args.dataset, args.batch, tick)
+    counts = c["counts"]
+    out.line(f"committed {args.dataset} batch {c['seq']}: {counts['input']} records, {counts['accepted']} accepted, "
+             f"{counts['quarantined']} quarantined, {counts['duplicate']} duplicate; root {c['root']}")
+    out.result(c)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from pipeline import datasets, stages
     from pipeline.lake.batch import BatchFiles, committed_seqs
@@ -610,6 +623,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="sign each file with ANCHORLAKE_CONTRIBUTOR_KEY (EIP-191), writing FILE.sig.json beside it")
     r = sub.add_parser("run", help="one batch now, every stage")
     r.add_argument("--dataset", required=True, type=_name)
+    cm = sub.add_parser("commit", help="commit one staged batch (what `run` does after staging; a Ray job runs it)")
+    cm.add_argument("--dataset", required=True, type=_name)
+    cm.add_argument("--batch", required=True, type=_seq)
     ck = sub.add_parser("check", help="validate dataset declarations and suites without data")
     ck.add_argument("--dataset", type=_name)
     s = sub.add_parser("status", help="batches and their anchoring")
@@ -701,7 +717,8 @@ def _address(text: str) -> str:
     return lower
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "status": cmd_status,
+COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "commit": cmd_commit,
+            "status": cmd_status,
             "check": cmd_check, "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit,
             "pull": cmd_pull, "rewards": cmd_rewards, "claim": cmd_claim, "explain": cmd_explain, "demo": cmd_demo}
 

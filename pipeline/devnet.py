@@ -257,6 +257,7 @@ class RayHead:
 
     workdir: Path
     cpus: int = 2
+    env: dict[str, str] = field(default_factory=dict)  # the nodes' settings and secrets, what its jobs run with
     port: int = 0
     dashboard_port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -284,8 +285,9 @@ class RayHead:
                 "--include-dashboard=true", f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
                 f"--temp-dir={self.workdir / 'tmp'}"]
         log = open(self.log_path, "ab")
+        path = os.pathsep.join([str(ray.parent), os.environ.get("PATH", "")])  # jobs run `anchorlake` from it
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, env=os.environ | self.env | {"PATH": path})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

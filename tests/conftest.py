@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DEVNET_KEYS, key_variable
-from pipeline.devnet import Anvil, Identity, SeaweedFS
+from pipeline.devnet import Anvil, Identity, RayHead, SeaweedFS
 from pipeline.lake.layout import reader_actions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +42,19 @@ def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedFS) -> Iterator[RayHead]:
+    """A Ray head with 2 CPUs; its nodes hold the S3 credentials and the seal key, as a cluster's
+    would (a job's submission carries no secret). Tests using it share one pytest worker
+    (xdist_group "ray")."""
+    head = RayHead(tmp_path_factory.mktemp("ray"), env=seaweed.env() | {"ANCHORLAKE_SEAL_KEY": "a test seal key"})
+    head.start()
+    try:
+        yield head
+    finally:
+        head.stop()
 
 
 @pytest.fixture

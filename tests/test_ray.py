@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("ray")]  # one Ray head, 
 SEED = "a test-only seed"
 # Reports of GX runs: they say when GX ran (and GX's own ids), so they differ from run to run.
 GX_REPORTS = ("validation.json", "data-docs/")
-
-
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
-    head = RayHead(tmp_path_factory.mktemp("ray")).start()
-    try:
-        yield head
-    finally:
-        head.stop()
 
 
 @pytest.fixture(scope="module")
