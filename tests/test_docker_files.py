@@ -12,16 +12,35 @@ from conftest import REPO
 pytestmark = pytest.mark.unit
 
 
-def test_compose_file_wires_s3_chain_and_airflow() -> None:
+def test_compose_file_wires_s3_chain_airflow_on_celery_and_ray() -> None:
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"s3", "chain", "airflow"}
-    env = compose["services"]["airflow"]["environment"]
+    services = compose["services"]
+    assert set(services) == {"s3", "chain", "postgres", "redis", "airflow-init", "airflow-apiserver",
+                             "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+                             "ray-head", "ray-worker"}
+    airflow = [name for name in services if name.startswith("airflow")]
+    env = services["airflow-worker"]["environment"]
+    assert all(services[name]["environment"] == env for name in airflow)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" and env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert services["airflow-worker"]["entrypoint"] == ["airflow", "celery", "worker"]
+    assert services["airflow-triggerer"]["entrypoint"] == ["airflow", "triggerer"]  # deferred commits wait there
     assert env["ANCHORLAKE_LAKE"].startswith("s3://") and env["ANCHORLAKE_RPC_URL"] == "http://chain:8545"
-    for role in ("ANCHORER", "DISTRIBUTOR", "TREASURY"):
-        assert "${" in env[f"ANCHORLAKE_{role}_KEY"], "keys come from the environment, never from the file"
+    assert (env["ANCHORLAKE_ENGINE"], env["ANCHORLAKE_RAY_JOBS"]) == ("ray", "http://ray-head:8265")
+    secrets = ("ANCHORLAKE_ANCHORER_KEY", "ANCHORLAKE_DISTRIBUTOR_KEY", "ANCHORLAKE_TREASURY_KEY", "ANCHORLAKE_SEAL_KEY",
+               "AWS_SECRET_ACCESS_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY")
+    for name in secrets:
+        assert "${" in env[name], f"{name} comes from the environment, never from the file"
     assert "ANCHORLAKE_ADMIN_KEY" not in env, "the admin key stays off the workers"
     assert "${" in env["ANCHORLAKE_ADMIN_ADDRESS"]
-    assert "-s3.port.iceberg=0" in compose["services"]["s3"]["command"]
+    assert "-s3.port.iceberg=0" in services["s3"]["command"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["entrypoint"][:4] == ["ray", "start", "--head", "--block"] and "--dashboard-port=8265" in head["entrypoint"]
+    assert "--address=ray-head:6379" in worker["entrypoint"]
+    ray_env = head["environment"]
+    assert ray_env == worker["environment"] and "${" in ray_env["ANCHORLAKE_SEAL_KEY"]
+    assert not {k for k in ray_env if k.endswith("_KEY") and k.startswith("ANCHORLAKE_")} - {"ANCHORLAKE_SEAL_KEY"}, \
+        "the Ray nodes commit: they hold the seal key, no chain key"
 
 
 def test_dockerfile_installs_the_pinned_files_and_builds_the_contracts() -> None:
@@ -33,6 +52,9 @@ def test_dockerfile_installs_the_pinned_files_and_builds_the_contracts() -> None
     assert "python -m anchoring.compile" in text
     for copied in ("pipeline", "anchoring", "expectations", "dags"):
         assert f"COPY {copied} " in text
+    assert "pip install -r docker/requirements-celery.txt" in text  # the compose file's executor and database
+    celery = (REPO / "docker" / "requirements-celery.txt").read_text()
+    assert "apache-airflow-providers-celery==" in celery and "psycopg2-binary==" in celery
 
 
 def test_example_identities_have_an_admin_and_a_reader_scoped_to_what_readers_may_see() -> None:
@@ -44,6 +66,6 @@ def test_example_identities_have_an_admin_and_a_reader_scoped_to_what_readers_ma
     actions = {i["name"]: set(i["actions"]) for i in identities}
     assert "Write" in actions["anchorlake-admin"]
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
-    lake = compose["services"]["airflow"]["environment"]["ANCHORLAKE_LAKE"]
+    lake = compose["services"]["airflow-worker"]["environment"]["ANCHORLAKE_LAKE"]
     assert actions["ai-team-reader"] == set(reader_actions(lake))
     assert not any(a.split(":")[0] in ("Write", "Admin", "Tagging") for a in actions["ai-team-reader"])
