@@ -8,9 +8,10 @@ its own contracts, `anchorlake --json run --dataset instructions` as the real CL
   local  1M  ANCHORLAKE_ENGINE=local (forked workers)
   ray    1M  ANCHORLAKE_ENGINE=ray, RAY_ADDRESS=the head
   ray   10M  the same, ten times the rows
-and prints for each the wall time, rows/s, the per-stage seconds the CLI reports, the peak RSS of
-the driver (the CLI's process, with its forked workers) and of the largest Ray worker process
-(psutil, sampled every 0.2 s). The driver's peak at 10M against 1M says how flat it is.
+and prints for each the wall time, rows/s, the per-stage seconds the CLI reports, and the peak
+memory of the driver (the CLI's process and the workers it forks) and of the largest Ray worker
+process: RSS, and USS (psutil, sampled every 0.5 s), since RSS counts the pages of Ray's shared
+object store a process touched. The driver's peak at 10M against 1M says how flat it is.
 
     .venv/bin/python bench/ray.py [--small 1000000] [--large 10000000]
 """
@@ -18,6 +19,7 @@ the driver (the CLI's process, with its forked workers) and of the largest Ray w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -39,15 +41,18 @@ from pipeline.devnet import Anvil, RayHead  # noqa: E402
 from pipeline.errors import ServiceUnavailable  # noqa: E402
 
 
-class RayWorkers:
-    """The peak RSS of any one Ray worker process (title `ray::…`) while it runs."""
+class Peaks:
+    """Peak memory, sampled every 0.5 s while a run goes on, of any one Ray worker process (title
+    `ray::…`) and of the driver (the `anchorlake` process or a worker it forked): RSS, and USS, the
+    memory a process alone holds. RSS counts pages of Ray's shared object store a process has
+    touched, so for Ray's processes it overstates what each one costs."""
 
     def __init__(self) -> None:
-        self.peak = 0
+        self.peaks = {"ray_rss": 0, "ray_uss": 0, "driver_uss": 0}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> RayWorkers:
+    def __enter__(self) -> Peaks:
         self._thread.start()
         return self
 
@@ -56,11 +61,19 @@ class RayWorkers:
         self._thread.join()
 
     def _sample(self) -> None:
-        while not self._done.wait(0.2):
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
+        while not self._done.wait(0.5):
+            for process in psutil.process_iter(["cmdline"]):
                 line = process.info["cmdline"] or []
-                if line and line[0].startswith("ray::") and process.info["memory_info"] is not None:
-                    self.peak = max(self.peak, process.info["memory_info"].rss)
+                ray = bool(line) and line[0].startswith("ray::")
+                if not ray and not any(arg.endswith("/anchorlake") for arg in line[:2]):
+                    continue
+                with contextlib.suppress(psutil.Error):
+                    memory = process.memory_full_info()
+                    if ray:
+                        self.peaks["ray_rss"] = max(self.peaks["ray_rss"], memory.rss)
+                        self.peaks["ray_uss"] = max(self.peaks["ray_uss"], memory.uss)
+                    else:
+                        self.peaks["driver_uss"] = max(self.peaks["driver_uss"], memory.uss)
 
 
 def measure(engine: str, data: Path, anvil: Anvil, head: RayHead) -> dict:
@@ -69,7 +82,7 @@ def measure(engine: str, data: Path, anvil: Anvil, head: RayHead) -> dict:
         env = lake_env("file", tmp, anvil, None) | {"ANCHORLAKE_ENGINE": engine, "RAY_ADDRESS": head.address}
         cli(env, "up")
         cli(env, "contribute", "--dataset", "instructions", *map(str, sorted(data.glob("*.jsonl"))))
-        with RayWorkers() as workers:
+        with Peaks() as peaks:
             result = watch([ANCHORLAKE, "--json", "run", "--dataset", "instructions"], env, tmp)
     if result["rc"] != 0:
         raise BenchError(f"anchorlake run ({engine}) exited {result['rc']}:\n{result['stderr'][-2000:]}")
@@ -77,7 +90,7 @@ def measure(engine: str, data: Path, anvil: Anvil, head: RayHead) -> dict:
     counts = report["committed"][0]["counts"]
     assert counts["accepted"] + counts["quarantined"] + counts["duplicate"] == counts["input"], counts
     return {"seconds": result["seconds"], "stages": report["seconds"], "counts": counts,
-            "driver_mb": max(result["main_mb"], result["max_mb"]), "ray_worker_mb": workers.peak / MB}
+            "driver_mb": max(result["main_mb"], result["max_mb"])} | {k + "_mb": v / MB for k, v in peaks.peaks.items()}
 
 
 def main() -> None:
@@ -107,8 +120,9 @@ def main() -> None:
                 r = measure(engine, work / label, anvil, head)
                 stages = " ".join(f"{s} {float(r['stages'].get(s, 0)):.1f}" for s in STAGES)
                 print(f"  {engine:<5} {sizes[label]:>11,} records: {r['seconds']:7.1f} s, "
-                      f"{sizes[label] / r['seconds']:9,.0f} records/s ({stages}) | peak RSS driver "
-                      f"{r['driver_mb']:,.0f} MB, largest Ray worker {r['ray_worker_mb']:,.0f} MB", flush=True)
+                      f"{sizes[label] / r['seconds']:9,.0f} records/s ({stages}) | peak driver RSS "
+                      f"{r['driver_mb']:,.0f} MB, USS {r['driver_uss_mb']:,.0f} MB; largest Ray worker RSS "
+                      f"{r['ray_rss_mb']:,.0f} MB, USS {r['ray_uss_mb']:,.0f} MB", flush=True)
                 rows.append((engine, label, r))
         finally:
             head.stop()
@@ -116,8 +130,8 @@ def main() -> None:
         (_, _, local), (_, _, small), (_, _, large) = rows
         growth = sizes["large"] / sizes["small"]
         print(f"\nray {sizes['large']:,} / {sizes['small']:,} records: time x{large['seconds'] / small['seconds']:.1f} "
-              f"for x{growth:.0f} the rows; driver peak x{large['driver_mb'] / small['driver_mb']:.1f}, largest Ray "
-              f"worker x{large['ray_worker_mb'] / max(small['ray_worker_mb'], 1):.1f}; local at {sizes['small']:,}: "
+              f"for x{growth:.0f} the rows; driver peak USS x{large['driver_uss_mb'] / small['driver_uss_mb']:.1f}, "
+              f"largest Ray worker USS x{large['ray_uss_mb'] / max(small['ray_uss_mb'], 1):.1f}; local at {sizes['small']:,}: "
               f"{local['seconds']:.1f} s (ray/local x{small['seconds'] / local['seconds']:.1f})")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 JOB_SETTINGS = ("ANCHORLAKE_LAKE", "ANCHORLAKE_ENGINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                 "ANCHORLAKE_LEASE_SECONDS", "ANCHORLAKE_TEST_SALT_SEED")
 POLL_SECONDS = 2.0
+AGENT_WAIT = 120.0
 
 
 def run_stage(stage: str, *args: Any) -> Any:
@@ -101,15 +103,23 @@ class CommitBatch(BaseOperator):
 
 def _submit(address: str, dataset: str, seq: int, attempt: int) -> str:
     """Submit the commit of batch `seq` as a Ray job; its id. A retried task submits again: the
-    commit takes the batch's lease, and a batch already committed is returned as it is."""
+    commit takes the batch's lease, and a batch already committed is returned as it is. A head
+    that has just started has no job agent for a while: that is waited out (AGENT_WAIT seconds)."""
     from ray.job_submission import JobSubmissionClient
 
     given = dict(os.environ) | _connections()  # what this worker's commit would use, Connections included
     settings = {name: given[name] for name in JOB_SETTINGS if given.get(name)}
-    return str(JobSubmissionClient(address).submit_job(
-        entrypoint=f"anchorlake --json --quiet commit --dataset {dataset} --batch {seq}",
-        submission_id=f"anchorlake-{dataset}-{seq:06d}-{attempt}-{os.urandom(3).hex()}",
-        runtime_env={"env_vars": settings}, metadata={"dataset": dataset, "batch": str(seq)}))
+    client, deadline = JobSubmissionClient(address), time.monotonic() + AGENT_WAIT
+    while True:
+        try:
+            return str(client.submit_job(
+                entrypoint=f"anchorlake --json --quiet commit --dataset {dataset} --batch {seq}",
+                submission_id=f"anchorlake-{dataset}-{seq:06d}-{attempt}-{os.urandom(3).hex()}",
+                runtime_env={"env_vars": settings}, metadata={"dataset": dataset, "batch": str(seq)}))
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _last_json(logs: str) -> dict[str, Any]:

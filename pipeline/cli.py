@@ -606,11 +606,8 @@ def _print_demo(dataset: str, s: dict[str, Any], deployment: dict[str, Any], now
 # --- entry point --------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="anchorlake", description="Verifiable AI-training data lake: ingest, validate, anchor, reward.")
-    for flag, text in GLOBAL_FLAGS:
-        p.add_argument(flag, action="store_true", help=text)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Command)
+def _operator_parsers(sub: Any) -> None:
+    """The commands that run the pipeline: up, down, contribute, run, commit, check, status."""
     up = sub.add_parser("up", help="start the embedded default (devnet, contracts) or deploy to ANCHORLAKE_RPC_URL")
     up.add_argument("-o", "--output", metavar="FILE",
                     help="also write the deployment (deployments/<chain_id>.json) that users verify against")
@@ -630,6 +627,14 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--dataset", type=_name)
     s = sub.add_parser("status", help="batches and their anchoring")
     s.add_argument("--dataset", type=_name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="anchorlake", description="Verifiable AI-training data lake: ingest, validate, anchor, reward.")
+    for flag, text in GLOBAL_FLAGS:
+        p.add_argument(flag, action="store_true", help=text)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Command)
+    _operator_parsers(sub)
     rc = sub.add_parser("receipt", help="a contributor's receipt for a batch")
     rc.add_argument("--dataset", required=True, type=_name)
     rc.add_argument("--batch", required=True, type=_seq)

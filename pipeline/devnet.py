@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -283,7 +284,7 @@ class RayHead:
         args = [str(ray), "start", "--head", "--block", f"--num-cpus={self.cpus}", f"--port={self.port}",
                 "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                 "--include-dashboard=true", f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
-                f"--temp-dir={self.workdir / 'tmp'}"]
+                f"--temp-dir={self._temp_dir()}"]
         log = open(self.log_path, "ab")
         path = os.pathsep.join([str(ray.parent), os.environ.get("PATH", "")])  # jobs run `anchorlake` from it
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -298,8 +299,16 @@ class RayHead:
         self.stop()
         raise ServiceUnavailable(f"ray did not answer on {self.dashboard} within {timeout:.0f}s:\n{_tail(self.log_path)}")
 
+    def _temp_dir(self) -> str:
+        """Ray's sessions and sockets: a short path of its own under /tmp (a Unix socket's path
+        holds at most 107 bytes, and the workdir may be deep), noted in the workdir."""
+        path = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        (self.workdir / "ray-temp-dir").write_text(path)
+        return path
+
     def stop(self) -> None:
-        """Stop the head and every process it started (they share its process group)."""
+        """Stop the head and every process it started (they share its process group), then remove
+        its temporary directory."""
         if self.process is None:
             return
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -315,6 +324,9 @@ class RayHead:
                 break
         self.process.poll()
         self.process = None
+        noted = self.workdir / "ray-temp-dir"
+        if noted.exists():
+            shutil.rmtree(noted.read_text(), ignore_errors=True)
 
 
 def _group_alive(pgid: int) -> bool:
