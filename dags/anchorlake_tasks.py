@@ -84,12 +84,15 @@ class CommitBatch(BaseOperator):
             return self._committed(context, run_stage("commit", self.dataset, seq))
         job = _submit(jobs, self.dataset, seq, context["ti"].try_number)
         self.log.info("%s batch %d: Ray job %s submitted to %s; waiting in the triggerer", self.dataset, seq, job, jobs)
-        self.defer(trigger=RayJobTrigger(jobs, job), method_name="job_finished")
+        self.defer(trigger=RayJobTrigger(jobs, job), method_name="job_finished", kwargs={"seq": seq})
 
-    def job_finished(self, context: Any, event: dict[str, Any]) -> int:
+    def job_finished(self, context: Any, event: dict[str, Any], seq: int) -> int:
         if event["status"] != "SUCCEEDED":
             raise AirflowException(f"Ray job {event['job']} ended {event['status']}: {event['logs'][-2000:]}")
-        return self._committed(context, _last_json(event["logs"]))
+        batch = _last_json(event["logs"])
+        if batch.get("seq") != seq:
+            raise AirflowFailException(f"Ray job {event['job']} reports batch {batch.get('seq')!r}, not {seq}")
+        return self._committed(context, batch)
 
     def _committed(self, context: Any, batch: dict[str, Any]) -> int:
         counts = batch["counts"]

@@ -74,8 +74,16 @@ def salt_seed(env: Mapping[str, str] | None = None) -> bytes | None:
 def _on_this_machine(url: str) -> bool:
     from urllib.parse import urlsplit
 
+    if "\\" in url or "@" in url:  # read differently by urllib and by HTTP clients: never taken as local
+        return False
     parts = urlsplit(url)
     return parts.scheme == "file" or parts.scheme in ("http", "https") and parts.hostname in ("127.0.0.1", "::1")
+
+
+def inside_ray_job(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a Ray job's driver (its runtime environment is the job's)."""
+    env = os.environ if env is None else env
+    return bool(env.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
 
 
 def key_variable(role: str) -> str:

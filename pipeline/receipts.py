@@ -84,9 +84,10 @@ class Parts:
     @classmethod
     def read(cls, files: BatchFiles) -> Parts:
         entries, name = files.manifest().data["files"], f"{files.dataset} batch {files.seq}"
-        rows = tuple(e.get("rows") for e in entries)
-        if not all(type(r) is int and r >= 0 for r in rows):
-            raise CheckFailed(f"{name}: the manifest does not give every data part's rows")
+        if not all(isinstance(e, dict) and isinstance(e.get("path"), str) and type(e.get("rows")) is int
+                   and e["rows"] >= 0 for e in entries):
+            raise CheckFailed(f"{name}: the manifest does not give every data part's path and rows")
+        rows = tuple(int(e["rows"]) for e in entries)
         return cls(name, tuple(files.read(e["path"]) for e in entries), rows)
 
     def table(self, index: int) -> Any:

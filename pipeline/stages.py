@@ -283,8 +283,13 @@ def publish_rewards(settings: Settings, dataset: str, seq: int) -> dict[str, Any
 
 
 def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
-    """Write every contributor's receipt for batch `seq`; the index is written last."""
-    return build_receipts(BatchFiles(lake_for(settings), dataset, seq), dataset_for(settings, dataset))
+    """Write every contributor's receipt for batch `seq`; the index is written last. Only for a
+    batch this pipeline committed: receipts are built on its manifest, which the lake holds."""
+    files = BatchFiles(lake_for(settings), dataset, seq)
+    if not _seal_holds(settings, files):
+        raise CheckFailed(f"the manifest of {dataset} batch {seq} ({files.manifest().sha256}) carries no valid seal of "
+                          "this pipeline's commit: no receipts are written for it")
+    return build_receipts(files, dataset_for(settings, dataset))
 
 
 def batch_summary(settings: Settings, dataset: str) -> dict[str, Any]:

@@ -271,3 +271,31 @@ def test_a_worker_that_wrote_no_receipt_shifts_no_offset(tmp_path: Path) -> None
             write.join(path, contributors, lengths)
     assert (write.contributors, write.starts, write.lengths, write.count) == (["a", "b"], [0, 3], [3, 3], 2)
     assert write.path.read_bytes() == b"{}\n{}\n"
+
+
+def test_receipts_are_written_only_for_a_batch_this_pipeline_sealed(tmp_path: Path) -> None:
+    """A manifest in the lake without this pipeline's seal (planted, or sealed with another key)
+    gets no receipts, with a clear failure rather than receipts built on it."""
+    from pipeline import config, stages
+
+    _contribute(tmp_path / "lake" / "incoming" / "instructions", 1, 20, [f"0x{i:040x}" for i in (1, 2)],
+                random.Random(3))
+    env = {"ANCHORLAKE_LAKE": (tmp_path / "lake").as_uri(), "ANCHORLAKE_HOME": str(tmp_path / "home"),
+           "ANCHORLAKE_RPC_URL": "http://127.0.0.1:9", "ANCHORLAKE_SEAL_KEY": "ours"}
+    ours = config.load(env)
+    seq = stages.stage(ours, "instructions")
+    assert seq == 0 and stages.commit(ours, "instructions", seq)["seq"] == 0
+    with pytest.raises(CheckFailed, match="carries no valid seal of this pipeline's commit: no receipts are written"):
+        stages.publish_receipts(config.load(env | {"ANCHORLAKE_SEAL_KEY": "theirs"}), "instructions", seq)
+    assert stages.publish_receipts(ours, "instructions", seq) == 2
+
+
+def test_a_manifest_whose_files_are_not_entries_is_refused_with_a_line() -> None:
+    class Planted:  # what BatchFiles gives when the lake holds such a manifest
+        dataset, seq = "instructions", 0
+
+        def manifest(self) -> object:
+            return type("M", (), {"data": {"files": [1, {"path": "data/x.parquet"}]}})()
+
+    with pytest.raises(CheckFailed, match="does not give every data part's path and rows"):
+        Parts.read(Planted())  # type: ignore[arg-type]

@@ -36,11 +36,24 @@ def test_the_salt_seed_is_taken_for_a_lake_and_chain_on_this_machine(env: dict[s
     ({"ANCHORLAKE_LAKE": "s3://b/p", "AWS_ENDPOINT_URL": "http://10.0.0.5:8333"} | LOCAL, "the S3 endpoint"),
     ({"ANCHORLAKE_LAKE": "s3://b/p", "AWS_ENDPOINT_URL": "http://127.0.0.1.example.org"} | LOCAL, "the S3 endpoint"),
     ({"ANCHORLAKE_RPC_URL": "http://localhost.evil:8545"}, "ANCHORLAKE_RPC_URL"),
+    ({"ANCHORLAKE_RPC_URL": "http://evil.example.org\\@127.0.0.1:8545/"}, "ANCHORLAKE_RPC_URL"),  # HTTP clients go to evil
+    ({"ANCHORLAKE_RPC_URL": "http://user@127.0.0.1:8545/"}, "ANCHORLAKE_RPC_URL"),
 ])
 def test_the_salt_seed_is_refused_by_every_command_wherever_a_run_could_publish(env: dict[str, str],
                                                                                 named: str) -> None:
     with pytest.raises(BadInput, match=f"for tests only; refused with {named} beyond this machine"):
         config.load(env | {"ANCHORLAKE_TEST_SALT_SEED": "s"})
+
+
+def test_timestamp_text_outside_years_1_to_9999_is_refused_not_written_wrong() -> None:
+    import pyarrow as pa
+
+    from pipeline.lake.columnar import timestamp_texts
+
+    year_0 = -62_135_596_800_000_000 - 1  # a microsecond before 0001-01-01
+    for micros in (year_0, 253_402_300_800_000_000):  # ... and 10000-01-01
+        with pytest.raises(ValueError, match="before year 1 or after 9999"):
+            timestamp_texts(pa.array([0, micros], pa.int64()).cast(pa.timestamp("us", tz="UTC")))
 
 
 def test_pinned_salts_follow_the_row_and_fresh_ones_are_random(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,6 +213,8 @@ def timestamp_texts(column: Any) -> Any:
     count, width = len(column), len(_TIMESTAMP)
     if count * width >= 2**31:
         raise ValueError(f"{count:,} timestamps are more than one string array holds")
+    if not _common_era(column):
+        raise ValueError("timestamps before year 1 or after 9999 have no 4-digit year")
     days, micros = np.divmod(column.cast(pa.int64()).fill_null(0).to_numpy(), _MICROS_PER_DAY)
     era, day_of_era = np.divmod(days.astype(np.int32) + 719_468, 146_097)  # eras of 400 years from 0000-03-01
     year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365

@@ -53,12 +53,16 @@ class RayPool(Executor):
 
         if not ray.is_initialized():
             _ray_messages_to_log()
-            seed = config.salt_seed()  # a Ray worker's environment is its node's, not this process's
-            env = {} if seed is None else {"env_vars": {"ANCHORLAKE_TEST_SALT_SEED": seed.decode()}}
-            ray.init(configure_logging=False, log_to_driver=False, runtime_env=env or None)
+            # A Ray worker's environment is its node's, not this process's: the seed this process
+            # checked is passed, and an empty one when it has none (a node's own never applies).
+            # A job's driver already runs in the job's environment, which holds it.
+            seed = config.salt_seed()
+            env = None if config.inside_ray_job() else {
+                "env_vars": {"ANCHORLAKE_TEST_SALT_SEED": "" if seed is None else seed.decode()}}
+            ray.init(configure_logging=False, log_to_driver=False, runtime_env=env)
             log.info("engine ray: %s CPUs", ray.cluster_resources().get("CPU", 0))
         self._remote: dict[Callable[..., Any], Any] = {}
-        self._pending: list[Any] = []
+        self._pending: set[Any] = set()  # tasks not yet done; a done one's result is let go with its future
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         import ray
@@ -67,8 +71,10 @@ class RayPool(Executor):
         if remote is None:
             remote = self._remote[fn] = ray.remote(max_retries=TASK_RETRIES)(fn)
         ref = remote.remote(*args, **kwargs)
-        self._pending.append(ref)
-        return ref.future()  # type: ignore[no-any-return]
+        self._pending.add(ref)
+        future: Future[Any] = ref.future()
+        future.add_done_callback(lambda _: self._pending.discard(ref))
+        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         import ray
@@ -84,6 +90,10 @@ def _ray_messages_to_log() -> None:
     the CLI's --json goes: send it to the log (stderr) instead. Ray has no setting for this, so
     its module function is replaced."""
     import ray._private.worker as ray_worker
+
+    if not hasattr(ray_worker, "print_to_stdstream"):
+        raise RuntimeError(f"this Ray ({ray_worker.__file__}) prints its messages another way; anchorlake's "
+                           "--json output would not be kept clean: pin the Ray of requirements.txt")
 
     def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
         for line in data.get("lines", []):
