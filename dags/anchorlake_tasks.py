@@ -84,9 +84,10 @@ class CommitBatch(BaseOperator):
             return self._committed(context, run_stage("commit", self.dataset, seq))
         job = _submit(jobs, self.dataset, seq, context["ti"].try_number)
         self.log.info("%s batch %d: Ray job %s submitted to %s; waiting in the triggerer", self.dataset, seq, job, jobs)
-        self.defer(trigger=RayJobTrigger(jobs, job), method_name="job_finished", kwargs={"seq": seq})
+        self.defer(trigger=RayJobTrigger(jobs, job), method_name="job_finished")
 
-    def job_finished(self, context: Any, event: dict[str, Any], seq: int) -> int:
+    def job_finished(self, context: Any, event: dict[str, Any]) -> int:
+        seq = int(self.seq)  # rendered again when the task resumes
         if event["status"] != "SUCCEEDED":
             raise AirflowException(f"Ray job {event['job']} ended {event['status']}: {event['logs'][-2000:]}")
         batch = _last_json(event["logs"])
