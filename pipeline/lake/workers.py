@@ -80,7 +80,7 @@ class RayPool(Executor):
         import ray
 
         if cancel_futures:
-            for ref in self._pending:
+            for ref in list(self._pending):  # a finishing task's callback may take its ref out meanwhile
                 ray.cancel(ref, force=True)
         self._pending.clear()
 
