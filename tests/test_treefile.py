@@ -15,7 +15,7 @@ from pipeline.core.merkle import (
     root,
     verify_inclusion,
 )
-from pipeline.core.treefile import encode, from_bytes
+from pipeline.core.treefile import TreeAssembler, encode, from_bytes, full_tiles
 
 pytestmark = pytest.mark.unit
 
@@ -56,3 +56,36 @@ def test_the_parallel_bulk_builder_writes_the_same_bytes() -> None:
     entries = [i.to_bytes(4, "big") for i in range(PARALLEL_FROM + 1234)]
     assert encode_entries(entries, workers=2) == encode(leaf_hashes(entries))
     assert encode_entries(entries[:5000], workers=2) == encode(leaf_hashes(entries[:5000]))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(min_value=0, max_value=200), st.integers(min_value=0, max_value=4), st.data())
+def test_a_tree_assembled_from_runs_cut_anywhere_is_the_tree_encoded_whole(size: int, height: int,
+                                                                            data: st.DataObject) -> None:
+    # The partition tasks each tile their own run of leaves; the driver folds the runs in order.
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    cuts = sorted(data.draw(st.lists(st.integers(0, size), max_size=6)))
+    written: list[bytes] = []
+    tree = TreeAssembler(size, written.append, height)
+    for lo, hi in zip([0, *cuts], [*cuts, size], strict=True):
+        head, blob, roots, tail = full_tiles(leaves[lo:hi], lo, height)
+        assert len(head) + len(roots) * (1 << height) + len(tail) == hi - lo
+        tree.leaves(head)
+        if roots:
+            tree.tiles(blob, roots)
+        tree.leaves(tail)
+    top = tree.finish()
+    assert (b"".join(written), top) == encode(leaves, tile_height=height)
+
+
+def test_an_assembled_tree_refuses_a_wrong_leaf_count_and_misplaced_tiles() -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(40)]
+    tree = TreeAssembler(41, lambda _: None, 3)
+    tree.leaves(leaves)
+    with pytest.raises(ValueError, match="41 leaves, 40 were given"):
+        tree.finish()
+    tree = TreeAssembler(40, lambda _: None, 3)
+    tree.leaves(leaves[:3])
+    _, blob, roots, _ = full_tiles(leaves[8:16], 8, 3)
+    with pytest.raises(ValueError, match="do not fill a tile"):
+        tree.tiles(blob, roots)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from pipeline.core.merkle import (
     EMPTY_ROOT,
@@ -70,6 +71,69 @@ def encode(leaves: Sequence[bytes], tile_height: int = DEFAULT_TILE_HEIGHT) -> t
     top = build_levels(roots)
     data = b"".join([HEADER.pack(MAGIC, len(leaves), tile_height, 0), blob, _flatten(top)])
     return data, (root_from_levels(top) if leaves else EMPTY_ROOT)
+
+
+def full_tiles(leaves: Sequence[bytes], first: int, tile_height: int = DEFAULT_TILE_HEIGHT
+               ) -> tuple[list[bytes], bytes, list[bytes], list[bytes]]:
+    """The tiles of a run of leaves at tree positions [first, first + len(leaves)), for building a
+    tree in pieces: (head, blob, roots, tail). `blob` is the stored form of the tiles wholly inside
+    the run and `roots` their roots; `head` the leaves before the first tile boundary in it and
+    `tail` those after the last (all of them, when no tile lies wholly inside). Requires first >= 0."""
+    tile = 1 << tile_height
+    start = min(len(leaves), -first % tile)
+    stop = start + (len(leaves) - start) // tile * tile
+    if stop <= start:
+        return list(leaves), b"", [], []
+    blob, roots = _tiles(leaves, tile, start, stop)
+    return list(leaves[:start]), blob, roots, list(leaves[stop:])
+
+
+class TreeAssembler:
+    """Writes a tree file of `size` leaves through `write(bytes)` from runs given in leaf order as
+    full_tiles() cuts them: loose leaves are tiled here, whole tiles are copied. Holds one tile of
+    leaves and every tile root (32 bytes per 2**tile_height leaves). Same bytes as encode()."""
+
+    def __init__(self, size: int, write: Callable[[bytes], Any], tile_height: int = DEFAULT_TILE_HEIGHT) -> None:
+        self.size, self.write, self.tile_height = size, write, tile_height
+        self.tile = 1 << tile_height
+        self.loose: list[bytes] = []
+        self.roots: list[bytes] = []
+        self.placed = 0
+        write(HEADER.pack(MAGIC, size, tile_height, 0))
+
+    def leaves(self, leaves: Sequence[bytes]) -> None:
+        """Leaves not yet tiled. Requires them to start where the tree so far ends."""
+        self.loose += leaves
+        self.placed += len(leaves)
+        full = len(self.loose) // self.tile * self.tile
+        if full:
+            blob, roots = _tiles(self.loose, self.tile, 0, full)
+            self.write(blob)
+            self.roots += roots
+            del self.loose[:full]
+
+    def tiles(self, blob: bytes | Iterator[bytes], roots: Sequence[bytes]) -> None:
+        """Whole tiles (their stored form, in pieces if an iterator). Requires the tree so far to
+        end on a tile boundary."""
+        if roots and self.loose:
+            raise ValueError(f"{len(self.loose)} leaves before these tiles do not fill a tile")
+        for piece in [blob] if isinstance(blob, bytes) else blob:
+            self.write(piece)
+        self.roots += roots
+        self.placed += len(roots) * self.tile
+
+    def finish(self) -> bytes:
+        """Write the last (partial) tile and the top levels; the root. Requires `size` leaves placed."""
+        if self.placed != self.size:
+            raise ValueError(f"the tree was declared with {self.size} leaves, {self.placed} were given")
+        if self.loose:
+            blob, roots = _tiles(self.loose, self.tile, 0, len(self.loose))
+            self.write(blob)
+            self.roots += roots
+            self.loose = []
+        top = build_levels(self.roots)
+        self.write(_flatten(top))
+        return root_from_levels(top) if self.size else EMPTY_ROOT
 
 
 _ENTRIES: Sequence[bytes] = ()
