@@ -39,6 +39,12 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def scratch_dir(env: Mapping[str, str] | None = None) -> str | None:
+    """Where a commit's shuffle files go (ANCHORLAKE_SCRATCH): a directory every worker of the
+    engine reaches (on a cluster, a volume shared by its nodes); None for the system's temp dir."""
+    return (os.environ if env is None else env).get("ANCHORLAKE_SCRATCH") or None
+
+
 ENGINES = ("local", "ray")
 
 

@@ -19,6 +19,7 @@ from pipeline.datasets import load as load_dataset
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import layout
+from pipeline.lake.batch import BatchFiles
 from pipeline.lake.storage import open_lake
 
 pytestmark = pytest.mark.integration
@@ -250,7 +251,7 @@ def test_a_duplicate_of_an_earlier_batch_names_the_first_record(committed: tuple
     assert second.data["counts"] == {"input": 2, "accepted": 1, "quarantined": 0, "duplicate": 1}
     assert [s["key"] for s in second.data["sources"]] == ["incoming/instructions/later.jsonl"]
     row = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 1, layout.QUARANTINE)))).to_pylist()[0]
-    index = pq.read_table(io.BytesIO(lake.read(layout.batch_file("instructions", 0, layout.INDEX)))).column("record_id").to_pylist()
+    index = BatchFiles(lake, "instructions", 0).index(["record_id"]).column("record_id").to_pylist()
     assert row["reason"] == "duplicate" and row["duplicate_of"] in index
 
 

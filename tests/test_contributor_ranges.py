@@ -23,6 +23,7 @@ from pipeline.core.receipt import Receipt, parse, verify_rows
 from pipeline.datasets import Column, load
 from pipeline.errors import CheckFailed, FormatError
 from pipeline.ingest import builder
+from pipeline.ingest import partitions as tasks
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import workers
@@ -75,20 +76,21 @@ def test_rows_are_ordered_by_contributor_then_arrival_and_each_range_is_proved(
     assert covered == manifest.tree_size
 
 
-@pytest.mark.parametrize("partitions", [1, 2, 7, 4096])
+@pytest.mark.parametrize("partitions", [1, 2, 8, 4096])
 def test_column_wise_partitions_order_and_ids_are_the_row_rules(partitions: int) -> None:
     rng = random.Random(partitions)
     addresses = ["0x" + "0" * 40, "0x" + "f" * 40] + [f"0x{rng.getrandbits(160):040x}" for _ in range(3000)]
     column = pa.chunked_array([addresses[:10], addresses[10:]])
-    assert builder.partitions_of(column, partitions).tolist() == [builder.partition_of(a, partitions) for a in addresses]
+    assert tasks.address_partitions(column, partitions).tolist() == [int(a[2:10], 16) * partitions >> 32
+                                                                       for a in addresses]
     rows = [rng.choice(addresses[:40]) for _ in range(2000)]
-    table = pa.table({"contributor": rows, builder.ARRIVAL: list(range(2000))})
-    ordered = table.take(builder._leaf_order(table))
-    assert list(zip(ordered["contributor"].to_pylist(), ordered[builder.ARRIVAL].to_pylist(), strict=True)) == \
+    table = pa.table({"contributor": rows, tasks.ARRIVAL: list(range(2000))})
+    ordered = table.take(tasks.leaf_order(table))
+    assert list(zip(ordered["contributor"].to_pylist(), ordered[tasks.ARRIVAL].to_pylist(), strict=True)) == \
         sorted((who, n) for n, who in enumerate(rows))
     hashes = [rng.randbytes(32) for _ in range(300)]
     sliced = pa.chunked_array([pa.array(hashes, pa.binary(32)).slice(3, 200), pa.array(hashes[:5], pa.binary(32))])
-    assert builder._hex(sliced).to_pylist() == [h.hex() for h in hashes[3:203] + hashes[:5]]
+    assert tasks.hex_of(sliced).to_pylist() == [h.hex() for h in hashes[3:203] + hashes[:5]]
 
 
 def test_a_receipt_whose_rows_were_moved_or_relabelled_does_not_fold(tmp_path: Path) -> None:

@@ -42,6 +42,8 @@ def test_compose_file_wires_s3_chain_airflow_on_celery_and_ray() -> None:
     assert ray_env == worker["environment"] and "${" in ray_env["ANCHORLAKE_SEAL_KEY"]
     assert not {k for k in ray_env if k.endswith("_KEY") and k.startswith("ANCHORLAKE_")} - {"ANCHORLAKE_SEAL_KEY"}, \
         "the Ray nodes commit: they hold the seal key, no chain key"
+    shuffle = ray_env["ANCHORLAKE_SCRATCH"]  # the commit's tasks exchange partitions there: every node mounts it
+    assert head["volumes"] == worker["volumes"] == [f"shuffle:{shuffle}"] and "shuffle" in compose["volumes"]
 
 
 def test_dockerfile_installs_the_pinned_files_and_builds_the_contracts() -> None:

@@ -1,11 +1,12 @@
 """Build one batch from its staged sources: records in blocks -> typed chunks -> quality gate ->
 dedupe -> contributor-ordered data parts, index and quarantine, with every record counted.
 
-Leaves are ordered by contributor, then arrival (SPEC §13.2). Accepted rows stream through in
-chunks of `chunk_records` and are spilled to scratch files partitioned by contributor address
-prefix (contiguous prefix ranges, so partition order is address order); `finish` then sorts one
-partition at a time and writes the parts. Memory holds one partition's rows, and per accepted
-row its leaf hash and dedupe key.
+Records stream through in chunks of `chunk_records`: typed and checked by the engine's workers,
+counted here, the rows that pass spilled by dedupe-key slice into the shuffle directory. `finish`
+hands the rest to the partition tasks (see ingest.partitions): dedupe per key slice, then sort
+and write per contributor partition, the tree's tiles built beside the parts. This process holds
+one chunk of records at a time, never the batch's rows, and folds the tasks' tile roots into
+tree.bin. Leaves are ordered by contributor, then arrival (SPEC §13.2).
 """
 
 from __future__ import annotations
@@ -20,76 +21,34 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.signature import holds as signature_holds
-from pipeline.datasets import Column, Dataset
-from pipeline.ingest.dedupe import PriorKeys
+from pipeline.core.treefile import TreeAssembler
+from pipeline.datasets import Dataset
+from pipeline.ingest import partitions as tasks
 from pipeline.ingest.parse import Block, parse_source, source_format
 from pipeline.ingest.quality import ChunkResult, QualityReport, check_chunk
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
-from pipeline.lake.columnar import arrow_schema, arrow_table
+from pipeline.lake.columnar import arrow_table
 from pipeline.lake.sources import Source, open_source
 from pipeline.lake.workers import engine_pool
 
 CHUNK_RECORDS = 100_000
 MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
 VALIDATING = 1  # chunks being checked by the quality gate while the next one gathers
-PARTITION_SOURCE_BYTES = 256 << 20  # source bytes per contributor partition: what one sort holds
+PARTITION_SOURCE_BYTES = 64 << 20  # source bytes per contributor partition: what one sort task holds
+HISTORY_KEYS_PER_SLICE = 4 << 20  # earlier batches' keys per dedupe slice: what one dedupe task holds
 MAX_PARTITIONS = 4096
-ARRIVAL, LEAF, KEY = "__arrival", "__leaf", "__key"  # spill-only columns, never committed
 
 
 def partition_count(source_bytes: int) -> int:
-    """How many contributor partitions a batch of `source_bytes` is sorted in."""
-    return max(1, min(MAX_PARTITIONS, -(-source_bytes // PARTITION_SOURCE_BYTES)))
+    """How many contributor partitions (a power of two) a batch of `source_bytes` is sorted in."""
+    return min(MAX_PARTITIONS, tasks.power_of_two_at_least(-(-source_bytes // PARTITION_SOURCE_BYTES)))
 
 
-def partition_of(contributor: str, partitions: int) -> int:
-    """The partition of a (lowercase) address: contiguous ranges of its first 32 bits."""
-    return int(contributor[2:10], 16) * partitions >> 32
-
-
-def partitions_of(contributors: Any, partitions: int) -> Any:
-    """partition_of each (lowercase) address of an Arrow string column, as a numpy array."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    prefixes = pc.utf8_slice_codeunits(contributors, 2, 10).combine_chunks().cast(pa.binary())
-    if len(prefixes) == 0:
-        return np.zeros(0, np.int64)
-    if prefixes.offset or prefixes.null_count or pc.min_max(pc.binary_length(prefixes)).as_py() != {"min": 8, "max": 8}:
-        return np.array([partition_of(c, partitions) for c in contributors.to_pylist()], np.int64)  # not addresses
-    digits = np.frombuffer(prefixes.buffers()[2], np.uint8, count=8 * len(prefixes)).reshape(-1, 8)
-    nibbles = np.where(digits >= ord("a"), digits - (ord("a") - 10), digits - ord("0")).astype(np.uint64)
-    prefix = (nibbles << (4 * np.arange(7, -1, -1, dtype=np.uint64))).sum(axis=1, dtype=np.uint64)
-    return (prefix * np.uint64(partitions) >> np.uint64(32)).astype(np.int64)
-
-
-def _hex(hashes: Any) -> Any:
-    """Lowercase hex of each value of a binary(32) column, as an Arrow string array."""
-    import numpy as np
-    import pyarrow as pa
-
-    column = hashes.combine_chunks()
-    count = len(column)
-    octets = np.frombuffer(column.buffers()[1], np.uint8, count=32 * count, offset=32 * column.offset).reshape(-1, 32)
-    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
-    text = np.empty((count, 64), np.uint8)
-    text[:, 0::2], text[:, 1::2] = digits[octets >> 4], digits[octets & 15]
-    return pa.StringArray.from_buffers(count, pa.py_buffer(np.arange(0, 64 * count + 1, 64, dtype=np.int32).tobytes()),
-                                       pa.py_buffer(text.tobytes()))
-
-
-def _leaf_order(table: Any) -> Any:
-    """The positions of a partition's rows by contributor, then arrival: the contributors (a few
-    per thousand rows) are ranked once, and rows sorted by integer rank and arrival."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    encoded = pc.dictionary_encode(table.column("contributor")).combine_chunks()
-    ranks = pc.rank(encoded.dictionary, sort_keys="ascending", tiebreaker="first")
-    keys = pa.table({"rank": pc.take(ranks, encoded.indices), "arrival": table.column(ARRIVAL)})
-    return pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("arrival", "ascending")])
+def slice_count(partitions: int, history_keys: int) -> int:
+    """How many dedupe-key slices (a power of two): no fewer than the partitions, and enough that
+    one slice's share of the earlier batches' keys stays bounded."""
+    return min(MAX_PARTITIONS, max(partitions, tasks.power_of_two_at_least(-(-history_keys // HISTORY_KEYS_PER_SLICE))))
 
 
 # --- Arrow and Parquet ------------------------------------------------------------------------
@@ -118,12 +77,6 @@ def _rejected_schema() -> Any:
 
     return pa.schema([("source_sha256", pa.string()), ("line", pa.int64()), ("raw_sha256", pa.string()),
                       ("raw", pa.binary())])
-
-
-def _index_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema([("record_id", pa.string()), ("dedupe_key", pa.binary(32)), ("contributor", pa.string())])
 
 
 # --- one chunk ----------------------------------------------------------------------------------
@@ -179,7 +132,8 @@ def _bytes(raw: bytes | str) -> bytes:
 
 
 class BatchBuilder:
-    """Accumulates one batch block by block, validating and writing a data part per chunk."""
+    """Accumulates one batch chunk by chunk, then has the partition tasks dedupe, order and write
+    it. `scratch` is the shuffle directory: every worker of the engine must reach it."""
 
     def __init__(self, files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path,
                  chunk_records: int = CHUNK_RECORDS, pool: Executor | None = None) -> None:
@@ -188,28 +142,30 @@ class BatchBuilder:
         self.files_of, self.dataset, self.plan = files, dataset, plan
         self.chunk_records = chunk_records
         self.columns = dataset.committed_columns
-        self.prior = PriorKeys.load(files.lake, dataset.name, files.seq)
+        self.history, history_keys = tasks.history(files.lake, dataset.name, files.seq)
+        self.partitions = partition_count(sum(source.bytes for source in plan))
+        self.slices = slice_count(self.partitions, history_keys)
         self.quality = QualityReport(dataset)
         self.pool = pool
         self.validating: deque[_Validating] = deque()
-        self.seen: dict[bytes, bytes] = {}  # dedupe key -> leaf hash of its accepted row
         self.signed: dict[int, bool] = {}  # plan index -> its signature holds (signed datasets)
-        self.accepted = 0
-        self.leaves: list[bytes] = []  # in leaf order, once finished
+        self.arrivals = 0  # rows that passed the quality gate so far: the next one's arrival number
         self.files: list[dict[str, Any]] = []
+        self.index_files: list[dict[str, Any]] = []
+        self.tree_size, self.root = 0, b""
         self.counts: Counter[str] = Counter()
         self.per_source: list[Counter[str]] = [Counter() for _ in plan]
         self.per_contributor: dict[str, Counter[str]] = {}
         self.weights: Counter[str] = Counter()
         self.pending: list[Block] = []
         self.pending_rows = 0
+        self.scratch = scratch
         self.quarantine_path = scratch / layout.QUARANTINE
         self.rejected_path = scratch / layout.REJECTED
-        self.index_path = scratch / layout.INDEX
+        self.tree_path = scratch / layout.TREE
         self.quarantine = pq.ParquetWriter(self.quarantine_path, _quarantine_schema(), compression="zstd")
         self.rejected = pq.ParquetWriter(self.rejected_path, _rejected_schema(), compression="zstd")
-        self.index = pq.ParquetWriter(self.index_path, _index_schema(), compression="zstd")
-        self.spill = _Spill(scratch, partition_count(sum(source.bytes for source in plan)), self.columns)
+        self.spill = _Spill(scratch, self.slices, tasks.shuffle_schema(self.columns))
 
     def add(self, block: Block) -> None:
         self.pending.append(block)
@@ -238,23 +194,26 @@ class BatchBuilder:
             self._settle(self.validating.popleft())
 
     def settle(self) -> None:
-        """Flush, and settle every chunk still being checked (before the pool is shut down)."""
+        """Flush, and settle every chunk still being checked."""
         self.flush()
         while self.validating:
             self._settle(self.validating.popleft())
 
     def _settle(self, done: _Validating) -> None:
-        """Apply a chunk's quality results, dedupe it, count it and write what it accepted and rejected."""
+        """Apply a chunk's quality results, count it, spill the rows that passed and quarantine the rest."""
         chunk, typed, table = done.chunk, done.typed, done.table
         result = self.quality.add(done.checked.result() if isinstance(done.checked, Future) else done.checked)
         for position, (why, what) in result.failures.items():
             chunk.reject(typed[position], why, what)
-        duplicate_of: dict[int, str] = {}
-        accepted = self._dedupe(chunk, typed, duplicate_of)
-        self._tally(chunk, typed, table, accepted)
-        if accepted:
-            self._spill_accepted(chunk, typed, table, accepted)
-        self._write_quarantine(chunk, duplicate_of)
+        passed = [j for j, i in enumerate(typed) if chunk.reason[i] is None]
+        self._tally(chunk)
+        if passed:
+            self._spill_passed(chunk, typed, table, passed)
+        rejected = [i for i in range(len(chunk.line)) if chunk.reason[i] is not None]
+        self._write_quarantine([chunk.source[i] for i in rejected], [chunk.line[i] for i in rejected],
+                               [chunk.contributor[i] for i in rejected], [chunk.reason[i] for i in rejected],
+                               [chunk.detail[i] for i in rejected], [_bytes(chunk.raw[i]) for i in rejected],
+                               [None] * len(rejected))
 
     def _check_signers(self, chunk: _Chunk) -> None:
         """A signed dataset (SPEC §13.7): a source without a valid signature is quarantined whole,
@@ -276,119 +235,136 @@ class BatchBuilder:
                 self.dataset.name, source.sha256, source.signature, source.signer)
         return self.signed[source_index]
 
-    def _dedupe(self, chunk: _Chunk, typed: list[int], duplicate_of: dict[int, str]) -> list[int]:
-        """Positions in `typed` of the rows accepted: not seen in an earlier batch nor earlier in this one."""
-        key_columns = "+".join(self.dataset.dedupe_key)
-        survivors = [j for j, i in enumerate(typed) if chunk.reason[i] is None]
-        earlier = self.prior.lookup([chunk.key[typed[j]] for j in survivors])  # type: ignore[misc]
-        accepted: list[int] = []
-        for j, prior_id in zip(survivors, earlier, strict=True):
-            i = typed[j]
-            key, leaf = chunk.key[i], chunk.leaf[i]
-            assert key is not None and leaf is not None
-            if prior_id is not None:
-                chunk.reject(i, "duplicate", f"same {key_columns} as record {prior_id} of an earlier batch")
-                duplicate_of[i] = prior_id
-            elif (first := self.seen.get(key)) is not None:
-                duplicate_of[i] = first.hex()
-                chunk.reject(i, "duplicate", f"same {key_columns} as record {duplicate_of[i]}")
-            else:
-                self.seen[key] = leaf
-                accepted.append(j)
-        return accepted
-
-    def _tally(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
-        """Count the chunk's records by kind: overall, per source and per contributor; and the
-        accepted rows' weights per contributor (Arrow group-bys: one pass per chunk, not per row)."""
+    def _tally(self, chunk: _Chunk) -> None:
+        """Count the chunk's records by kind, overall, per source and per contributor (Arrow
+        group-bys: one pass per chunk, not per row). A row that passed the gate counts as accepted
+        until its dedupe task says otherwise."""
         import pyarrow as pa
 
-        weights = self._row_weights(table)
-        if accepted:
-            rows = pa.table({"who": pa.array([chunk.contributor[typed[j]] for j in accepted], pa.string()),
-                             "weight": pa.array([1] * len(accepted) if weights is None
-                                                else [weights[j] for j in accepted], pa.int64())})
-            for who, weight in _grouped(rows, ["who"], ("weight", "sum")):
-                self.weights[who] += weight
         kinds = pa.table({
-            "kind": pa.array(["accepted" if r is None else "duplicate" if r == "duplicate" else "quarantined"
-                              for r in chunk.reason], pa.string()),
+            "kind": pa.array(["accepted" if r is None else "quarantined" for r in chunk.reason], pa.string()),
             "source": pa.array(chunk.source, pa.int64()),
             "who": pa.array(chunk.contributor, pa.string())})
         for kind, source, count in _grouped(kinds, ["kind", "source"], ("kind", "count")):
+            self._count(kind, count, source=source)
+        for kind, who, count in _grouped(kinds.filter(kinds["who"].is_valid()), ["kind", "who"], ("kind", "count")):
+            self._count(kind, count, who=who)
+
+    def _count(self, kind: str, count: int, source: int | None = None, who: str | None = None) -> None:
+        """Add `count` records of `kind` to the totals and `source`'s, or to `who`'s."""
+        if source is not None:
             self.counts[kind] += count
             self.per_source[source][kind] += count
-        for kind, who, count in _grouped(kinds.filter(kinds["who"].is_valid()), ["kind", "who"], ("kind", "count")):
+        if who is not None:
             self.per_contributor.setdefault(who, Counter())[kind] += count
 
-    def _row_weights(self, table: Any) -> list[int] | None:
-        """Each row's weight as the pipeline measures it (never a value the contributor wrote):
-        None for one per row, else the characters of its text columns."""
-        if self.dataset.rewards.weight == "rows":
-            return None
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        total = pa.array([0] * table.num_rows, pa.int64())
-        for column in self.dataset.columns:
-            if column.type == "string":
-                total = pc.add(total, pc.fill_null(pc.utf8_length(table.column(column.name)), 0))
-        return [int(w) for w in total.to_pylist()]
-
-    def _spill_accepted(self, chunk: _Chunk, typed: list[int], table: Any, accepted: list[int]) -> None:
-        """The accepted rows with their arrival number, leaf and key, into their partitions."""
+    def _spill_passed(self, chunk: _Chunk, typed: list[int], table: Any, passed: list[int]) -> None:
+        """The rows that passed the gate, with their arrival number, leaf, key, source, line and raw
+        text, into their key slices."""
         import pyarrow as pa
 
-        rows = [typed[j] for j in accepted]
-        kept = table.take(accepted)
-        kept = kept.append_column(ARRIVAL, pa.array(range(self.accepted, self.accepted + len(rows)), pa.int64()))
-        kept = kept.append_column(LEAF, pa.array([chunk.leaf[i] for i in rows], pa.binary(32)))
-        kept = kept.append_column(KEY, pa.array([chunk.key[i] for i in rows], pa.binary(32)))
-        self.accepted += len(rows)
+        rows = [typed[j] for j in passed]
+        kept = table.take(passed)
+        extra = {
+            tasks.ARRIVAL: pa.array(range(self.arrivals, self.arrivals + len(rows)), pa.int64()),
+            tasks.LEAF: pa.array([chunk.leaf[i] for i in rows], pa.binary(32)),
+            tasks.KEY: pa.array([chunk.key[i] for i in rows], pa.binary(32)),
+            tasks.SOURCE: pa.array([chunk.source[i] for i in rows], pa.int64()),
+            tasks.LINE: pa.array([chunk.line[i] for i in rows], pa.int64()),
+            tasks.RAW: pa.array([_bytes(chunk.raw[i]) for i in rows], pa.binary()),
+        }
+        for name, column in extra.items():
+            kept = kept.append_column(name, column)
+        self.arrivals += len(rows)
         self.spill.add(kept)
 
     def finish(self, renew: Callable[[], None] = lambda: None) -> None:
-        """Write the data parts and the index in leaf order: each partition sorted by contributor,
-        then arrival; `renew()` before each part (the writer's lease). Requires every block added
-        and flushed."""
-        import pyarrow as pa
-
-        names = [c.name for c in self.columns]
-        for table in self.spill.sorted_partitions():
-            for start in range(0, table.num_rows, self.chunk_records):
-                renew()
-                part = table.slice(start, self.chunk_records)
-                entry = self.files_of.write(layout.part(len(self.files)), parquet_bytes(part.select(names)))
-                self.files.append(entry | {"rows": part.num_rows})
-                leaves = part.column(LEAF).to_pylist()
-                self.leaves += leaves
-                self.index.write_table(pa.table({
-                    "record_id": _hex(part.column(LEAF)),
-                    "dedupe_key": part.column(KEY), "contributor": part.column("contributor"),
-                }, schema=_index_schema()))
+        """Dedupe by key slice, then write the data parts and tree.bin by contributor partition, in
+        the engine's workers; `renew()` as results come (the writer's lease). Requires every block
+        added and settled, and the pool still running."""
+        self.spill.close()
+        shuffle = str(self.scratch)
+        deduped = list(self._run(tasks.dedupe_slice, [
+            tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, self.history, k, self.slices, self.partitions)
+            for k in range(self.slices)], renew))
+        for k, result in enumerate(deduped):
+            self._take_duplicates(k, result)
+            self.index_files.append(self.files_of.write_file(layout.index_slice(k, self.slices),
+                                                             tasks.index_file(shuffle, k)))
+        rows = [sum(result.rows[p] for result in deduped) for p in range(self.partitions)]
+        self.tree_size = sum(rows)
+        jobs, first_part, first_leaf = [], 0, 0
+        for p in range(self.partitions):
+            sent = tuple(k for k, result in enumerate(deduped) if result.rows[p])
+            jobs.append(tasks.PartitionJob(shuffle, self.columns, p, sent, first_part, first_leaf, rows[p],
+                                           self.chunk_records))
+            first_part += -(-rows[p] // self.chunk_records)
+            first_leaf += rows[p]
+        with open(self.tree_path, "wb") as out:
+            tree = TreeAssembler(self.tree_size, out.write)
+            for written in self._run(tasks.write_partition, jobs, renew):
+                for number, name, count in written.parts:
+                    entry = self.files_of.write_file(layout.part(number), self.scratch / name)
+                    self.files.append(entry | {"rows": count})
+                tree.leaves(written.head)
+                if written.roots:
+                    tree.tiles(_pieces(self.scratch / written.tiles), written.roots)
+                tree.leaves(written.tail)
+            self.root = tree.finish()
         if not self.files:
             self.write_empty_part()
 
-    def _write_quarantine(self, chunk: _Chunk, duplicate_of: dict[int, str]) -> None:
+    def _run(self, task: Callable[[Any], Any], jobs: list[Any], renew: Callable[[], None]) -> Iterator[Any]:
+        """Each job's result, in job order: from the engine's workers, or here without a pool."""
+        if self.pool is None:
+            for job in jobs:
+                renew()
+                yield task(job)
+            return
+        futures = [self.pool.submit(task, job) for job in jobs]
+        for future in futures:
+            renew()
+            yield future.result()
+
+    def _take_duplicates(self, slice_: int, result: tasks.DedupeResult) -> None:
+        """Move a key slice's duplicates from accepted to duplicate in the counts, quarantine them
+        (in arrival order) and take its accepted rows' weights."""
+        for source, count in result.duplicates_per_source.items():
+            self._count("accepted", -count, source=source)
+            self._count("duplicate", count, source=source)
+        for who, count in result.duplicates_per_contributor.items():
+            self._count("accepted", -count, who=who)
+            self._count("duplicate", count, who=who)
+        self.weights.update(result.weights)
+        path = tasks.duplicates_file(self.scratch, slice_)
+        if not path.exists():
+            return
+        dups = tasks.read_arrow(path).sort_by(tasks.ARRIVAL)
+        count = dups.num_rows
+        self._write_quarantine(dups.column("source").to_pylist(), dups.column("line").to_pylist(),
+                               dups.column("contributor").to_pylist(), ["duplicate"] * count,
+                               dups.column("detail").to_pylist(), dups.column("raw").to_pylist(),
+                               dups.column("duplicate_of").to_pylist())
+
+    def _write_quarantine(self, sources: list[int], lines: list[int], contributors: list[str | None],
+                          reasons: list[str | None], details: list[str | None], raws: list[bytes],
+                          duplicate_of: list[str | None]) -> None:
+        """Quarantine rows (public: no record text) and the raw text of each (private)."""
         import pyarrow as pa
 
-        rejected = [i for i in range(len(chunk.line)) if chunk.reason[i] is not None]
-        if not rejected:
+        if not sources:
             return
-        raw = [_bytes(chunk.raw[i]) for i in rejected]
-        raw_sha256 = pa.array([hashlib.sha256(r).hexdigest() for r in raw], pa.string())
-        source_sha256 = pa.array([self.plan[chunk.source[i]].sha256 for i in rejected], pa.string())
-        line = pa.array([chunk.line[i] for i in rejected], pa.int64())
+        raw_sha256 = pa.array([hashlib.sha256(r).hexdigest() for r in raws], pa.string())
+        source_sha256 = pa.array([self.plan[s].sha256 for s in sources], pa.string())
+        line = pa.array(lines, pa.int64())
         self.quarantine.write_table(pa.table({
-            "source_key": [self.plan[chunk.source[i]].key for i in rejected],
-            "source_sha256": source_sha256, "line": line,
-            "contributor": pa.array([chunk.contributor[i] for i in rejected], pa.string()),
-            "reason": pa.array([chunk.reason[i] for i in rejected], pa.string()),
-            "detail": pa.array([chunk.detail[i] for i in rejected], pa.string()),
-            "raw_sha256": raw_sha256,
-            "duplicate_of": pa.array([duplicate_of.get(i) for i in rejected], pa.string()),
+            "source_key": [self.plan[s].key for s in sources], "source_sha256": source_sha256, "line": line,
+            "contributor": pa.array(contributors, pa.string()), "reason": pa.array(reasons, pa.string()),
+            "detail": pa.array(details, pa.string()), "raw_sha256": raw_sha256,
+            "duplicate_of": pa.array(duplicate_of, pa.string()),
         }, schema=_quarantine_schema()))
         self.rejected.write_table(pa.table({"source_sha256": source_sha256, "line": line, "raw_sha256": raw_sha256,
-                                            "raw": pa.array(raw, pa.binary())}, schema=_rejected_schema()))
+                                            "raw": pa.array(raws, pa.binary())}, schema=_rejected_schema()))
 
     def write_empty_part(self) -> None:
         """An empty batch still has one (empty) data file with the schema."""
@@ -398,54 +374,34 @@ class BatchBuilder:
     def close_writers(self) -> None:
         self.quarantine.close()
         self.rejected.close()
-        self.index.close()
         self.spill.close()
 
 
+def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(size):
+            yield piece
+
+
 class _Spill:
-    """Accepted rows in scratch files, one per contributor partition (Arrow IPC, uncompressed)."""
+    """Rows in the shuffle directory, one Arrow IPC file (uncompressed) per dedupe-key slice."""
 
-    def __init__(self, scratch: Path, partitions: int, columns: tuple[Column, ...]) -> None:
-        import pyarrow as pa
-
-        self.partitions = partitions
-        self.schema = arrow_schema(columns).append(pa.field(ARRIVAL, pa.int64())).append(
-            pa.field(LEAF, pa.binary(32))).append(pa.field(KEY, pa.binary(32)))
-        self.paths = [scratch / f"spill-{p:05d}.arrow" for p in range(partitions)]
+    def __init__(self, scratch: Path, slices: int, schema: Any) -> None:
+        self.scratch, self.slices, self.schema = scratch, slices, schema
         self.writers: dict[int, Any] = {}
 
     def add(self, table: Any) -> None:
-        import numpy as np
+        owner = tasks.key_slices(table.column(tasks.KEY), self.slices)
+        for k, rows in enumerate(tasks.split_by(table, owner, self.slices)):
+            if rows.num_rows:
+                self._writer(k).write_table(rows)
+
+    def _writer(self, k: int) -> Any:
         import pyarrow as pa
 
-        if self.partitions == 1:
-            self._writer(0).write_table(table)
-            return
-        owner = partitions_of(table.column("contributor"), self.partitions)
-        order = np.argsort(owner, kind="stable")
-        bounds = np.searchsorted(owner[order], np.arange(self.partitions + 1))
-        grouped = table.take(pa.array(order))
-        for p in range(self.partitions):
-            if bounds[p + 1] > bounds[p]:
-                self._writer(p).write_table(grouped.slice(bounds[p], bounds[p + 1] - bounds[p]))
-
-    def _writer(self, p: int) -> Any:
-        import pyarrow as pa
-
-        if p not in self.writers:
-            self.writers[p] = pa.ipc.new_file(str(self.paths[p]), self.schema)
-        return self.writers[p]
-
-    def sorted_partitions(self) -> Iterator[Any]:
-        """Each partition's rows sorted by contributor, then arrival, in partition order."""
-        import pyarrow as pa
-
-        self.close()
-        for p in range(self.partitions):
-            if self.paths[p].exists():
-                with pa.memory_map(str(self.paths[p])) as source:
-                    table = pa.ipc.open_file(source).read_all()
-                yield table.take(_leaf_order(table))
+        if k not in self.writers:
+            self.writers[k] = pa.ipc.new_file(str(tasks.slice_file(self.scratch, k)), self.schema)
+        return self.writers[k]
 
     def close(self) -> None:
         for writer in self.writers.values():

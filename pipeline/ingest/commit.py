@@ -16,7 +16,6 @@ from typing import Any
 
 from pipeline import config
 from pipeline.core import manifest as manifests
-from pipeline.core import treefile
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import COUNT_KINDS
 from pipeline.datasets import Dataset
@@ -71,16 +70,15 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
                    tick: Callable[[int], None]) -> None:
     files.generation = lease.generation
     files.fence = lambda: lease.fence(files.committed)
-    with tempfile.TemporaryDirectory(prefix="anchorlake-commit-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="anchorlake-commit-", dir=config.scratch_dir()) as tmp:
         builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease, tick)
         config.fault_point("commit.built")
         _check_conserved(builder, dataset.name, files.seq)
-        tree_bytes, root = treefile.encode(builder.leaves)
         files.write_private(builder.rejected_path)
         artifacts = [
-            files.write(layout.TREE, tree_bytes),
+            files.write_file(layout.TREE, builder.tree_path),
             files.write_file(layout.QUARANTINE, builder.quarantine_path),
-            files.write_file(layout.INDEX, builder.index_path),
+            *builder.index_files,
             files.write(layout.VALIDATION, canonical_bytes(builder.quality.summary())),
             *_data_docs(files, dataset.name, builder.quality.docs, chunk_records),
         ]
@@ -97,7 +95,7 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
                                         signer=s.signer, signature=s.signature) for i, s in enumerate(plan)],
         skipped=[asdict(s) for s in skipped], columns=[(c.name, c.type) for c in builder.columns],
         suite={"name": dataset.suite_path.name, "sha256": dataset.suite_sha256()},
-        files=builder.files, artifacts=artifacts, tree_size=len(builder.leaves), root=root,
+        files=builder.files, artifacts=artifacts, tree_size=builder.tree_size, root=builder.root,
         rewards=rewards.manifest_entry(dataset, rewards_file["path"], rewards_tree["path"]))
     lease.check()
     if not files.create_manifest(body, seal):
@@ -107,23 +105,21 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
 def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path, chunk_records: int,
            lease: Lease, tick: Callable[[int], None]) -> BatchBuilder:
     """Stream every staged record through the builder, apply the quality gate's thresholds, then
-    write the parts in leaf order."""
+    have the partition tasks write the parts in leaf order."""
     checking(dataset)  # the quality gate's GX context, built before worker processes fork
     pool = worker_pool()
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
-        try:
-            for block in blocks(files, dataset, plan, scratch, pool):
-                lease.renew()
-                builder.add(block)
-                tick(len(block))
-            builder.settle()
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+        for block in blocks(files, dataset, plan, scratch, pool):
+            lease.renew()
+            builder.add(block)
+            tick(len(block))
+        builder.settle()
         builder.quality.check_thresholds()
         builder.finish(lease.renew)
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         builder.close_writers()
     return builder
 

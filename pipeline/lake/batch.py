@@ -50,6 +50,14 @@ def committed_seqs(lake: Lake, dataset: str) -> list[int]:
     return found[:contiguous]
 
 
+def read_pinned(lake: Lake, key: str, sha256: str) -> bytes:
+    """A file a manifest pins by SHA-256, read by its key in the lake and checked."""
+    data = lake.read(key)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckFailed(f"{lake.uri(key)}: SHA-256 differs from the {sha256} its manifest pins")
+    return data
+
+
 def read_parquet(data: bytes, columns: Sequence[str] | None = None) -> Any:
     """A Parquet file's bytes as an Arrow table (single-threaded: see pyarrow's exit-time abort)."""
     import pyarrow.parquet as pq
@@ -228,7 +236,12 @@ class BatchFiles:
         return [r for r in rows if contributor is None or r["contributor"] == contributor]
 
     def index(self, columns: Sequence[str]) -> Any:
-        return read_parquet(self.artifact(layout.INDEX), columns)
+        """The batch's index rows (record id, dedupe key, contributor), all its key slices, each checked."""
+        import pyarrow as pa
+
+        return pa.concat_tables(read_parquet(self.read(str(entry["path"])), columns)
+                                for entry in self.manifest().data.get("artifacts", [])
+                                if layout.index_slice_of(layout.plain_name(str(entry["path"]))) is not None)
 
     # --- chain records --------------------------------------------------------------------------
 

@@ -19,13 +19,27 @@ VALIDATION = "validation.json"
 REWARDS = "rewards.parquet"
 REWARDS_TREE = "rewards-tree.json"  # the cumulative ledger, an OpenZeppelin `standard-v1` dump
 REWARDS_PUBLISHED = "rewards-published.json"
-INDEX = "index.parquet"  # record id, dedupe key and contributor per leaf
+INDEX = "index.parquet"  # record id, dedupe key and contributor per leaf (batches before key slices)
 TREE = "tree.bin"  # every node of the batch's Merkle tree (see pipeline.core.treefile)
 DATA_DOCS_INDEX = "data-docs/index.html"
 
 
 def seq_part(seq: int) -> str:
     return f"{seq:06d}"
+
+
+def index_slice(slice_: int, slices: int) -> str:
+    """The batch's index rows (record id, dedupe key, contributor) whose key is in slice `slice_`
+    of `slices` (a power of two; by the key's first 32 bits), ordered by key."""
+    return f"index/{slices:05d}-{slice_:05d}.parquet"
+
+
+def index_slice_of(plain: str) -> tuple[int, int] | None:
+    """(slice, slices) of an index file's plain name; (0, 1) for the unsliced index.parquet."""
+    if plain == INDEX:
+        return 0, 1
+    match = re.fullmatch(r"index/(\d{5})-(\d{5})\.parquet", plain)
+    return None if match is None else (int(match[2]), int(match[1]))
 
 
 def part(number: int) -> str:

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from pipeline.config import S3Settings
@@ -227,6 +227,7 @@ class S3Lake(Lake):
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self._settings = s3
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
                         connect_timeout=5, read_timeout=60)
@@ -236,6 +237,10 @@ class S3Lake(Lake):
                                         config=config)
         except ValueError as e:  # e.g. an endpoint URL that is not a URL
             raise BadInput(f"S3 settings: {e}") from None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A worker of the engine (a forked process, a Ray task) opens its own client to the same lake."""
+        return S3Lake, (self.bucket, self.prefix, self._settings)
 
     def _key(self, key: str) -> str:
         _check_key(key)

@@ -1,0 +1,379 @@
+"""The partition tasks of a batch plan (SPEC §13.11), run by the engine's workers (forked
+processes or Ray tasks) on files in a shuffle directory every worker reaches.
+
+The driver spills the rows that passed the quality gate by dedupe-key slice. Then:
+1. `dedupe_slice`, one task per key slice: sorts its rows by key, then arrival; the first row of
+   each key not committed by an earlier batch is accepted, every other row is a duplicate. It
+   reads only its slice of the history index (each earlier batch's index is sliced by key too,
+   so what a task holds does not grow with the number of batches). It writes the accepted rows
+   by contributor partition, the batch's index slice and the duplicates, and returns counts.
+2. `write_partition`, one task per contributor partition: sorts its rows by contributor, then
+   arrival (SPEC §13.2), writes its data parts and the tiles of tree.bin wholly inside its leaf
+   range, and returns their roots and the loose leaves at its edges; the driver folds them.
+
+Partition and slice counts are powers of two, and a key's slice is the range its first 32 bits
+fall in, so slices of batches sliced differently overlap simply. Nothing here depends on which
+worker runs what: the same inputs give the same files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import treefile
+from pipeline.datasets import Column, Dataset
+from pipeline.errors import CheckFailed
+from pipeline.lake import layout
+from pipeline.lake.batch import BatchFiles, read_parquet, read_pinned
+from pipeline.lake.columnar import arrow_schema
+from pipeline.lake.storage import Lake
+
+ARRIVAL, LEAF, KEY = "__arrival", "__leaf", "__key"  # shuffle-only columns, never committed
+SOURCE, LINE, RAW = "__source", "__line", "__raw"  # what a duplicate's quarantine row needs
+
+
+def power_of_two_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _top_bits(prefix: Any, slices: int) -> Any:
+    import numpy as np
+
+    return (prefix >> np.uint64(32 - (slices.bit_length() - 1))).astype(np.int64)
+
+
+def key_slices(keys: Any, slices: int) -> Any:
+    """The slice (0..slices-1, a power of two) of each value of a binary(32) column: the range its
+    first 32 bits, big-endian, fall in. A numpy int64 array."""
+    import numpy as np
+    import pyarrow as pa
+
+    column = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    if len(column) == 0:
+        return np.zeros(0, np.int64)
+    octets = np.frombuffer(column.buffers()[1], np.uint8, count=32 * len(column),
+                           offset=32 * column.offset).reshape(-1, 32)[:, :4].astype(np.uint64)
+    return _top_bits((octets << np.array([24, 16, 8, 0], np.uint64)).sum(axis=1, dtype=np.uint64), slices)
+
+
+def address_partitions(contributors: Any, partitions: int) -> Any:
+    """The partition (0..partitions-1, a power of two) of each lowercase 0x-address of a string
+    column: the range its first 8 hex digits fall in, so partition order is address order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    prefixes = pc.utf8_slice_codeunits(contributors, 2, 10).combine_chunks().cast(pa.binary())
+    if len(prefixes) == 0:
+        return np.zeros(0, np.int64)
+    if prefixes.offset or prefixes.null_count or pc.min_max(pc.binary_length(prefixes)).as_py() != {"min": 8, "max": 8}:
+        raise CheckFailed("a contributor that is not an address reached the partitions")
+    digits = np.frombuffer(prefixes.buffers()[2], np.uint8, count=8 * len(prefixes)).reshape(-1, 8)
+    nibbles = np.where(digits >= ord("a"), digits - (ord("a") - 10), digits - ord("0")).astype(np.uint64)
+    return _top_bits((nibbles << (4 * np.arange(7, -1, -1, dtype=np.uint64))).sum(axis=1, dtype=np.uint64), partitions)
+
+
+def overlaps(slice_: int, slices: int, other: int, others: int) -> bool:
+    """Whether slice `slice_` of `slices` and slice `other` of `others` (powers of two) share keys."""
+    return slice_ * others < (other + 1) * slices and other * slices < (slice_ + 1) * others
+
+
+def split_by(table: Any, owner: Any, count: int) -> list[Any]:
+    """`table`'s rows grouped by `owner` (0..count-1), each group in its original order."""
+    import numpy as np
+    import pyarrow as pa
+
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(count + 1))
+    grouped = table.take(pa.array(order))
+    return [grouped.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(count)]
+
+
+def shuffle_schema(columns: tuple[Column, ...]) -> Any:
+    """The rows the driver spills by key slice: committed columns, arrival, leaf, key, and where
+    each came from with its raw text (for the quarantine row of a duplicate)."""
+    import pyarrow as pa
+
+    return arrow_schema(columns).append(pa.field(ARRIVAL, pa.int64())).append(pa.field(LEAF, pa.binary(32))).append(
+        pa.field(KEY, pa.binary(32))).append(pa.field(SOURCE, pa.int64())).append(pa.field(LINE, pa.int64())).append(
+        pa.field(RAW, pa.binary()))
+
+
+def index_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("record_id", pa.string()), ("dedupe_key", pa.binary(32)), ("contributor", pa.string())])
+
+
+def hex_of(hashes: Any) -> Any:
+    """Lowercase hex of each value of a binary(32) column, as an Arrow string array."""
+    import numpy as np
+    import pyarrow as pa
+
+    column = hashes.combine_chunks() if isinstance(hashes, pa.ChunkedArray) else hashes
+    count = len(column)
+    octets = np.frombuffer(column.buffers()[1], np.uint8, count=32 * count, offset=32 * column.offset).reshape(-1, 32)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    text = np.empty((count, 64), np.uint8)
+    text[:, 0::2], text[:, 1::2] = digits[octets >> 4], digits[octets & 15]
+    return pa.StringArray.from_buffers(count, pa.py_buffer(np.arange(0, 64 * count + 1, 64, dtype=np.int32).tobytes()),
+                                       pa.py_buffer(text.tobytes()))
+
+
+def leaf_order(table: Any) -> Any:
+    """The positions of rows by contributor, then arrival: the contributors (a few per thousand
+    rows) are ranked once, and rows sorted by integer rank and arrival."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(table.column("contributor")).combine_chunks()
+    ranks = pc.rank(encoded.dictionary, sort_keys="ascending", tiebreaker="first")
+    keys = pa.table({"rank": pc.take(ranks, encoded.indices), "arrival": table.column(ARRIVAL)})
+    return pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("arrival", "ascending")])
+
+
+def read_arrow(path: Path) -> Any:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def write_arrow(path: Path, table: Any) -> None:
+    import pyarrow as pa
+
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)
+
+
+# --- the history index ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexSlice:
+    """One committed index file: keys of slice `slice` of `slices` of an earlier batch, at `key`
+    in the lake, pinned by that batch's manifest to `sha256`."""
+
+    key: str
+    sha256: str
+    slice: int
+    slices: int
+
+
+def history(lake: Lake, dataset: str, seq: int) -> tuple[tuple[IndexSlice, ...], int]:
+    """The index files of batches 0..seq-1, as their manifests pin them, and how many keys they hold."""
+    found: list[IndexSlice] = []
+    keys = 0
+    for earlier in range(seq):
+        files = BatchFiles(lake, dataset, earlier)
+        manifest = files.manifest()
+        keys += int(manifest.data["counts"]["accepted"])
+        for entry in manifest.data.get("artifacts", []):
+            sliced = layout.index_slice_of(layout.plain_name(str(entry["path"])))
+            if sliced is not None:
+                found.append(IndexSlice(files.key(str(entry["path"])), str(entry["sha256"]), *sliced))
+    return tuple(found), keys
+
+
+def prior_keys(lake: Lake, files: list[IndexSlice], slice_: int, slices: int) -> tuple[Any, Any]:
+    """(keys sorted, record ids in the same order) of every earlier row whose key falls in slice
+    `slice_` of `slices`: numpy arrays of S32 and S64. Each file is checked against its SHA-256.
+    A key committed twice can only be in the earliest batch (later copies were duplicates)."""
+    import numpy as np
+
+    keys, ids = [np.array([], "S32")], [np.array([], "S64")]
+    for entry in files:
+        if not overlaps(slice_, slices, entry.slice, entry.slices):
+            continue
+        table = read_parquet(read_pinned(lake, entry.key, entry.sha256), ["dedupe_key", "record_id"])
+        mine = key_slices(table.column("dedupe_key"), slices) == slice_
+        column = table.column("dedupe_key").combine_chunks()
+        keys.append(np.frombuffer(column.buffers()[1], "S32", count=len(column), offset=32 * column.offset)[mine])
+        ids.append(np.array(table.column("record_id").to_pylist(), "S64")[mine])
+    all_keys, all_ids = np.concatenate(keys), np.concatenate(ids)
+    order = np.argsort(all_keys, kind="stable")
+    return all_keys[order], all_ids[order]
+
+
+# --- task 1: dedupe a key slice ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DedupeJob:
+    shuffle: str  # the shuffle directory
+    dataset: Dataset
+    lake: Lake
+    history: tuple[IndexSlice, ...]  # the earlier index files (only overlapping ones are read)
+    slice: int
+    slices: int
+    partitions: int  # contributor partitions the accepted rows go to
+
+
+@dataclass
+class DedupeResult:
+    rows: list[int]  # accepted rows per contributor partition
+    duplicates_per_source: Counter[int] = field(default_factory=Counter)
+    duplicates_per_contributor: Counter[str] = field(default_factory=Counter)
+    weights: Counter[str] = field(default_factory=Counter)  # accepted weight per contributor
+
+
+def slice_file(shuffle: str | Path, slice_: int) -> Path:
+    return Path(shuffle) / f"slice-{slice_:05d}.arrow"
+
+
+def partition_file(shuffle: str | Path, partition: int, slice_: int) -> Path:
+    return Path(shuffle) / f"partition-{partition:05d}-{slice_:05d}.arrow"
+
+
+def index_file(shuffle: str | Path, slice_: int) -> Path:
+    return Path(shuffle) / f"index-{slice_:05d}.parquet"
+
+
+def duplicates_file(shuffle: str | Path, slice_: int) -> Path:
+    return Path(shuffle) / f"duplicates-{slice_:05d}.arrow"
+
+
+def dedupe_slice(job: DedupeJob) -> DedupeResult:
+    """Dedupe the rows of one key slice against each other and against the earlier batches'
+    slice; write the accepted ones by contributor partition, the index slice and the duplicates.
+    Requires the slice file written and closed (it may be absent: no rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = slice_file(job.shuffle, job.slice)
+    table = read_arrow(path) if path.exists() else shuffle_schema(job.dataset.committed_columns).empty_table()
+    table = table.take(pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (ARRIVAL, "ascending")]))
+    first, prior_of = _first_rows(job, table)
+    accepted = first & (prior_of == "")
+    result = DedupeResult([0] * job.partitions)
+
+    kept = table.filter(pa.array(accepted)).select([*(c.name for c in job.dataset.committed_columns), ARRIVAL, LEAF, KEY])
+    owners = address_partitions(kept.column("contributor"), job.partitions)
+    for p, rows in enumerate(split_by(kept, owners, job.partitions)):
+        if rows.num_rows:
+            write_arrow(partition_file(job.shuffle, p, job.slice), rows)
+            result.rows[p] = rows.num_rows
+    pq.write_table(pa.table({"record_id": hex_of(kept.column(LEAF)), "dedupe_key": kept.column(KEY),
+                             "contributor": kept.column("contributor")}, schema=index_schema()),
+                   index_file(job.shuffle, job.slice), compression="zstd")
+    result.weights.update(dict(zip(*_weights(job.dataset, kept), strict=True)))
+    if not accepted.all():
+        dups = _write_duplicates(job, table, first, prior_of, ~accepted)
+        result.duplicates_per_source.update(dups.column("source").to_pylist())
+        result.duplicates_per_contributor.update(dups.column("contributor").to_pylist())
+    return result
+
+
+def _first_rows(job: DedupeJob, table: Any) -> tuple[Any, Any]:
+    """For rows sorted by key, then arrival: whether each is the first of its key in the batch,
+    and the record id of the earlier batch's row with its key ("" for none). numpy arrays."""
+    import numpy as np
+
+    column = table.column(KEY).combine_chunks()
+    if len(column) == 0:
+        return np.zeros(0, bool), np.zeros(0, "U64")
+    keys = np.frombuffer(column.buffers()[1], "S32", count=len(column), offset=32 * column.offset)
+    first = np.ones(len(keys), bool)
+    first[1:] = keys[1:] != keys[:-1]
+    prior, prior_ids = prior_keys(job.lake, list(job.history), job.slice, job.slices)
+    if len(prior) == 0:
+        return first, np.zeros(len(keys), "U64")
+    at = np.minimum(np.searchsorted(prior, keys), len(prior) - 1)
+    return first, np.where(prior[at] == keys, prior_ids[at].astype("U64"), "")
+
+
+def _write_duplicates(job: DedupeJob, table: Any, first: Any, prior_of: Any, duplicate: Any) -> Any:
+    """Write the duplicates of a slice with what their quarantine rows say: a row whose key an
+    earlier batch committed names that batch's record, any other the first row of its key here."""
+    import numpy as np
+    import pyarrow as pa
+
+    group_first = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
+    first_here = hex_of(table.column(LEAF)).to_numpy(zero_copy_only=False)[group_first]
+    earlier = prior_of != ""
+    of = np.where(earlier, prior_of, first_here)[duplicate].tolist()
+    key_columns = "+".join(job.dataset.dedupe_key)
+    detail = [f"same {key_columns} as record {o}" + (" of an earlier batch" if e else "")
+              for o, e in zip(of, earlier[duplicate].tolist(), strict=True)]
+    dups = table.filter(pa.array(duplicate))
+    dups = pa.table({"source": dups.column(SOURCE), "line": dups.column(LINE), "contributor": dups.column("contributor"),
+                     "detail": pa.array(detail, pa.string()), "duplicate_of": pa.array(of, pa.string()),
+                     "raw": dups.column(RAW), ARRIVAL: dups.column(ARRIVAL)})
+    write_arrow(duplicates_file(job.shuffle, job.slice), dups)
+    return dups
+
+
+def _weights(dataset: Dataset, rows: Any) -> tuple[list[str], list[int]]:
+    """(contributors, weight of each's rows) as the pipeline measures it, never a value the
+    contributor wrote: one per row, or the characters of the text columns (SPEC §7)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if dataset.rewards.weight == "rows":
+        weight = pa.array(np.ones(rows.num_rows, np.int64))
+    else:
+        weight = pa.array([0] * rows.num_rows, pa.int64())
+        for column in dataset.columns:
+            if column.type == "string":
+                weight = pc.add(weight, pc.fill_null(pc.utf8_length(rows.column(column.name)), 0))
+    grouped = pa.table({"who": rows.column("contributor"), "weight": weight}).group_by(
+        ["who"], use_threads=False).aggregate([("weight", "sum")])
+    return grouped.column("who").to_pylist(), grouped.column("weight_sum").to_pylist()
+
+
+# --- task 2: write a contributor partition ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    shuffle: str
+    columns: tuple[Column, ...]  # the committed columns
+    partition: int
+    slices: tuple[int, ...]  # the key slices that sent this partition rows
+    first_part: int  # the number of its first data part
+    first_leaf: int  # the tree position of its first row
+    rows: int  # how many rows the slices reported
+    part_rows: int  # rows per data part
+
+
+@dataclass
+class PartitionResult:
+    parts: list[tuple[int, str, int]]  # (part number, file in the shuffle directory, rows)
+    head: list[bytes]
+    tiles: str  # the stored form of the whole tiles inside its range, in the shuffle directory
+    roots: list[bytes]
+    tail: list[bytes]
+
+
+def write_partition(job: PartitionJob) -> PartitionResult:
+    """Sort one contributor partition into leaf order and write its data parts and whole tiles.
+    Requires the rows the dedupe tasks reported for it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [c.name for c in job.columns]
+    if not job.slices and not job.rows:
+        return PartitionResult([], [], "", [], [])
+    table = pa.concat_tables([read_arrow(partition_file(job.shuffle, job.partition, s)) for s in job.slices])
+    if table.num_rows != job.rows:
+        raise CheckFailed(f"contributor partition {job.partition}: {table.num_rows} rows in the shuffle, "
+                          f"{job.rows} reported by the dedupe tasks")
+    table = table.take(leaf_order(table))
+    parts = []
+    for n, start in enumerate(range(0, table.num_rows, job.part_rows)):
+        part = table.slice(start, job.part_rows)
+        name = f"part-{job.first_part + n:05d}.parquet"
+        pq.write_table(part.select(names), Path(job.shuffle) / name, compression="zstd")
+        parts.append((job.first_part + n, name, part.num_rows))
+    column = table.column(LEAF).combine_chunks() if table.num_rows else None
+    data = b"" if column is None else column.buffers()[1].to_pybytes()[32 * column.offset:32 * (column.offset + len(column))]
+    leaves = [data[i:i + 32] for i in range(0, len(data), 32)]
+    head, blob, roots, tail = treefile.full_tiles(leaves, job.first_leaf)
+    tiles = f"tiles-{job.partition:05d}.bin"
+    (Path(job.shuffle) / tiles).write_bytes(blob)
+    return PartitionResult(parts, head, tiles, roots, tail)
