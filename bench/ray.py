@@ -4,12 +4,13 @@ beside the local engine at 1M.
 Generates the records (bench/ingest.py's generate(): 100 JSONL files, 10,000 contributors, 2%
 invalid, 1% duplicates; 10M is about 3.3 GB), starts a Ray head with this machine's cores and
 anvil on loopback (pipeline.devnet, as the tests do), then times, each on a fresh file:// lake with
-its own contracts, `anchorlake --json run --dataset instructions` as the real CLI:
+its own contracts, the real CLI: the batch is staged, `anchorlake --json commit` is timed and its
+memory sampled on its own, then `anchorlake --json run` does the stages after it:
   local  1M  ANCHORLAKE_ENGINE=local (forked workers)
   ray    1M  ANCHORLAKE_ENGINE=ray, RAY_ADDRESS=the head
   ray   10M  the same, ten times the rows
-and prints for each the wall time, rows/s, the per-stage seconds the CLI reports, and the peak
-memory of the driver (the CLI's process and the workers it forks) and of the largest Ray worker
+and prints for each the wall time, the commit's time and rows/s, the later stages' seconds, and
+the commit's peak memory of the driver (the CLI's process and the workers it forks) and of the largest Ray worker
 process: RSS, and USS (psutil, sampled every 0.5 s), since RSS counts the pages of Ray's shared
 object store a process touched. The driver's peak at 10M against 1M says how flat it is.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import threading
@@ -76,21 +78,33 @@ class Peaks:
                         self.peaks["driver_uss"] = max(self.peaks["driver_uss"], memory.uss)
 
 
+STAGE = ("from pipeline import config, stages; from pipeline.ingest.stage import stage_sources; s = config.load(); "
+         "print(stage_sources(stages.lake_for(s), stages.dataset_for(s, 'instructions')))")
+
+
 def measure(engine: str, data: Path, anvil: Anvil, head: RayHead) -> dict:
+    """The batch staged (not timed), then `anchorlake commit` timed and sampled on its own (the
+    partition work: its peaks say what the driver and the tasks hold), then `anchorlake run` for
+    the stages after it (anchor, rewards, receipts)."""
     with tempfile.TemporaryDirectory(prefix=f"bench-ray-{engine}-") as name:
         tmp = Path(name)
         env = lake_env("file", tmp, anvil, None) | {"ANCHORLAKE_ENGINE": engine, "RAY_ADDRESS": head.address}
         cli(env, "up")
         cli(env, "contribute", "--dataset", "instructions", *map(str, sorted(data.glob("*.jsonl"))))
+        staged = subprocess.run([sys.executable, "-c", STAGE], env=env, cwd=REPO, capture_output=True, text=True)
+        if staged.returncode != 0 or staged.stdout.strip() != "0":
+            raise BenchError(f"staging failed: {staged.stdout}{staged.stderr[-2000:]}")
         with Peaks() as peaks:
-            result = watch([ANCHORLAKE, "--json", "run", "--dataset", "instructions"], env, tmp)
-    if result["rc"] != 0:
-        raise BenchError(f"anchorlake run ({engine}) exited {result['rc']}:\n{result['stderr'][-2000:]}")
-    report = json.loads(result["stdout"])
-    counts = report["committed"][0]["counts"]
+            commit = watch([ANCHORLAKE, "--json", "commit", "--dataset", "instructions", "--batch", "0"], env, tmp)
+        rest = watch([ANCHORLAKE, "--json", "run", "--dataset", "instructions"], env, tmp)
+    for what, result in (("commit", commit), ("run", rest)):
+        if result["rc"] != 0:
+            raise BenchError(f"anchorlake {what} ({engine}) exited {result['rc']}:\n{result['stderr'][-2000:]}")
+    counts = json.loads(commit["stdout"])["counts"]
     assert counts["accepted"] + counts["quarantined"] + counts["duplicate"] == counts["input"], counts
-    return {"seconds": result["seconds"], "stages": report["seconds"], "counts": counts,
-            "driver_mb": max(result["main_mb"], result["max_mb"])} | {k + "_mb": v / MB for k, v in peaks.peaks.items()}
+    return {"seconds": commit["seconds"] + rest["seconds"], "commit": commit["seconds"],
+            "stages": json.loads(rest["stdout"])["seconds"], "counts": counts,
+            "driver_mb": max(commit["main_mb"], commit["max_mb"])} | {k + "_mb": v / MB for k, v in peaks.peaks.items()}
 
 
 def main() -> None:
@@ -118,9 +132,9 @@ def main() -> None:
             rows = []
             for engine, label in cases:
                 r = measure(engine, work / label, anvil, head)
-                stages = " ".join(f"{s} {float(r['stages'].get(s, 0)):.1f}" for s in STAGES)
-                print(f"  {engine:<5} {sizes[label]:>11,} records: {r['seconds']:7.1f} s, "
-                      f"{sizes[label] / r['seconds']:9,.0f} records/s ({stages}) | peak driver RSS "
+                stages = " ".join(f"{s} {float(r['stages'].get(s, 0)):.1f}" for s in STAGES if s not in ("stage", "commit"))
+                print(f"  {engine:<5} {sizes[label]:>11,} records: {r['seconds']:7.1f} s, commit {r['commit']:.1f} s "
+                      f"({sizes[label] / r['commit']:,.0f} records/s), then {stages} | commit's peak driver RSS "
                       f"{r['driver_mb']:,.0f} MB, USS {r['driver_uss_mb']:,.0f} MB; largest Ray worker RSS "
                       f"{r['ray_rss_mb']:,.0f} MB, USS {r['ray_uss_mb']:,.0f} MB", flush=True)
                 rows.append((engine, label, r))
@@ -129,10 +143,11 @@ def main() -> None:
             stop(anvil)
         (_, _, local), (_, _, small), (_, _, large) = rows
         growth = sizes["large"] / sizes["small"]
-        print(f"\nray {sizes['large']:,} / {sizes['small']:,} records: time x{large['seconds'] / small['seconds']:.1f} "
-              f"for x{growth:.0f} the rows; driver peak USS x{large['driver_uss_mb'] / small['driver_uss_mb']:.1f}, "
+        print(f"\nray {sizes['large']:,} / {sizes['small']:,} records: commit time x{large['commit'] / small['commit']:.1f} "
+              f"for x{growth:.0f} the rows; commit's driver peak USS x{large['driver_uss_mb'] / small['driver_uss_mb']:.1f}, "
               f"largest Ray worker USS x{large['ray_uss_mb'] / max(small['ray_uss_mb'], 1):.1f}; local at {sizes['small']:,}: "
-              f"{local['seconds']:.1f} s (ray/local x{small['seconds'] / local['seconds']:.1f})")
+              f"commit {local['commit']:.1f} s, all {local['seconds']:.1f} s (ray/local commit "
+              f"x{small['commit'] / local['commit']:.1f})")
 
 
 if __name__ == "__main__":
