@@ -21,6 +21,7 @@ from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
+from pipeline.lake.sources import Source, stored_bytes
 from pipeline.lake.storage import open_lake
 
 from conftest import REPO
@@ -103,3 +104,70 @@ def test_a_history_index_file_whose_bytes_changed_stops_the_dedupe(tmp_path: Pat
 def test_slices_of_different_counts_overlap_exactly_where_their_ranges_do(
         a: int, slices: int, b: int, others: int, shared: bool) -> None:
     assert tasks.overlaps(a, slices, b, others) is shared and tasks.overlaps(b, others, a, slices) is shared
+
+
+def _commit_one(lake, dataset, incoming: Path, name: str, prompts: list[str]):  # type: ignore[no-untyped-def]
+    incoming.mkdir(parents=True, exist_ok=True)
+    (incoming / name).write_text("".join(_record(p, "0x" + "ab" * 20) + "\n" for p in prompts))
+    return commit_batch(lake, dataset, stage_sources(lake, dataset))  # type: ignore[arg-type]
+
+
+def _rewrite_manifest(lake, seq: int, edit) -> None:  # type: ignore[no-untyped-def]
+    key = layout.batch_file("instructions", seq, layout.MANIFEST)
+    data = json.loads(lake.read(key))
+    edit(data["artifacts"])
+    lake.write(key, json.dumps(data).encode())
+
+
+@pytest.mark.parametrize("tampered", [0, 1])
+@pytest.mark.parametrize("edit", ["rename the index", "drop the index", "a junk entry", "an unpinned index"])
+def test_an_earlier_manifest_rewritten_to_hide_its_keys_stops_the_commit_instead_of_paying_twice(
+        tampered: int, edit: str, tmp_path: Path) -> None:
+    """Batch 0 holds a record; batch 2 repeats it. Whoever writes the lake rewrites an earlier
+    manifest so the dedupe would not see batch 0's key. Batch 0's manifest is pinned by batch 1's
+    `previous`; batch 1's (the last) is sealed, and its index entries must be one whole set."""
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    incoming = tmp_path / "lake" / "incoming" / "instructions"
+    _commit_one(lake, dataset, incoming, "a.jsonl", ["the first record"])
+    _commit_one(lake, dataset, incoming, "b.jsonl", ["another record"])
+    edits = {
+        "rename the index": lambda artifacts: [a.update(path=a["path"].replace("index/00001", "index/00000"))
+                                               for a in artifacts],
+        "drop the index": lambda artifacts: artifacts.__setitem__(slice(None), [
+            a for a in artifacts if not a["path"].startswith("index")]),
+        "a junk entry": lambda artifacts: artifacts.append("junk"),
+        "an unpinned index": lambda artifacts: [a.pop("sha256") for a in artifacts if a["path"].startswith("index")],
+    }
+    _rewrite_manifest(lake, tampered, edits[edit])
+    with pytest.raises(CheckFailed, match="previous manifest" if tampered == 0 else "manifest.json"):
+        _commit_one(lake, dataset, incoming, "c.jsonl", ["something new", "the first record"])
+    assert not BatchFiles(lake, "instructions", 2).committed()
+
+
+def test_the_work_is_sized_by_the_stored_sources_not_by_the_sizes_a_plan_claims(tmp_path: Path) -> None:
+    lake = open_lake((tmp_path / "lake").as_uri())
+    lake.write("raw/instructions/000000/" + "a" * 64 + ".jsonl", b"x" * 1000)
+    claimed = Source("incoming/instructions/a.jsonl", "a" * 64, 10**15, "raw/instructions/000000/" + "a" * 64 + ".jsonl")
+    assert stored_bytes(lake, [claimed]) == 1000
+    assert builder.partition_count(stored_bytes(lake, [claimed])) == 1
+
+
+def test_a_dedupe_task_that_cannot_see_the_shuffle_directory_says_so(tmp_path: Path) -> None:
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    job = tasks.DedupeJob(str(tmp_path / "elsewhere"), dataset, lake, (), 0, 1, 1, rows=5)
+    with pytest.raises(CheckFailed, match="ANCHORLAKE_SCRATCH"):
+        tasks.dedupe_slice(job)
+
+
+def test_a_lake_sent_to_ray_tasks_carries_no_s3_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from pipeline.config import S3Settings
+    from pipeline.lake.storage import S3Lake
+
+    lake = S3Lake("bucket", "prefix", S3Settings("http://127.0.0.1:1", "the-access-key", "the-secret-key"))
+    monkeypatch.setenv("ANCHORLAKE_ENGINE", "local")
+    assert b"the-secret-key" in pickle.dumps(lake)  # a forked worker: this process's own
+    monkeypatch.setenv("ANCHORLAKE_ENGINE", "ray")
+    assert b"the-secret-key" not in pickle.dumps(lake) and b"the-access-key" not in pickle.dumps(lake)
+    assert pickle.loads(pickle.dumps(lake)).url == "s3://bucket/prefix"

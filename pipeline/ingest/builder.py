@@ -15,7 +15,7 @@ import hashlib
 import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,14 @@ from typing import Any
 from pipeline.core.signature import holds as signature_holds
 from pipeline.core.treefile import TreeAssembler
 from pipeline.datasets import Dataset
+from pipeline.errors import CheckFailed
 from pipeline.ingest import partitions as tasks
 from pipeline.ingest.parse import Block, parse_source, source_format
 from pipeline.ingest.quality import ChunkResult, QualityReport, check_chunk
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_table
-from pipeline.lake.sources import Source, open_source
+from pipeline.lake.sources import Source, open_source, stored_bytes
 from pipeline.lake.workers import engine_pool
 
 CHUNK_RECORDS = 100_000
@@ -38,6 +39,7 @@ VALIDATING = 1  # chunks being checked by the quality gate while the next one ga
 PARTITION_SOURCE_BYTES = 64 << 20  # source bytes per contributor partition: what one sort task holds
 HISTORY_KEYS_PER_SLICE = 4 << 20  # earlier batches' keys per dedupe slice: what one dedupe task holds
 MAX_PARTITIONS = 4096
+RENEW_EVERY = 5.0  # seconds between lease renewals while a partition task runs
 
 
 def partition_count(source_bytes: int) -> int:
@@ -143,7 +145,7 @@ class BatchBuilder:
         self.chunk_records = chunk_records
         self.columns = dataset.committed_columns
         self.history, history_keys = tasks.history(files.lake, dataset.name, files.seq)
-        self.partitions = partition_count(sum(source.bytes for source in plan))
+        self.partitions = partition_count(stored_bytes(files.lake, plan))
         self.slices = slice_count(self.partitions, history_keys)
         self.quality = QualityReport(dataset)
         self.pool = pool
@@ -185,7 +187,7 @@ class BatchBuilder:
         if self.dataset.signed:
             self._check_signers(chunk)
         typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
-        table = chunk.table.take(pa.array(typed, pa.int64()))
+        table = chunk.table if len(typed) == len(chunk.line) else chunk.table.take(pa.array(typed, pa.int64()))
         selected = self.quality.selected(table)
         checked = (self.pool.submit(check_chunk, self.dataset, selected) if self.pool is not None and typed
                    else check_chunk(self.dataset, selected))
@@ -264,7 +266,7 @@ class BatchBuilder:
         import pyarrow as pa
 
         rows = [typed[j] for j in passed]
-        kept = table.take(passed)
+        kept = table if len(passed) == table.num_rows else table.take(passed)
         extra = {
             tasks.ARRIVAL: pa.array(range(self.arrivals, self.arrivals + len(rows)), pa.int64()),
             tasks.LEAF: pa.array([chunk.leaf[i] for i in rows], pa.binary(32)),
@@ -280,39 +282,55 @@ class BatchBuilder:
 
     def finish(self, renew: Callable[[], None] = lambda: None) -> None:
         """Dedupe by key slice, then write the data parts and tree.bin by contributor partition, in
-        the engine's workers; `renew()` as results come (the writer's lease). Requires every block
+        the engine's workers; `renew()` as work goes on (the writer's lease). Requires every block
         added and settled, and the pool still running."""
         self.spill.close()
         shuffle = str(self.scratch)
         deduped = list(self._run(tasks.dedupe_slice, [
-            tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, self.history, k, self.slices, self.partitions)
-            for k in range(self.slices)], renew))
+            tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, tasks.overlapping(self.history, k, self.slices),
+                            k, self.slices, self.partitions, self.spill.rows[k]) for k in range(self.slices)], renew))
         for k, result in enumerate(deduped):
+            renew()
+            tasks.slice_file(shuffle, k).unlink(missing_ok=True)
             self._take_duplicates(k, result)
             self.index_files.append(self.files_of.write_file(layout.index_slice(k, self.slices),
                                                              tasks.index_file(shuffle, k)))
-        rows = [sum(result.rows[p] for result in deduped) for p in range(self.partitions)]
-        self.tree_size = sum(rows)
+        self.tree_size = sum(sum(result.rows) for result in deduped)
+        if self.tree_size != self.counts["accepted"]:
+            raise CheckFailed(f"dataset {self.dataset.name} batch {self.files_of.seq}: the partitions hold "
+                              f"{self.tree_size} rows, {self.counts['accepted']} were accepted")
+        self._write_partitions(shuffle, deduped, renew)
+        if not self.files:
+            self.write_empty_part()
+
+    def _write_partitions(self, shuffle: str, deduped: list[tasks.DedupeResult], renew: Callable[[], None]) -> None:
+        """The partition tasks: each writes its parts and whole tiles; here the parts are uploaded
+        in leaf order and the tiles folded into tree.bin."""
         jobs, first_part, first_leaf = [], 0, 0
         for p in range(self.partitions):
             sent = tuple(k for k, result in enumerate(deduped) if result.rows[p])
-            jobs.append(tasks.PartitionJob(shuffle, self.columns, p, sent, first_part, first_leaf, rows[p],
+            count = sum(result.rows[p] for result in deduped)
+            jobs.append(tasks.PartitionJob(shuffle, self.columns, p, sent, first_part, first_leaf, count,
                                            self.chunk_records))
-            first_part += -(-rows[p] // self.chunk_records)
-            first_leaf += rows[p]
+            first_part += -(-count // self.chunk_records)
+            first_leaf += count
         with open(self.tree_path, "wb") as out:
             tree = TreeAssembler(self.tree_size, out.write)
-            for written in self._run(tasks.write_partition, jobs, renew):
+            for job, written in zip(jobs, self._run(tasks.write_partition, jobs, renew), strict=True):
                 for number, name, count in written.parts:
+                    renew()
                     entry = self.files_of.write_file(layout.part(number), self.scratch / name)
                     self.files.append(entry | {"rows": count})
+                    (self.scratch / name).unlink()
                 tree.leaves(written.head)
                 if written.roots:
                     tree.tiles(_pieces(self.scratch / written.tiles), written.roots)
                 tree.leaves(written.tail)
+                for k in job.slices:
+                    tasks.partition_file(shuffle, job.partition, k).unlink(missing_ok=True)
+                if written.tiles:
+                    (self.scratch / written.tiles).unlink(missing_ok=True)
             self.root = tree.finish()
-        if not self.files:
-            self.write_empty_part()
 
     def _run(self, task: Callable[[Any], Any], jobs: list[Any], renew: Callable[[], None]) -> Iterator[Any]:
         """Each job's result, in job order: from the engine's workers, or here without a pool."""
@@ -323,6 +341,8 @@ class BatchBuilder:
             return
         futures = [self.pool.submit(task, job) for job in jobs]
         for future in futures:
+            while not wait([future], timeout=RENEW_EVERY).done:  # a long task must not let the lease lapse
+                renew()
             renew()
             yield future.result()
 
@@ -389,12 +409,14 @@ class _Spill:
     def __init__(self, scratch: Path, slices: int, schema: Any) -> None:
         self.scratch, self.slices, self.schema = scratch, slices, schema
         self.writers: dict[int, Any] = {}
+        self.rows = [0] * slices
 
     def add(self, table: Any) -> None:
         owner = tasks.key_slices(table.column(tasks.KEY), self.slices)
         for k, rows in enumerate(tasks.split_by(table, owner, self.slices)):
             if rows.num_rows:
                 self._writer(k).write_table(rows)
+                self.rows[k] += rows.num_rows
 
     def _writer(self, k: int) -> Any:
         import pyarrow as pa

@@ -18,6 +18,7 @@ worker runs what: the same inputs give the same files.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,14 @@ def leaf_order(table: Any) -> Any:
     return pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("arrival", "ascending")])
 
 
+def _read_shuffled(path: Path) -> Any:
+    """A file another task (or the driver) wrote to the shuffle directory."""
+    if not path.exists():
+        raise CheckFailed(f"{path} is not there: this worker does not see the driver's shuffle directory "
+                          "(on a cluster, set ANCHORLAKE_SCRATCH to a volume every node mounts)")
+    return read_arrow(path)
+
+
 def read_arrow(path: Path) -> Any:
     import pyarrow as pa
 
@@ -164,35 +173,71 @@ class IndexSlice:
 
 
 def history(lake: Lake, dataset: str, seq: int) -> tuple[tuple[IndexSlice, ...], int]:
-    """The index files of batches 0..seq-1, as their manifests pin them, and how many keys they hold."""
+    """The index files of batches 0..seq-1 and how many keys they hold. Each manifest is read back
+    from batch seq - 1 (whose seal the commit checks) and must be the one its successor pins as
+    `previous`: a manifest rewritten in the lake is refused, never taken as history, so no index
+    entry can be dropped or renamed to let a duplicate through. Raises CheckFailed."""
     found: list[IndexSlice] = []
-    keys = 0
-    for earlier in range(seq):
+    keys, pinned = 0, None
+    for earlier in range(seq - 1, -1, -1):
         files = BatchFiles(lake, dataset, earlier)
         manifest = files.manifest()
+        if pinned is not None and manifest.sha256 != pinned:
+            raise CheckFailed(f"{files.uri(layout.MANIFEST)}: SHA-256 {manifest.sha256} is not the {pinned} that "
+                              f"batch {earlier + 1} pins as its previous manifest; the lake was rewritten")
+        previous = manifest.data["previous"]
+        pinned = previous.get("manifest_sha256") if isinstance(previous, dict) else None
         keys += int(manifest.data["counts"]["accepted"])
-        for entry in manifest.data.get("artifacts", []):
-            sliced = layout.index_slice_of(layout.plain_name(str(entry["path"])))
-            if sliced is not None:
-                found.append(IndexSlice(files.key(str(entry["path"])), str(entry["sha256"]), *sliced))
+        found += _index_files(files, manifest.data.get("artifacts"))
     return tuple(found), keys
 
 
-def prior_keys(lake: Lake, files: list[IndexSlice], slice_: int, slices: int) -> tuple[Any, Any]:
+def _index_files(files: BatchFiles, artifacts: Any) -> list[IndexSlice]:
+    """A batch's index files: `index.parquet`, or slices 0..S-1 of one power of two S."""
+    where = files.uri(layout.MANIFEST)
+    if not isinstance(artifacts, list):
+        raise CheckFailed(f"{where}: artifacts is not a list")
+    found = []
+    for entry in artifacts:
+        path, digest = (entry.get("path"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(path, str):
+            raise CheckFailed(f"{where}: an artifacts entry names no path")
+        sliced = layout.index_slice_of(layout.plain_name(path))
+        if sliced is None:
+            continue
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise CheckFailed(f"{where}: index file {path} is pinned by no SHA-256")
+        found.append(IndexSlice(files.key(path), digest, *sliced))
+    counts = {entry.slices for entry in found}
+    slices = counts.pop() if len(counts) == 1 else 0
+    if slices & (slices - 1) or sorted(entry.slice for entry in found) != list(range(slices)) or not found:
+        raise CheckFailed(f"{where}: its index files are not one whole set of key slices: "
+                          f"{sorted((entry.slice, entry.slices) for entry in found)}")
+    return found
+
+
+def overlapping(history: tuple[IndexSlice, ...], slice_: int, slices: int) -> tuple[IndexSlice, ...]:
+    """The history files that hold keys of slice `slice_` of `slices`: all a dedupe task reads."""
+    return tuple(entry for entry in history if overlaps(slice_, slices, entry.slice, entry.slices))
+
+
+def prior_keys(lake: Lake, files: tuple[IndexSlice, ...], slice_: int, slices: int) -> tuple[Any, Any]:
     """(keys sorted, record ids in the same order) of every earlier row whose key falls in slice
     `slice_` of `slices`: numpy arrays of S32 and S64. Each file is checked against its SHA-256.
     A key committed twice can only be in the earliest batch (later copies were duplicates)."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     keys, ids = [np.array([], "S32")], [np.array([], "S64")]
-    for entry in files:
-        if not overlaps(slice_, slices, entry.slice, entry.slices):
-            continue
+    for entry in overlapping(files, slice_, slices):
         table = read_parquet(read_pinned(lake, entry.key, entry.sha256), ["dedupe_key", "record_id"])
-        mine = key_slices(table.column("dedupe_key"), slices) == slice_
+        if entry.slices < slices:  # a coarser slice: keep only this slice's keys
+            table = table.filter(pa.array(key_slices(table.column("dedupe_key"), slices) == slice_))
         column = table.column("dedupe_key").combine_chunks()
-        keys.append(np.frombuffer(column.buffers()[1], "S32", count=len(column), offset=32 * column.offset)[mine])
-        ids.append(np.array(table.column("record_id").to_pylist(), "S64")[mine])
+        keys.append(np.frombuffer(column.buffers()[1], "S32", count=len(column), offset=32 * column.offset)
+                    if len(column) else np.array([], "S32"))
+        ids.append(pc.cast(table.column("record_id"), pa.binary()).to_numpy(zero_copy_only=False).astype("S64"))
     all_keys, all_ids = np.concatenate(keys), np.concatenate(ids)
     order = np.argsort(all_keys, kind="stable")
     return all_keys[order], all_ids[order]
@@ -206,10 +251,11 @@ class DedupeJob:
     shuffle: str  # the shuffle directory
     dataset: Dataset
     lake: Lake
-    history: tuple[IndexSlice, ...]  # the earlier index files (only overlapping ones are read)
+    history: tuple[IndexSlice, ...]  # the earlier index files that overlap this slice
     slice: int
     slices: int
     partitions: int  # contributor partitions the accepted rows go to
+    rows: int  # rows the driver spilled into this slice
 
 
 @dataclass
@@ -239,67 +285,83 @@ def duplicates_file(shuffle: str | Path, slice_: int) -> Path:
 def dedupe_slice(job: DedupeJob) -> DedupeResult:
     """Dedupe the rows of one key slice against each other and against the earlier batches'
     slice; write the accepted ones by contributor partition, the index slice and the duplicates.
-    Requires the slice file written and closed (it may be absent: no rows)."""
+    Requires the slice file written and closed (it may be absent: no rows), its rows in arrival order."""
+    import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    path = slice_file(job.shuffle, job.slice)
-    table = read_arrow(path) if path.exists() else shuffle_schema(job.dataset.committed_columns).empty_table()
-    table = table.take(pc.sort_indices(table, sort_keys=[(KEY, "ascending"), (ARRIVAL, "ascending")]))
-    first, prior_of = _first_rows(job, table)
+    table = _spilled(job)
+    column = table.column(KEY).combine_chunks()
+    keys = np.frombuffer(column.buffers()[1], "S32", count=len(column), offset=32 * column.offset) if len(column) \
+        else np.zeros(0, "S32")
+    order = np.argsort(keys, kind="stable")  # by key, then arrival: the rows come in arrival order
+    first, prior_of = _first_rows(job, keys[order])
     accepted = first & (prior_of == "")
     result = DedupeResult([0] * job.partitions)
 
-    kept = table.filter(pa.array(accepted)).select([*(c.name for c in job.dataset.committed_columns), ARRIVAL, LEAF, KEY])
+    kept_rows = np.zeros(len(keys), bool)
+    kept_rows[order[accepted]] = True
+    kept = table.select([*(c.name for c in job.dataset.committed_columns), ARRIVAL, LEAF, KEY]).filter(
+        pa.array(kept_rows))
     owners = address_partitions(kept.column("contributor"), job.partitions)
     for p, rows in enumerate(split_by(kept, owners, job.partitions)):
         if rows.num_rows:
             write_arrow(partition_file(job.shuffle, p, job.slice), rows)
             result.rows[p] = rows.num_rows
-    pq.write_table(pa.table({"record_id": hex_of(kept.column(LEAF)), "dedupe_key": kept.column(KEY),
-                             "contributor": kept.column("contributor")}, schema=index_schema()),
+    index = table.select([LEAF, KEY, "contributor"]).take(pa.array(order[accepted]))  # by key
+    pq.write_table(pa.table({"record_id": hex_of(index.column(LEAF)), "dedupe_key": index.column(KEY),
+                             "contributor": index.column("contributor")}, schema=index_schema()),
                    index_file(job.shuffle, job.slice), compression="zstd")
     result.weights.update(dict(zip(*_weights(job.dataset, kept), strict=True)))
     if not accepted.all():
-        dups = _write_duplicates(job, table, first, prior_of, ~accepted)
+        dups = _write_duplicates(job, table, order, first, prior_of, ~accepted)
         result.duplicates_per_source.update(dups.column("source").to_pylist())
         result.duplicates_per_contributor.update(dups.column("contributor").to_pylist())
     return result
 
 
-def _first_rows(job: DedupeJob, table: Any) -> tuple[Any, Any]:
-    """For rows sorted by key, then arrival: whether each is the first of its key in the batch,
-    and the record id of the earlier batch's row with its key ("" for none). numpy arrays."""
+def _spilled(job: DedupeJob) -> Any:
+    """The slice's rows, as many as the driver spilled; CheckFailed, saying why, otherwise."""
+    path = slice_file(job.shuffle, job.slice)
+    if not job.rows:
+        return shuffle_schema(job.dataset.committed_columns).empty_table()
+    table = _read_shuffled(path)
+    if table.num_rows != job.rows:
+        raise CheckFailed(f"{path} holds {table.num_rows} rows, the driver spilled {job.rows}")
+    return table
+
+
+def _first_rows(job: DedupeJob, keys: Any) -> tuple[Any, Any]:
+    """For keys in order: whether each is the first of its key in the batch, and the record id of
+    the earlier batch's row with its key ("" for none). numpy arrays."""
     import numpy as np
 
-    column = table.column(KEY).combine_chunks()
-    if len(column) == 0:
+    if len(keys) == 0:
         return np.zeros(0, bool), np.zeros(0, "U64")
-    keys = np.frombuffer(column.buffers()[1], "S32", count=len(column), offset=32 * column.offset)
     first = np.ones(len(keys), bool)
     first[1:] = keys[1:] != keys[:-1]
-    prior, prior_ids = prior_keys(job.lake, list(job.history), job.slice, job.slices)
+    prior, prior_ids = prior_keys(job.lake, job.history, job.slice, job.slices)
     if len(prior) == 0:
         return first, np.zeros(len(keys), "U64")
     at = np.minimum(np.searchsorted(prior, keys), len(prior) - 1)
     return first, np.where(prior[at] == keys, prior_ids[at].astype("U64"), "")
 
 
-def _write_duplicates(job: DedupeJob, table: Any, first: Any, prior_of: Any, duplicate: Any) -> Any:
-    """Write the duplicates of a slice with what their quarantine rows say: a row whose key an
+def _write_duplicates(job: DedupeJob, table: Any, order: Any, first: Any, prior_of: Any, duplicate: Any) -> Any:
+    """Write the duplicates of a slice (`table` in arrival order; `order` sorts it by key, and the
+    other arrays follow that order) with what their quarantine rows say: a row whose key an
     earlier batch committed names that batch's record, any other the first row of its key here."""
     import numpy as np
     import pyarrow as pa
 
     group_first = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
-    first_here = hex_of(table.column(LEAF)).to_numpy(zero_copy_only=False)[group_first]
-    earlier = prior_of != ""
-    of = np.where(earlier, prior_of, first_here)[duplicate].tolist()
+    leaves = table.column(LEAF).take(pa.array(order[group_first[duplicate]]))
+    earlier = (prior_of != "")[duplicate]
+    of = np.where(earlier, prior_of[duplicate], hex_of(leaves).to_numpy(zero_copy_only=False)).tolist()
     key_columns = "+".join(job.dataset.dedupe_key)
     detail = [f"same {key_columns} as record {o}" + (" of an earlier batch" if e else "")
-              for o, e in zip(of, earlier[duplicate].tolist(), strict=True)]
-    dups = table.filter(pa.array(duplicate))
+              for o, e in zip(of, earlier.tolist(), strict=True)]
+    dups = table.select([SOURCE, LINE, "contributor", RAW, ARRIVAL]).take(pa.array(order[duplicate]))
     dups = pa.table({"source": dups.column(SOURCE), "line": dups.column(LINE), "contributor": dups.column("contributor"),
                      "detail": pa.array(detail, pa.string()), "duplicate_of": pa.array(of, pa.string()),
                      "raw": dups.column(RAW), ARRIVAL: dups.column(ARRIVAL)})
@@ -345,7 +407,7 @@ class PartitionJob:
 class PartitionResult:
     parts: list[tuple[int, str, int]]  # (part number, file in the shuffle directory, rows)
     head: list[bytes]
-    tiles: str  # the stored form of the whole tiles inside its range, in the shuffle directory
+    tiles: str  # the file of the whole tiles inside its range, in the shuffle directory ("" for no rows)
     roots: list[bytes]
     tail: list[bytes]
 
@@ -359,7 +421,7 @@ def write_partition(job: PartitionJob) -> PartitionResult:
     names = [c.name for c in job.columns]
     if not job.slices and not job.rows:
         return PartitionResult([], [], "", [], [])
-    table = pa.concat_tables([read_arrow(partition_file(job.shuffle, job.partition, s)) for s in job.slices])
+    table = pa.concat_tables([_read_shuffled(partition_file(job.shuffle, job.partition, s)) for s in job.slices])
     if table.num_rows != job.rows:
         raise CheckFailed(f"contributor partition {job.partition}: {table.num_rows} rows in the shuffle, "
                           f"{job.rows} reported by the dedupe tasks")

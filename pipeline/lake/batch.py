@@ -239,9 +239,11 @@ class BatchFiles:
         """The batch's index rows (record id, dedupe key, contributor), all its key slices, each checked."""
         import pyarrow as pa
 
-        return pa.concat_tables(read_parquet(self.read(str(entry["path"])), columns)
-                                for entry in self.manifest().data.get("artifacts", [])
-                                if layout.index_slice_of(layout.plain_name(str(entry["path"]))) is not None)
+        tables = [read_parquet(self.read(str(entry["path"])), columns) for entry in self.manifest().data["artifacts"]
+                  if layout.index_slice_of(layout.plain_name(str(entry["path"]))) is not None]
+        if not tables:
+            raise CheckFailed(f"the manifest of {self.dataset} batch {self.seq} pins no index")
+        return pa.concat_tables(tables)
 
     # --- chain records --------------------------------------------------------------------------
 

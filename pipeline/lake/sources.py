@@ -111,6 +111,15 @@ def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, 
     return Source(obj.key, sha256, local.stat().st_size, raw_key, obj.version, **(signature or {}))
 
 
+def stored_bytes(lake: Lake, plan: list[Source]) -> int:
+    """The bytes of the plan's raw copies as the lake holds them: what sizes a batch's work. The
+    plan's own `bytes` is not used for that, since anyone who writes the lake can rewrite it."""
+    sizes: dict[str, int] = {}
+    for prefix in {source.raw_key.rsplit("/", 1)[0] + "/" for source in plan}:
+        sizes |= {obj.key: obj.size for obj in lake.list(prefix)}
+    return sum(sizes.get(source.raw_key, 0) for source in plan)
+
+
 def staged_versions(lake: Lake, dataset: str, seqs: Iterable[int]) -> set[tuple[str, int, str]]:
     """(key, size, version) of every drop zone object the plans of batches `seqs` took or skipped,
     so a later staging knows them without downloading them again."""

@@ -17,11 +17,12 @@ import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
+from pipeline import config
 from pipeline.config import S3Settings
 from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable, redact_url
 
@@ -239,8 +240,13 @@ class S3Lake(Lake):
             raise BadInput(f"S3 settings: {e}") from None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """A worker of the engine (a forked process, a Ray task) opens its own client to the same lake."""
-        return S3Lake, (self.bucket, self.prefix, self._settings)
+        """A worker of the engine opens its own client to the same lake. A forked worker gets this
+        process's credentials; a Ray task none (they would sit in the object store): a Ray node
+        holds its own, in its environment."""
+        settings = self._settings
+        if config.engine() != "local":
+            settings = replace(settings, access_key_id=None, secret_access_key=None)
+        return S3Lake, (self.bucket, self.prefix, settings)
 
     def _key(self, key: str) -> str:
         _check_key(key)
