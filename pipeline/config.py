@@ -312,6 +312,12 @@ def fault_point(name: str, env: Mapping[str, str] | None = None) -> None:
         time.sleep(float(seconds or 0))
 
 
+def test_hooks(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The fault and stall points that are set (see fault_point), for a Ray task to see them too."""
+    env = os.environ if env is None else env
+    return {name: env[name] for name in ("ANCHORLAKE_FAULT", "ANCHORLAKE_STALL") if env.get(name)}
+
+
 def rpc_url_is_external(env: Mapping[str, str] | None = None) -> bool:
     """True when the user pointed anchorlake at their own chain (no local devnet)."""
     env = os.environ if env is None else env

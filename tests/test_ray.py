@@ -109,27 +109,32 @@ def test_every_engine_commits_the_bytes_the_local_engine_commits_on_one_core(
     assert sum(int(r["amount"]) for r in rewards["rows"]) == int(rewards["rewards"]["pool"])
 
 
-def _kill_a_ray_task(stop: threading.Event, killed: list[str]) -> None:
-    """SIGKILL the first Ray worker seen running one of the batch's tasks."""
+def _kill_a_ray_task(stop: threading.Event, killed: list[str], tasks: tuple[str, ...]) -> None:
+    """SIGKILL the first Ray worker seen running one of `tasks`."""
     while not stop.is_set() and not killed:
         for pid in os.listdir("/proc"):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
             except (OSError, ValueError):
                 continue
-            if title.startswith(("ray::_jsonl_run", "ray::check_chunk")):
+            if title.startswith(tasks):
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(title)
                 return
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize(("tasks", "stall"), [
+    (("ray::_jsonl_run", "ray::check_chunk"), None),  # parsing, typing, hashing, checking
+    (("ray::dedupe_slice",), "partition.dedupe:3"),  # held there long enough to be found and killed
+    (("ray::write_partition",), "partition.write:3"),
+], ids=["map", "dedupe", "partition"])
 def test_a_ray_worker_killed_mid_batch_loses_and_duplicates_nothing(
-        local_batch: tuple[dict, dict[str, bytes]], seaweed: SeaweedFS, anvil: Anvil, ray_head: RayHead,
-        drop: list[str], tmp_path: Path) -> None:
-    env = _env(tmp_path, seaweed, anvil, ray_head, "ray")
+        tasks: tuple[str, ...], stall: str | None, local_batch: tuple[dict, dict[str, bytes]], seaweed: SeaweedFS,
+        anvil: Anvil, ray_head: RayHead, drop: list[str], tmp_path: Path) -> None:
+    env = _env(tmp_path, seaweed, anvil, ray_head, "ray") | ({"ANCHORLAKE_STALL": stall} if stall else {})
     stop, killed = threading.Event(), list[str]()
-    killer = threading.Thread(target=_kill_a_ray_task, args=(stop, killed), daemon=True)
+    killer = threading.Thread(target=_kill_a_ray_task, args=(stop, killed, tasks), daemon=True)
     killer.start()
     try:
         batch = _committed(env, drop)
@@ -139,7 +144,7 @@ def test_a_ray_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert killed, "no Ray task was seen running"
     expected, files = local_batch
     assert (batch["counts"], batch["root"]) == (expected["counts"], expected["root"])
-    assert _batch_files(env, seaweed)["tree.bin"] == files["tree.bin"]
+    assert _batch_files(env, seaweed) == files  # parts, tree.bin, index, quarantine, rewards, manifest
     status = cli_json(env, "status", "--dataset", "instructions")["batches"]
     assert [(b["seq"], b["anchored"], b["root"]) for b in status] == [(0, True, expected["root"])]
     again = cli_json(env, "run", "--dataset", "instructions")  # nothing new: nothing committed, nothing anchored twice

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import config
 from pipeline.core import treefile
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed
@@ -286,6 +287,7 @@ def dedupe_slice(job: DedupeJob) -> DedupeResult:
     """Dedupe the rows of one key slice against each other and against the earlier batches'
     slice; write the accepted ones by contributor partition, the index slice and the duplicates.
     Requires the slice file written and closed (it may be absent: no rows), its rows in arrival order."""
+    config.fault_point("partition.dedupe")
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -415,6 +417,7 @@ class PartitionResult:
 def write_partition(job: PartitionJob) -> PartitionResult:
     """Sort one contributor partition into leaf order and write its data parts and whole tiles.
     Requires the rows the dedupe tasks reported for it."""
+    config.fault_point("partition.write")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -57,8 +57,8 @@ class RayPool(Executor):
             # checked is passed, and an empty one when it has none (a node's own never applies).
             # A job's driver already runs in the job's environment, which holds it.
             seed = config.salt_seed()
-            env = None if config.inside_ray_job() else {
-                "env_vars": {"ANCHORLAKE_TEST_SALT_SEED": "" if seed is None else seed.decode()}}
+            env = None if config.inside_ray_job() else {"env_vars": {
+                "ANCHORLAKE_TEST_SALT_SEED": "" if seed is None else seed.decode(), **config.test_hooks()}}
             ray.init(configure_logging=False, log_to_driver=False, runtime_env=env)
             log.info("engine ray: %s CPUs", ray.cluster_resources().get("CPU", 0))
         self._remote: dict[Callable[..., Any], Any] = {}
