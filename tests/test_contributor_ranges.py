@@ -4,6 +4,7 @@ and every receipt's range proof folds to the batch root."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -29,7 +30,7 @@ from pipeline.ingest.stage import stage_sources
 from pipeline.lake import workers
 from pipeline.lake.batch import BatchFiles, ReceiptsWriter
 from pipeline.lake.columnar import arrow_schema
-from pipeline.lake.storage import open_lake
+from pipeline.lake.storage import FileLake, Lake, open_lake
 from pipeline.receipts import Parts, build_receipts, contributor_ranges, json_records, row_json
 
 from conftest import REPO
@@ -268,11 +269,23 @@ def test_a_worker_that_wrote_no_receipt_shifts_no_offset(tmp_path: Path) -> None
     one, none = tmp_path / "one.jsonl", tmp_path / "none.jsonl"
     one.write_bytes(b"{}\n")
     none.write_bytes(b"")
-    with ReceiptsWriter(tmp_path) as write:
-        for path, contributors, lengths in ((one, ["a"], [3]), (none, [], []), (one, ["b"], [3])):
-            write.join(path, contributors, lengths)
+    write = ReceiptsWriter(tmp_path)
+    for path, contributors, lengths in ((one, ["a"], [3]), (none, [], []), (one, ["b"], [3])):
+        write.join(path, contributors, lengths)
     assert (write.contributors, write.starts, write.lengths, write.count) == (["a", "b"], [0, 3], [3, 3], 2)
-    assert write.path.read_bytes() == b"{}\n{}\n"
+    for lake in (open_lake((tmp_path / "lake").as_uri()), _JoinedByDefault((tmp_path / "other").as_uri())):
+        lake.write_joined("receipts.jsonl", write.paths, tmp_path)
+        assert lake.read("receipts.jsonl") == b"{}\n{}\n"
+        assert write.name == "receipts-" + hashlib.sha256(b"{}\n{}\n").hexdigest()[:32]
+
+
+class _JoinedByDefault(FileLake):
+    """A lake that joins with the default (S3's) write_joined: joined locally, then write_file."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(Path(url.removeprefix("file://")))
+
+    write_joined = Lake.write_joined
 
 
 def test_receipts_are_written_only_for_a_batch_this_pipeline_sealed(tmp_path: Path) -> None:

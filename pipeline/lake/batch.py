@@ -297,10 +297,9 @@ class BatchFiles:
         `record_receipts` makes them the batch's receipts."""
         with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-") as tmp:
             writer = ReceiptsWriter(Path(tmp))
-            with writer:
-                yield writer
+            yield writer
             name = writer.name
-            self.lake.write_file(layout.receipts_file(self.dataset, self.seq, name), writer.path)
+            self.lake.write_joined(layout.receipts_file(self.dataset, self.seq, name), writer.paths, Path(tmp))
             self.lake.write(layout.receipts_offsets(self.dataset, self.seq, name), writer.offsets())
 
     def record_receipts(self, count: int, name: str, anchor_block: str | None) -> None:
@@ -369,14 +368,15 @@ class BatchFiles:
 
 
 class ReceiptsWriter:
-    """One batch's receipts as JSON Lines in a local file, joined from files written by workers
-    (in `directory`), with each contributor's byte range.
-    Its `name` is derived from the file's SHA-256, so a rewrite never changes bytes a reader
+    """One batch's receipts as JSON Lines, joined in order from files written by workers (in
+    `directory`), with each contributor's byte range; the lake joins the files themselves
+    (Lake.write_joined), so their bytes are read here only to be hashed.
+    Its `name` is derived from the joined SHA-256, so a rewrite never changes bytes a reader
     of the earlier index is reading."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.path = directory / "receipts.jsonl"
+        self.paths: list[Path] = []
         self.contributors: list[str] = []
         self.starts: list[int] = []
         self.lengths: list[int] = []
@@ -384,21 +384,15 @@ class ReceiptsWriter:
         self._digest = hashlib.sha256()
         self._size = 0
 
-    def __enter__(self) -> ReceiptsWriter:
-        self._file = open(self.path, "wb")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
-
     def join(self, path: Path, contributors: list[str], lengths: list[int]) -> None:
-        """Add the receipts in file `path`: one line of JSON each, of `contributors`, of `lengths`."""
+        """Add the receipts in file `path`: one line of JSON each, of `contributors`, of `lengths`.
+        Requires the file to stay as it is until the receipts are uploaded."""
         import numpy as np
 
         with open(path, "rb") as f:
             while block := f.read(1 << 22):
-                self._file.write(block)
                 self._digest.update(block)
+        self.paths.append(path)
         self.contributors += contributors
         self.starts += np.cumsum([self._size, *lengths], dtype=np.int64)[:-1].tolist()
         self.lengths += lengths
