@@ -70,8 +70,10 @@ def run_pull(lake_dir: Path, root: str, workers: int | None) -> float:
     from pipeline.lake.batch import BatchFiles
     from pipeline.lake.storage import open_lake
 
-    if workers is not None:
-        verify._cores = lambda: workers  # type: ignore[attr-defined]
+    if workers is not None:  # the pool takes one worker per core config.cores() gives
+        from pipeline import config
+
+        config.cores = lambda: workers
     dataset = load(REPO / "expectations", "instructions")
 
     def trusted(manifest: object) -> None:
