@@ -160,9 +160,8 @@ class FileLake(Lake):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-        with os.fdopen(fd, "wb") as f, open(path, "rb") as source:
-            shutil.copyfileobj(source, f, 8 << 20)
-            f.flush()
+        with os.fdopen(fd, "wb") as f:
+            _send(path, f)
             os.fsync(f.fileno())
         self._link(tmp, target, key)
 
@@ -233,11 +232,7 @@ class FileLake(Lake):
         try:
             with os.fdopen(fd, "wb") as out:
                 for path in paths:
-                    with open(path, "rb") as f:
-                        size = os.fstat(f.fileno()).st_size
-                        sent = 0
-                        while sent < size:  # in the kernel, no copy through this process
-                            sent += os.sendfile(out.fileno(), f.fileno(), sent, size - sent)
+                    _send(path, out)
             os.replace(tmp, target)
         except BaseException:
             os.unlink(tmp)
@@ -248,6 +243,18 @@ class FileLake(Lake):
         if not path.is_file():
             raise NotFound(f"{self.uri(key)} does not exist")
         return path
+
+
+def _send(path: Path, out: BinaryIO) -> None:
+    """Append a local file's bytes to `out`, in the kernel (no copy through this process)."""
+    out.flush()
+    with open(path, "rb") as f:
+        size, sent = os.fstat(f.fileno()).st_size, 0
+        while sent < size:
+            step = os.sendfile(out.fileno(), f.fileno(), sent, size - sent)
+            if step == 0:
+                raise OSError(f"{path} ended at {sent} of {size} bytes while it was copied")
+            sent += step
 
 
 class S3Lake(Lake):
