@@ -154,7 +154,7 @@ def test_the_work_is_sized_by_the_stored_sources_not_by_the_sizes_a_plan_claims(
 
 def test_a_dedupe_task_that_cannot_see_the_shuffle_directory_says_so(tmp_path: Path) -> None:
     lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
-    job = tasks.DedupeJob(str(tmp_path / "elsewhere"), dataset, lake, (), 0, 1, 1, rows=5)
+    job = tasks.DedupeJob(str(tmp_path / "elsewhere"), dataset, lake, (), 0, 1, 1, chunks=(0,), rows=5)
     with pytest.raises(CheckFailed, match="ANCHORLAKE_SCRATCH"):
         tasks.dedupe_slice(job)
 

@@ -125,7 +125,7 @@ def _kill_a_ray_task(stop: threading.Event, killed: list[str], tasks: tuple[str,
 
 
 @pytest.mark.parametrize(("tasks", "stall"), [
-    (("ray::_jsonl_run", "ray::check_chunk"), None),  # parsing, typing, hashing, checking
+    (("ray::run_chunk",), None),  # parsing, typing, hashing, checking, spilling
     (("ray::dedupe_slice",), "partition.dedupe:3"),  # held there long enough to be found and killed
     (("ray::write_partition",), "partition.write:3"),
 ], ids=["map", "dedupe", "partition"])

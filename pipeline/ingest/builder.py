@@ -1,12 +1,12 @@
-"""Build one batch from its staged sources: records in blocks -> typed chunks -> quality gate ->
-dedupe -> contributor-ordered data parts, index and quarantine, with every record counted.
+"""Build one batch from its staged sources: runs of lines -> chunk tasks (parse, type, hash,
+quality gate, spill) -> dedupe tasks -> partition tasks (contributor-ordered data parts and
+tree tiles), with every record counted.
 
-Records stream through in chunks of `chunk_records`: typed and checked by the engine's workers,
-counted here, the rows that pass spilled by dedupe-key slice into the shuffle directory. `finish`
-hands the rest to the partition tasks (see ingest.partitions): dedupe per key slice, then sort
-and write per contributor partition, the tree's tiles built beside the parts. This process holds
-one chunk of records at a time, never the batch's rows, and folds the tasks' tile roots into
-tree.bin. Leaves are ordered by contributor, then arrival (SPEC §13.2).
+The driver reads the sources and gathers their runs of lines into chunks; the engine's workers
+do the rest (see ingest.chunks and ingest.partitions). This process holds a few chunks of
+source bytes at a time (CSV and Parquet sources it parses itself, a block at a time), never the
+batch's rows, and folds the tasks' tile roots into tree.bin.
+Leaves are ordered by contributor, then arrival (SPEC §13.2).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ from pipeline.core.treefile import TreeAssembler
 from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed
 from pipeline.ingest import partitions as tasks
+from pipeline.ingest.chunks import ChunkJob, ChunkOutcome, Deferred, Deferring, quarantine_file, run_chunk
 from pipeline.ingest.parse import Block, parse_source, source_format
-from pipeline.ingest.quality import ChunkResult, QualityReport, check_chunk
+from pipeline.ingest.quality import QualityReport
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_table
@@ -34,8 +34,7 @@ from pipeline.lake.sources import Source, open_source, stored_bytes
 from pipeline.lake.workers import engine_pool
 
 CHUNK_RECORDS = 100_000
-MAX_IN_FLIGHT = 8  # blocks being parsed by the pool at once (bounds memory)
-VALIDATING = 1  # chunks being checked by the quality gate while the next one gathers
+IN_FLIGHT = 2  # chunks running in the engine's workers while the next one gathers (bounds memory)
 PARTITION_SOURCE_BYTES = 64 << 20  # source bytes per contributor partition: what one sort task holds
 HISTORY_KEYS_PER_SLICE = 4 << 20  # earlier batches' keys per dedupe slice: what one dedupe task holds
 MAX_PARTITIONS = 4096
@@ -81,58 +80,6 @@ def _rejected_schema() -> Any:
                       ("raw", pa.binary())])
 
 
-# --- one chunk ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Chunk:
-    """The records of a run of blocks, column by column; `reason` is None while a record stands."""
-
-    source: list[int]
-    line: list[int]
-    raw: list[bytes | str]
-    reason: list[str | None]
-    detail: list[str | None]
-    contributor: list[str | None]
-    leaf: list[bytes | None]
-    key: list[bytes | None]
-    table: Any  # committed values, a null row where a record was rejected as it was read
-
-    @classmethod
-    def of(cls, blocks: list[Block]) -> _Chunk:
-        import pyarrow as pa
-
-        def joined(name: str) -> list[Any]:
-            return [x for b in blocks for x in getattr(b, name)]
-
-        return cls([b.source for b in blocks for _ in range(len(b))], joined("line"), joined("raw"), joined("reason"),
-                   joined("detail"), joined("contributor"), joined("leaf"), joined("key"),
-                   pa.concat_tables([b.table for b in blocks]))
-
-    def reject(self, i: int, reason: str, detail: str) -> None:
-        self.reason[i], self.detail[i] = reason, detail
-
-
-@dataclass
-class _Validating:
-    """A chunk whose typed rows the quality gate is checking (a future of it, with a pool)."""
-
-    chunk: _Chunk
-    typed: list[int]
-    table: Any
-    checked: ChunkResult | Future[ChunkResult]
-
-
-def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterator[tuple[Any, ...]]:
-    """(key values..., aggregate) of each group of `table`'s rows."""
-    grouped = table.group_by(keys, use_threads=False).aggregate([aggregate])
-    return zip(*(grouped.column(name).to_pylist() for name in (*keys, "_".join(aggregate))), strict=True)
-
-
-def _bytes(raw: bytes | str) -> bytes:
-    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
-
-
 class BatchBuilder:
     """Accumulates one batch chunk by chunk, then has the partition tasks dedupe, order and write
     it. `scratch` is the shuffle directory: every worker of the engine must reach it."""
@@ -149,9 +96,11 @@ class BatchBuilder:
         self.slices = slice_count(self.partitions, history_keys)
         self.quality = QualityReport(dataset)
         self.pool = pool
-        self.validating: deque[_Validating] = deque()
+        self.validating: deque[tuple[int, ChunkOutcome | Future[ChunkOutcome]]] = deque()
         self.signed: dict[int, bool] = {}  # plan index -> its signature holds (signed datasets)
-        self.arrivals = 0  # rows that passed the quality gate so far: the next one's arrival number
+        self.chunks = 0  # chunks sent so far: the next one's number
+        self.slice_chunks: list[list[int]] = [[] for _ in range(self.slices)]  # chunks that spilled into each slice
+        self.slice_rows = [0] * self.slices
         self.files: list[dict[str, Any]] = []
         self.index_files: list[dict[str, Any]] = []
         self.tree_size, self.root = 0, b""
@@ -159,7 +108,7 @@ class BatchBuilder:
         self.per_source: list[Counter[str]] = [Counter() for _ in plan]
         self.per_contributor: dict[str, Counter[str]] = {}
         self.weights: Counter[str] = Counter()
-        self.pending: list[Block] = []
+        self.pending: list[Block | Deferred] = []
         self.pending_rows = 0
         self.scratch = scratch
         self.quarantine_path = scratch / layout.QUARANTINE
@@ -167,65 +116,62 @@ class BatchBuilder:
         self.tree_path = scratch / layout.TREE
         self.quarantine = pq.ParquetWriter(self.quarantine_path, _quarantine_schema(), compression="zstd")
         self.rejected = pq.ParquetWriter(self.rejected_path, _rejected_schema(), compression="zstd")
-        self.spill = _Spill(scratch, self.slices, tasks.shuffle_schema(self.columns))
 
-    def add(self, block: Block) -> None:
-        self.pending.append(block)
-        self.pending_rows += len(block)
+    def add(self, item: Block | Deferred, renew: Callable[[], None] = lambda: None) -> None:
+        """A block of records the driver parsed, or a run of lines a chunk task will parse;
+        `renew()` while waiting on a chunk task (the writer's lease)."""
+        self.pending.append(item)
+        self.pending_rows += len(item)
         if self.pending_rows >= self.chunk_records:
-            self.flush()
+            self.flush(renew)
 
-    def flush(self) -> None:
-        """Send the pending blocks, as one chunk, to the quality gate: a worker process checks it
-        while the next chunk gathers; chunks are settled in order."""
-        import pyarrow as pa
-
-        blocks, self.pending, self.pending_rows = self.pending, [], 0
-        if not blocks:
+    def flush(self, renew: Callable[[], None] = lambda: None) -> None:
+        """Send the pending items, as one chunk, to a chunk task; chunks are settled in order,
+        IN_FLIGHT of them at most still running."""
+        items, self.pending, self.pending_rows = self.pending, [], 0
+        if not items:
             return
-        chunk = _Chunk.of(blocks)
+        signers = None
         if self.dataset.signed:
-            self._check_signers(chunk)
-        typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
-        table = chunk.table if len(typed) == len(chunk.line) else chunk.table.take(pa.array(typed, pa.int64()))
-        selected = self.quality.selected(table)
-        checked = (self.pool.submit(check_chunk, self.dataset, selected) if self.pool is not None and typed
-                   else check_chunk(self.dataset, selected))
-        self.validating.append(_Validating(chunk, typed, table, checked))
-        while len(self.validating) > VALIDATING:
-            self._settle(self.validating.popleft())
+            sources = {item.source if isinstance(item, Block) else item.args[1] for item in items}
+            signers = {i: (self.plan[i].signer if self._signed(i) else None,
+                           self.plan[i].unsigned or "the source carries no valid signature") for i in sources}
+        job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, signers)
+        self.validating.append((self.chunks, self.pool.submit(run_chunk, job) if self.pool is not None
+                                else run_chunk(job)))
+        self.chunks += 1
+        while len(self.validating) > IN_FLIGHT:
+            self._settle(*self.validating.popleft(), renew)
 
-    def settle(self) -> None:
-        """Flush, and settle every chunk still being checked."""
-        self.flush()
+    def settle(self, renew: Callable[[], None] = lambda: None) -> None:
+        """Flush, and settle every chunk still running."""
+        self.flush(renew)
         while self.validating:
-            self._settle(self.validating.popleft())
+            self._settle(*self.validating.popleft(), renew)
 
-    def _settle(self, done: _Validating) -> None:
-        """Apply a chunk's quality results, count it, spill the rows that passed and quarantine the rest."""
-        chunk, typed, table = done.chunk, done.typed, done.table
-        result = self.quality.add(done.checked.result() if isinstance(done.checked, Future) else done.checked)
-        for position, (why, what) in result.failures.items():
-            chunk.reject(typed[position], why, what)
-        passed = [j for j, i in enumerate(typed) if chunk.reason[i] is None]
-        self._tally(chunk)
-        if passed:
-            self._spill_passed(chunk, typed, table, passed)
-        rejected = [i for i in range(len(chunk.line)) if chunk.reason[i] is not None]
-        self._write_quarantine([chunk.source[i] for i in rejected], [chunk.line[i] for i in rejected],
-                               [chunk.contributor[i] for i in rejected], [chunk.reason[i] for i in rejected],
-                               [chunk.detail[i] for i in rejected], [_bytes(chunk.raw[i]) for i in rejected],
-                               [None] * len(rejected))
-
-    def _check_signers(self, chunk: _Chunk) -> None:
-        """A signed dataset (SPEC §13.7): a source without a valid signature is quarantined whole,
-        and a row naming another contributor than its source's signer is quarantined."""
-        for i, source_index in enumerate(chunk.source):
-            source = self.plan[source_index]
-            if not self._signed(source_index):
-                chunk.reject(i, "unsigned_source", source.unsigned or "the source carries no valid signature")
-            elif chunk.reason[i] is None and chunk.contributor[i] != source.signer:
-                chunk.reject(i, "contributor_not_signer", f"the source is signed by {source.signer}")
+    def _settle(self, number: int, done: ChunkOutcome | Future[ChunkOutcome], renew: Callable[[], None]) -> None:
+        """Take chunk `number`'s counts and quality result, and its quarantine rows."""
+        if isinstance(done, Future):
+            while not wait([done], timeout=RENEW_EVERY).done:
+                renew()
+        outcome = done.result() if isinstance(done, Future) else done
+        self.quality.add(outcome.quality)
+        for kind, source, count in outcome.counts:
+            self._count(kind, count, source=source)
+        for kind, who, count in outcome.per_contributor:
+            self._count(kind, count, who=who)
+        for k, rows in enumerate(outcome.slice_rows):
+            if rows:
+                self.slice_chunks[k].append(number)
+                self.slice_rows[k] += rows
+        if outcome.quarantined:
+            path = quarantine_file(self.scratch, number)
+            rows = tasks.read_arrow(path)
+            self._write_quarantine(rows.column("source").to_pylist(), rows.column("line").to_pylist(),
+                                   rows.column("contributor").to_pylist(), rows.column("reason").to_pylist(),
+                                   rows.column("detail").to_pylist(), rows.column("raw").to_pylist(),
+                                   [None] * rows.num_rows)
+            path.unlink()
 
     def _signed(self, source_index: int) -> bool:
         """Whether the staged source's signature recovers its signer over its SHA-256, checked again
@@ -237,21 +183,6 @@ class BatchBuilder:
                 self.dataset.name, source.sha256, source.signature, source.signer)
         return self.signed[source_index]
 
-    def _tally(self, chunk: _Chunk) -> None:
-        """Count the chunk's records by kind, overall, per source and per contributor (Arrow
-        group-bys: one pass per chunk, not per row). A row that passed the gate counts as accepted
-        until its dedupe task says otherwise."""
-        import pyarrow as pa
-
-        kinds = pa.table({
-            "kind": pa.array(["accepted" if r is None else "quarantined" for r in chunk.reason], pa.string()),
-            "source": pa.array(chunk.source, pa.int64()),
-            "who": pa.array(chunk.contributor, pa.string())})
-        for kind, source, count in _grouped(kinds, ["kind", "source"], ("kind", "count")):
-            self._count(kind, count, source=source)
-        for kind, who, count in _grouped(kinds.filter(kinds["who"].is_valid()), ["kind", "who"], ("kind", "count")):
-            self._count(kind, count, who=who)
-
     def _count(self, kind: str, count: int, source: int | None = None, who: str | None = None) -> None:
         """Add `count` records of `kind` to the totals and `source`'s, or to `who`'s."""
         if source is not None:
@@ -260,38 +191,19 @@ class BatchBuilder:
         if who is not None:
             self.per_contributor.setdefault(who, Counter())[kind] += count
 
-    def _spill_passed(self, chunk: _Chunk, typed: list[int], table: Any, passed: list[int]) -> None:
-        """The rows that passed the gate, with their arrival number, leaf, key, source, line and raw
-        text, into their key slices."""
-        import pyarrow as pa
-
-        rows = [typed[j] for j in passed]
-        kept = table if len(passed) == table.num_rows else table.take(passed)
-        extra = {
-            tasks.ARRIVAL: pa.array(range(self.arrivals, self.arrivals + len(rows)), pa.int64()),
-            tasks.LEAF: pa.array([chunk.leaf[i] for i in rows], pa.binary(32)),
-            tasks.KEY: pa.array([chunk.key[i] for i in rows], pa.binary(32)),
-            tasks.SOURCE: pa.array([chunk.source[i] for i in rows], pa.int64()),
-            tasks.LINE: pa.array([chunk.line[i] for i in rows], pa.int64()),
-            tasks.RAW: pa.array([_bytes(chunk.raw[i]) for i in rows], pa.binary()),
-        }
-        for name, column in extra.items():
-            kept = kept.append_column(name, column)
-        self.arrivals += len(rows)
-        self.spill.add(kept)
-
     def finish(self, renew: Callable[[], None] = lambda: None) -> None:
         """Dedupe by key slice, then write the data parts and tree.bin by contributor partition, in
         the engine's workers; `renew()` as work goes on (the writer's lease). Requires every block
         added and settled, and the pool still running."""
-        self.spill.close()
         shuffle = str(self.scratch)
         deduped = list(self._run(tasks.dedupe_slice, [
             tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, tasks.overlapping(self.history, k, self.slices),
-                            k, self.slices, self.partitions, self.spill.rows[k]) for k in range(self.slices)], renew))
+                            k, self.slices, self.partitions, tuple(self.slice_chunks[k]), self.slice_rows[k])
+            for k in range(self.slices)], renew))
         for k, result in enumerate(deduped):
             renew()
-            tasks.slice_file(shuffle, k).unlink(missing_ok=True)
+            for number in self.slice_chunks[k]:
+                tasks.slice_file(shuffle, k, number).unlink(missing_ok=True)
             self._take_duplicates(k, result)
             self.index_files.append(self.files_of.write_file(layout.index_slice(k, self.slices),
                                                              tasks.index_file(shuffle, k)))
@@ -394,7 +306,6 @@ class BatchBuilder:
     def close_writers(self) -> None:
         self.quarantine.close()
         self.rejected.close()
-        self.spill.close()
 
 
 def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
@@ -403,59 +314,18 @@ def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
             yield piece
 
 
-class _Spill:
-    """Rows in the shuffle directory, one Arrow IPC file (uncompressed) per dedupe-key slice."""
-
-    def __init__(self, scratch: Path, slices: int, schema: Any) -> None:
-        self.scratch, self.slices, self.schema = scratch, slices, schema
-        self.writers: dict[int, Any] = {}
-        self.rows = [0] * slices
-
-    def add(self, table: Any) -> None:
-        owner = tasks.key_slices(table.column(tasks.KEY), self.slices)
-        for k, rows in enumerate(tasks.split_by(table, owner, self.slices)):
-            if rows.num_rows:
-                self._writer(k).write_table(rows)
-                self.rows[k] += rows.num_rows
-
-    def _writer(self, k: int) -> Any:
-        import pyarrow as pa
-
-        if k not in self.writers:
-            self.writers[k] = pa.ipc.new_file(str(tasks.slice_file(self.scratch, k)), self.schema)
-        return self.writers[k]
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        self.writers = {}
-
-
 # --- reading the staged sources ---------------------------------------------------------------
 
 
-def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path,
-           pool: Executor | None) -> Iterator[Block]:
-    """Every record of every staged source in blocks, in plan order, checking each source's SHA-256.
-
-    With a pool, up to MAX_IN_FLIGHT blocks are being parsed while earlier ones are consumed.
-    """
-    window: deque[Block | Future[Block]] = deque()
+def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path) -> Iterator[Block | Deferred]:
+    """Every record of every staged source, in plan order, checking each source's SHA-256: JSONL
+    as runs of lines a chunk task parses, CSV and Parquet as blocks parsed here."""
     for index, source in enumerate(plan):
         fmt, _ = source_format(source.key)
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
         with stream:
-            for item in parse_source(dataset, index, source.key, stream, pool):
-                window.append(item)
-                while len(window) > MAX_IN_FLIGHT:
-                    yield _resolve(window.popleft())
+            yield from parse_source(dataset, index, source.key, stream, Deferring())  # type: ignore[misc]
             finish()
-    while window:
-        yield _resolve(window.popleft())
-
-
-def _resolve(item: Block | Future[Block]) -> Block:
-    return item if isinstance(item, Block) else item.result()
 
 
 def worker_pool() -> Executor | None:

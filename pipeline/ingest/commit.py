@@ -110,11 +110,11 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
     pool = worker_pool()
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
-        for block in blocks(files, dataset, plan, scratch, pool):
+        for item in blocks(files, dataset, plan, scratch):
             lease.renew()
-            builder.add(block)
-            tick(len(block))
-        builder.settle()
+            builder.add(item, lease.renew)
+            tick(len(item))
+        builder.settle(lease.renew)
         builder.quality.check_thresholds()
         builder.finish(lease.renew)
     finally:

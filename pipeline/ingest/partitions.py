@@ -1,7 +1,7 @@
 """The partition tasks of a batch plan (SPEC §13.11), run by the engine's workers (forked
 processes or Ray tasks) on files in a shuffle directory every worker reaches.
 
-The driver spills the rows that passed the quality gate by dedupe-key slice. Then:
+The chunk tasks (ingest.chunks) spill the rows that passed the quality gate by dedupe-key slice. Then:
 1. `dedupe_slice`, one task per key slice: sorts its rows by key, then arrival; the first row of
    each key not committed by an earlier batch is accepted, every other row is a duplicate. It
    reads only its slice of the history index (each earlier batch's index is sliced by key too,
@@ -95,7 +95,7 @@ def split_by(table: Any, owner: Any, count: int) -> list[Any]:
 
 
 def shuffle_schema(columns: tuple[Column, ...]) -> Any:
-    """The rows the driver spills by key slice: committed columns, arrival, leaf, key, and where
+    """The rows a chunk task spills by key slice: committed columns, arrival, leaf, key, and where
     each came from with its raw text (for the quarantine row of a duplicate)."""
     import pyarrow as pa
 
@@ -256,7 +256,8 @@ class DedupeJob:
     slice: int
     slices: int
     partitions: int  # contributor partitions the accepted rows go to
-    rows: int  # rows the driver spilled into this slice
+    chunks: tuple[int, ...]  # the chunks that spilled rows into this slice, in order
+    rows: int  # how many rows they spilled
 
 
 @dataclass
@@ -267,8 +268,9 @@ class DedupeResult:
     weights: Counter[str] = field(default_factory=Counter)  # accepted weight per contributor
 
 
-def slice_file(shuffle: str | Path, slice_: int) -> Path:
-    return Path(shuffle) / f"slice-{slice_:05d}.arrow"
+def slice_file(shuffle: str | Path, slice_: int, chunk: int) -> Path:
+    """The rows of chunk `chunk` whose key is in slice `slice_`, as the chunk task spilled them."""
+    return Path(shuffle) / f"slice-{slice_:05d}-{chunk:06d}.arrow"
 
 
 def partition_file(shuffle: str | Path, partition: int, slice_: int) -> Path:
@@ -286,7 +288,7 @@ def duplicates_file(shuffle: str | Path, slice_: int) -> Path:
 def dedupe_slice(job: DedupeJob) -> DedupeResult:
     """Dedupe the rows of one key slice against each other and against the earlier batches'
     slice; write the accepted ones by contributor partition, the index slice and the duplicates.
-    Requires the slice file written and closed (it may be absent: no rows), its rows in arrival order."""
+    Requires the chunks' slice files written."""
     config.fault_point("partition.dedupe")
     import numpy as np
     import pyarrow as pa
@@ -323,13 +325,15 @@ def dedupe_slice(job: DedupeJob) -> DedupeResult:
 
 
 def _spilled(job: DedupeJob) -> Any:
-    """The slice's rows, as many as the driver spilled; CheckFailed, saying why, otherwise."""
-    path = slice_file(job.shuffle, job.slice)
-    if not job.rows:
+    """The slice's rows in arrival order, as many as the chunk tasks spilled; CheckFailed, saying
+    why, otherwise."""
+    import pyarrow as pa
+
+    if not job.chunks:
         return shuffle_schema(job.dataset.committed_columns).empty_table()
-    table = _read_shuffled(path)
+    table = pa.concat_tables([_read_shuffled(slice_file(job.shuffle, job.slice, n)) for n in job.chunks])
     if table.num_rows != job.rows:
-        raise CheckFailed(f"{path} holds {table.num_rows} rows, the driver spilled {job.rows}")
+        raise CheckFailed(f"key slice {job.slice} holds {table.num_rows} rows, the chunk tasks spilled {job.rows}")
     return table
 
 

@@ -1,0 +1,192 @@
+"""The chunk task of a batch plan (SPEC §13.11): one chunk of a batch's records, run by the
+engine's workers, so the committing process never holds parsed rows.
+
+The driver reads each source (checking its SHA-256) and cuts it into runs of whole JSONL lines;
+it gathers runs, deferred rather than parsed, into chunks of about `chunk_records` lines and sends
+each chunk to a worker, which parses, types and hashes its runs, runs the quality gate over them
+once, spills the rows that passed by dedupe-key slice into the shuffle directory and writes the
+rest as quarantine rows beside them. The driver takes back counts and the gate's result only.
+(CSV and Parquet sources are parsed by the driver as they are read, and their blocks travel with
+the chunk.) A row's arrival number is its chunk's number, then its place in the chunk: the order
+of the plan, then of the lines, whatever worker ran which chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.datasets import Dataset
+from pipeline.ingest import partitions as tasks
+from pipeline.ingest.parse import Block
+from pipeline.ingest.quality import ChunkResult, check_chunk, checking
+
+ARRIVAL_SHIFT = 32  # arrival = chunk number << 32 | place among the chunk's rows that passed
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A call a chunk task makes (parsing one run of lines) instead of the driver; `rows` is how
+    many records it may yield, at most."""
+
+    fn: Callable[..., Block]
+    args: tuple[Any, ...]
+    rows: int
+
+    def result(self) -> Block:
+        return self.fn(*self.args)
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+class Deferring(Executor):
+    """Stands in for a pool to the parser: each submitted call is kept for a chunk task to make."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return Deferred(fn, args, getattr(args[-1], "count", 1))  # type: ignore[return-value]
+
+
+@dataclass
+class _Chunk:
+    """The records of a run of blocks, column by column; `reason` is None while a record stands."""
+
+    source: list[int]
+    line: list[int]
+    raw: list[bytes | str]
+    reason: list[str | None]
+    detail: list[str | None]
+    contributor: list[str | None]
+    leaf: list[bytes | None]
+    key: list[bytes | None]
+    table: Any  # committed values, a null row where a record was rejected as it was read
+
+    @classmethod
+    def of(cls, blocks: list[Block]) -> _Chunk:
+        import pyarrow as pa
+
+        def joined(name: str) -> list[Any]:
+            return [x for b in blocks for x in getattr(b, name)]
+
+        return cls([b.source for b in blocks for _ in range(len(b))], joined("line"), joined("raw"), joined("reason"),
+                   joined("detail"), joined("contributor"), joined("leaf"), joined("key"),
+                   pa.concat_tables([b.table for b in blocks]))
+
+    def reject(self, i: int, reason: str, detail: str) -> None:
+        self.reason[i], self.detail[i] = reason, detail
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    shuffle: str
+    dataset: Dataset
+    number: int  # the chunk's place in the batch
+    items: tuple[Block | Deferred, ...]
+    slices: int
+    # Signed datasets (SPEC §13.7): per source of the chunk, (its signer if its signature holds,
+    # else None; why it does not). None for a dataset that is not signed.
+    signers: dict[int, tuple[str | None, str]] | None = None
+
+
+@dataclass
+class ChunkOutcome:
+    counts: list[tuple[str, int, int]]  # (kind, source, records): accepted (so far) or quarantined
+    per_contributor: list[tuple[str, str, int]]  # (kind, contributor, records)
+    quality: ChunkResult
+    slice_rows: list[int]  # rows spilled into each key slice
+    quarantined: int  # rows in its quarantine file
+
+
+def quarantine_file(shuffle: str | Path, number: int) -> Path:
+    return Path(shuffle) / f"quarantine-{number:06d}.arrow"
+
+
+def run_chunk(job: ChunkJob) -> ChunkOutcome:
+    """Parse, type, hash and check one chunk; spill what passed, write what did not."""
+    import pyarrow as pa
+
+    chunk = _Chunk.of([item if isinstance(item, Block) else item.result() for item in job.items])
+    if job.signers is not None:
+        _check_signers(chunk, job.signers)
+    typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
+    table = chunk.table if len(typed) == len(chunk.line) else chunk.table.take(pa.array(typed, pa.int64()))
+    result = check_chunk(job.dataset, checking(job.dataset).selected(table))
+    for position, (why, what) in result.failures.items():
+        chunk.reject(typed[position], why, what)
+    passed = [j for j, i in enumerate(typed) if chunk.reason[i] is None]
+    counts, per_contributor = _tally(chunk)
+    slice_rows = _spill(job, chunk, typed, table, passed) if passed else [0] * job.slices
+    rejected = [i for i in range(len(chunk.line)) if chunk.reason[i] is not None]
+    if rejected:
+        tasks.write_arrow(quarantine_file(job.shuffle, job.number), pa.table({
+            "source": pa.array([chunk.source[i] for i in rejected], pa.int64()),
+            "line": pa.array([chunk.line[i] for i in rejected], pa.int64()),
+            "contributor": pa.array([chunk.contributor[i] for i in rejected], pa.string()),
+            "reason": pa.array([chunk.reason[i] for i in rejected], pa.string()),
+            "detail": pa.array([chunk.detail[i] for i in rejected], pa.string()),
+            "raw": pa.array([_bytes(chunk.raw[i]) for i in rejected], pa.binary())}))
+    return ChunkOutcome(counts, per_contributor, result, slice_rows, len(rejected))
+
+
+def _check_signers(chunk: _Chunk, signers: dict[int, tuple[str | None, str]]) -> None:
+    """A source without a valid signature is quarantined whole, and a row naming another
+    contributor than its source's signer is quarantined."""
+    for i, source in enumerate(chunk.source):
+        signer, unsigned = signers[source]
+        if signer is None:
+            chunk.reject(i, "unsigned_source", unsigned)
+        elif chunk.reason[i] is None and chunk.contributor[i] != signer:
+            chunk.reject(i, "contributor_not_signer", f"the source is signed by {signer}")
+
+
+def _tally(chunk: _Chunk) -> tuple[list[tuple[str, int, int]], list[tuple[str, str, int]]]:
+    """The chunk's records by kind, per source and per contributor (Arrow group-bys). A row that
+    passed the gate counts as accepted until its dedupe task says otherwise."""
+    import pyarrow as pa
+
+    kinds = pa.table({
+        "kind": pa.array(["accepted" if r is None else "quarantined" for r in chunk.reason], pa.string()),
+        "source": pa.array(chunk.source, pa.int64()),
+        "who": pa.array(chunk.contributor, pa.string())})
+    per_source = list(_grouped(kinds, ["kind", "source"], ("kind", "count")))
+    per_contributor = list(_grouped(kinds.filter(kinds["who"].is_valid()), ["kind", "who"], ("kind", "count")))
+    return per_source, per_contributor
+
+
+def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterator[tuple[Any, ...]]:
+    """(key values..., aggregate) of each group of `table`'s rows."""
+    grouped = table.group_by(keys, use_threads=False).aggregate([aggregate])
+    return zip(*(grouped.column(name).to_pylist() for name in (*keys, "_".join(aggregate))), strict=True)
+
+
+def _spill(job: ChunkJob, chunk: _Chunk, typed: list[int], table: Any, passed: list[int]) -> list[int]:
+    """The rows that passed the gate, with their arrival number, leaf, key, source, line and raw
+    text, into one file per key slice; the rows each slice got."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = [typed[j] for j in passed]
+    kept = table if len(passed) == table.num_rows else table.take(passed)
+    extra = {
+        tasks.ARRIVAL: pa.array(np.arange(len(rows), dtype=np.int64) + (job.number << ARRIVAL_SHIFT)),
+        tasks.LEAF: pa.array([chunk.leaf[i] for i in rows], pa.binary(32)),
+        tasks.KEY: pa.array([chunk.key[i] for i in rows], pa.binary(32)),
+        tasks.SOURCE: pa.array([chunk.source[i] for i in rows], pa.int64()),
+        tasks.LINE: pa.array([chunk.line[i] for i in rows], pa.int64()),
+        tasks.RAW: pa.array([_bytes(chunk.raw[i]) for i in rows], pa.binary()),
+    }
+    for name, column in extra.items():
+        kept = kept.append_column(name, column)
+    sent = []
+    for k, part in enumerate(tasks.split_by(kept, tasks.key_slices(kept.column(tasks.KEY), job.slices), job.slices)):
+        if part.num_rows:
+            tasks.write_arrow(tasks.slice_file(job.shuffle, k, job.number), part)
+        sent.append(part.num_rows)
+    return sent
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
