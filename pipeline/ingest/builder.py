@@ -97,7 +97,7 @@ class BatchBuilder:
         self.quality = QualityReport(dataset)
         self.pool = pool
         self.validating: deque[tuple[int, ChunkOutcome | Future[ChunkOutcome]]] = deque()
-        self.signed: dict[int, bool] = {}  # plan index -> its signature holds (signed datasets)
+        self.signers = self._signers()
         self.chunks = 0  # chunks sent so far: the next one's number
         self.slice_chunks: list[list[int]] = [[] for _ in range(self.slices)]  # chunks that spilled into each slice
         self.slice_rows = [0] * self.slices
@@ -131,12 +131,7 @@ class BatchBuilder:
         items, self.pending, self.pending_rows = self.pending, [], 0
         if not items:
             return
-        signers = None
-        if self.dataset.signed:
-            sources = {item.source if isinstance(item, Block) else item.args[1] for item in items}
-            signers = {i: (self.plan[i].signer if self._signed(i) else None,
-                           self.plan[i].unsigned or "the source carries no valid signature") for i in sources}
-        job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, signers)
+        job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, self.signers)
         self.validating.append((self.chunks, self.pool.submit(run_chunk, job) if self.pool is not None
                                 else run_chunk(job)))
         self.chunks += 1
@@ -173,15 +168,16 @@ class BatchBuilder:
                                    [None] * rows.num_rows)
             path.unlink()
 
-    def _signed(self, source_index: int) -> bool:
-        """Whether the staged source's signature recovers its signer over its SHA-256, checked again
-        here (once per source): the staged plan is in the lake, where anyone with write access could
-        have planted a signer; the bytes read are checked against that SHA-256 as they are read."""
-        if source_index not in self.signed:
-            source = self.plan[source_index]
-            self.signed[source_index] = bool(source.signer) and signature_holds(
-                self.dataset.name, source.sha256, source.signature, source.signer)
-        return self.signed[source_index]
+    def _signers(self) -> dict[int, tuple[str | None, str]] | None:
+        """For a signed dataset (SPEC §13.7), each source's signer if its signature recovers that
+        signer over its SHA-256, else None, and why not. Checked again here: the staged plan is in
+        the lake, where anyone with write access could have planted a signer; the bytes read are
+        checked against that SHA-256 as they are read."""
+        if not self.dataset.signed:
+            return None
+        return {i: (source.signer if source.signer and signature_holds(self.dataset.name, source.sha256,
+                                                                       source.signature, source.signer) else None,
+                    source.unsigned or "the source carries no valid signature") for i, source in enumerate(self.plan)}
 
     def _count(self, kind: str, count: int, source: int | None = None, who: str | None = None) -> None:
         """Add `count` records of `kind` to the totals and `source`'s, or to `who`'s."""
