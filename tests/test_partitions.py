@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import config
 from pipeline.datasets import load
 from pipeline.errors import CheckFailed
 from pipeline.ingest import builder
@@ -171,3 +172,34 @@ def test_a_lake_sent_to_ray_tasks_carries_no_s3_secret(monkeypatch: pytest.Monke
     monkeypatch.setenv("ANCHORLAKE_ENGINE", "ray")
     assert b"the-secret-key" not in pickle.dumps(lake) and b"the-access-key" not in pickle.dumps(lake)
     assert pickle.loads(pickle.dumps(lake)).url == "s3://bucket/prefix"
+
+
+def test_a_chunk_size_past_the_arrival_numbers_is_refused(tmp_path: Path) -> None:
+    """A row's arrival is its chunk's number, then its place in the chunk, in 32 bits: a larger
+    chunk would give two rows the same arrival and order them by chance."""
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    for size in (0, 1 << 32):
+        with pytest.raises(ValueError, match="chunk_records"):
+            builder.BatchBuilder(BatchFiles(lake, "instructions", 0), dataset, [], tmp_path, chunk_records=size)
+
+
+def test_a_quarantine_file_that_lost_rows_stops_the_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver writes quarantine.parquet from the chunk tasks' files: one holding fewer rows
+    than its task quarantined (torn, stale, replaced) is refused, never passed on short."""
+    from pipeline.ingest import chunks
+
+    real = chunks.run_chunk
+
+    def short(job: chunks.ChunkJob) -> chunks.ChunkOutcome:
+        outcome = real(job)
+        outcome.quarantined += 1
+        return outcome
+
+    monkeypatch.setattr(builder, "run_chunk", short)
+    monkeypatch.setattr(config, "cores", lambda: 1)  # the chunk runs here, where the patch holds
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    incoming = tmp_path / "lake" / "incoming" / "instructions"
+    incoming.mkdir(parents=True)
+    (incoming / "a.jsonl").write_text(_record("fine", "0x" + "ab" * 20) + "\n{not json\n")
+    with pytest.raises(CheckFailed, match="holds 1 rows, its chunk task quarantined 2"):
+        commit_batch(lake, dataset, stage_sources(lake, dataset))  # type: ignore[arg-type]

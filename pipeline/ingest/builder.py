@@ -24,21 +24,29 @@ from pipeline.core.treefile import TreeAssembler
 from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed
 from pipeline.ingest import partitions as tasks
-from pipeline.ingest.chunks import ChunkJob, ChunkOutcome, Deferred, Deferring, quarantine_file, run_chunk
+from pipeline.ingest.chunks import (
+    ARRIVAL_SHIFT,
+    ChunkJob,
+    ChunkOutcome,
+    Deferred,
+    Deferring,
+    quarantine_file,
+    run_chunk,
+)
 from pipeline.ingest.parse import Block, parse_source, source_format
 from pipeline.ingest.quality import QualityReport
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_table
 from pipeline.lake.sources import Source, open_source, stored_bytes
-from pipeline.lake.workers import engine_pool
+from pipeline.lake.workers import engine_pool, pool_width
 
 CHUNK_RECORDS = 100_000
-IN_FLIGHT = 2  # chunks running in the engine's workers while the next one gathers (bounds memory)
+IN_FLIGHT_PER_WORKER = 2  # chunks sent per worker of the engine and not yet settled (bounds memory)
 PARTITION_SOURCE_BYTES = 64 << 20  # source bytes per contributor partition: what one sort task holds
 HISTORY_KEYS_PER_SLICE = 4 << 20  # earlier batches' keys per dedupe slice: what one dedupe task holds
 MAX_PARTITIONS = 4096
-RENEW_EVERY = 5.0  # seconds between lease renewals while a partition task runs
+RENEW_EVERY = 5.0  # seconds between lease renewals while the driver waits on a task
 
 
 def partition_count(source_bytes: int) -> int:
@@ -88,6 +96,8 @@ class BatchBuilder:
                  chunk_records: int = CHUNK_RECORDS, pool: Executor | None = None) -> None:
         import pyarrow.parquet as pq
 
+        if not 0 < chunk_records < 1 << ARRIVAL_SHIFT:
+            raise ValueError(f"chunk_records must be 1 .. 2**{ARRIVAL_SHIFT} - 1, not {chunk_records}")
         self.files_of, self.dataset, self.plan = files, dataset, plan
         self.chunk_records = chunk_records
         self.columns = dataset.committed_columns
@@ -96,6 +106,7 @@ class BatchBuilder:
         self.slices = slice_count(self.partitions, history_keys)
         self.quality = QualityReport(dataset)
         self.pool = pool
+        self.in_flight = IN_FLIGHT_PER_WORKER * pool_width(pool)
         self.validating: deque[tuple[int, ChunkOutcome | Future[ChunkOutcome]]] = deque()
         self.signers = self._signers()
         self.chunks = 0  # chunks sent so far: the next one's number
@@ -109,6 +120,7 @@ class BatchBuilder:
         self.per_contributor: dict[str, Counter[str]] = {}
         self.weights: Counter[str] = Counter()
         self.pending: list[Block | Deferred] = []
+        self.pending_sources: set[int] = set()
         self.pending_rows = 0
         self.scratch = scratch
         self.quarantine_path = scratch / layout.QUARANTINE
@@ -117,9 +129,10 @@ class BatchBuilder:
         self.quarantine = pq.ParquetWriter(self.quarantine_path, _quarantine_schema(), compression="zstd")
         self.rejected = pq.ParquetWriter(self.rejected_path, _rejected_schema(), compression="zstd")
 
-    def add(self, item: Block | Deferred, renew: Callable[[], None] = lambda: None) -> None:
-        """A block of records the driver parsed, or a run of lines a chunk task will parse;
-        `renew()` while waiting on a chunk task (the writer's lease)."""
+    def add(self, source: int, item: Block | Deferred, renew: Callable[[], None] = lambda: None) -> None:
+        """A block of records of plan source `source` the driver parsed, or a run of its lines a
+        chunk task will parse; `renew()` while waiting on a chunk task (the writer's lease)."""
+        self.pending_sources.add(source)
         self.pending.append(item)
         self.pending_rows += len(item)
         if self.pending_rows >= self.chunk_records:
@@ -127,15 +140,17 @@ class BatchBuilder:
 
     def flush(self, renew: Callable[[], None] = lambda: None) -> None:
         """Send the pending items, as one chunk, to a chunk task; chunks are settled in order,
-        IN_FLIGHT of them at most still running."""
+        as many still running as the engine has workers, twice over."""
         items, self.pending, self.pending_rows = self.pending, [], 0
+        sources, self.pending_sources = self.pending_sources, set()
         if not items:
             return
-        job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, self.signers)
+        signers = None if self.signers is None else {i: self.signers[i] for i in sources}
+        job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, signers)
         self.validating.append((self.chunks, self.pool.submit(run_chunk, job) if self.pool is not None
                                 else run_chunk(job)))
         self.chunks += 1
-        while len(self.validating) > IN_FLIGHT:
+        while len(self.validating) > self.in_flight:
             self._settle(*self.validating.popleft(), renew)
 
     def settle(self, renew: Callable[[], None] = lambda: None) -> None:
@@ -161,7 +176,9 @@ class BatchBuilder:
                 self.slice_rows[k] += rows
         if outcome.quarantined:
             path = quarantine_file(self.scratch, number)
-            rows = tasks.read_arrow(path)
+            rows = tasks.read_shuffled(path)
+            if rows.num_rows != outcome.quarantined:
+                raise CheckFailed(f"{path} holds {rows.num_rows} rows, its chunk task quarantined {outcome.quarantined}")
             self._write_quarantine(rows.column("source").to_pylist(), rows.column("line").to_pylist(),
                                    rows.column("contributor").to_pylist(), rows.column("reason").to_pylist(),
                                    rows.column("detail").to_pylist(), rows.column("raw").to_pylist(),
@@ -313,14 +330,16 @@ def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
 # --- reading the staged sources ---------------------------------------------------------------
 
 
-def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path) -> Iterator[Block | Deferred]:
-    """Every record of every staged source, in plan order, checking each source's SHA-256: JSONL
-    as runs of lines a chunk task parses, CSV and Parquet as blocks parsed here."""
+def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source],
+           scratch: Path) -> Iterator[tuple[int, Block | Deferred]]:
+    """(plan index, records) of every staged source, in plan order, checking each source's
+    SHA-256: JSONL as runs of lines a chunk task parses, CSV and Parquet as blocks parsed here."""
     for index, source in enumerate(plan):
         fmt, _ = source_format(source.key)
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
         with stream:
-            yield from parse_source(dataset, index, source.key, stream, Deferring())  # type: ignore[misc]
+            for item in parse_source(dataset, index, source.key, stream, Deferring()):
+                yield index, item  # type: ignore[misc]
             finish()
 
 

@@ -110,9 +110,9 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
     pool = worker_pool()
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
-        for item in blocks(files, dataset, plan, scratch):
+        for source, item in blocks(files, dataset, plan, scratch):
             lease.renew()
-            builder.add(item, lease.renew)
+            builder.add(source, item, lease.renew)
             tick(len(item))
         builder.settle(lease.renew)
         builder.quality.check_thresholds()

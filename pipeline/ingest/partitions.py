@@ -137,7 +137,7 @@ def leaf_order(table: Any) -> Any:
     return pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("arrival", "ascending")])
 
 
-def _read_shuffled(path: Path) -> Any:
+def read_shuffled(path: Path) -> Any:
     """A file another task (or the driver) wrote to the shuffle directory."""
     if not path.exists():
         raise CheckFailed(f"{path} is not there: this worker does not see the driver's shuffle directory "
@@ -153,10 +153,16 @@ def read_arrow(path: Path) -> Any:
 
 
 def write_arrow(path: Path, table: Any) -> None:
+    """Write a shuffle file whole or not at all: a retried task's first attempt, still writing,
+    never leaves a torn file under the name a reader opens."""
+    import os
+
     import pyarrow as pa
 
-    with pa.ipc.new_file(str(path), table.schema) as writer:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with pa.ipc.new_file(str(temporary), table.schema) as writer:
         writer.write_table(table)
+    os.replace(temporary, path)
 
 
 # --- the history index ------------------------------------------------------------------------
@@ -331,7 +337,7 @@ def _spilled(job: DedupeJob) -> Any:
 
     if not job.chunks:
         return shuffle_schema(job.dataset.committed_columns).empty_table()
-    table = pa.concat_tables([_read_shuffled(slice_file(job.shuffle, job.slice, n)) for n in job.chunks])
+    table = pa.concat_tables([read_shuffled(slice_file(job.shuffle, job.slice, n)) for n in job.chunks])
     if table.num_rows != job.rows:
         raise CheckFailed(f"key slice {job.slice} holds {table.num_rows} rows, the chunk tasks spilled {job.rows}")
     return table
@@ -428,7 +434,7 @@ def write_partition(job: PartitionJob) -> PartitionResult:
     names = [c.name for c in job.columns]
     if not job.slices and not job.rows:
         return PartitionResult([], [], "", [], [])
-    table = pa.concat_tables([_read_shuffled(partition_file(job.shuffle, job.partition, s)) for s in job.slices])
+    table = pa.concat_tables([read_shuffled(partition_file(job.shuffle, job.partition, s)) for s in job.slices])
     if table.num_rows != job.rows:
         raise CheckFailed(f"contributor partition {job.partition}: {table.num_rows} rows in the shuffle, "
                           f"{job.rows} reported by the dedupe tasks")

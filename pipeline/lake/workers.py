@@ -43,6 +43,17 @@ def engine_pool() -> Executor | None:
     return RayPool() if config.engine() == "ray" else fork_pool()
 
 
+def pool_width(pool: Executor | None) -> int:
+    """How many tasks `pool` runs at once: its worker processes, or the Ray cluster's CPUs."""
+    if pool is None:
+        return 1
+    if isinstance(pool, RayPool):
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return int(getattr(pool, "_max_workers", config.cores()))
+
+
 class RayPool(Executor):
     """Each submit is one Ray task. The functions are pipeline's own, so each Ray worker imports
     them from the anchorlake package installed beside Ray; arguments and results travel by
