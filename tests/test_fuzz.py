@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import REPO_ROOT
 from pipeline.datasets import load as load_dataset
+from pipeline.ingest.chunks import Deferring
 from pipeline.ingest.parse import Block, parse_source
 
 pytestmark = pytest.mark.unit
@@ -28,7 +29,10 @@ records = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), json_va
 
 
 def read_all(name: str, data: bytes) -> list[Block]:
-    blocks = list(parse_source(DATASET, 0, name, io.BytesIO(data)))
+    """The source's records as the commit reads them: JSONL runs deferred to a chunk task, each
+    parsed here as that task would."""
+    items = list(parse_source(DATASET, 0, name, io.BytesIO(data), Deferring()))
+    blocks = [item if isinstance(item, Block) else item.result() for item in items]  # type: ignore[attr-defined]
     assert blocks and all(isinstance(b, Block) for b in blocks)
     for block in blocks:  # a record is typed (it has its contributor and leaf) or quarantined with a reason
         for reason, contributor, leaf in zip(block.reason, block.contributor, block.leaf, strict=True):

@@ -472,9 +472,9 @@ def _merged(index: int, lines: list[tuple[int, bytes, bool]], typed: Typed, doub
 
 
 def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes],
-                pool: Executor | None) -> Iterator[Block | tuple[Future[Block], int]]:
-    """The source's runs of lines, each typed here or sent to the pool; yields blocks, or (future,
-    last line number) in order (the caller bounds how many are in flight). Lines read before a
+                pool: Executor) -> Iterator[tuple[Future[Block], int]]:
+    """The source's runs of lines, each sent to `pool` (the commit's is ingest.chunks.Deferring:
+    a chunk task parses them); yields (future, last line number) in order. Lines read before a
     read error are sent before it is raised."""
     failure: BaseException | None = None
     runs = _line_runs(body, dataset.max_record_bytes, dataset.limits.source_rows)
@@ -482,10 +482,7 @@ def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes],
         for run in runs:
             if run.blank():
                 continue
-            if pool is None:
-                yield _jsonl_run(dataset, index, run)
-            else:
-                yield pool.submit(_jsonl_run, dataset, index, run), run.first + run.count - 1
+            yield pool.submit(_jsonl_run, dataset, index, run), run.first + run.count - 1
     except (OSError, EOFError, zlib.error, _CorruptSource) as e:
         failure = e  # the source breaks off here: keep what was read before it
     if failure is not None:
@@ -493,10 +490,11 @@ def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes],
 
 
 def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes],
-                 pool: Executor | None = None) -> Iterator[Block | Future[Block]]:
-    """Yield every record of the source, typed and sealed, in blocks (or futures of blocks when
-    a pool parses them). A source that cannot be read at all, or breaks off part-way, ends with
-    a quarantined record saying why; records before it are kept."""
+                 pool: Executor) -> Iterator[Block | Future[Block]]:
+    """Yield every record of the source, typed and sealed: CSV and Parquet in blocks parsed here,
+    JSONL as futures of blocks `pool` parses (the commit's defers them to its chunk tasks). A
+    source that cannot be read at all, or breaks off part-way, ends with a quarantined record
+    saying why; records before it are kept."""
     state = _state(dataset)
     columns = state.sealer.columns
     produced = 0
@@ -526,7 +524,7 @@ class _SourceBroken(Exception):
 
 
 def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, stream: IO[bytes],
-                  pool: Executor | None) -> Iterator[Block | tuple[Future[Block], int]]:
+                  pool: Executor) -> Iterator[Block | tuple[Future[Block], int]]:
     fmt, compressed = source_format(key)
     if fmt is None:
         raise _SourceBroken("unsupported_format", f"{key}: not .jsonl, .csv or .parquet (optionally .gz)")
