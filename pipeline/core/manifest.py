@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.jcs import canonical_bytes
+from pipeline.core.merkle import build_levels, leaf_hashes, root_from_levels
 from pipeline.core.records import tagged_json
 from pipeline.errors import FormatError
 
@@ -59,6 +60,12 @@ class Manifest:
     def rewards(self) -> dict[str, Any]:
         return dict(self.data["rewards"])
 
+    @property
+    def history(self) -> dict[str, Any] | None:
+        """`{tree_size, root}` over the earlier manifests (SPEC §13.9); None in a manifest older than it."""
+        value = self.data.get("history")
+        return dict(value) if isinstance(value, dict) else None
+
     def pinned(self, relative: str) -> dict[str, Any] | None:
         """The files or artifacts entry pinning `relative` (a path inside the batch), if any."""
         for entry in [*self.data["files"], *self.data.get("artifacts", [])]:
@@ -92,13 +99,25 @@ class SourceCounts:
                 "accepted": self.accepted, "quarantined": self.quarantined, "duplicate": self.duplicate} | signed
 
 
-def build(*, dataset: str, seq: int, created_at: str, previous: Manifest | None, sources: Sequence[SourceCounts],
-          skipped: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], suite: Mapping[str, str],
+def history_levels(manifest_hashes: Sequence[str]) -> list[list[bytes]]:
+    """The levels of the dataset's history tree (SPEC §13.9): RFC 9162 over the leaves
+    `manifest_sha256` (32 raw bytes each) of batches 0..n-1, leaf level first."""
+    return build_levels(leaf_hashes([bytes.fromhex(h) for h in manifest_hashes]))
+
+
+def history_entry(manifest_hashes: Sequence[str]) -> dict[str, Any]:
+    """The manifest's `history` member for a batch whose earlier manifests hash to `manifest_hashes`."""
+    return {"tree_size": len(manifest_hashes), "root": root_from_levels(history_levels(manifest_hashes)).hex()}
+
+
+def build(*, dataset: str, seq: int, created_at: str, previous: Manifest | None, history: Sequence[str],
+          sources: Sequence[SourceCounts], skipped: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], suite: Mapping[str, str],
           files: Sequence[Mapping[str, Any]], artifacts: Sequence[Mapping[str, Any]], tree_size: int, root: bytes,
           rewards: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest body of a batch. Counts are summed from `sources`, so they add up by construction.
 
-    Requires `previous` to be the manifest of seq - 1 (None for seq 0)."""
+    Requires `previous` to be the manifest of seq - 1 (None for seq 0) and `history` the
+    SHA-256s of the manifests of batches 0..seq-1, in order."""
     counts = {kind: sum(getattr(s, kind) for s in sources) for kind in COUNT_KINDS}
     return {
         "format": FORMAT,
@@ -106,6 +125,7 @@ def build(*, dataset: str, seq: int, created_at: str, previous: Manifest | None,
         "seq": seq,
         "created_at": created_at,
         "previous": None if previous is None else {"seq": previous.seq, "manifest_sha256": previous.sha256},
+        "history": history_entry(history),
         "sources": [s.entry() for s in sources],
         "skipped_sources": [dict(s) for s in skipped],
         "counts": {"input": sum(counts.values()), **counts},
@@ -134,6 +154,10 @@ def parse(raw: bytes, source: str) -> Manifest:
     root = merkle.get("root")
     if not isinstance(root, str) or len(root) != 64:
         raise FormatError(source, "merkle.root", "must be 64 hex characters")
+    history = data.get("history", {"tree_size": data["seq"], "root": "0" * 64})
+    if not isinstance(history, dict) or history.get("tree_size") != data["seq"] or \
+            not re.fullmatch(r"[0-9a-f]{64}", str(history.get("root"))):
+        raise FormatError(source, "history", "must be {tree_size: seq, root: 64 hex characters}")
     counts = data["counts"]
     if not isinstance(counts, dict) or counts.get("input") != sum(counts.get(k, -1) for k in COUNT_KINDS):
         raise FormatError(source, "counts", "input != accepted + quarantined + duplicate")

@@ -101,9 +101,9 @@ class BatchBuilder:
         self.files_of, self.dataset, self.plan = files, dataset, plan
         self.chunk_records = chunk_records
         self.columns = dataset.committed_columns
-        self.history, history_keys = tasks.history(files.lake, dataset.name, files.seq)
+        self.history = tasks.history(files.lake, dataset.name, files.seq)
         self.partitions = partition_count(stored_bytes(files.lake, plan))
-        self.slices = slice_count(self.partitions, history_keys)
+        self.slices = slice_count(self.partitions, self.history.keys)
         self.quality = QualityReport(dataset)
         self.pool = pool
         self.in_flight = IN_FLIGHT_PER_WORKER * pool_width(pool)
@@ -210,7 +210,7 @@ class BatchBuilder:
         added and settled, and the pool still running."""
         shuffle = str(self.scratch)
         deduped = list(self._run(tasks.dedupe_slice, [
-            tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, tasks.overlapping(self.history, k, self.slices),
+            tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, tasks.overlapping(self.history.index, k, self.slices),
                             k, self.slices, self.partitions, tuple(self.slice_chunks[k]), self.slice_rows[k])
             for k in range(self.slices)], renew))
         for k, result in enumerate(deduped):

@@ -88,9 +88,11 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
     rewards_tree = files.write(layout.REWARDS_TREE, canonical_bytes(rewards.tree.dump()))
     artifacts += [rewards_file, rewards_tree]
     previous = None if files.seq == 0 else BatchFiles(files.lake, dataset.name, files.seq - 1).manifest()
+    if previous is not None and builder.history.manifests[-1] != previous.sha256:
+        raise CheckFailed(f"dataset {dataset.name}: the manifest of batch {previous.seq} changed during the commit")
     body = manifests.build(
         dataset=dataset.name, seq=files.seq, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        previous=previous,
+        previous=previous, history=builder.history.manifests,
         sources=[manifests.SourceCounts(s.key, s.sha256, s.bytes, **{k: builder.per_source[i][k] for k in COUNT_KINDS},
                                         signer=s.signer, signature=s.signature) for i, s in enumerate(plan)],
         skipped=[asdict(s) for s in skipped], columns=[(c.name, c.type) for c in builder.columns],

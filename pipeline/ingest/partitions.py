@@ -179,12 +179,24 @@ class IndexSlice:
     slices: int
 
 
-def history(lake: Lake, dataset: str, seq: int) -> tuple[tuple[IndexSlice, ...], int]:
-    """The index files of batches 0..seq-1 and how many keys they hold. Each manifest is read back
-    from batch seq - 1 (whose seal the commit checks) and must be the one its successor pins as
-    `previous`: a manifest rewritten in the lake is refused, never taken as history, so no index
-    entry can be dropped or renamed to let a duplicate through. Raises CheckFailed."""
+@dataclass(frozen=True)
+class History:
+    """What a batch commits on top of: the earlier batches' index files, how many keys they hold,
+    and their manifests' SHA-256s in seq order (the leaves of the history tree, SPEC §13.9)."""
+
+    index: tuple[IndexSlice, ...]
+    keys: int
+    manifests: tuple[str, ...]
+
+
+def history(lake: Lake, dataset: str, seq: int) -> History:
+    """The history of batches 0..seq-1. Each manifest is read back from batch seq - 1 (whose seal
+    the commit checks) and must be the one its successor pins as `previous`: a manifest rewritten
+    in the lake is refused, never taken as history, so no index entry can be dropped or renamed to
+    let a duplicate through, and the history root covers the manifests that were committed.
+    Raises CheckFailed."""
     found: list[IndexSlice] = []
+    hashes: list[str] = []
     keys, pinned = 0, None
     for earlier in range(seq - 1, -1, -1):
         files = BatchFiles(lake, dataset, earlier)
@@ -195,8 +207,9 @@ def history(lake: Lake, dataset: str, seq: int) -> tuple[tuple[IndexSlice, ...],
         previous = manifest.data["previous"]
         pinned = previous.get("manifest_sha256") if isinstance(previous, dict) else None
         keys += int(manifest.data["counts"]["accepted"])
+        hashes.append(manifest.sha256)
         found += _index_files(files, manifest.data.get("artifacts"))
-    return tuple(found), keys
+    return History(tuple(found), keys, tuple(reversed(hashes)))
 
 
 def _index_files(files: BatchFiles, artifacts: Any) -> list[IndexSlice]:
