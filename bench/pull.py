@@ -2,7 +2,7 @@
 
 Commits one batch of N records (default 1,000,000 from 10,000 contributors; the generator of
 bench/ingest.py) on a file:// lake, then times in fresh processes, medians of --runs:
-  pull        pipeline.verify.pull: every data part read and checked against the manifest's
+  pull        pipeline.pull.pull_batch: every data part read and checked against the manifest's
               SHA-256, every row's leaf and the root recomputed (one worker per core) and compared
               with the manifest's, the manifest with the root the commit returned (the trusted root:
               no chain here, so no RPC), then the parts and manifest written to a fresh folder
@@ -64,11 +64,11 @@ def run_pull(lake_dir: Path, root: str, workers: int | None) -> float:
     import pyarrow.dataset  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from pipeline import verify
     from pipeline.datasets import load
     from pipeline.errors import CheckFailed
     from pipeline.lake.batch import BatchFiles
     from pipeline.lake.storage import open_lake
+    from pipeline.pull import Destination, pull_batch
 
     if workers is not None:  # the pool takes one worker per core config.cores() gives
         from pipeline import config
@@ -83,7 +83,7 @@ def run_pull(lake_dir: Path, root: str, workers: int | None) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-pull-dest-") as dest:
         start = time.perf_counter()
         files = BatchFiles(open_lake(lake_dir.as_uri()), "instructions", 0)
-        verify.pull(files, dataset, Path(dest), trusted)
+        pull_batch(files, dataset, Destination(Path(dest), "instructions"), trusted)
         return time.perf_counter() - start
 
 

@@ -47,7 +47,7 @@ from pipeline.devnet import Anvil, SeaweedFS  # noqa: E402
 from pipeline.errors import ServiceUnavailable  # noqa: E402
 
 ANCHORLAKE = str(REPO / ".venv" / "bin" / "anchorlake")
-STAGES = ("stage", "commit", "anchor", "rewards", "receipts")
+STAGES = ("stage", "commit", "anchor", "rewards", "receipts", "table")
 MB = 1024 * 1024
 
 

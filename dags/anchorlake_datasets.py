@@ -70,7 +70,13 @@ def build_dag(dataset: str):  # type: ignore[no-untyped-def]
         def publish_receipts(seq: int) -> int:
             return int(run_stage("publish_receipts", dataset, seq))
 
-        publish_receipts(publish_rewards(anchor(committed.output)))
+        @task
+        def register_table(seq: int) -> list[int]:
+            return list(run_stage("register_table", dataset))
+
+        anchored = anchor(committed.output)
+        publish_receipts(publish_rewards(anchored))
+        register_table(anchored)
 
     return pipeline_dag()
 

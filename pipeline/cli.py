@@ -350,11 +350,15 @@ def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | N
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    from pipeline import verify
+    from pipeline import history, verify
     from pipeline.core.receipt import parse
 
     settings = config.load()
-    parsed = [parse(raw, source) for name in args.receipts for source, raw in _receipts_in(name)]
+    inputs = [(source, raw) for name in args.receipts for source, raw in _receipts_in(name)]
+    proofs = [(source, history.load(raw, source)) for source, raw in inputs if _is_history(raw)]
+    if proofs:
+        return _verify_history(args, settings, proofs, out, len(proofs) < len(inputs))
+    parsed = [parse(raw, source) for source, raw in inputs]
     if args.root is not None:
         if args.tree_size is None:
             raise BadInput("--root needs --tree-size: a path alone does not bind the size of the tree")
@@ -379,6 +383,73 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     return EXIT_CHECK if failures else EXIT_OK
 
 
+def _is_history(raw: bytes) -> bool:
+    """Whether a file given to `verify` is a history proof rather than a receipt."""
+    from pipeline import history
+
+    head = raw.lstrip()[:4096]
+    return head.startswith(b"{") and f'"format":"{history.FORMAT}"'.encode() in head.replace(b" ", b"")
+
+
+def _verify_history(args: argparse.Namespace, settings: config.Settings, proofs: list[tuple[str, dict[str, Any]]],
+                    out: Output, mixed: bool) -> int:
+    """verify for history proofs (SPEC §13.9): each against the chain, BatchAnchor and dataset the user gives."""
+    from pipeline import history
+
+    if mixed:
+        raise BadInput("give history proofs and receipts to separate verify commands")
+    chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify")
+    results = []
+    for source, document in proofs:
+        try:
+            results.append({"proof": source, "ok": True,
+                            "proven": history.check_on_chain(document, source, chain, trust.batch_anchor, trust.dataset)})
+            out.line(f"OK {source}: {results[-1]['proven']}")
+        except (CheckFailed, FormatError) as e:
+            results.append({"proof": source, "ok": False, "failures": [str(e)]})
+            print(f"FAIL {source}: {e}", file=sys.stderr)
+    failed = not all(r["ok"] for r in results)
+    out.result({"ok": not failed, "proofs": results})
+    return EXIT_CHECK if failed else EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import history, stages
+    from pipeline.core.jcs import canonical_bytes
+    from pipeline.lake.batch import committed_seqs
+
+    settings = config.load()
+    lake = stages.lake_for(settings)
+    chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "prove the history")
+    first, second = history.first_and_last(args.first, args.last, len(committed_seqs(lake, args.dataset)))
+    document = history.proof_document(history.linked_manifests(lake, args.dataset, second), first, second)
+    proven = history.check_on_chain(document, "the proof", chain, trust.batch_anchor, args.dataset)
+    out.line(proven)
+    out.line(f"consistency proof {first} -> {second} ({len(document['proof'])} hashes): "
+             + (" ".join(document["proof"]) or "(none needed)"))
+    cite = document["to"]
+    out.line(f"cite this training set as ({args.dataset}, {cite['seq']}, {cite['manifest_sha256']})")
+    if args.output:
+        Path(args.output).write_bytes(canonical_bytes(document))
+        out.line(f"wrote {args.output}: anyone checks it with `anchorlake verify {args.output} --dataset "
+                 f"{args.dataset} --contract ADDR --rpc URL`")
+    out.result(document)
+    return EXIT_OK
+
+
+def cmd_table(args: argparse.Namespace, out: Output) -> int:
+    from pipeline import iceberg, stages
+
+    settings = config.load()
+    added = stages.register_table(settings, args.dataset, args.rebuild)
+    uri, _ = config.iceberg_catalog(settings.home)
+    table = iceberg.identifier(args.dataset)
+    out.line(f"{table}: registered batches {', '.join(map(str, added))}" if added else f"{table}: up to date")
+    out.line(f"catalog {redact_url(uri)}; one snapshot per anchored batch, tagged seq-NNNNNN")
+    out.result({"table": table, "added": added, "catalog": redact_url(uri)})
+    return EXIT_OK
+
+
 def cmd_audit(args: argparse.Namespace, out: Output) -> int:
     from pipeline import stages, verify
 
@@ -400,46 +471,45 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> int:
-    from anchoring.batch_anchor import next_anchor_seq
-    from pipeline import stages
-    from pipeline.lake import layout
-    from pipeline.lake.batch import BatchFiles, committed_seqs
-    from pipeline.verify import pull_batch
+    from pipeline import pull, stages
 
     settings = config.load()
     lake = stages.lake_for(settings)
     spec = stages.dataset_for(settings, args.dataset)
-    check = None
-    if not args.no_verify:
-        chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify the pull")
-        check = (chain, trust.batch_anchor)
-    if args.batch is not None:
-        seqs = [args.batch]
-    elif check is not None:  # every batch the chain holds: one missing from the lake is a failure, not a gap
-        seqs = list(range(next_anchor_seq(chain, trust.batch_anchor, spec.dataset_id)))
-    else:
-        seqs = committed_seqs(lake, args.dataset)
-    if args.batch is not None and not BatchFiles(lake, args.dataset, args.batch).committed() and (
-            check is None or args.batch >= next_anchor_seq(chain, trust.batch_anchor, spec.dataset_id)):
+    anchored, seqs = _pull_plan(args, settings, lake, spec)
+    dest = pull.Destination(Path(args.dest), args.dataset)
+    report = pull.pull_dataset(lake, spec, seqs, dest, anchored,
+                               lambda seq, rows: out.meter(f"{args.dataset} batch {seq}", "rows", rows))
+    how = "verified against the chain" if anchored else "NOT verified: checked against the lake's manifest only"
+    for record in report.pulled:
+        out.line(f"pulled {args.dataset} batch {record['seq']}: {record['rows']} rows -> {args.dest} ({how})")
+    for record in report.kept:
+        out.line(f"kept {args.dataset} batch {record['seq']}: already in {args.dest}, files still match "
+                 + ("the anchored manifest" if anchored else "its manifest"))
+    for failure in report.failed:
+        print(f"FAIL {args.dataset} batch {failure['seq']} cannot be pulled: {failure['error']}", file=sys.stderr)
+    out.result(report.as_dict())
+    return EXIT_CHECK if report.failed else EXIT_OK
+
+
+def _pull_plan(args: argparse.Namespace, settings: config.Settings, lake: Any, spec: Any) -> tuple[Any, list[int]]:
+    """(the check each manifest must pass, or None with --no-verify; the batches to pull): one
+    batch, or every batch the chain anchors (one missing from the lake is a failure, not a gap),
+    or unverified, every batch the lake holds."""
+    from anchoring.batch_anchor import next_anchor_seq
+    from pipeline.lake.batch import BatchFiles, committed_seqs
+    from pipeline.verify import manifest_anchored
+
+    if args.no_verify:
+        if args.batch is not None and not BatchFiles(lake, args.dataset, args.batch).committed():
+            raise NotFound(f"{args.dataset} has no batch {args.batch}")
+        return None, [args.batch] if args.batch is not None else committed_seqs(lake, args.dataset)
+    chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify the pull")
+    anchored_count = next_anchor_seq(chain, trust.batch_anchor, spec.dataset_id)
+    if args.batch is not None and args.batch >= anchored_count and not BatchFiles(lake, args.dataset, args.batch).committed():
         raise NotFound(f"{args.dataset} has no batch {args.batch}")
-    pulled = []
-    for seq in seqs:
-        target = Path(args.dest) / args.dataset / layout.seq_part(seq)
-        files = BatchFiles(lake, args.dataset, seq)
-        if check is not None:
-            if not files.committed():
-                raise CheckFailed(f"{args.dataset} batch {seq} is anchored in BatchAnchor {trust.batch_anchor}, "
-                                  "but the lake has no manifest for it")
-            out.progress(f"verifying batch {seq}")
-        try:
-            with out.meter(f"{args.dataset} batch {seq}", "rows", files.manifest().tree_size) as tick:
-                pulled.append(pull_batch(files, spec, target, check, tick))
-        except (FormatError, NotFound) as e:  # a committed batch whose files are damaged: what audit finds too
-            raise CheckFailed(f"{args.dataset} batch {seq} cannot be pulled: {e}") from None
-        out.line(f"pulled {args.dataset} batch {seq}: {pulled[-1]['rows']} rows -> {target}"
-                 + ("" if args.no_verify else " (verified against the chain)"))
-    out.result({"pulled": pulled})
-    return EXIT_OK
+    seqs = [args.batch] if args.batch is not None else list(range(anchored_count))
+    return (lambda m: manifest_anchored(m, spec.dataset_id, chain, trust.batch_anchor)), seqs
 
 
 def cmd_rewards(args: argparse.Namespace, out: Output) -> int:
@@ -648,7 +718,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--range", type=_seq, nargs=2, metavar=("START", "END"),
                        help="the range proof of leaves [START, END) (SPEC §13.3)")
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
-    v.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt files (JSON), or a batch's receipts (JSON Lines, .jsonl)")
+    v.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt files (JSON), a batch's receipts (JSON Lines, .jsonl), or history proofs")
     v.add_argument("--dataset", type=_name, help="the dataset you are verifying (its id is computed, never read from the receipt)")
     _trust_flags(v)
     v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")
@@ -656,6 +726,15 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="every batch: files, manifest chain, rows, anchors and rewards roots on chain")
     au.add_argument("--dataset", required=True, type=_name)
     _trust_flags(au)
+    tb = sub.add_parser("table", help="register anchored batches in the dataset's Iceberg table (pyiceberg add_files)")
+    tb.add_argument("--dataset", required=True, type=_name)
+    tb.add_argument("--rebuild", action="store_true", help="drop the table and register every anchored batch again")
+    hi = sub.add_parser("history", help="RFC 9162 consistency proof between two batches' history roots")
+    hi.add_argument("--dataset", required=True, type=_name)
+    hi.add_argument("--from", dest="first", type=_seq, help="the earlier batch (default 1)")
+    hi.add_argument("--to", dest="last", type=_seq, help="the later batch (default the last committed)")
+    hi.add_argument("-o", "--output", metavar="FILE", help="write the proof (anchorlake.history/1) for others to verify")
+    _trust_flags(hi)
     _pull_parser(sub.add_parser("pull", help="download validated Parquet and check it is what was anchored"))
     rw = sub.add_parser("rewards", help="a batch's reward split, or a contributor's statement across batches")
     rw.add_argument("--dataset", required=True, type=_name)
@@ -725,7 +804,7 @@ def _address(text: str) -> str:
 COMMANDS = {"up": cmd_up, "down": cmd_down, "contribute": cmd_contribute, "run": cmd_run, "commit": cmd_commit,
             "status": cmd_status,
             "check": cmd_check, "receipt": cmd_receipt, "proof": cmd_proof, "verify": cmd_verify, "audit": cmd_audit,
-            "pull": cmd_pull, "rewards": cmd_rewards, "claim": cmd_claim, "explain": cmd_explain, "demo": cmd_demo}
+            "pull": cmd_pull, "history": cmd_history, "table": cmd_table, "rewards": cmd_rewards, "claim": cmd_claim, "explain": cmd_explain, "demo": cmd_demo}
 
 
 # A path that is wrong (exit 2) rather than a device failing (exit 3, retrying may help).

@@ -48,6 +48,16 @@ def scratch_dir(env: Mapping[str, str] | None = None) -> str | None:
 ENGINES = ("local", "ray")
 
 
+def cache_dir(lake_url: str, dataset: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where open_dataset keeps a dataset's verified copies: ANCHORLAKE_CACHE, else the user's
+    cache folder (XDG_CACHE_HOME or ~/.cache)/anchorlake, one folder per lake and dataset."""
+    import hashlib
+
+    env = os.environ if env is None else env
+    root = env.get("ANCHORLAKE_CACHE") or str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anchorlake")
+    return Path(root) / hashlib.sha256(lake_url.encode()).hexdigest()[:16] / dataset
+
+
 def engine(env: Mapping[str, str] | None = None) -> str:
     """Where a batch's parsing, typing, hashing and checking run (SPEC §13.11): ANCHORLAKE_ENGINE,
     `local` (worker processes on this machine, the default) or `ray` (the cluster at RAY_ADDRESS)."""
@@ -316,6 +326,20 @@ def test_hooks(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The fault and stall points that are set (see fault_point), for a Ray task to see them too."""
     env = os.environ if env is None else env
     return {name: env[name] for name in ("ANCHORLAKE_FAULT", "ANCHORLAKE_STALL") if env.get(name)}
+
+
+def iceberg_catalog(home: Path, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(catalog, warehouse) of the datasets' Iceberg tables. ANCHORLAKE_ICEBERG_CATALOG: a SQLAlchemy
+    URI (`sqlite:////abs/path.db`, `postgresql+psycopg2://…`) or `rest:<http(s) URL>`; default a
+    SQLite file beside the default lake, `<home>/iceberg.db`. ANCHORLAKE_ICEBERG_WAREHOUSE: where
+    table metadata is written, or None for the default (`<lake>/iceberg`; a REST catalog's own)."""
+    env = os.environ if env is None else env
+    uri = env.get("ANCHORLAKE_ICEBERG_CATALOG") or f"sqlite:///{home / 'iceberg.db'}"
+    rest = uri.startswith("rest:")
+    if not re.match(r"https?://" if rest else r"[A-Za-z][A-Za-z0-9+_.-]*://", uri.removeprefix("rest:")):
+        raise BadInput("ANCHORLAKE_ICEBERG_CATALOG must be a SQLAlchemy URI (sqlite:///…, postgresql://…) "
+                       "or rest:http(s)://…")
+    return uri, env.get("ANCHORLAKE_ICEBERG_WAREHOUSE") or None
 
 
 def rpc_url_is_external(env: Mapping[str, str] | None = None) -> bool:

@@ -33,6 +33,7 @@ class Column:
     name: str
     type: str
     max_length: int | None = None  # characters for strings, items for lists
+    description: str = field(default="", compare=False)  # documentation only (Croissant field description)
 
 
 RULES = ("proportional/1", "per_unit/1")
@@ -79,6 +80,9 @@ class Dataset:
     limits: Limits = Limits()
     signed: bool = False  # contributors: "signed": each source carries its contributor's signature (§13.7)
     suite_bytes: bytes | None = field(default=None, repr=False)  # the suite as loaded: a Ray worker has no file
+    description: str = ""
+    license: str | None = None  # an SPDX licence id (CC-BY-4.0) or the URL of a licence
+    rai: tuple[tuple[str, str], ...] = ()  # Croissant RAI fields (RAI_KEYS), in declaration order
 
     def suite_file(self) -> bytes:
         """The suite's bytes: as loaded, or read now if they could not be then."""
@@ -116,11 +120,19 @@ def _require(data: dict[str, Any], key: str, kind: type, source: str) -> Any:
     return value
 
 
-KEYS = ("format", "name", "description", "columns", "dedupe_key", "unknown_columns", "max_record_bytes", "limits",
-        "suite", "rewards", "contributors")
+KEYS = ("format", "name", "description", "license", "rai", "columns", "dedupe_key", "unknown_columns",
+        "max_record_bytes", "limits", "suite", "rewards", "contributors")
 COLUMN_KEYS = ("name", "type", "max_length", "description")
 REWARD_KEYS = ("rule", "pool", "rate", "unit", "payout", "weight")
 LIMIT_KEYS = ("source_bytes", "source_rows")
+# The Croissant RAI vocabulary's text properties (http://mlcommons.org/croissant/RAI/) that
+# mlcroissant reads under the same names; each is declared as one string.
+RAI_KEYS = ("dataCollection", "dataCollectionType", "dataCollectionRawData", "dataCollectionMissingData",
+            "dataPreprocessingProtocol", "dataImputationProtocol", "dataAnnotationProtocol", "dataAnnotationPlatform",
+            "dataAnnotationAnalysis", "annotationsPerItem", "annotatorDemographics", "machineAnnotationTools",
+            "personalSensitiveInformation", "dataUseCases", "dataLimitations", "dataBiases", "dataSocialImpact",
+            "dataReleaseMaintenancePlan")
+_LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}|https?://\S+")  # whole string (fullmatch)
 
 
 def _object(value: Any, keys: tuple[str, ...], where: str, source: str) -> dict[str, Any]:
@@ -162,8 +174,11 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
         max_length = col.get("max_length")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise FormatError(source, f"{where}.max_length", "must be a positive integer")
+        description = col.get("description", "")
+        if not isinstance(description, str):
+            raise FormatError(source, f"{where}.description", "must be a string")
         seen.add(cname)
-        columns.append(Column(cname, ctype, max_length))
+        columns.append(Column(cname, ctype, max_length, description))
     dedupe = tuple(_require(data, "dedupe_key", list, source))
     for key in dedupe:
         if key not in seen:
@@ -184,7 +199,23 @@ def parse(data: Any, source: str, base: Path) -> Dataset:
     except OSError:  # reported when the suite is used (anchorlake check names it)
         suite_bytes = None
     return Dataset(name, tuple(columns), dedupe, unknown, max_record_bytes, suite_path, rewards, limits,
-                   contributors == "signed", suite_bytes)
+                   contributors == "signed", suite_bytes, **_documentation(data, source))
+
+
+def _documentation(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """What the declaration says about the dataset for its readers (Croissant): description,
+    licence and RAI fields. A misspelled RAI key is an error, as everywhere in a declaration."""
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise FormatError(source, "description", "must be a string")
+    license_ = data.get("license")
+    if license_ is not None and (not isinstance(license_, str) or not _LICENSE.fullmatch(license_)):
+        raise FormatError(source, "license", "must be an SPDX licence id (e.g. CC-BY-4.0) or an http(s) URL")
+    rai = _object(data.get("rai", {}), RAI_KEYS, "rai", source)
+    for key, value in rai.items():
+        if not isinstance(value, str) or not value.strip():
+            raise FormatError(source, f"rai.{key}", "must be a non-empty string")
+    return {"description": description, "license": license_, "rai": tuple(rai.items())}
 
 
 def _reward_spec(value: dict[str, Any], source: str) -> RewardSpec:

@@ -292,6 +292,14 @@ def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
     return build_receipts(files, dataset_for(settings, dataset))
 
 
+def register_table(settings: Settings, dataset: str, rebuild: bool = False) -> list[int]:
+    """Register every anchored batch the dataset's Iceberg table lacks (the table is a projection
+    of the lake: `rebuild` makes it again from the lake); the seqs added."""
+    from pipeline import iceberg
+
+    return iceberg.sync(lake_for(settings), dataset_for(settings, dataset), iceberg.catalog(settings), rebuild)
+
+
 def batch_summary(settings: Settings, dataset: str) -> dict[str, Any]:
     """The latest batch of `dataset` at a glance: manifest, current anchor, number of contributors
     in the rewards ledger, and the receipt of its first contributor."""
@@ -349,6 +357,13 @@ def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str],
                 except CheckFailed as e:  # the batch's files differ from its manifest: later batches go on
                     log.error("%s batch %d: receipts not written: %s", dataset, s, e)
                     report.unfinished.append(f"{dataset} batch {s}: receipts not written: {e}")
+    progress(f"{dataset}: registering anchored batches in the Iceberg table")
+    with report.timed("table"):
+        try:
+            register_table(settings, dataset)
+        except (CheckFailed, BadInput, ConflictError, ServiceUnavailable) as e:  # a projection: the batches stand without it
+            log.error("%s: Iceberg table not updated: %s", dataset, e)
+            report.unfinished.append(f"{dataset}: Iceberg table not updated: {e}")
 
 
 def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.merkle import EMPTY_ROOT, HASH_SIZE, node_hash
@@ -145,7 +144,7 @@ def batch_against_chain(files: BatchFiles, dataset: Dataset, chain: Any, address
     leaf and the root recomputed from the rows, root, tree size and manifest hash against
     BatchAnchor. Raises CheckFailed naming what differs. `tick(rows)` as parts are recomputed."""
     verified_parts(files, dataset, tick)
-    manifest_anchored(files.manifest(), dataset, chain, address)
+    manifest_anchored(files.manifest(), dataset.dataset_id, chain, address)
 
 
 def verified_parts(files: BatchFiles, dataset: Dataset, tick: Tick = ignore) -> list[bytes]:
@@ -161,11 +160,12 @@ def verified_parts(files: BatchFiles, dataset: Dataset, tick: Tick = ignore) -> 
     return data
 
 
-def manifest_anchored(m: Any, dataset: Dataset, chain: Any, address: str) -> None:
-    """The manifest's hash, root and tree size are what BatchAnchor at `address` holds; else CheckFailed."""
+def manifest_anchored(m: Any, dataset_id: bytes, chain: Any, address: str) -> None:
+    """The manifest's hash, root and tree size are what BatchAnchor at `address` holds for
+    (`dataset_id`, its seq); else CheckFailed."""
     from anchoring.batch_anchor import read_batch
 
-    onchain = read_batch(chain, address, dataset.dataset_id, m.seq)
+    onchain = read_batch(chain, address, dataset_id, m.seq)
     if not onchain.exists:
         raise CheckFailed(f"batch {m.seq} is not anchored in BatchAnchor {address}")
     for what, anchored, lake in (("manifest hash", onchain.manifest_hash.hex(), m.sha256),
@@ -192,7 +192,7 @@ def rewards_statement(files: BatchFiles, dataset: Dataset, chain: Any, trust: Tr
     against rootAt, each row's cumulative amount against the tree, and the amounts against the
     batch's total. CheckFailed naming what differs."""
     m = files.manifest()
-    manifest_anchored(m, dataset, chain, trust.batch_anchor)
+    manifest_anchored(m, dataset.dataset_id, chain, trust.batch_anchor)
     rewards_against_chain(files, dataset, chain, str(trust.distributor))
     tree = files.rewards_tree()
     rows = files.rewards_rows()
@@ -213,14 +213,14 @@ def audit(lake: Any, dataset: Dataset, chain: Any, trust: TrustAnchors,
     from pipeline.lake.batch import BatchFiles, committed_seqs
 
     sound: list[int] = []
-    previous = None
+    earlier: list[Any] = []  # the manifests found sound, in seq order
     for seq in committed_seqs(lake, dataset.name):
         files = BatchFiles(lake, dataset.name, seq)
         try:
-            _audit_batch(files, dataset, previous, chain, trust, tick)
+            _audit_batch(files, dataset, earlier, chain, trust, tick)
         except (CheckFailed, BadInput) as e:
             return sound, str(e)
-        previous = files.manifest()
+        earlier.append(files.manifest())
         sound.append(seq)
     from anchoring.batch_anchor import next_anchor_seq
 
@@ -241,17 +241,22 @@ def committed_rows(lake: Any, dataset: Dataset) -> int | None:
         return None
 
 
-def _audit_batch(files: BatchFiles, dataset: Dataset, previous: Any, chain: Any, trust: TrustAnchors,
+def _audit_batch(files: BatchFiles, dataset: Dataset, earlier: list[Any], chain: Any, trust: TrustAnchors,
                  tick: Tick = ignore) -> None:
-    """One batch: its manifest and its link to the one before, every file it pins, its stored tree
-    and rewards tree, its rows recomputed, its anchor and rewards root on chain."""
+    """One batch: its manifest, its link to the one before and its history root over all the
+    earlier ones, every file it pins, its stored tree and rewards tree, its rows recomputed, its
+    anchor and rewards root on chain."""
+    from pipeline.core.manifest import history_entry
     from pipeline.lake import layout
 
     m = files.manifest()
-    linked = None if previous is None else {"seq": previous.seq, "manifest_sha256": previous.sha256}
+    linked = None if not earlier else {"seq": earlier[-1].seq, "manifest_sha256": earlier[-1].sha256}
     if (m.data["dataset"], m.seq, m.data["previous"]) != (dataset.name, files.seq, linked):
         raise CheckFailed(f"{files.uri(layout.MANIFEST)} does not name {dataset.name} batch {files.seq} "
                           "after the manifest of the batch before it")
+    if m.history is not None and m.history != history_entry([e.sha256 for e in earlier]):
+        raise CheckFailed(f"{files.uri(layout.MANIFEST)}: its history root {m.history['root']} is not the root "
+                          f"over the manifests of batches 0..{files.seq - 1} in the lake")
     for entry in [*m.data["files"], *m.data.get("artifacts", [])]:
         files.read(entry["path"])  # each against the SHA-256 the manifest pins
     _signatures_hold(m, dataset)
@@ -330,42 +335,6 @@ class AnchorStates:
         if (onchain.root.hex(), onchain.manifest_hash.hex()) != (m.root, m.sha256):
             return f"ANCHOR LOST: the chain holds root {onchain.root.hex()} for this seq"
         return f"anchored in {record['tx_hash']} ({self.chain.head() - int(record['block_number']) + 1} confirmations)"
-
-
-def pull_batch(files: BatchFiles, dataset: Dataset, target: Path, check: tuple[Any, str] | None,
-               tick: Tick = ignore) -> dict[str, Any]:
-    """Copy a committed batch's data parts and manifest to `target`, each part checked against
-    the manifest; with `check` = (chain, BatchAnchor address), first `batch_against_chain`.
-    `tick(rows)` as parts are verified (or, unverified, copied)."""
-    anchored = None if check is None else (lambda m: manifest_anchored(m, dataset, *check))
-    return pull(files, dataset, target, anchored, tick)
-
-
-def pull(files: BatchFiles, dataset: Dataset, target: Path, anchored: Callable[[Any], None] | None,
-         tick: Tick = ignore) -> dict[str, Any]:
-    """pull_batch with the last check given: `anchored(manifest)` raises CheckFailed unless the
-    manifest is the one the user trusts. With it, the rows are recomputed to the manifest's root
-    (verified_parts), then `anchored` runs, and nothing is written unless both hold; without it
-    (None), each part is only checked against the manifest's SHA-256 as it is copied."""
-    from pipeline.lake import layout
-
-    m = files.manifest()
-    if anchored is not None:
-        parts = verified_parts(files, dataset, tick)
-        anchored(m)
-        for entry, data in zip(m.data["files"], parts, strict=True):
-            _write(target / entry["path"], data)
-    else:
-        for entry in m.data["files"]:
-            _write(target / entry["path"], files.read(entry["path"]))
-            tick(int(entry.get("rows", 0)))
-    _write(target / layout.MANIFEST, files.manifest_bytes())
-    return {"seq": m.seq, "rows": m.tree_size, "root": m.root, "verified": anchored is not None}
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
 
 
 # --- recomputing a batch's leaves, one worker per core ------------------------------------------

@@ -35,7 +35,7 @@ for dag_id in bag.dag_ids:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("DAGS", "TASKS"))]
     assert lines[0] == "DAGS ['anchorlake_critiques', 'anchorlake_instructions', 'anchorlake_preferences']"
-    assert "TASKS anchorlake_instructions ['stage', 'commit', 'anchor', 'publish_rewards', 'publish_receipts']" in lines
+    assert "TASKS anchorlake_instructions ['stage', 'commit', 'anchor', 'publish_rewards', 'publish_receipts', 'register_table']" in lines
 
 
 @pytest.mark.parametrize("name", ["anchorlake_datasets.py", "anchorlake_tasks.py"])

@@ -61,7 +61,7 @@ def test_dockerfile_installs_the_pinned_files_and_builds_the_contracts() -> None
 
 
 def test_example_identities_have_an_admin_and_a_reader_scoped_to_what_readers_may_see() -> None:
-    """The reader reads and lists batches/, receipts/ and deployments/ of the compose file's lake,
+    """The reader reads and lists batches/, receipts/, deployments/ and iceberg/ of the compose file's lake,
     nothing else (not incoming/, raw/, private/ or state/) and writes nothing."""
     from pipeline.lake.layout import reader_actions
 

@@ -4,6 +4,7 @@ failures as one process computing them row by row."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from pipeline.lake import workers as workers_module
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.storage import open_lake
 from pipeline.progress import Bar
+from pipeline.pull import Destination, pull_batch
 
 from conftest import REPO
 
@@ -142,9 +144,9 @@ def _pull(lake: Path, target: Path, workers: int, monkeypatch: pytest.MonkeyPatc
     files = BatchFiles(open_lake(lake.as_uri()), "instructions", 0)
     ticks: list[int] = []
     trusted = files.manifest().root
-    result = verify.pull(files, load(REPO / "expectations", "instructions"), target,
-                         lambda m: None if m.root == trusted else pytest.fail("not the trusted root"), ticks.append)
-    assert sum(ticks) == result["rows"] and len(ticks) == 7
+    result, kept = pull_batch(files, load(REPO / "expectations", "instructions"), Destination(target, "instructions"),
+                              lambda m: None if m.root == trusted else pytest.fail("not the trusted root"), ticks.append)
+    assert sum(ticks) == result["rows"] and len(ticks) == 7 and not kept
     return result
 
 
@@ -156,11 +158,14 @@ def test_a_parallel_pull_writes_the_same_files_and_root_as_one_process(
         batch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parallel = _pull(batch, tmp_path / "parallel", 2, monkeypatch)
     single = _pull(batch, tmp_path / "single", 1, monkeypatch)
-    assert parallel == single == {"seq": 0, "rows": 660, "root": parallel["root"], "verified": True}
+    committed = batch / "batches" / "instructions" / "000000"
+    assert parallel == single == {"seq": 0, "rows": 660, "root": parallel["root"], "verified": True,
+                                  "manifest_sha256": hashlib.sha256((committed / "manifest.json").read_bytes()).hexdigest()}
     pulled = _tree(tmp_path / "parallel")
     assert pulled == _tree(tmp_path / "single")
-    committed = batch / "batches" / "instructions" / "000000"
-    assert pulled == {name: (committed / name).read_bytes() for name in pulled} and len(pulled) == 8
+    parts = {name: data for name, data in pulled.items() if name.startswith("000000/")}
+    assert parts == {f"000000/{p.name}": p.read_bytes() for p in (committed / "data").iterdir()} and len(parts) == 7
+    assert pulled[".anchorlake/000000/manifest.json"] == (committed / "manifest.json").read_bytes()
     dataset = load(REPO / "expectations", "instructions")
     leaf = leaf_function(dataset.committed_columns)
     by_rows = [leaf(record_object(dataset.committed_columns, row))
@@ -180,7 +185,7 @@ def test_a_flipped_byte_names_its_part_and_nothing_is_pulled(
     with pytest.raises(CheckFailed) as failed:
         _pull(lake, tmp_path / "out", workers, monkeypatch)
     assert str(failed.value).startswith(f"{part.as_uri()}: SHA-256 differs from the manifest's ")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "000000").exists()  # the folder is claimed, nothing lands in it
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -194,7 +199,7 @@ def test_rows_that_recompute_to_another_root_are_refused_with_both_roots(
     with pytest.raises(CheckFailed, match=f"batch 0: the rows recompute to root {real} over 660 leaves, "
                                           f"the manifest says {'ab' * 32} over 660"):
         _pull(lake, tmp_path / "out", workers, monkeypatch)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "000000").exists()  # the folder is claimed, nothing lands in it
 
 
 # --- leaves, column-wise ------------------------------------------------------------------------
@@ -303,7 +308,7 @@ def test_pull_shows_progress_unless_quiet_or_json(
     code = _cli(monkeypatch, batch, tmp_path / "home", "pull", "--dataset", "instructions", "--dest",
                 str(tmp_path / "d"), "--no-verify", *flags)
     err = capsys.readouterr().err
-    assert code == 0 and (tmp_path / "d" / "instructions" / "000000" / "manifest.json").exists()
+    assert code == 0 and (tmp_path / "d" / ".anchorlake" / "000000" / "manifest.json").exists()
     if flags:
         assert err == ""
     else:

@@ -78,8 +78,10 @@ def private(dataset: str, seq: int) -> str:
 REJECTED = "rejected.parquet"  # under private/<dataset>/<seq>/: source, line, raw SHA-256 and raw bytes
 
 # What the read-only identity (AI teams, contributors' tools) may read in a lake (SPEC §13.1):
-# committed batches, receipts and deployments; never incoming/, raw/, private/ or state/.
-READER_PREFIXES = ("batches/", "receipts/", "deployments/")
+# committed batches, receipts, deployments and the Iceberg tables' metadata (a projection of
+# batches/); never incoming/, raw/, private/ or state/.
+ICEBERG = "iceberg"  # the default Iceberg warehouse, beside batches/
+READER_PREFIXES = ("batches/", "receipts/", "deployments/", f"{ICEBERG}/")
 
 
 def reader_actions(lake_url: str) -> list[str]:
