@@ -1,4 +1,4 @@
-"""The Python API for AI teams (SPEC §13.9): `anchorlake.open_dataset`.
+"""The Python API for AI teams: `anchorlake.open_dataset`.
 
     import anchorlake
     ds = anchorlake.open_dataset("instructions", rpc="http://...", contract="0x...")
@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from pipeline import config, stages
+from pipeline.datasets import Dataset
 from pipeline.errors import BadInput, CheckFailed, NotFound
 from pipeline.pull import Anchored, Destination, PullReport, pull_dataset
 
@@ -44,10 +45,11 @@ class AnchoredDataset(pads.FileSystemDataset):
 
     @property
     def citation(self) -> tuple[str, int, str] | None:
-        """(dataset, seq, manifest_sha256) of the last batch read: with the history root in that
-        manifest, one triple names every batch up to it (`anchorlake history` proves it)."""
-        if not self.batches:
-            return None
+        """(dataset, seq, manifest_sha256) of the last batch read when batches 0..seq were all read:
+        with the history root in that manifest, one triple names them all (`anchorlake history`
+        proves it). None for a selection of batches."""
+        if not self.batches or [b["seq"] for b in self.batches] != list(range(len(self.batches))):
+            return None  # not a whole history: each batch is named by its own manifest in `batches`
         last = self.batches[-1]
         return self.name, int(last["seq"]), str(last["manifest_sha256"])
 
@@ -73,14 +75,14 @@ def open_dataset(name: str, *, lake: str | None = None, rpc: str | None = None, 
                       Unverified, stacklevel=2)
         from pipeline.lake.batch import committed_seqs
 
-        anchored, seqs = None, list(batches) if batches is not None else committed_seqs(the_lake, name)
+        anchored, seqs = None, sorted(set(batches)) if batches is not None else committed_seqs(the_lake, name)
     report = pull_dataset(the_lake, spec, seqs, dest, anchored)
     if report.failed:
         raise CheckFailed(f"{name}: " + "; ".join(f"batch {f['seq']}: {f['error']}" for f in report.failed))
     return _dataset(dest, spec, seqs, report, verify)
 
 
-def _anchored_batches(settings: config.Settings, spec: Any, batches: Sequence[int] | None) -> tuple[Anchored, list[int]]:
+def _anchored_batches(settings: config.Settings, spec: Dataset, batches: Sequence[int] | None) -> tuple[Anchored, list[int]]:
     """(the check against BatchAnchor, the batches to read: all the chain anchors, or `batches`)."""
     from anchoring.batch_anchor import next_anchor_seq
     from pipeline.verify import connect, manifest_anchored
@@ -91,7 +93,7 @@ def _anchored_batches(settings: config.Settings, spec: Any, batches: Sequence[in
                        "rpc= and contract= (or ANCHORLAKE_RPC_URL and ANCHORLAKE_BATCH_ANCHOR)")
     chain = connect(settings.rpc_url)
     anchored_count = next_anchor_seq(chain, address, spec.dataset_id)
-    seqs = list(range(anchored_count)) if batches is None else list(batches)
+    seqs = list(range(anchored_count)) if batches is None else sorted(set(batches))
     missing = [seq for seq in seqs if not 0 <= seq < anchored_count]
     if missing:
         raise NotFound(f"{spec.name}: batches {missing} are not anchored in BatchAnchor {address} "
@@ -99,7 +101,7 @@ def _anchored_batches(settings: config.Settings, spec: Any, batches: Sequence[in
     return (lambda m: manifest_anchored(m, spec.dataset_id, chain, address)), seqs
 
 
-def _dataset(dest: Destination, spec: Any, seqs: list[int], report: PullReport, verified: bool) -> AnchoredDataset:
+def _dataset(dest: Destination, spec: Dataset, seqs: list[int], report: PullReport, verified: bool) -> AnchoredDataset:
     from pipeline.lake.columnar import arrow_schema
 
     files = [str(p) for p in dest.files(seqs)]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import config
-from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, FormatError, NotFound, redact, redact_url
+from pipeline.errors import AnchorlakeError, BadInput, CheckFailed, NotFound, redact, redact_url
 from pipeline.progress import Tick, bar, silent
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
@@ -384,11 +384,15 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 def _is_history(raw: bytes) -> bool:
-    """Whether a file given to `verify` is a history proof rather than a receipt."""
+    """Whether a file given to `verify` is a history proof rather than a receipt (by its format
+    tag; anything unreadable is left to the receipt reader to name)."""
     from pipeline import history
 
-    head = raw.lstrip()[:4096]
-    return head.startswith(b"{") and f'"format":"{history.FORMAT}"'.encode() in head.replace(b" ", b"")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == history.FORMAT
 
 
 def _verify_history(args: argparse.Namespace, settings: config.Settings, proofs: list[tuple[str, dict[str, Any]]],
@@ -399,29 +403,31 @@ def _verify_history(args: argparse.Namespace, settings: config.Settings, proofs:
     if mixed:
         raise BadInput("give history proofs and receipts to separate verify commands")
     chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify")
-    results = []
+    results: list[dict[str, Any]] = []
     for source, document in proofs:
         try:
             results.append({"proof": source, "ok": True,
                             "proven": history.check_on_chain(document, source, chain, trust.batch_anchor, trust.dataset)})
             out.line(f"OK {source}: {results[-1]['proven']}")
-        except (CheckFailed, FormatError) as e:
-            results.append({"proof": source, "ok": False, "failures": [str(e)]})
+        except (CheckFailed, BadInput) as e:  # BadInput: a malformed proof, exit 2 (SPEC §10)
+            results.append({"proof": source, "ok": False, "failures": [str(e)], "exit": e.exit_code})
             print(f"FAIL {source}: {e}", file=sys.stderr)
-    failed = not all(r["ok"] for r in results)
-    out.result({"ok": not failed, "proofs": results})
-    return EXIT_CHECK if failed else EXIT_OK
+    out.result({"ok": all(r["ok"] for r in results), "proofs": results})
+    return max((int(r.get("exit", EXIT_OK)) for r in results), default=EXIT_OK)
 
 
 def cmd_history(args: argparse.Namespace, out: Output) -> int:
+    from anchoring.batch_anchor import next_anchor_seq
     from pipeline import history, stages
     from pipeline.core.jcs import canonical_bytes
+    from pipeline.datasets import dataset_id
     from pipeline.lake.batch import committed_seqs
 
     settings = config.load()
     lake = stages.lake_for(settings)
     chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "prove the history")
-    first, second = history.first_and_last(args.first, args.last, len(committed_seqs(lake, args.dataset)))
+    anchored = next_anchor_seq(chain, trust.batch_anchor, dataset_id(args.dataset))
+    first, second = history.first_and_last(args.first, args.last, min(anchored, len(committed_seqs(lake, args.dataset))))
     document = history.proof_document(history.linked_manifests(lake, args.dataset, second), first, second)
     proven = history.check_on_chain(document, "the proof", chain, trust.batch_anchor, args.dataset)
     out.line(proven)
@@ -486,6 +492,8 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     for record in report.kept:
         out.line(f"kept {args.dataset} batch {record['seq']}: already in {args.dest}, files still match "
                  + ("the anchored manifest" if anchored else "its manifest"))
+    for name in report.removed:
+        out.line(f"removed {name} from {args.dest}: no pulled manifest names it")
     for failure in report.failed:
         print(f"FAIL {args.dataset} batch {failure['seq']} cannot be pulled: {failure['error']}", file=sys.stderr)
     out.result(report.as_dict())

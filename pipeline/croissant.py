@@ -111,7 +111,7 @@ def document(dataset: Dataset, manifests: Sequence[Manifest], content_url: Calla
         "datePublished": last.data["created_at"],
         "creator": {"@type": "sc:Organization", "name": f"The contributors to {dataset.name}",
                     "description": "Each row's contributor column names the EVM address of the person who wrote it."},
-        "citeAs": _cite_as(dataset, last),
+        "citeAs": _cite_as(dataset, manifests),
         **rai,
         "distribution": [*files, _file_set([f["contentUrl"] for f in files])],
         "recordSet": [_rows(dataset), _batches(manifests, contributors or {})],
@@ -154,13 +154,23 @@ def _description(dataset: Dataset, manifests: Sequence[Manifest]) -> str:
         f"'{BATCHES}' lists them; `anchorlake audit --dataset {dataset.name}` checks files, manifests and anchors.")) if part)
 
 
-def _cite_as(dataset: Dataset, last: Manifest) -> str:
-    """A BibTeX entry naming the training set by `(dataset, seq, manifest_sha256)`."""
+def _cite_as(dataset: Dataset, manifests: Sequence[Manifest]) -> str:
+    """A BibTeX entry naming the training set: `(dataset, seq, manifest_sha256)` of the last batch
+    when the batches are all of 0..seq (its manifest's history names the earlier ones), else each
+    batch by its own manifest SHA-256."""
+    last = manifests[-1]
+    if [m.seq for m in manifests] == list(range(last.seq + 1)):
+        title = f"batches 0 to {last.seq}"
+        names = (f"(dataset, seq, manifest_sha256) = ({dataset.name}, {last.seq}, {last.sha256}) names every row "
+                 f"of batches 0 to {last.seq} through the manifest chain and its history root")
+    else:
+        title = "batches " + ", ".join(str(m.seq) for m in manifests)
+        names = "; ".join(f"({dataset.name}, {m.seq}, {m.sha256})" for m in manifests) + \
+            ": each (dataset, seq, manifest_sha256) names one batch's rows"
     return (f"@misc{{anchorlake-{dataset.name}-{last.seq},\n"
-            f"  title = {{{dataset.name}, batches 0 to {last.seq}}},\n"
+            f"  title = {{{dataset.name}, {title}}},\n"
             f"  howpublished = {{anchorlake dataset {dataset.name}, batch {last.seq}, manifest SHA-256 {last.sha256}}},\n"
-            f"  note = {{(dataset, seq, manifest_sha256) = ({dataset.name}, {last.seq}, {last.sha256}) names every row "
-            f"of batches 0 to {last.seq} through the manifest chain}}\n}}")
+            f"  note = {{{names}}}\n}}")
 
 
 def _file_objects(manifests: Sequence[Manifest], content_url: Callable[[int, str], str]) -> Iterator[dict[str, Any]]:

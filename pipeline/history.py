@@ -106,7 +106,8 @@ def check_on_chain(document: dict[str, Any], source: str, chain: Any, batch_anch
     first, second = check_proof(document, source)
     for m in (first, second):
         manifest_anchored(m, dataset_id(dataset), chain, batch_anchor)
-    return (f"{dataset}: the history up to batch {first.seq} ({first.seq} manifests) is a prefix of the history "
+    before = f"batches 0..{first.seq - 1}" if first.seq else "no batch"
+    return (f"{dataset}: the history anchored at batch {first.seq} ({before}) is a prefix of the history "
             f"anchored at batch {second.seq}; both manifests anchored in BatchAnchor {batch_anchor}")
 
 
@@ -119,13 +120,13 @@ def load(raw: bytes, source: str) -> dict[str, Any]:
 
 
 def first_and_last(first: int | None, last: int | None, committed: int) -> tuple[int, int]:
-    """The sizes the user asked for, defaulting to 1 and the last committed batch; BadInput if
-    they are not two committed batches in order."""
+    """The batches the user asked for, defaulting to 1 and the last one; BadInput unless both are
+    among the `committed` batches (those both committed and anchored) and in order."""
     if committed == 0:
-        raise BadInput("the dataset has no committed batches")
+        raise BadInput("the dataset has no committed and anchored batches")
     second = committed - 1 if last is None else last
     first = min(1, second) if first is None else first
     if not 0 <= first <= second < committed:
-        raise BadInput(f"--from and --to must be committed batches with from <= to (0..{committed - 1}), "
+        raise BadInput(f"--from and --to must be anchored batches with from <= to (0..{committed - 1}), "
                        f"got {first} and {second}")
     return first, second

@@ -15,11 +15,12 @@ lake at any time. The catalog is SQL (SQLite by default) or REST, by configurati
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline import config
 from pipeline.config import S3Settings, Settings
+from pipeline.core.manifest import Manifest
 from pipeline.datasets import Dataset
 from pipeline.errors import BadInput, CheckFailed, ConflictError, ServiceUnavailable, redact_url
 from pipeline.lake import layout
@@ -148,11 +149,16 @@ def _columns(table_schema: Schema) -> list[tuple[str, str]]:
 def _table(catalog: Catalog, dataset: Dataset, rebuild: bool) -> Table:
     """The dataset's table, created if missing; dropped first when `rebuild` (dropped, never
     purged: purging would delete the lake's data parts the table points at)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
     name, wanted = identifier(dataset.name), schema(dataset)
     catalog.create_namespace_if_not_exists(NAMESPACE)
     if rebuild and catalog.table_exists(name):
         catalog.drop_table(name)
-    table = catalog.create_table_if_not_exists(name, wanted)
+    try:  # loaded first: create_table_if_not_exists writes a metadata file before it finds the table
+        table = catalog.load_table(name)
+    except NoSuchTableError:
+        table = catalog.create_table(name, wanted)
     if _columns(table.schema()) != _columns(wanted):
         raise CheckFailed(f"Iceberg table {name} has columns {_columns(table.schema())}, the declaration of "
                           f"{dataset.name} {_columns(wanted)}: sync with rebuild")
@@ -166,6 +172,8 @@ def registered(table: Table) -> dict[int, Snapshot]:
         seq = None if snapshot.summary is None else snapshot.summary.get(SEQ)
         if seq is None:
             continue
+        if not str(seq).isdigit():
+            raise ConflictError(f"Iceberg table {table.name()}: a snapshot names batch {seq!r}: sync with rebuild")
         if int(seq) in found:
             raise ConflictError(f"Iceberg table {table.name()} registers batch {seq} twice: sync with rebuild")
         found[int(seq)] = snapshot
@@ -175,18 +183,22 @@ def registered(table: Table) -> dict[int, Snapshot]:
 # --- sync ---------------------------------------------------------------------------------------
 
 
-def sync(lake: Lake, dataset: Dataset, catalog: Catalog, rebuild: bool = False) -> list[int]:
+def sync(lake: Lake, dataset: Dataset, catalog: Catalog, on_chain: Callable[[Manifest], bool],
+         rebuild: bool = False) -> list[int]:
     """Register every committed and anchored batch of `dataset` that the table does not register
     yet, in seq order, each as one `add_files` snapshot tagged `seq-NNNNNN`; the seqs this call
-    registered. Stops at the first committed batch that is not anchored. `rebuild` drops and
+    registered. Stops at the first committed batch that is not anchored: `on_chain(manifest)` says
+    whether BatchAnchor holds it (and raises CheckFailed if it holds another manifest), so no batch
+    the chain does not hold is ever registered, whatever anchor.json says. `rebuild` drops and
     recreates the table first, then registers every batch.
 
     Idempotent and safe to kill at any instant: what is registered is read back from the table,
     so a batch is never added twice, and a run killed between a snapshot and its tag only tags it.
     Each batch's data parts are checked against the SHA-256s its manifest pins, its anchor record
     against its manifest's hash and root, and its manifest's `previous` against the batch
-    registered before it. That is not a verification of the lake against the chain: that is
-    `anchorlake audit`'s job."""
+    registered before it. The table points at the lake's own files, and Iceberg checks no hash
+    when it reads them: a reader who must not trust the operator uses `anchorlake pull` or
+    open_dataset, which verify what they read; `anchorlake audit` checks the lake itself."""
     table = _table(catalog, dataset, rebuild)
     done = registered(table)
     seqs = committed_seqs(lake, dataset.name)
@@ -196,7 +208,7 @@ def sync(lake: Lake, dataset: Dataset, catalog: Catalog, rebuild: bool = False) 
     for seq in seqs[len(done):]:
         files = BatchFiles(lake, dataset.name, seq)
         anchor = _checked_anchor(files)
-        if anchor is None:
+        if anchor is None or not on_chain(files.manifest()):
             log.info("%s batch %d is committed but not anchored yet: not registered, nor any after it",
                      dataset.name, seq)
             break

@@ -293,11 +293,30 @@ def publish_receipts(settings: Settings, dataset: str, seq: int) -> int:
 
 
 def register_table(settings: Settings, dataset: str, rebuild: bool = False) -> list[int]:
-    """Register every anchored batch the dataset's Iceberg table lacks (the table is a projection
-    of the lake: `rebuild` makes it again from the lake); the seqs added."""
+    """Register every batch anchored on chain that the dataset's Iceberg table lacks (the table is
+    a projection of the lake: `rebuild` makes it again from the lake); the seqs added."""
     from pipeline import iceberg
 
-    return iceberg.sync(lake_for(settings), dataset_for(settings, dataset), iceberg.catalog(settings), rebuild)
+    spec = dataset_for(settings, dataset)
+    return iceberg.sync(lake_for(settings), spec, iceberg.catalog(settings), anchored_on_chain(settings, spec), rebuild)
+
+
+def anchored_on_chain(settings: Settings, spec: Dataset) -> Callable[[Any], bool]:
+    """`on_chain(manifest)`: whether BatchAnchor (the deployment, checked on chain) holds the
+    batch, asked of the chain and never of the lake; CheckFailed if it holds another manifest."""
+    from anchoring.batch_anchor import read_batch
+
+    chain = chain_for(settings)
+    address = deployment_for(settings, chain, ("BatchAnchor",), signer_roles=False)["BatchAnchor"]
+
+    def on_chain(m: Any) -> bool:
+        held = read_batch(chain, address, spec.dataset_id, m.seq)
+        if held.exists and (held.root.hex(), held.tree_size, held.manifest_hash.hex()) != (m.root, m.tree_size, m.sha256):
+            raise CheckFailed(f"{spec.name} batch {m.seq}: BatchAnchor {address} holds another manifest "
+                              f"({held.manifest_hash.hex()}) than the lake's ({m.sha256})")
+        return bool(held.exists)
+
+    return on_chain
 
 
 def batch_summary(settings: Settings, dataset: str) -> dict[str, Any]:
@@ -361,9 +380,11 @@ def settle(settings: Settings, dataset: str, seq: int, progress: Callable[[str],
     with report.timed("table"):
         try:
             register_table(settings, dataset)
-        except (CheckFailed, BadInput, ConflictError, ServiceUnavailable) as e:  # a projection: the batches stand without it
-            log.error("%s: Iceberg table not updated: %s", dataset, e)
-            report.unfinished.append(f"{dataset}: Iceberg table not updated: {e}")
+        except Exception as e:  # noqa: BLE001  a projection: whatever breaks it (its metadata is in the lake,
+            # which anyone with the admin identity can write), the batches stand and the dataset goes on
+            log.error("%s: Iceberg table not updated: %s: %s", dataset, type(e).__name__, e)
+            report.unfinished.append(f"{dataset}: Iceberg table not updated ({type(e).__name__}: {e}); "
+                                     "`anchorlake table --dataset {dataset} --rebuild` makes it again")
 
 
 def run(settings: Settings, dataset: str, progress: Callable[[str], None] = lambda _: None,

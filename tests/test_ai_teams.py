@@ -133,6 +133,63 @@ def test_a_pull_killed_after_placing_a_batch_resumes_to_the_same_folder(anchored
     assert not (dest / ".anchorlake" / "incoming").exists() or not any((dest / ".anchorlake" / "incoming").iterdir())
 
 
+def test_a_killed_pull_leaves_nothing_a_parquet_glob_would_read(anchored: dict, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    cli(anchored["env"] | {"ANCHORLAKE_FAULT": "pull.installed"}, "pull", *anchored["trust"], "--dest", str(dest),
+        check=False)
+    assert sorted(p.name for p in dest.rglob("*.parquet*")) == ["part-00000.parquet.partial"]  # placed, not named
+
+
+def test_two_pulls_into_one_folder_take_turns(anchored: dict, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    command = [str(REPO / ".venv" / "bin" / "anchorlake"), "--quiet", "pull", *anchored["trust"], "--dest", str(dest)]
+    both = [subprocess.Popen(command, env=anchored["env"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    assert [p.wait(timeout=300) for p in both] == [0, 0], [p.stderr.read() for p in both if p.stderr]
+    assert pads.dataset(str(dest)).count_rows() == ROWS
+
+
+def test_a_pull_removes_what_no_pulled_manifest_names(anchored: dict, tmp_path: Path) -> None:
+    """The attack: rows slipped into a pulled folder (a file beside a batch's parts, a batch folder
+    of its own, a symlink) would be read with the verified ones."""
+    dest = tmp_path / "dest"
+    pull = ["pull", *anchored["trust"], "--dest", str(dest)]
+    cli_json(anchored["env"], *pull)
+    shutil.copy(dest / "000000" / "part-00000.parquet", dest / "000001" / "part-00001.parquet")
+    (dest / "000007").mkdir()
+    shutil.copy(dest / "000000" / "part-00000.parquet", dest / "000007" / "part-00000.parquet")
+    (dest / "000002" / "part-00000.parquet").unlink()
+    (dest / "000002" / "part-00000.parquet").symlink_to(dest / "000000" / "part-00000.parquet")
+    again = cli_json(anchored["env"], *pull)
+    assert ([b["seq"] for b in again["kept"]], [b["seq"] for b in again["pulled"]]) == ([0, 1], [2])
+    assert sorted(again["removed"]) == ["000001/part-00001.parquet", "000007"]
+    assert pads.dataset(str(dest)).count_rows() == ROWS
+
+
+def test_manifests_moved_between_batches_or_unreadable_parts_fail_their_batch_alone(
+        lake: tuple[Path, dict[str, str]], anchored: dict, tmp_path: Path) -> None:
+    """The attacks: batch 1's manifest and part copied over batch 2 (a pull that took it would
+    deliver batch 1 twice and batch 2 never); batch 0's part replaced by bytes that are no Parquet
+    and its manifest's pin updated to match (the decoder must never see them)."""
+    folder, env = lake
+    batches = folder / "batches" / "instructions"
+    for name in ("manifest.json", "data/part-00000.parquet"):
+        shutil.copy(batches / "000001" / name, batches / "000002" / name)
+    part = batches / "000000" / "data" / "part-00000.parquet"
+    part.write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    manifest = json.loads((batches / "000000" / "manifest.json").read_text())
+    manifest["files"][0] |= {"sha256": hashlib.sha256(part.read_bytes()).hexdigest(), "bytes": 108}
+    (batches / "000000" / "manifest.json").write_text(json.dumps(manifest))
+    dest = tmp_path / "dest"
+    proc = cli(env, "--json", "pull", *anchored["trust"], "--dest", str(dest), check=False)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and [b["seq"] for b in report["pulled"]] == [1], proc.stderr
+    errors = {f["seq"]: f["error"] for f in report["failed"]}
+    assert "differs from the anchored manifest hash" in errors[0], errors
+    assert "is the manifest of instructions batch 1, not of instructions batch 2" in errors[2], errors
+    assert pads.dataset(str(dest)).count_rows() == 1
+
+
 # --- open_dataset -------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -157,6 +214,7 @@ def test_open_dataset_verifies_every_batch_and_names_the_training_set(anchored: 
     one = anchorlake.open_dataset("instructions", lake=anchored["lake"].as_uri(), rpc=anchored["rpc"],
                                   contract=anchored["contract"], batches=[1])
     assert one.count_rows() == 1 and [b["seq"] for b in one.batches] == [1]
+    assert one.citation is None  # batch 1 alone is not the history up to it
 
 
 def test_open_dataset_names_the_batch_and_file_of_a_flipped_byte_and_says_when_it_did_not_verify(
@@ -205,6 +263,10 @@ def test_a_history_proof_verifies_against_the_chain_and_a_doctored_one_does_not(
     (tmp_path / "renamed.json").write_text(json.dumps(renamed))
     other = cli(anchored["env"], "verify", str(tmp_path / "renamed.json"), *anchored["trust"], check=False)
     assert other.returncode == 1 and "not 'instructions'" in other.stderr, other.stderr
+    for damage in ({"proof": ["zz" * 32]}, {"proof": "00"}, {"to": {"seq": 2}}, {"from": None}):
+        (tmp_path / "bad.json").write_text(json.dumps(json.loads(proof.read_text()) | damage))
+        bad = cli(anchored["env"], "verify", str(tmp_path / "bad.json"), *anchored["trust"], check=False)
+        assert bad.returncode == 2 and bad.stderr.startswith("FAIL") and "Traceback" not in bad.stderr, (damage, bad.stderr)
 
 
 def test_a_rewritten_older_manifest_is_found_through_a_later_batchs_anchored_history(

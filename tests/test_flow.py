@@ -215,7 +215,8 @@ def test_an_unverified_pull_of_an_empty_dataset_needs_no_chain_and_a_verified_on
                                                                                          tmp_path: Path) -> None:
     env = file_env | {"ANCHORLAKE_RPC_URL": "http://127.0.0.1:9"}
     pull = ["pull", "--dataset", "preferences", "--dest", str(tmp_path / "dest")]
-    assert cli_json(env, *pull, "--no-verify") == {"dataset": "preferences", "pulled": [], "kept": [], "failed": []}
+    assert cli_json(env, *pull, "--no-verify") == {"dataset": "preferences", "pulled": [], "kept": [],
+                                                       "failed": [], "removed": []}
     proc = cli(env, *pull, "--contract", "0x" + "11" * 20, check=False)
     assert proc.returncode == 3 and "cannot be reached" in proc.stderr, proc.stderr
 

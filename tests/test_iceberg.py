@@ -18,7 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import config, iceberg
+from pipeline import config, iceberg, stages
 from pipeline.datasets import Dataset, load
 from pipeline.devnet import Anvil, free_port
 from pipeline.errors import BadInput, CheckFailed, ServiceUnavailable
@@ -31,12 +31,9 @@ SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jso
 ALICE = "0x1111111111111111111111111111111111111111"
 PROPERTIES = (iceberg.SEQ, iceberg.ROOT, iceberg.MANIFEST_SHA256, iceberg.TX_HASH, iceberg.CHAIN_ID)
 SYNC = """
-from pipeline import config, iceberg
-from pipeline.datasets import load
-from pipeline.lake.storage import open_lake
+from pipeline import config, iceberg, stages
 settings = config.load()
-print(iceberg.sync(open_lake(settings.lake_url, settings.s3), load(settings.datasets_dir, "instructions"),
-                   iceberg.catalog(settings)))
+print(stages.register_table(settings, "instructions"))
 """
 
 
@@ -82,7 +79,8 @@ def own_catalog(env: dict[str, str], folder: Path) -> Any:
 
 def sync(env: dict[str, str], dataset: Dataset, catalog: Any, rebuild: bool = False) -> list[int]:
     settings = config.load(env)
-    return iceberg.sync(open_lake(settings.lake_url, settings.s3), dataset, catalog, rebuild)
+    return iceberg.sync(open_lake(settings.lake_url, settings.s3), dataset, catalog,
+                        stages.anchored_on_chain(settings, dataset), rebuild)
 
 
 def expected_summary(lake: Path, seq: int) -> dict[str, str]:
@@ -258,6 +256,23 @@ def test_a_batch_whose_anchor_is_missing_stops_the_sync_there(lake_env: dict[str
     catalog = own_catalog(env, tmp_path)
     assert sync(env, dataset, catalog) == []  # batch 1 is anchored, but comes after batch 0
     assert iceberg.registered(catalog.load_table("anchorlake.instructions")) == {}
+
+
+@pytest.mark.xdist_group("iceberg")
+def test_a_forged_anchor_record_does_not_register_a_batch_the_chain_does_not_hold(
+        lake_env: dict[str, str], dataset: Dataset, tmp_path: Path) -> None:
+    """The attack: batch 2 is committed but not anchored; whoever writes the lake copies batch 1's
+    anchor.json over to it with batch 2's seq, manifest hash and root."""
+    env = copied(lake_env, tmp_path)
+    batches = tmp_path / "lake/batches/instructions"
+    manifest = json.loads((batches / "000002/manifest.json").read_text())
+    forged = json.loads((batches / "000001/anchor.json").read_text()) | {
+        "seq": 2, "root": manifest["merkle"]["root"],
+        "manifest_sha256": hashlib.sha256((batches / "000002/manifest.json").read_bytes()).hexdigest()}
+    (batches / "000002/anchor.json").write_text(json.dumps(forged))
+    catalog = own_catalog(env, tmp_path)
+    assert sync(env, dataset, catalog) == [0, 1]
+    assert list(iceberg.registered(catalog.load_table("anchorlake.instructions"))) == [0, 1]
 
 
 # --- on S3, and the configuration ---------------------------------------------------------------

@@ -142,6 +142,29 @@ def serialize(data: Mapping[str, Any]) -> bytes:
     return canonical_bytes(dict(data))
 
 
+_SAFE_PARQUET = re.compile(r"(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.parquet")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_files(files: Any, source: str) -> None:
+    """`files`: data parts, each a relative `.parquet` path of plain names (no `..`, no leading `/`)
+    whose file name no other part has, with a SHA-256, bytes and rows."""
+    if not isinstance(files, list):
+        raise FormatError(source, "files", "must be a list")
+    names = set()
+    for n, entry in enumerate(files):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not _SAFE_PARQUET.fullmatch(path) or path.rsplit("/", 1)[-1] in names \
+                or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))) \
+                or not all(_whole(entry.get(k)) for k in ("bytes", "rows")):
+            raise FormatError(source, f"files[{n}]", "must be {path: a relative .parquet path, its file name once; "
+                                                      "sha256, bytes, rows}")
+        names.add(path.rsplit("/", 1)[-1])
+
+
 def parse(raw: bytes, source: str) -> Manifest:
     """Validate a manifest; raise FormatError naming the file and the field."""
     data = tagged_json(raw, source, FORMAT)
@@ -154,6 +177,10 @@ def parse(raw: bytes, source: str) -> Manifest:
     root = merkle.get("root")
     if not isinstance(root, str) or len(root) != 64:
         raise FormatError(source, "merkle.root", "must be 64 hex characters")
+    if not isinstance(data["seq"], int) or isinstance(data["seq"], bool) or data["seq"] < 0 or \
+            not isinstance(data["dataset"], str) or not _whole(merkle.get("tree_size")):
+        raise FormatError(source, "seq/dataset/merkle.tree_size", "must be a whole number, a name, a whole number")
+    _check_files(data["files"], source)
     history = data.get("history", {"tree_size": data["seq"], "root": "0" * 64})
     if not isinstance(history, dict) or history.get("tree_size") != data["seq"] or \
             not re.fullmatch(r"[0-9a-f]{64}", str(history.get("root"))):

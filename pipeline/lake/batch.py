@@ -106,10 +106,15 @@ class BatchFiles:
         return self._manifest is not None or self.lake.exists(self.key(layout.MANIFEST))
 
     def manifest(self) -> manifests.Manifest:
-        """The validated manifest; raises NotFound before the batch is committed."""
+        """The validated manifest of this batch; raises NotFound before the batch is committed,
+        CheckFailed if the file is another batch's manifest."""
         if self._manifest is None:
             raw = self.lake.read(self.key(layout.MANIFEST))
-            self._manifest, self._manifest_bytes = manifests.parse(raw, self.uri(layout.MANIFEST)), raw
+            m = manifests.parse(raw, self.uri(layout.MANIFEST))
+            if (m.data["dataset"], m.seq) != (self.dataset, self.seq):  # another batch's manifest, moved here
+                raise CheckFailed(f"{self.uri(layout.MANIFEST)} is the manifest of {m.data['dataset']} batch {m.seq}, "
+                                  f"not of {self.dataset} batch {self.seq}")
+            self._manifest, self._manifest_bytes = m, raw
         return self._manifest
 
     def manifest_bytes(self) -> bytes:
