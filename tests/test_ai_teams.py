@@ -18,7 +18,7 @@ from pymerkle import InmemoryTree
 
 from conftest import REPO, base_env, cli, cli_json, contribute_one
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("ai_teams")]  # one worker builds the lake once
 SAMPLES = sorted(str(p) for p in (REPO / "samples" / "instructions").glob("*.jsonl"))
 ALICE, BOB = "0x1111111111111111111111111111111111111111", "0x2222222222222222222222222222222222222222"
 ROWS = 25 + 1 + 1  # the samples' accepted rows, then one new record in each later batch

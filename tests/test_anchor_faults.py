@@ -366,7 +366,8 @@ def test_a_manifest_written_into_the_lake_is_never_anchored_or_paid(env: dict[st
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     first = lake / "batches/instructions/000000/manifest.json"
     forged = json.loads(first.read_text())
-    forged |= {"seq": 1, "previous": {"seq": 0, "manifest_sha256": hashlib.sha256(first.read_bytes()).hexdigest()}}
+    forged |= {"seq": 1, "previous": {"seq": 0, "manifest_sha256": hashlib.sha256(first.read_bytes()).hexdigest()},
+               "history": {"tree_size": 1, "root": hashlib.sha256(b"\0" + hashlib.sha256(first.read_bytes()).digest()).hexdigest()}}
     forged["rewards"] |= {"cumulative_total": str(10**27), "total": str(10**27 - 10**21)}
     (lake / "batches/instructions/000001").mkdir()
     (lake / "batches/instructions/000001/manifest.json").write_text(json.dumps(forged))

@@ -255,9 +255,9 @@ def test_the_read_only_identity_reads_what_readers_may_see_and_nothing_else(publ
     by_top = {}
     for key in keys:
         by_top.setdefault(key.split("/")[1], key)
-    assert set(by_top) == {"batches", "receipts", "deployments", "incoming", "raw", "private", "state"}
+    assert set(by_top) == {"batches", "receipts", "deployments", "iceberg", "incoming", "raw", "private", "state"}
     for top, key in by_top.items():
-        allowed = top in ("batches", "receipts", "deployments")
+        allowed = top in ("batches", "receipts", "deployments", "iceberg")  # iceberg/: the tables' metadata
         for call, kwargs in ((reader.get_object, {"Key": key}), (reader.list_objects_v2, {"Prefix": f"{prefix}/{top}/"})):
             if allowed:
                 call(Bucket=bucket, **kwargs)
