@@ -38,8 +38,8 @@ MODES = ("verified", "cached", "unverified", "floor")
 
 def child(mode: str, lake: str, rpc: str, contract: str, cache: str) -> None:
     import pyarrow.dataset as pads
-
     import web3  # noqa: F401  about 1 s to import (anchoring.chain imports it on first use): once per process
+
     import anchorlake
 
     start = time.perf_counter()
