@@ -44,7 +44,7 @@ unit: setup
 	$(PY) -m pytest -m unit -q
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline anchoring dags tests bench
+	$(VENV)/bin/ruff check anchorlake pipeline anchoring dags tests bench
 	$(VENV)/bin/mypy
 
 bench: setup

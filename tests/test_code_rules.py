@@ -41,7 +41,7 @@ def _docstrings(tree: ast.Module) -> set[int]:
 
 
 def test_ruff_passes_with_the_import_boundaries() -> None:
-    proc = subprocess.run([str(BIN / "ruff"), "check", "pipeline", "anchoring", "dags", "tests", "bench"], cwd=REPO,
+    proc = subprocess.run([str(BIN / "ruff"), "check", "anchorlake", "pipeline", "anchoring", "dags", "tests", "bench"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
 
