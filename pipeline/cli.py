@@ -421,14 +421,14 @@ def cmd_history(args: argparse.Namespace, out: Output) -> int:
     from pipeline import history, stages
     from pipeline.core.jcs import canonical_bytes
     from pipeline.datasets import dataset_id
-    from pipeline.lake.batch import committed_seqs
+    from pipeline.lake.batch import committed_seqs, linked_manifests
 
     settings = config.load()
     lake = stages.lake_for(settings)
     chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "prove the history")
     anchored = next_anchor_seq(chain, trust.batch_anchor, dataset_id(args.dataset))
     first, second = history.first_and_last(args.first, args.last, min(anchored, len(committed_seqs(lake, args.dataset))))
-    document = history.proof_document(history.linked_manifests(lake, args.dataset, second), first, second)
+    document = history.proof_document(linked_manifests(lake, args.dataset, second), first, second)
     proven = history.check_on_chain(document, "the proof", chain, trust.batch_anchor, args.dataset)
     out.line(proven)
     out.line(f"consistency proof {first} -> {second} ({len(document['proof'])} hashes): "

@@ -19,26 +19,8 @@ from pipeline.core.merkle import levels_node
 from pipeline.core.records import tagged_json
 from pipeline.datasets import dataset_id
 from pipeline.errors import BadInput, CheckFailed, FormatError
-from pipeline.lake.batch import BatchFiles
 
 FORMAT = "anchorlake.history/1"
-
-
-def linked_manifests(lake: Any, dataset: str, last: int) -> list[Manifest]:
-    """The manifests of batches 0..last, read back from `last`: each must be the one its successor
-    pins as `previous`, so once `last` is checked against the chain every earlier one is bound to it.
-    CheckFailed naming the first manifest that was rewritten."""
-    found: list[Manifest] = []
-    for seq in range(last, -1, -1):
-        files = BatchFiles(lake, dataset, seq)
-        m = files.manifest()
-        pinned = found[-1].data["previous"] if found else None
-        if pinned is not None and (not isinstance(pinned, dict) or pinned.get("manifest_sha256") != m.sha256):
-            raise CheckFailed(f"{dataset} batch {seq}: the lake's manifest hashes to {m.sha256}, not the "
-                              f"{pinned.get('manifest_sha256') if isinstance(pinned, dict) else pinned} that batch "
-                              f"{seq + 1} pins as its previous manifest: the history was rewritten")
-        found.append(m)
-    return found[::-1]
 
 
 def proof_document(chain: list[Manifest], first: int, second: int) -> dict[str, Any]:

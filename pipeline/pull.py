@@ -68,6 +68,7 @@ class Destination:
         self.root, self.dataset = root, dataset
         self.meta = root / META
         self._lock: Any = None
+        self._held: dict[int, Manifest | None] = {}  # recorded manifests as parsed, while the record stands
         self.state = self._claim()
 
     def __enter__(self) -> Destination:
@@ -75,7 +76,7 @@ class Destination:
 
         self._lock = (self.meta / "lock").open("a")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self.state = self._claim()  # as the holder before us left it
+        self.state, self._held = self._claim(), {}  # as the holder before us left it
         shutil.rmtree(self.meta / "incoming", ignore_errors=True)  # what a killed pull left aside
         return self
 
@@ -119,6 +120,11 @@ class Destination:
 
     def held(self, seq: int) -> Manifest | None:
         """The manifest of batch `seq` as recorded in the destination, if it parses and is the one recorded."""
+        if seq not in self._held:
+            self._held[seq] = self._parse_held(seq)
+        return self._held[seq]
+
+    def _parse_held(self, seq: int) -> Manifest | None:
         entry = self.state["batches"].get(layout.seq_part(seq))
         try:
             m = manifests.parse(self.manifest_path(seq).read_bytes(), str(self.manifest_path(seq)))
@@ -171,11 +177,13 @@ class Destination:
             os.replace(path.with_name(path.name + PARTIAL), path)
         _write_atomic(self.manifest_path(m.seq), raw_manifest)
         self.state["batches"][layout.seq_part(m.seq)] = entry = _entry(m, verified)
+        self._held[m.seq] = m
         _write_atomic(self.meta / "pull.json", canonical_bytes(self.state))
         return entry
 
     def forget(self, seq: int) -> None:
         """Drop batch `seq` from the destination: its record first, then its files."""
+        self._held.pop(seq, None)
         if self.state["batches"].pop(layout.seq_part(seq), None) is not None:
             _write_atomic(self.meta / "pull.json", canonical_bytes(self.state))
         shutil.rmtree(self.batch_dir(seq), ignore_errors=True)

@@ -29,7 +29,7 @@ from pipeline.core import treefile
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed
 from pipeline.lake import layout
-from pipeline.lake.batch import BatchFiles, read_parquet, read_pinned
+from pipeline.lake.batch import BatchFiles, linked_manifests, read_parquet, read_pinned
 from pipeline.lake.columnar import arrow_schema
 from pipeline.lake.storage import Lake
 
@@ -190,26 +190,14 @@ class History:
 
 
 def history(lake: Lake, dataset: str, seq: int) -> History:
-    """The history of batches 0..seq-1. Each manifest is read back from batch seq - 1 (whose seal
-    the commit checks) and must be the one its successor pins as `previous`: a manifest rewritten
-    in the lake is refused, never taken as history, so no index entry can be dropped or renamed to
-    let a duplicate through, and the history root covers the manifests that were committed.
-    Raises CheckFailed."""
-    found: list[IndexSlice] = []
-    hashes: list[str] = []
-    keys, pinned = 0, None
-    for earlier in range(seq - 1, -1, -1):
-        files = BatchFiles(lake, dataset, earlier)
-        manifest = files.manifest()
-        if pinned is not None and manifest.sha256 != pinned:
-            raise CheckFailed(f"{files.uri(layout.MANIFEST)}: SHA-256 {manifest.sha256} is not the {pinned} that "
-                              f"batch {earlier + 1} pins as its previous manifest; the lake was rewritten")
-        previous = manifest.data["previous"]
-        pinned = previous.get("manifest_sha256") if isinstance(previous, dict) else None
-        keys += int(manifest.data["counts"]["accepted"])
-        hashes.append(manifest.sha256)
-        found += _index_files(files, manifest.data.get("artifacts"))
-    return History(tuple(found), keys, tuple(reversed(hashes)))
+    """The history of batches 0..seq-1, its manifests linked back from batch seq - 1 (whose seal
+    the commit checks; lake.batch.linked_manifests): a manifest rewritten in the lake is refused,
+    never taken as history, so no index entry can be dropped or renamed to let a duplicate
+    through, and the history root covers the manifests that were committed. Raises CheckFailed."""
+    earlier = linked_manifests(lake, dataset, seq - 1) if seq else []
+    index = [entry for m in earlier for entry in _index_files(BatchFiles(lake, dataset, m.seq), m.data.get("artifacts"))]
+    return History(tuple(index), sum(int(m.data["counts"]["accepted"]) for m in earlier),
+                   tuple(m.sha256 for m in earlier))
 
 
 def _index_files(files: BatchFiles, artifacts: Any) -> list[IndexSlice]:

@@ -417,3 +417,20 @@ class ReceiptsWriter:
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         return buf.getvalue()
+
+
+def linked_manifests(lake: Lake, dataset: str, last: int) -> list[manifests.Manifest]:
+    """The manifests of batches 0..last, read back from `last`: each must be the one its successor
+    pins as `previous`, so whoever trusts `last` (its seal, its anchor) is bound to every earlier
+    one. CheckFailed naming the first manifest that was rewritten."""
+    found: list[manifests.Manifest] = []
+    for seq in range(last, -1, -1):
+        files = BatchFiles(lake, dataset, seq)
+        m = files.manifest()
+        pinned = found[-1].data["previous"] if found else None
+        if found and (not isinstance(pinned, dict) or pinned.get("manifest_sha256") != m.sha256):
+            named = pinned.get("manifest_sha256") if isinstance(pinned, dict) else pinned
+            raise CheckFailed(f"{dataset} batch {seq}: {files.uri(layout.MANIFEST)} hashes to {m.sha256}, not the "
+                              f"{named} that batch {seq + 1} pins as its previous manifest: the history was rewritten")
+        found.append(m)
+    return found[::-1]
