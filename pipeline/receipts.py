@@ -6,6 +6,8 @@ the manifest first.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +237,7 @@ _PREPARED: list[_Prepared] = []  # what build_receipts prepared, inherited by it
 @dataclass(frozen=True)
 class _Written:
     path: str
+    sha256: str
     contributors: list[str]
     lengths: list[int]
     start: int | None  # the first leaf of the first range written
@@ -242,9 +245,10 @@ class _Written:
 
 
 def _write(first: int, end: int, path: str) -> _Written:
-    """Write the receipts of the ranges starting in parts [first, end) to `path`."""
+    """Write the receipts of the ranges starting in parts [first, end) to `path`, hashing them."""
     job = _PREPARED[-1]
     contributors, lengths, start, last = list[str](), list[int](), None, None
+    digest = hashlib.sha256()
     with open(path, "wb") as out:
         for contributor, a, b, rows in contributor_ranges(job.parts, job.columns, first, end):
             last = b
@@ -252,16 +256,17 @@ def _write(first: int, end: int, path: str) -> _Written:
                 break
             line = receipts.encode(job.receipt(contributor, a, b), rows)
             out.write(line)
+            digest.update(line)
             contributors.append(contributor)
             lengths.append(len(line))
             start = a if start is None else start
-    return _Written(path, contributors, lengths, start, last)
+    return _Written(path, digest.hexdigest(), contributors, lengths, start, last)
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
-    """Write every contributor's receipt for the batch (in bulk), then the receipts index; their
-    number. Checks the parts and tree.bin against the manifest, and that the tree holds one leaf
-    per row and folds to the manifest's root."""
+    """Write every contributor's receipt for the batch (in bulk: one file per worker), then the
+    receipts index; their number. Checks the parts and tree.bin against the manifest, and that
+    the tree holds one leaf per row and folds to the manifest's root."""
     manifest = files.manifest()
     tree = files.tree()
     if (tree.tree_size, tree.root().hex()) != (manifest.tree_size, manifest.root):
@@ -280,30 +285,29 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
     groups = parts.groups(config.cores())
     _PREPARED.append(_Prepared(parts, dataset.committed_columns, tree.tree_size, receipt))
     pool = fork_pool(len(groups), tree.tree_size)
+    write = files.receipts_writer()
     try:
-        with files.receipts_writer() as write:
-            jobs = [(first, end, str(write.directory / f"{first}.jsonl")) for first, end in groups]
+        with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-", dir=config.scratch_dir()) as tmp:
+            jobs = [(first, end, f"{tmp}/{first}.jsonl") for first, end in groups]
             pending = [pool.submit(_write, *job) for job in jobs] if pool else None
             end = 0
             for i, job in enumerate(jobs):
                 written: _Written = pending[i].result() if pending else _write(*job)
                 if written.start not in (None, end):
                     raise CheckFailed(f"batch {manifest.seq}: no receipt covers leaf {end}")
-                if (written.end or end) > tree.tree_size:
-                    end = written.end or end
-                    break
-                write.join(Path(written.path), written.contributors, written.lengths)
                 end = written.end or end
+                if end > tree.tree_size:
+                    break
+                write.add(Path(written.path), written.sha256, written.contributors, written.lengths)
             if end != tree.tree_size:
                 raise CheckFailed(f"batch {manifest.seq}: the parts hold {'at least ' * (end > tree.tree_size)}"
                                   f"{end} rows, {tree.source} {tree.tree_size} leaves")
-            count = write.count
     finally:
         _PREPARED.pop()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    files.record_receipts(count, write.name, None if anchor is None else anchor["block_hash"])
-    return count
+    files.record_receipts(write, None if anchor is None else anchor["block_hash"])
+    return write.count
 
 
 def serve_proof(files: BatchFiles, index: int) -> dict[str, Any]:

@@ -207,7 +207,8 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     assert state["anchored"] and "re-anchored after a reorganisation" in state["anchor_state"]
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     published = lake / "receipts/instructions/000000"
-    receipts = published / (json.loads((published / "index.json").read_text())["file"] + ".jsonl")
+    [name] = json.loads((published / "index.json").read_text())["files"]  # a small batch: one file
+    receipts = published / f"{name}.jsonl"
     assert cli(env, "verify", str(receipts), *trust_args(env, lake.parent)).returncode == 0
     # Every reader names the one current anchor: status and the receipts (rewritten when it moved).
     lost = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())

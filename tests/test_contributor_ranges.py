@@ -28,7 +28,7 @@ from pipeline.ingest import partitions as tasks
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
 from pipeline.lake import workers
-from pipeline.lake.batch import BatchFiles, ReceiptsWriter
+from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_schema
 from pipeline.lake.storage import FileLake, Lake, open_lake
 from pipeline.receipts import Parts, build_receipts, contributor_ranges, json_records, row_json
@@ -170,6 +170,27 @@ def test_offsets_pointing_at_another_contributors_receipt_are_refused(tmp_path: 
         files.receipt(f"0x{1:040x}")
 
 
+def test_receipts_index_and_offsets_naming_other_files_are_refused(tmp_path: Path) -> None:
+    """The index and the offsets are in the lake: one naming a file outside the batch's receipts
+    (or one the index does not list) is refused, never read."""
+    _contribute(tmp_path / "lake" / "incoming" / "instructions", 1, 20, [f"0x{i:040x}" for i in (1, 2)],
+                random.Random(8))
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    commit_batch(lake, dataset, stage_sources(lake, dataset))  # type: ignore[arg-type]
+    files = BatchFiles(lake, "instructions", 0)
+    build_receipts(files, dataset)
+    folder = tmp_path / "lake" / "receipts" / "instructions" / "000000"
+    index = json.loads((folder / "index.json").read_text())
+    offsets = folder / f"{index['offsets']}.offsets.parquet"
+    table = pq.read_table(offsets)
+    pq.write_table(table.set_column(1, "file", pa.array(["receipts-" + "0" * 32] * table.num_rows)), offsets)
+    with pytest.raises(CheckFailed, match="names a receipts file its index does not"):
+        files.receipt(f"0x{1:040x}")
+    (folder / "index.json").write_text(json.dumps(index | {"files": ["../../../batches/instructions/000000/manifest"]}))
+    with pytest.raises(CheckFailed, match="not receipts files"):
+        files.receipt(f"0x{1:040x}")
+
+
 def test_a_record_nested_too_deep_fails_its_receipt_with_a_line(tmp_path: Path) -> None:
     nested: object = "x"
     for _ in range(100_000):  # refused before anything recurses into it
@@ -245,7 +266,10 @@ def test_a_part_holding_other_rows_than_the_manifest_says_is_refused() -> None:
         list(contributor_ranges(Parts(parts.name, parts.data, (1, 5)), RANGE_COLUMNS))
 
 
-def test_receipts_written_by_two_workers_are_the_bytes_one_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_receipts_written_by_two_workers_are_the_receipts_one_writes(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers write a file each, one writes one: the same lines in the same order, each file
+    named by its own SHA-256, and every receipt read back is the same."""
     rng = random.Random(11)
     contributors = [f"0x{rng.getrandbits(160):040x}" for _ in range(30)]
     _contribute(tmp_path / "lake" / "incoming" / "instructions", 4, 150, contributors, rng)
@@ -253,39 +277,72 @@ def test_receipts_written_by_two_workers_are_the_bytes_one_writes(tmp_path: Path
     commit_batch(lake, dataset, stage_sources(lake, dataset), chunk_records=100)  # type: ignore[arg-type]
     files = BatchFiles(lake, "instructions", 0)
     assert len(files.manifest().data["files"]) >= 4
-    written = {}
+    folder = tmp_path / "lake" / "receipts" / "instructions" / "000000"
+    written, read = {}, {}
     monkeypatch.setattr(workers, "PARALLEL_FROM_ROWS", 0)
     for cores in (1, 2):
         monkeypatch.setattr(config, "cores", lambda cores=cores: cores)
         assert build_receipts(files, dataset) == len(set(files.receipt_contributors())) == 30
-        folder = tmp_path / "lake" / "receipts" / "instructions" / "000000"
-        written[cores] = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert written[1] == written[2]
+        _, names = files.receipts_files()
+        assert len(names) == cores
+        texts = [(folder / f"{name}.jsonl").read_bytes() for name in names]
+        assert names == ["receipts-" + hashlib.sha256(t).hexdigest()[:32] for t in texts]
+        written[cores] = b"".join(texts)
+        read[cores] = {c: files.receipt(c).data for c in contributors}
+    assert written[1] == written[2] and read[1] == read[2]
+    assert [json.loads(line)["contributor"] for line in written[1].splitlines()] == sorted(contributors)
     assert all(not verify_rows(files.receipt(c)) for c in contributors)
+    assert not list(folder.glob(".tmp-*")) and not list(folder.glob("*.partial"))
 
 
 def test_a_worker_that_wrote_no_receipt_shifts_no_offset(tmp_path: Path) -> None:
-    """A worker whose parts hold only the rest of a range begun earlier writes nothing."""
-    one, none = tmp_path / "one.jsonl", tmp_path / "none.jsonl"
-    one.write_bytes(b"{}\n")
-    none.write_bytes(b"")
-    write = ReceiptsWriter(tmp_path)
-    for path, contributors, lengths in ((one, ["a"], [3]), (none, [], []), (one, ["b"], [3])):
-        write.join(path, contributors, lengths)
-    assert (write.contributors, write.starts, write.lengths, write.count) == (["a", "b"], [0, 3], [3, 3], 2)
-    for lake in (open_lake((tmp_path / "lake").as_uri()), _JoinedByDefault((tmp_path / "other").as_uri())):
-        lake.write_joined("receipts.jsonl", write.paths, tmp_path)
-        assert lake.read("receipts.jsonl") == b"{}\n{}\n"
-        assert write.name == "receipts-" + hashlib.sha256(b"{}\n{}\n").hexdigest()[:32]
+    """A worker whose parts hold only the rest of a range begun earlier writes nothing: its file
+    is dropped and the offsets of the next file start at 0."""
+    lake = open_lake((tmp_path / "lake").as_uri())
+    write = BatchFiles(lake, "instructions", 0).receipts_writer()
+    for name, text, contributors in (("one", b"{}\n", ["a"]), ("none", b"", []), ("two", b"{}\n{}\n", ["b", "c"])):
+        (tmp_path / name).write_bytes(text)
+        write.add(tmp_path / name, hashlib.sha256(text).hexdigest(), contributors, [3] * len(contributors))
+        assert not (tmp_path / name).exists()
+    one, two = ("receipts-" + hashlib.sha256(t).hexdigest()[:32] for t in (b"{}\n", b"{}\n{}\n"))
+    assert (write.names, write.contributors, write.files, write.starts, write.lengths, write.count) == (
+        [one, two], ["a", "b", "c"], [one, two, two], [0, 0, 3], [3, 3, 3], 3)
+    assert lake.read(f"receipts/instructions/000000/{two}.jsonl") == b"{}\n{}\n"
 
 
-class _JoinedByDefault(FileLake):
-    """A lake that joins with the default (S3's) write_joined: joined locally, then write_file."""
+def test_a_file_moved_into_a_lake_is_there_whole_and_gone_from_where_it_was(tmp_path: Path) -> None:
+    """move_file renames on one file system, copies across two (EXDEV), and on S3 uploads: the
+    default, which `_MovedByDefault` stands in for here."""
+    for lake in (open_lake((tmp_path / "lake").as_uri()), _MovedByDefault((tmp_path / "other").as_uri())):
+        local = tmp_path / "local.jsonl"
+        local.write_bytes(b"{}\n" * 1000)
+        lake.move_file("receipts/x/receipts.jsonl", local)
+        assert lake.read("receipts/x/receipts.jsonl") == b"{}\n" * 1000 and not local.exists()
+
+
+def test_a_file_moved_across_file_systems_is_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    local = tmp_path / "local.jsonl"
+    local.write_bytes(b"{}\n")
+    monkeypatch.setattr(os, "replace", lambda src, dst, replace=os.replace: (
+        cross_device(src, dst) if Path(src) == local else replace(src, dst)))
+    lake.move_file("receipts/x/receipts.jsonl", local)
+    assert (tmp_path / "lake" / "receipts/x/receipts.jsonl").read_bytes() == b"{}\n" and not local.exists()
+
+
+class _MovedByDefault(FileLake):
+    """A lake that moves with the default (S3's) move_file: write_file, then the local file removed."""
 
     def __init__(self, url: str) -> None:
         super().__init__(Path(url.removeprefix("file://")))
 
-    write_joined = Lake.write_joined
+    move_file = Lake.move_file
 
 
 def test_receipts_are_written_only_for_a_batch_this_pipeline_sealed(tmp_path: Path) -> None:

@@ -623,5 +623,6 @@ def test_a_receipts_index_overwritten_with_garbage_never_halts_the_dataset(file_
     (published / "index.json").write_text("garbage")
     assert cli(file_env, "run", "--dataset", "instructions").returncode == 0
     index = json.loads((published / "index.json").read_text())
-    receipts = published / f"{index['file']}.jsonl"
+    [name] = index["files"]
+    receipts = published / f"{name}.jsonl"
     assert cli_json(file_env, "verify", str(receipts), *trust_args(file_env, tmp_path))["ok"]

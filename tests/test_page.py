@@ -260,7 +260,8 @@ def forged_words(lake: Lake, case: str, text: str) -> str:
 
 def test_the_node_cli_verifies_a_batchs_published_receipts_file(lake: Lake) -> None:
     published = lake.folder / "lake" / "receipts" / "instructions" / "000000"
-    receipts = published / (json.loads((published / "index.json").read_text())["file"] + ".jsonl")
+    [name] = json.loads((published / "index.json").read_text())["files"]  # a small batch: one file
+    receipts = published / f"{name}.jsonl"
     proc = verify_cli(receipts, "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
     assert proc.returncode == 0 and proc.stdout.count("OK ") == 5 and f"OK {receipts} line 5:" in proc.stdout, proc.stderr
 

@@ -106,8 +106,8 @@ SEAL = RecordKind("anchorlake.seal/1", {"dataset": TEXT, "seq": INTEGER, "manife
 FAILED_PLAN = RecordKind("anchorlake.failed-batch/1", {"dataset": TEXT, "seq": INTEGER, "reason": TEXT,
                                                        "sources": LIST, "skipped": LIST})
 
-RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/2", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER,
-                                                            "file": TEXT},
+RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/3", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER,
+                                                            "offsets": TEXT, "files": LIST},
                             {"anchor_block_hash": HASH})
 
 LEASE = RecordKind("anchorlake.lease/1", {"owner": TEXT, "expires_at": NUMBER})

@@ -12,9 +12,7 @@ import hashlib
 import io
 import json
 import logging
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,57 +293,60 @@ class BatchFiles:
 
     # --- receipts -------------------------------------------------------------------------------
 
-    @contextmanager
-    def receipts_writer(self) -> Iterator[ReceiptsWriter]:
-        """Join files of receipts into one JSON Lines file and its offsets (contributor -> byte
-        range), uploaded together on leaving the block without an error; then
+    def receipts_writer(self) -> ReceiptsWriter:
+        """Where the batch's receipts files go, each moved into the lake as it is added; then
         `record_receipts` makes them the batch's receipts."""
-        with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-") as tmp:
-            writer = ReceiptsWriter(Path(tmp))
-            yield writer
-            name = writer.name
-            self.lake.write_joined(layout.receipts_file(self.dataset, self.seq, name), writer.paths, Path(tmp))
-            self.lake.write(layout.receipts_offsets(self.dataset, self.seq, name), writer.offsets())
+        return ReceiptsWriter(self.lake, self.dataset, self.seq)
 
-    def record_receipts(self, count: int, name: str, anchor_block: str | None) -> None:
-        """Written after the receipts file `name`: the batch's receipts are complete, naming the
-        anchor included in block `anchor_block` (a block hash; None before anchoring)."""
+    def record_receipts(self, written: ReceiptsWriter, anchor_block: str | None) -> None:
+        """Written after the receipts files: their offsets, then the index naming both, which means
+        the batch's receipts are complete, naming the anchor included in block `anchor_block` (a
+        block hash; None before anchoring)."""
+        self.lake.write(layout.receipts_offsets(self.dataset, self.seq, written.name), written.offsets())
         self.lake.write(layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX.dump(
-            {"dataset": self.dataset, "seq": self.seq, "receipts": count, "file": name}
-            | ({} if anchor_block is None else {"anchor_block_hash": anchor_block})))
+            {"dataset": self.dataset, "seq": self.seq, "receipts": written.count, "offsets": written.name,
+             "files": written.names} | ({} if anchor_block is None else {"anchor_block_hash": anchor_block})))
 
-    def _receipts_file(self) -> str:
-        index = read_record(self.lake, layout.receipts_index(self.dataset, self.seq), records.RECEIPTS_INDEX)
+    def receipts_files(self) -> tuple[str, list[str]]:
+        """(offsets name, receipts file names in leaf order) the batch's receipts index gives,
+        each checked for shape: the index is in the lake, where its writers can change it."""
+        key = layout.receipts_index(self.dataset, self.seq)
+        index = read_record(self.lake, key, records.RECEIPTS_INDEX)
         if index is None:
             raise NotFound(f"{self.dataset} batch {self.seq} has no receipts yet")
-        if not layout.RECEIPTS_NAME(index["file"]):
-            raise CheckFailed(f"{layout.receipts_index(self.dataset, self.seq)} names {index['file']!r}, not a receipts file")
-        return str(index["file"])
+        names = [index["offsets"], *index["files"]]
+        if not all(isinstance(n, str) and layout.RECEIPTS_NAME(n) for n in names):
+            raise CheckFailed(f"{self.lake.uri(key)} names {names!r}, not receipts files")
+        return names[0], names[1:]
 
-    def _offsets(self, name: str) -> Any:
-        """The offsets of receipts file `name`, checked for shape: the lake's writers can change it."""
+    def _offsets(self, name: str, files: list[str]) -> Any:
+        """The offsets `name` of receipts `files`, checked for shape: the lake's writers can change it."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         key = layout.receipts_offsets(self.dataset, self.seq, name)
+        schema = pa.schema([("contributor", pa.string()), ("file", pa.string()), ("offset", pa.int64()),
+                            ("length", pa.int64())])
         try:
-            table = read_parquet(self.lake.read(key)).select(["contributor", "offset", "length"])
-            table = table.cast(pa.schema([("contributor", pa.string()), ("offset", pa.int64()), ("length", pa.int64())]))
+            table = read_parquet(self.lake.read(key)).select(schema.names).cast(schema)
         except (pa.ArrowException, KeyError, ValueError) as e:
             raise CheckFailed(f"{self.lake.uri(key)} is not a receipts offsets file ({type(e).__name__})") from None
+        if not pc.all(pc.is_in(table.column("file"), pa.array(files, pa.string()))).as_py():
+            raise CheckFailed(f"{self.lake.uri(key)} names a receipts file its index does not")
         return table
 
     def receipt(self, contributor: str) -> receipts.Receipt:
-        """The receipt of `contributor`, one ranged read of the receipts file; CheckFailed unless it
+        """The receipt of `contributor`, one ranged read of a receipts file; CheckFailed unless it
         is that contributor's receipt of this batch (the index and offsets are in the lake)."""
         import pyarrow.compute as pc
 
-        name, address = self._receipts_file(), contributor.lower()
-        offsets = self._offsets(name)
+        address = contributor.lower()
+        offsets = self._offsets(*self.receipts_files())
         found = offsets.filter(pc.equal(offsets.column("contributor"), address))
         if found.num_rows == 0:
             raise NotFound(f"no receipt for contributor {address} in {self.dataset} batch {self.seq}")
+        name, offset, length = (found.column(c)[0].as_py() for c in ("file", "offset", "length"))
         key = layout.receipts_file(self.dataset, self.seq, name)
-        offset, length = found.column("offset")[0].as_py(), found.column("length")[0].as_py()
         if offset is None or length is None or offset < 0 or not 0 < length <= MAX_RECEIPT_BYTES:
             raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}")
         receipt = receipts.parse(self.lake.read_range(key, offset, length), f"{self.lake.uri(key)} ({address})")
@@ -358,7 +359,7 @@ class BatchFiles:
         return receipt
 
     def receipt_contributors(self) -> list[str]:
-        return self._offsets(self._receipts_file()).column("contributor").to_pylist()
+        return self._offsets(*self.receipts_files()).column("contributor").to_pylist()
 
     def receipts_anchor(self) -> str | None:
         """The block hash of the anchor the batch's complete receipts name; None if they are
@@ -373,46 +374,49 @@ class BatchFiles:
 
 
 class ReceiptsWriter:
-    """One batch's receipts as JSON Lines, joined in order from files written by workers (in
-    `directory`), with each contributor's byte range; the lake joins the files themselves
-    (Lake.write_joined), so their bytes are read here only to be hashed.
-    Its `name` is derived from the joined SHA-256, so a rewrite never changes bytes a reader
-    of the earlier index is reading."""
+    """One batch's receipts as JSON Lines files, in leaf order (one per worker), each named by its
+    own SHA-256 and moved into the lake as it is added, so a rewrite never changes bytes a reader
+    of an earlier index is reading; with each contributor's file and byte range."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.paths: list[Path] = []
+    def __init__(self, lake: Lake, dataset: str, seq: int) -> None:
+        self.lake, self.dataset, self.seq = lake, dataset, seq
+        self.names: list[str] = []
         self.contributors: list[str] = []
+        self.files: list[str] = []
         self.starts: list[int] = []
         self.lengths: list[int] = []
-        self.count = 0
-        self._digest = hashlib.sha256()
-        self._size = 0
 
-    def join(self, path: Path, contributors: list[str], lengths: list[int]) -> None:
-        """Add the receipts in file `path`: one line of JSON each, of `contributors`, of `lengths`.
-        Requires the file to stay as it is until the receipts are uploaded."""
+    def add(self, path: Path, sha256: str, contributors: list[str], lengths: list[int]) -> None:
+        """Move local file `path` (SHA-256 `sha256`) into the lake: the receipts of `contributors`,
+        one line of JSON each, of `lengths`. A file of no receipt is only removed."""
         import numpy as np
 
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                self._digest.update(block)
-        self.paths.append(path)
+        if not contributors:
+            path.unlink()
+            return
+        name = "receipts-" + sha256[:32]
+        self.lake.move_file(layout.receipts_file(self.dataset, self.seq, name), path)
+        self.names.append(name)
         self.contributors += contributors
-        self.starts += np.cumsum([self._size, *lengths], dtype=np.int64)[:-1].tolist()
+        self.files += [name] * len(contributors)
+        self.starts += np.cumsum([0, *lengths], dtype=np.int64)[:-1].tolist()
         self.lengths += lengths
-        self._size += sum(lengths)
-        self.count += len(contributors)
+
+    @property
+    def count(self) -> int:
+        return len(self.contributors)
 
     @property
     def name(self) -> str:
-        return "receipts-" + self._digest.hexdigest()[:32]
+        """The offsets' name: from the files' names, in order."""
+        return "receipts-" + hashlib.sha256(",".join(self.names).encode()).hexdigest()[:32]
 
     def offsets(self) -> bytes:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.table({"contributor": pa.array(self.contributors, pa.string()),
+                          "file": pa.array(self.files, pa.string()),
                           "offset": pa.array(self.starts, pa.int64()), "length": pa.array(self.lengths, pa.int64())})
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")

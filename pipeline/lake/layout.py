@@ -131,7 +131,8 @@ def receipts(dataset: str, seq: int) -> str:
 
 
 def receipts_index(dataset: str, seq: int) -> str:
-    """Written after the receipts file of the batch: it names the file and means it is complete."""
+    """Written after the receipts files of the batch and their offsets: it names them and means
+    they are complete."""
     return f"{receipts(dataset, seq)}index.json"
 
 
@@ -139,12 +140,13 @@ RECEIPTS_NAME = re.compile(r"receipts-[0-9a-f]{32}").fullmatch
 
 
 def receipts_file(dataset: str, seq: int, name: str) -> str:
-    """Every receipt of the batch, one JSON object a line, in contributor order."""
+    """Receipts of the batch, one JSON object a line, in contributor order: the batch's receipts
+    files, in the order its index lists them, hold every receipt once."""
     return f"{receipts(dataset, seq)}{name}.jsonl"
 
 
 def receipts_offsets(dataset: str, seq: int, name: str) -> str:
-    """Where each contributor's receipt is in the receipts file `name`: (contributor, offset, length)."""
+    """Where each contributor's receipt is: (contributor, file, offset, length)."""
     return f"{receipts(dataset, seq)}{name}.offsets.parquet"
 
 

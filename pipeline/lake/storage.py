@@ -16,7 +16,7 @@ import shutil
 import stat
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -80,17 +80,11 @@ class Lake(ABC):
     def write_file(self, key: str, path: Path) -> None:
         """Upload a local file (streamed; large files go up in parts), atomically replacing."""
 
-    def write_joined(self, key: str, paths: Sequence[Path], scratch: Path) -> None:
-        """`write_file` of the local files' bytes one after another (joined in `scratch` first)."""
-        fd, joined = tempfile.mkstemp(prefix=".joined-", dir=scratch)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for path in paths:
-                    with open(path, "rb") as f:
-                        shutil.copyfileobj(f, out, 8 << 20)
-            self.write_file(key, Path(joined))
-        finally:
-            os.unlink(joined)
+    def move_file(self, key: str, path: Path) -> None:
+        """`write_file`, then the local file is gone: on a file system it is renamed into place
+        when it can be (nothing copied)."""
+        self.write_file(key, path)
+        path.unlink()
 
     @abstractmethod
     def local_copy(self, key: str, directory: Path) -> Path:
@@ -225,18 +219,15 @@ class FileLake(Lake):
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)
 
-    def write_joined(self, key: str, paths: Sequence[Path], scratch: Path) -> None:
+    def move_file(self, key: str, path: Path) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
-            with os.fdopen(fd, "wb") as out:
-                for path in paths:
-                    _send(path, out)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+            os.replace(path, target)
+        except OSError as e:
+            if e.errno != errno.EXDEV:  # another file system: copied, then removed
+                raise
+            super().move_file(key, path)
 
     def local_copy(self, key: str, directory: Path) -> Path:
         path = self._path(key)
