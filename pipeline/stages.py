@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,12 +148,21 @@ def check(settings: Settings, dataset: str) -> list[str]:
 
 def stage(settings: Settings, dataset: str) -> int | None:
     """Freeze the next batch's sources; its seq, or None when nothing new arrived. A declaration
-    or suite with a problem stops it before anything is staged."""
-    problems = check(settings, dataset)
-    if problems:
-        more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
-        raise BadInput(problems[0] + more)
-    return stage_sources(lake_for(settings), dataset_for(settings, dataset))
+    or suite with a problem stops it before a plan is written. The check (which loads Great
+    Expectations: seconds) runs while the sources are copied."""
+    spec = dataset_for(settings, dataset)
+    with ThreadPoolExecutor(1, thread_name_prefix="anchorlake-check") as pool:
+        checked = pool.submit(check, settings, dataset)
+
+        def refuse_a_broken_suite() -> None:
+            problems = checked.result()
+            if problems:
+                more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
+                raise BadInput(problems[0] + more)
+
+        seq = stage_sources(lake_for(settings), spec, before_plan=refuse_a_broken_suite)
+        refuse_a_broken_suite()
+        return seq
 
 
 def commit(settings: Settings, dataset: str, seq: int, tick: Callable[[int], None] = lambda _: None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from pipeline.lake.sources import SkippedSource, Source
 from pipeline.lake.storage import Lake, ObjectInfo
 
 STAGE_THREADS = 8  # sources copied to raw/ at once: an object store answers many requests in parallel
+HOLD_BYTES = 4 << 30  # copies held in scratch space while the suite is still being checked
 
 
 def next_seq(lake: Lake, dataset: str) -> int:
@@ -38,13 +39,15 @@ def _ingested(lake: Lake, dataset: str) -> tuple[dict[str, str], set[tuple[str, 
     return first, seen
 
 
-def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
+def stage_sources(lake: Lake, dataset: Dataset, before_plan: Callable[[], None] = lambda: None) -> int | None:
     """Freeze the sources of the next batch; return its seq, or None if nothing new arrived.
 
     Each source is hashed while it is copied byte-exact to `raw/`, so what is staged is exactly
     what was hashed even if the drop zone changes meanwhile. A plan written by an earlier (killed)
     run is reused as it is: sources that arrive later go to the next batch. A plan the suite
-    refused as a whole is replaced by one of the sources that arrived since.
+    refused as a whole is replaced by one of the sources that arrived since. `before_plan()` is
+    called before anything is put in `raw/`, and may refuse the batch by raising: the copying
+    goes on meanwhile, into scratch space (up to HOLD_BYTES).
     """
     seq = next_seq(lake, dataset.name)
     if staging.load_plan(lake, dataset.name, seq) is not None and not staging.plan_failed(lake, dataset.name, seq):
@@ -52,9 +55,9 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
     first, seen = _ingested(lake, dataset.name)
     seen.update(staging.failed_sources(lake, dataset.name))  # a refused plan's sources are not tried again
     known = staging.staged_versions(lake, dataset.name, range(seq))  # recognised without downloading
-    planned: list[Future[Source]] = []
     skipped: list[SkippedSource] = []
     with tempfile.TemporaryDirectory(prefix="anchorlake-stage-") as scratch, ThreadPoolExecutor(STAGE_THREADS) as pool:
+        storing = _Storing(pool, lake, dataset.name, seq, before_plan)
         for obj, copy in _read_ahead(pool, lake, staging.incoming(lake, dataset.name), known, Path(scratch)):
             if copy is None:  # a link or special file: recorded, never read
                 refused = staging.refused_source(obj)
@@ -73,12 +76,45 @@ def stage_sources(lake: Lake, dataset: Dataset) -> int | None:
                 continue
             first[digest] = obj.key
             signature = staging.signed_by(lake, dataset.name, obj.key, digest, size) if dataset.signed else None
-            planned.append(pool.submit(_store, lake, dataset.name, seq, obj, digest, local, signature))
-        sources = [p.result() for p in planned]
+            storing.add(obj, digest, size, local, signature)
+        sources = storing.sources()
     if not sources:
         return None
     staging.save_plan(lake, dataset.name, seq, sources, skipped)
     return seq
+
+
+class _Storing:
+    """Moves the copies of a batch's sources to raw/ in the pool, once `gate()` has passed: until
+    then they are held in scratch space, up to HOLD_BYTES, then the gate is waited for."""
+
+    def __init__(self, pool: Executor, lake: Lake, dataset: str, seq: int, gate: Callable[[], None]) -> None:
+        self.pool, self.lake, self.dataset, self.seq = pool, lake, dataset, seq
+        self.gate: Callable[[], None] | None = gate
+        self.held: list[tuple[ObjectInfo, str, int, Path, dict[str, str] | None]] = []
+        self.held_bytes = 0
+        self.planned: list[Future[Source]] = []
+
+    def add(self, obj: ObjectInfo, digest: str, size: int, local: Path, signature: dict[str, str] | None) -> None:
+        self.held.append((obj, digest, size, local, signature))
+        self.held_bytes += size
+        if self.gate is None or self.held_bytes > HOLD_BYTES:
+            self._store_held()
+
+    def _store_held(self) -> None:
+        if self.gate is not None:
+            self.gate()
+            self.gate = None
+        self.planned += [self.pool.submit(staging.store_raw, self.lake, self.dataset, self.seq, obj, digest, size,
+                                          source_extension(obj.key), local, signature)
+                         for obj, digest, size, local, signature in self.held]
+        self.held, self.held_bytes = [], 0
+
+    def sources(self) -> list[Source]:
+        """Every source added, stored (the gate passed, if any was added)."""
+        if self.held:
+            self._store_held()
+        return [p.result() for p in self.planned]
 
 
 def _read_ahead(pool: Executor, lake: Lake, objects: Iterable[ObjectInfo], known: set[tuple[str, int, str]],
@@ -93,11 +129,3 @@ def _read_ahead(pool: Executor, lake: Lake, objects: Iterable[ObjectInfo], known
         if len(window) > 2 * STAGE_THREADS:
             yield window.popleft()
     yield from window
-
-
-def _store(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, digest: str, local: Path,
-           signature: dict[str, str] | None) -> Source:
-    try:
-        return staging.store_raw(lake, dataset, seq, obj, digest, source_extension(obj.key), local, signature)
-    finally:
-        os.unlink(local)

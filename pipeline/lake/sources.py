@@ -102,13 +102,16 @@ def copy_hashing(lake: Lake, key: str, scratch: Path) -> tuple[Path, str, int]:
     return Path(tmp), digest.hexdigest(), size
 
 
-def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, ext: str, local: Path,
+def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, size: int, ext: str, local: Path,
               signature: dict[str, str] | None = None) -> Source:
-    """Keep the byte-exact copy of a source of batch `seq` under raw/; `signature` from signed_by."""
+    """Keep the byte-exact copy of a source of batch `seq` under raw/, moving the local copy
+    `local` (its SHA-256 and size) there; `signature` from signed_by."""
     raw_key = layout.raw(dataset, seq, sha256, ext)
-    if not lake.exists(raw_key):
-        lake.write_file(raw_key, local)
-    return Source(obj.key, sha256, local.stat().st_size, raw_key, obj.version, **(signature or {}))
+    if lake.exists(raw_key):
+        local.unlink()
+    else:
+        lake.move_file(raw_key, local)
+    return Source(obj.key, sha256, size, raw_key, obj.version, **(signature or {}))
 
 
 def stored_bytes(lake: Lake, plan: list[Source]) -> int:
