@@ -164,16 +164,22 @@ def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterato
 
 def _spill(job: ChunkJob, chunk: _Chunk, typed: list[int], table: Any, passed: list[int]) -> list[int]:
     """The rows that passed the gate, with their arrival number, leaf, key, source, line and raw
-    text, into one file per key slice; the rows each slice got."""
+    text, into one file per key slice (each in arrival order); the rows each slice got. The rows
+    are put in slice order as they are gathered: the table is copied once."""
     import numpy as np
     import pyarrow as pa
 
-    rows = [typed[j] for j in passed]
-    kept = table if len(passed) == table.num_rows else table.take(passed)
+    keys = pa.array([chunk.key[typed[j]] for j in passed], pa.binary(32))
+    owner = tasks.key_slices(keys, job.slices)
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(job.slices + 1))
+    picked = np.asarray(passed, np.int64)[order]  # positions in `table`, in slice order
+    rows = [typed[j] for j in picked.tolist()]  # and in the chunk
+    kept = table.take(pa.array(picked))
     extra = {
-        tasks.ARRIVAL: pa.array(np.arange(len(rows), dtype=np.int64) + (job.number << ARRIVAL_SHIFT)),
+        tasks.ARRIVAL: pa.array(order.astype(np.int64) + (job.number << ARRIVAL_SHIFT)),
         tasks.LEAF: pa.array([chunk.leaf[i] for i in rows], pa.binary(32)),
-        tasks.KEY: pa.array([chunk.key[i] for i in rows], pa.binary(32)),
+        tasks.KEY: keys.take(pa.array(order)),
         tasks.SOURCE: pa.array([chunk.source[i] for i in rows], pa.int64()),
         tasks.LINE: pa.array([chunk.line[i] for i in rows], pa.int64()),
         tasks.RAW: pa.array([_bytes(chunk.raw[i]) for i in rows], pa.binary()),
@@ -181,7 +187,8 @@ def _spill(job: ChunkJob, chunk: _Chunk, typed: list[int], table: Any, passed: l
     for name, column in extra.items():
         kept = kept.append_column(name, column)
     sent = []
-    for k, part in enumerate(tasks.split_by(kept, tasks.key_slices(kept.column(tasks.KEY), job.slices), job.slices)):
+    for k in range(job.slices):
+        part = kept.slice(bounds[k], bounds[k + 1] - bounds[k])
         if part.num_rows:
             tasks.write_arrow(tasks.slice_file(job.shuffle, k, job.number), part)
         sent.append(part.num_rows)

@@ -14,6 +14,7 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from pipeline.datasets import Dataset
@@ -259,13 +260,20 @@ def _raised(info: Any) -> str | None:
     return None
 
 
+@cache
+def _page_view() -> Any:
+    """This process's Data Docs page view: one, so its Jinja templates are compiled once, not per page."""
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return DefaultJinjaPageView()
+
+
 def _render_docs(result: Any) -> str:
     """Great Expectations Data Docs page for one validation result."""
     from great_expectations.render.renderer import ValidationResultsPageRenderer
-    from great_expectations.render.view import DefaultJinjaPageView
 
     try:
-        return str(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result)))
+        return str(_page_view().render(ValidationResultsPageRenderer().render(result)))
     except Exception as e:  # rendering is a report, never a reason to lose a batch
         log.warning("Data Docs rendering failed: %s", e)
         return f"<html><body><p>Data Docs could not be rendered: {e}</p></body></html>"
