@@ -7,6 +7,7 @@ the manifest first.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -249,7 +250,7 @@ def _write(first: int, end: int, path: str) -> _Written:
     job = _PREPARED[-1]
     contributors, lengths, start, last = list[str](), list[int](), None, None
     digest = hashlib.sha256()
-    with open(path, "wb") as out:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:  # as the lake's own files
         for contributor, a, b, rows in contributor_ranges(job.parts, job.columns, first, end):
             last = b
             if b > job.tree_size:
@@ -290,18 +291,19 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
         with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-", dir=config.scratch_dir()) as tmp:
             jobs = [(first, end, f"{tmp}/{first}.jsonl") for first, end in groups]
             pending = [pool.submit(_write, *job) for job in jobs] if pool else None
-            end = 0
+            done, end = list[_Written](), 0
             for i, job in enumerate(jobs):
-                written: _Written = pending[i].result() if pending else _write(*job)
-                if written.start not in (None, end):
+                done.append(pending[i].result() if pending else _write(*job))
+                if done[-1].start not in (None, end):
                     raise CheckFailed(f"batch {manifest.seq}: no receipt covers leaf {end}")
-                end = written.end or end
+                end = done[-1].end or end
                 if end > tree.tree_size:
                     break
-                write.add(Path(written.path), written.sha256, written.contributors, written.lengths)
             if end != tree.tree_size:
                 raise CheckFailed(f"batch {manifest.seq}: the parts hold {'at least ' * (end > tree.tree_size)}"
                                   f"{end} rows, {tree.source} {tree.tree_size} leaves")
+            for written in done:  # every leaf covered once: only now does anything reach the lake
+                write.add(Path(written.path), written.sha256, written.contributors, written.lengths)
     finally:
         _PREPARED.pop()
         if pool is not None:

@@ -148,20 +148,22 @@ def check(settings: Settings, dataset: str) -> list[str]:
 
 def stage(settings: Settings, dataset: str) -> int | None:
     """Freeze the next batch's sources; its seq, or None when nothing new arrived. A declaration
-    or suite with a problem stops it before a plan is written. The check (which loads Great
+    or suite with a problem stops it before anything is staged. The check (which loads Great
     Expectations: seconds) runs while the sources are copied."""
-    spec = dataset_for(settings, dataset)
+    spec, lake = dataset_for(settings, dataset), lake_for(settings)  # imports done before the check's start:
+    if spec.signed:  # two threads importing one package can deadlock
+        import eth_keys.exceptions  # noqa: F401  what checking a signature imports
+
+    def refuse_a_broken_suite() -> None:
+        problems = check(settings, dataset)
+        if problems:
+            more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
+            raise BadInput(problems[0] + more)
+
     with ThreadPoolExecutor(1, thread_name_prefix="anchorlake-check") as pool:
-        checked = pool.submit(check, settings, dataset)
-
-        def refuse_a_broken_suite() -> None:
-            problems = checked.result()
-            if problems:
-                more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
-                raise BadInput(problems[0] + more)
-
-        seq = stage_sources(lake_for(settings), spec, before_plan=refuse_a_broken_suite)
-        refuse_a_broken_suite()
+        checked = pool.submit(refuse_a_broken_suite)
+        seq = stage_sources(lake, spec, checked)
+        checked.result()
         return seq
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
 from pipeline.core.receipt import Receipt, parse, verify_rows
 from pipeline.datasets import Column, load
-from pipeline.errors import CheckFailed, FormatError
+from pipeline.errors import CheckFailed, FormatError, NotFound
 from pipeline.ingest import builder
 from pipeline.ingest import partitions as tasks
 from pipeline.ingest.commit import commit_batch
@@ -371,3 +372,70 @@ def test_a_manifest_whose_files_are_not_entries_is_refused_with_a_line() -> None
 
     with pytest.raises(CheckFailed, match="does not give every data part's path and rows"):
         Parts.read(Planted())  # type: ignore[arg-type]
+
+
+# --- receipts files against a lake writer (review of the per-worker files) ----------------------
+
+
+def _receipts_lake(tmp_path: Path, contributors: list[str], consent: bool = True) -> tuple[BatchFiles, Path]:
+    incoming = tmp_path / "lake" / "incoming" / "instructions"
+    _contribute(incoming, 1, 20, contributors, random.Random(5))
+    if not consent:  # every record quarantined: an honest batch with no accepted row
+        path = incoming / "part-00.jsonl"
+        path.write_text(path.read_text().replace('"consent": true', '"consent": false'))
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    commit_batch(lake, dataset, stage_sources(lake, dataset))  # type: ignore[arg-type]
+    files = BatchFiles(lake, "instructions", 0)
+    build_receipts(files, dataset)
+    return files, tmp_path / "lake" / "receipts" / "instructions" / "000000"
+
+
+def test_a_batch_with_no_accepted_row_has_no_receipt_and_no_alarm(tmp_path: Path) -> None:
+    files, folder = _receipts_lake(tmp_path, [f"0x{1:040x}"], consent=False)
+    assert files.manifest().tree_size == 0
+    assert json.loads((folder / "index.json").read_text())["files"] == []
+    assert files.receipt_contributors() == []
+    with pytest.raises(NotFound, match="no receipt for contributor"):
+        files.receipt(f"0x{1:040x}")
+
+
+def test_receipts_files_are_readable_by_the_lake_owner_only_as_its_other_files(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert len(modes) == 3 and set(modes.values()) == {0o600}, modes
+
+
+def test_a_receipt_line_whose_rows_were_rewritten_is_never_served(tmp_path: Path) -> None:
+    """Same header, same length, one changed character in a row: the rows no longer fold to the
+    root, so `receipt` refuses it rather than hand it to the contributor."""
+    files, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
+    [name] = json.loads((folder / "index.json").read_text())["files"]
+    path = folder / f"{name}.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"by contributor", b"by Contributor", 1))
+    with pytest.raises(CheckFailed, match=r"fold to root"):
+        files.receipt(f"0x{1:040x}")
+
+
+def test_offsets_past_anything_readable_are_a_clear_failure(tmp_path: Path) -> None:
+    files, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
+    offsets = folder / f"{json.loads((folder / 'index.json').read_text())['offsets']}.offsets.parquet"
+    table = pq.read_table(offsets)
+    pq.write_table(table.set_column(2, "offset", pa.array([2**63 - 1] * table.num_rows, pa.int64())), offsets)
+    with pytest.raises(CheckFailed, match="cannot be read|is not a receipt"):
+        files.receipt(f"0x{1:040x}")
+
+
+def test_a_folder_planted_where_a_receipts_file_goes_is_a_check_failure(tmp_path: Path) -> None:
+    """Receipts files are named by their content, which a lake writer can work out: a folder put
+    under that name fails the batch's receipts with CheckFailed (which `run` reports and goes on
+    from), not an OS error."""
+    files, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
+    [name] = json.loads((folder / "index.json").read_text())["files"]
+    (folder / f"{name}.jsonl").unlink()
+    (folder / f"{name}.jsonl").mkdir()
+    with pytest.raises(CheckFailed, match="is a folder, where a file of the lake goes"):
+        build_receipts(files, load(REPO / "expectations", "instructions"))

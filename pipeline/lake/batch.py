@@ -331,13 +331,14 @@ class BatchFiles:
             table = read_parquet(self.lake.read(key)).select(schema.names).cast(schema)
         except (pa.ArrowException, KeyError, ValueError) as e:
             raise CheckFailed(f"{self.lake.uri(key)} is not a receipts offsets file ({type(e).__name__})") from None
-        if not pc.all(pc.is_in(table.column("file"), pa.array(files, pa.string()))).as_py():
+        if table.num_rows and not pc.all(pc.is_in(table.column("file"), pa.array(files, pa.string()))).as_py():
             raise CheckFailed(f"{self.lake.uri(key)} names a receipts file its index does not")
         return table
 
     def receipt(self, contributor: str) -> receipts.Receipt:
         """The receipt of `contributor`, one ranged read of a receipts file; CheckFailed unless it
-        is that contributor's receipt of this batch (the index and offsets are in the lake)."""
+        is that contributor's receipt of this batch and its rows fold to the batch's root with its
+        range proof (the index, the offsets and the files are in the lake)."""
         import pyarrow.compute as pc
 
         address = contributor.lower()
@@ -349,13 +350,21 @@ class BatchFiles:
         key = layout.receipts_file(self.dataset, self.seq, name)
         if offset is None or length is None or offset < 0 or not 0 < length <= MAX_RECEIPT_BYTES:
             raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}")
-        receipt = receipts.parse(self.lake.read_range(key, offset, length), f"{self.lake.uri(key)} ({address})")
+        try:
+            line = self.lake.read_range(key, offset, length)
+        except (OSError, ValueError) as e:  # an offset past what the file system can seek to
+            raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}, "
+                              f"which cannot be read ({e})") from None
+        receipt = receipts.parse(line, f"{self.lake.uri(key)} ({address})")
         m = self.manifest()
         shown = (receipt.data["contributor"], receipt.dataset, receipt.seq, receipt.data["root"],
                  receipt.data["tree_size"], receipt.data["manifest_sha256"])
         if shown != (address, self.dataset, self.seq, m.root, m.tree_size, m.sha256):
             raise CheckFailed(f"{receipt.source}: the offsets point at a receipt of {shown[0]} in {shown[1]} batch "
                               f"{shown[2]} (root {shown[3]}), not {address}'s of this batch")
+        problems = receipts.verify_rows(receipt)
+        if problems:
+            raise CheckFailed(problems[0])
         return receipt
 
     def receipt_contributors(self) -> list[str]:

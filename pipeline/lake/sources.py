@@ -107,10 +107,7 @@ def store_raw(lake: Lake, dataset: str, seq: int, obj: ObjectInfo, sha256: str, 
     """Keep the byte-exact copy of a source of batch `seq` under raw/, moving the local copy
     `local` (its SHA-256 and size) there; `signature` from signed_by."""
     raw_key = layout.raw(dataset, seq, sha256, ext)
-    if lake.exists(raw_key):
-        local.unlink()
-    else:
-        lake.move_file(raw_key, local)
+    lake.move_file(raw_key, local)  # even over a copy there already: that one was not hashed here
     return Source(obj.key, sha256, size, raw_key, obj.version, **(signature or {}))
 
 

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from pipeline import config
 from pipeline.config import S3Settings
-from pipeline.errors import AlreadyExists, BadInput, NotFound, ServiceUnavailable, redact_url
+from pipeline.errors import AlreadyExists, BadInput, CheckFailed, NotFound, ServiceUnavailable, redact_url
 
 PUTS_IN_FLIGHT = 8  # parallel PUTs of write_all on S3
 
@@ -212,22 +212,33 @@ class FileLake(Lake):
             return f.read(length)
 
     def write_file(self, key: str, path: Path) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._replaceable(key)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         os.close(fd)
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     def move_file(self, key: str, path: Path) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._replaceable(key)
         try:
             os.replace(path, target)
         except OSError as e:
             if e.errno != errno.EXDEV:  # another file system: copied, then removed
                 raise
             super().move_file(key, path)
+
+    def _replaceable(self, key: str) -> Path:
+        """Where `key` is written, its folder made; CheckFailed if something other than a file or
+        a link (a folder, planted where a file goes) holds the name, rather than an OS error."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() and not target.is_symlink():
+            raise CheckFailed(f"{self.uri(key)} is a folder, where a file of the lake goes: the lake was altered")
+        return target
 
     def local_copy(self, key: str, directory: Path) -> Path:
         path = self._path(key)
