@@ -374,7 +374,11 @@ def _write_duplicates(job: DedupeJob, table: Any, order: Any, first: Any, prior_
     key_columns = "+".join(job.dataset.dedupe_key)
     detail = [f"same {key_columns} as record {o}" + (" of an earlier batch" if e else "")
               for o, e in zip(of, earlier.tolist(), strict=True)]
-    dups = table.select([SOURCE, LINE, "contributor", RAW, ARRIVAL]).take(pa.array(order[duplicate]))
+    picked = order[duplicate]  # positions in `table`, in key order: a few, so filtered out first (a take of
+    mask = np.zeros(table.num_rows, bool)  # a few rows from the chunks of a concatenated table copies it all)
+    mask[picked] = True
+    few = table.select([SOURCE, LINE, "contributor", RAW, ARRIVAL]).filter(pa.array(mask))
+    dups = few.take(pa.array(np.searchsorted(np.sort(picked), picked)))
     dups = pa.table({"source": dups.column(SOURCE), "line": dups.column(LINE), "contributor": dups.column("contributor"),
                      "detail": pa.array(detail, pa.string()), "duplicate_of": pa.array(of, pa.string()),
                      "raw": dups.column(RAW), ARRIVAL: dups.column(ARRIVAL)})
