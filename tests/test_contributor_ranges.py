@@ -337,6 +337,36 @@ def test_a_file_moved_across_file_systems_is_copied(tmp_path: Path, monkeypatch:
     assert (tmp_path / "lake" / "receipts/x/receipts.jsonl").read_bytes() == b"{}\n" and not local.exists()
 
 
+def test_a_file_created_by_moving_it_is_created_once_and_gone_from_where_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_moved: renamed into place (mode 0600, as the lake's other files) on one file system,
+    copied across two, uploaded on S3 (the default); the local file is gone even when the key
+    existed already."""
+    import errno
+
+    from pipeline.errors import AlreadyExists
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    for name, lake in (("same", open_lake((tmp_path / "lake").as_uri())),
+                       ("default", _MovedByDefault((tmp_path / "other").as_uri())),
+                       ("exdev", open_lake((tmp_path / "third").as_uri()))):
+        local = tmp_path / f"{name}.parquet"
+        local.write_bytes(b"PAR1 part")
+        with monkeypatch.context() as patch:
+            if name == "exdev":
+                patch.setattr(os, "rename", cross_device)
+            lake.create_moved("batches/x/000000/data/part-00000.parquet", local)
+        assert lake.read("batches/x/000000/data/part-00000.parquet") == b"PAR1 part" and not local.exists()
+        local.write_bytes(b"PAR1 other")
+        with pytest.raises(AlreadyExists):
+            lake.create_moved("batches/x/000000/data/part-00000.parquet", local)
+        assert lake.read("batches/x/000000/data/part-00000.parquet") == b"PAR1 part" and not local.exists()
+    mode = (tmp_path / "lake" / "batches/x/000000/data/part-00000.parquet").stat().st_mode & 0o777
+    assert mode == 0o600 and not list((tmp_path / "lake" / "batches/x/000000/data").glob(".tmp-*"))
+
+
 class _MovedByDefault(FileLake):
     """A lake that moves with the default (S3's) move_file: write_file, then the local file removed."""
 
@@ -344,6 +374,7 @@ class _MovedByDefault(FileLake):
         super().__init__(Path(url.removeprefix("file://")))
 
     move_file = Lake.move_file
+    create_moved = Lake.create_moved
 
 
 def test_receipts_are_written_only_for_a_batch_this_pipeline_sealed(tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_batch_files_are_read_only_as_the_manifest_pins_them(lake: Lake) -> None
         BatchFiles(lake, "instructions", 0).rewards_tree()
 
 
-def test_every_batch_file_is_created_once_under_its_writers_own_name(lake: Lake) -> None:
+def test_every_batch_file_is_created_once_under_its_writers_own_name(lake: Lake, tmp_path: Path) -> None:
     """Write-once by construction: a writer that took the lease over (generation 2) names its files
     apart, each created by a conditional create; the same name again with other bytes is refused,
     and readers find each artifact under the name the manifest gives."""
@@ -153,8 +153,15 @@ def test_every_batch_file_is_created_once_under_its_writers_own_name(lake: Lake)
     with pytest.raises(CheckFailed, match="tree-g2.bin exists already with other bytes"):
         files.write(layout.TREE, b"other bytes")
     assert lake.read(files.key("tree-g2.bin")) == b"tree bytes"
-    private = files.write_private(Path(__file__))
+    local = tmp_path / "rejected.parquet"
+    local.write_bytes(b"rejected rows")
+    private = files.move_private(local)
     assert private == "private/instructions/000000/rejected-g2.parquet"
+    assert lake.read(private) == b"rejected rows" and not local.exists()
+    local.write_bytes(b"other rejected rows")  # a file moved in once: the same name again is refused
+    with pytest.raises(CheckFailed, match="rejected-g2.parquet exists already with other bytes"):
+        files.move_private(local)
+    assert lake.read(private) == b"rejected rows"
     body = {"format": "anchorlake.manifest/1", "dataset": "instructions", "seq": 0, "created_at": "now",
             "previous": None, "sources": [], "counts": {"input": 0, "accepted": 0, "quarantined": 0, "duplicate": 0},
             "schema": {"columns": []}, "suite": {}, "files": [], "artifacts": [tree],

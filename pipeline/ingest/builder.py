@@ -218,7 +218,7 @@ class BatchBuilder:
             for number in self.slice_chunks[k]:
                 tasks.slice_file(shuffle, k, number).unlink(missing_ok=True)
             self._take_duplicates(k, result)
-            self.index_files.append(self.files_of.write_file(layout.index_slice(k, self.slices),
+            self.index_files.append(self.files_of.move_file(layout.index_slice(k, self.slices),
                                                              tasks.index_file(shuffle, k)))
         self.tree_size = sum(sum(result.rows) for result in deduped)
         if self.tree_size != self.counts["accepted"]:
@@ -244,9 +244,8 @@ class BatchBuilder:
             for job, written in zip(jobs, self._run(tasks.write_partition, jobs, renew), strict=True):
                 for number, name, count in written.parts:
                     renew()
-                    entry = self.files_of.write_file(layout.part(number), self.scratch / name)
+                    entry = self.files_of.move_file(layout.part(number), self.scratch / name)
                     self.files.append(entry | {"rows": count})
-                    (self.scratch / name).unlink()
                 tree.leaves(written.head)
                 if written.roots:
                     tree.tiles(_pieces(self.scratch / written.tiles), written.roots)

@@ -74,10 +74,10 @@ def _commit_leased(files: BatchFiles, dataset: Dataset, plan: list[Source], skip
         builder = _build(files, dataset, plan, Path(tmp), chunk_records, lease, tick)
         config.fault_point("commit.built")
         _check_conserved(builder, dataset.name, files.seq)
-        files.write_private(builder.rejected_path)
+        files.move_private(builder.rejected_path)
         artifacts = [
-            files.write_file(layout.TREE, builder.tree_path),
-            files.write_file(layout.QUARANTINE, builder.quarantine_path),
+            files.move_file(layout.TREE, builder.tree_path),
+            files.move_file(layout.QUARANTINE, builder.quarantine_path),
             *builder.index_files,
             files.write(layout.VALIDATION, canonical_bytes(builder.quality.summary())),
             *_data_docs(files, dataset.name, builder.quality.docs, chunk_records),

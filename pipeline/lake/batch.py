@@ -150,17 +150,19 @@ class BatchFiles:
         self._create(self.key(name), digest, lambda key: self.lake.create(key, data))
         return {"path": name, "sha256": digest, "bytes": len(data)}
 
-    def write_file(self, relative: str, path: Path) -> dict[str, Any]:
-        """Create a file of the batch from a local file (streamed); its manifest entry."""
+    def move_file(self, relative: str, path: Path) -> dict[str, Any]:
+        """Create a file of the batch from a local file, which is gone afterwards (moved, not
+        copied, where the lake is on the same file system); its manifest entry."""
         name = layout.generation_name(relative, self.generation)
         digest, size = hash_file(path)
-        self._create(self.key(name), digest, lambda key: self.lake.create_file(key, path))
+        self._create(self.key(name), digest, lambda key: self.lake.create_moved(key, path))
         return {"path": name, "sha256": digest, "bytes": size}
 
-    def write_private(self, path: Path) -> str:
-        """Create the batch's private file of rejected records' raw text (outside batches/); its key."""
+    def move_private(self, path: Path) -> str:
+        """Create the batch's private file of rejected records' raw text (outside batches/) from a
+        local file, which is gone afterwards; its key."""
         key = layout.private(self.dataset, self.seq) + layout.generation_name(layout.REJECTED, self.generation)
-        self._create(key, hash_file(path)[0], lambda k: self.lake.create_file(k, path))
+        self._create(key, hash_file(path)[0], lambda k: self.lake.create_moved(k, path))
         return key
 
     def _create(self, key: str, digest: str, create: Callable[[str], None]) -> None:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -60,6 +61,14 @@ class Lake(ABC):
     @abstractmethod
     def create_file(self, key: str, path: Path) -> None:
         """`create` of a local file's bytes, streamed (one PUT: up to 5 GiB on S3)."""
+
+    def create_moved(self, key: str, path: Path) -> None:
+        """`create_file`, then the local file is gone (whether or not the key existed): on a file
+        system it is renamed into place when it can be (nothing copied)."""
+        try:
+            self.create_file(key, path)
+        finally:
+            path.unlink(missing_ok=True)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -158,6 +167,25 @@ class FileLake(Lake):
             _send(path, f)
             os.fsync(f.fileno())
         self._link(tmp, target, key)
+
+    def create_moved(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
+        try:
+            os.rename(path, tmp)
+        except OSError as e:
+            if e.errno != errno.EXDEV:  # another file system: copied, then removed
+                raise
+            super().create_moved(key, path)
+            return
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o600)  # as the lake's other files
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._link(str(tmp), target, key)
 
     def _link(self, tmp: str, path: Path, key: str) -> None:
         """Give the fully written temporary file its name unless the name exists (the conditional create)."""
