@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,23 +147,12 @@ def check(settings: Settings, dataset: str) -> list[str]:
 
 def stage(settings: Settings, dataset: str) -> int | None:
     """Freeze the next batch's sources; its seq, or None when nothing new arrived. A declaration
-    or suite with a problem stops it before anything is staged. The check (which loads Great
-    Expectations: seconds) runs while the sources are copied."""
-    spec, lake = dataset_for(settings, dataset), lake_for(settings)  # imports done before the check's start:
-    if spec.signed:  # two threads importing one package can deadlock
-        import eth_keys.exceptions  # noqa: F401  what checking a signature imports
-
-    def refuse_a_broken_suite() -> None:
-        problems = check(settings, dataset)
-        if problems:
-            more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
-            raise BadInput(problems[0] + more)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="anchorlake-check") as pool:
-        checked = pool.submit(refuse_a_broken_suite)
-        seq = stage_sources(lake, spec, checked)
-        checked.result()
-        return seq
+    or suite with a problem stops it before anything is staged."""
+    problems = check(settings, dataset)
+    if problems:
+        more = f" (and {len(problems) - 1} more: run `anchorlake check`)" if len(problems) > 1 else ""
+        raise BadInput(problems[0] + more)
+    return stage_sources(lake_for(settings), dataset_for(settings, dataset))
 
 
 def commit(settings: Settings, dataset: str, seq: int, tick: Callable[[int], None] = lambda _: None) -> dict[str, Any]:

@@ -550,42 +550,6 @@ def test_sources_already_staged_are_recognised_without_downloading_them_again(tm
     assert commit_batch(lake, dataset, 1).data["counts"]["accepted"] == 2
 
 
-def test_staging_puts_nothing_in_raw_until_its_gate_passes_and_nothing_if_it_refuses(tmp_path: Path) -> None:
-    """The suite is checked while the sources are copied (stages.stage): the copies wait for the
-    check's result, and a refusal leaves neither a plan nor a copy in raw/."""
-    import threading
-    import time
-    from concurrent.futures import Future
-
-    from pipeline.errors import BadInput
-    from pipeline.lake import sources
-
-    lake = open_lake((tmp_path / "lake").as_uri())
-    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
-    for i in range(3):
-        lake.write(f"incoming/instructions/{i}.jsonl", jsonl(line(good(i))))
-    refused: Future[None] = Future()
-    refused.set_exception(BadInput("the suite has a problem"))
-    with pytest.raises(BadInput, match="the suite has a problem"):
-        stage_sources(lake, dataset, refused)
-    assert list(lake.list("raw/")) == []
-
-    later: Future[None] = Future()
-    seen_before: list[list[str]] = []
-
-    def decide() -> None:
-        time.sleep(0.5)
-        seen_before.append([o.key for o in lake.list("raw/")])
-        later.set_result(None)
-
-    threading.Thread(target=decide).start()
-    assert stage_sources(lake, dataset, later) == 0
-    assert seen_before == [[]]  # nothing was in raw/ while the check was running
-    plan = sources.load_plan(lake, "instructions", 0)
-    assert plan is not None and len(plan[0]) == 3
-    assert commit_batch(lake, dataset, 0).data["counts"]["accepted"] == 3
-
-
 def test_a_raw_copy_planted_before_staging_is_replaced_by_the_one_staging_hashed(tmp_path: Path) -> None:
     """raw/ keys are named by the source's SHA-256, which a lake writer can work out: a file put
     there first (other bytes) is replaced by the copy staging hashed, so the commit reads those."""
