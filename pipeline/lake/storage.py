@@ -172,11 +172,7 @@ class FileLake(Lake):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
-        try:
-            os.rename(path, tmp)
-        except OSError as e:
-            if e.errno != errno.EXDEV:  # another file system: copied, then removed
-                raise
+        if not _renamed(path, tmp):
             super().create_moved(key, path)
             return
         fd = os.open(tmp, os.O_RDONLY)
@@ -251,12 +247,7 @@ class FileLake(Lake):
             raise
 
     def move_file(self, key: str, path: Path) -> None:
-        target = self._replaceable(key)
-        try:
-            os.replace(path, target)
-        except OSError as e:
-            if e.errno != errno.EXDEV:  # another file system: copied, then removed
-                raise
+        if not _renamed(path, self._replaceable(key)):
             super().move_file(key, path)
 
     def _replaceable(self, key: str) -> Path:
@@ -273,6 +264,18 @@ class FileLake(Lake):
         if not path.is_file():
             raise NotFound(f"{self.uri(key)} does not exist")
         return path
+
+
+def _renamed(path: Path, target: Path) -> bool:
+    """Rename a local file to `target` (replacing it); False, with nothing done, if they are on
+    different file systems (then it is copied instead)."""
+    try:
+        os.replace(path, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        return False
+    return True
 
 
 def _send(path: Path, out: BinaryIO) -> None:
