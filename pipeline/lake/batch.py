@@ -321,11 +321,13 @@ class BatchFiles:
             raise CheckFailed(f"{self.lake.uri(key)} names {names!r}, not receipts files")
         return names[0], names[1:]
 
-    def _offsets(self, name: str, files: list[str]) -> Any:
-        """The offsets `name` of receipts `files`, checked for shape: the lake's writers can change it."""
+    def _offsets(self) -> Any:
+        """The offsets the batch's receipts index names, checked for shape and to name only the
+        files the index lists: the lake's writers can change both."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        name, files = self.receipts_files()
         key = layout.receipts_offsets(self.dataset, self.seq, name)
         schema = pa.schema([("contributor", pa.string()), ("file", pa.string()), ("offset", pa.int64()),
                             ("length", pa.int64())])
@@ -344,7 +346,7 @@ class BatchFiles:
         import pyarrow.compute as pc
 
         address = contributor.lower()
-        offsets = self._offsets(*self.receipts_files())
+        offsets = self._offsets()
         found = offsets.filter(pc.equal(offsets.column("contributor"), address))
         if found.num_rows == 0:
             raise NotFound(f"no receipt for contributor {address} in {self.dataset} batch {self.seq}")
@@ -370,7 +372,7 @@ class BatchFiles:
         return receipt
 
     def receipt_contributors(self) -> list[str]:
-        return self._offsets(*self.receipts_files()).column("contributor").to_pylist()
+        return self._offsets().column("contributor").to_pylist()
 
     def receipts_anchor(self) -> str | None:
         """The block hash of the anchor the batch's complete receipts name; None if they are
