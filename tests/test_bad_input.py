@@ -564,6 +564,79 @@ def test_a_raw_copy_planted_before_staging_is_replaced_by_the_one_staging_hashed
     assert commit_batch(lake, dataset, 0).data["counts"]["accepted"] == 2
 
 
+def _planned_runs(lake: object, dataset: object, seq: int, scratch: Path) -> dict[str, list[object]]:
+    """What the commit's driver sends its chunk tasks for each staged source: the last argument
+    of each deferred parse (a run of lines, by reference or with its bytes)."""
+    from pipeline.ingest.builder import blocks
+    from pipeline.lake import sources as staging
+
+    plan, _ = staging.load_plan(lake, "instructions", seq)  # type: ignore[arg-type, misc]
+    runs: dict[str, list[object]] = {}
+    for index, item in blocks(BatchFiles(lake, "instructions", seq), dataset, plan, scratch):  # type: ignore[arg-type]
+        runs.setdefault(plan[index].key.rsplit("/", 1)[-1], []).append(item.args[-1])  # type: ignore[union-attr]
+    return runs
+
+
+def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_where_they_are(tmp_path: Path) -> None:
+    """The driver cuts a plain JSONL source into runs and sends each as (key, byte range, SHA-256):
+    the task reads the bytes itself. A compressed source's runs still carry their bytes."""
+    import pickle
+
+    from pipeline.ingest import parse
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    body = jsonl(*(line(good(i)) for i in range(2000)))
+    lake.write("incoming/instructions/a.jsonl", b"\xef\xbb\xbf" + body)  # a byte order mark first
+    other = jsonl(*(line(good(i)) for i in range(2000, 4000)))
+    lake.write("incoming/instructions/b.jsonl.gz", gzip.compress(other))
+    seq = stage_sources(lake, dataset)
+    runs = _planned_runs(lake, dataset, seq, tmp_path)
+    [ref] = runs["a.jsonl"]
+    assert isinstance(ref, parse.RunRef) and (ref.at, ref.length, ref.first, ref.count) == (3, len(body), 1, 2000)
+    assert len(pickle.dumps(ref)) < 1024 < len(body)
+    assert ref.read().data == body
+    [carried] = runs["b.jsonl.gz"]
+    assert isinstance(carried, parse.LineRun) and carried.data == other
+    assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4000
+
+
+def test_a_raw_copy_rewritten_after_the_driver_read_it_is_refused_by_the_chunk_task(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lake writer who swaps a run's bytes (same length) between the driver's read and the task's
+    gets the commit refused, naming the bytes; nothing is committed, and a re-run commits."""
+    from pipeline.errors import CheckFailed
+    from pipeline.ingest import parse
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    data = jsonl(line(good(1)), line(good(2)))
+    lake.write("incoming/instructions/a.jsonl", data)
+    seq = stage_sources(lake, dataset)
+    raw = layout.raw("instructions", seq, hashlib.sha256(data).hexdigest(), "jsonl")
+    forged = data.replace(b"fact number 1 ", b"fact number 9 ")
+    assert len(forged) == len(data) != forged
+    [ref] = _planned_runs(lake, dataset, seq, tmp_path)["a.jsonl"]
+    lake.write(raw, forged)
+    with pytest.raises(CheckFailed, match=r"bytes 0\+\d+ \(lines 1\.\.2\) no longer match"):
+        ref.read()  # type: ignore[attr-defined]
+
+    read = parse.RunRef.read
+
+    def swapped(self: parse.RunRef) -> parse.LineRun:
+        lake.write(raw, forged)  # after the driver hashed the source, before the task reads its run
+        return read(self)
+
+    lake.write(raw, data)
+    monkeypatch.setattr(parse.RunRef, "read", swapped)
+    with pytest.raises(CheckFailed, match="no longer match"):
+        commit_batch(lake, dataset, seq)
+    assert not BatchFiles(lake, "instructions", seq).committed()
+    monkeypatch.setattr(parse.RunRef, "read", read)
+    lake.write(raw, data)
+    assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 2
+
+
 def test_reading_parquet_never_aborts_the_process_across_fifty_runs(tmp_path: Path) -> None:
     """pyarrow's threaded in-memory Parquet read aborted `anchorlake rewards` at interpreter exit
     (exit 134) in about one run in four; every Parquet read is single-threaded now."""

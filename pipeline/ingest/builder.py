@@ -33,7 +33,7 @@ from pipeline.ingest.chunks import (
     quarantine_file,
     run_chunk,
 )
-from pipeline.ingest.parse import Block, parse_source, source_format
+from pipeline.ingest.parse import Block, Stored, parse_source, source_format
 from pipeline.ingest.quality import QualityReport
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
@@ -332,12 +332,14 @@ def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
 def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source],
            scratch: Path) -> Iterator[tuple[int, Block | Deferred]]:
     """(plan index, records) of every staged source, in plan order, checking each source's
-    SHA-256: JSONL as runs of lines a chunk task parses, CSV and Parquet as blocks parsed here."""
+    SHA-256: JSONL as runs of lines a chunk task parses (reading them from the lake itself, and
+    checking they are the bytes read here), CSV and Parquet as blocks parsed here."""
     for index, source in enumerate(plan):
         fmt, _ = source_format(source.key)
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
         with stream:
-            for item in parse_source(dataset, index, source.key, stream, Deferring()):
+            for item in parse_source(dataset, index, source.key, stream, Deferring(),
+                                     Stored(files.lake, source.raw_key)):
                 yield index, item  # type: ignore[misc]
             finish()
 

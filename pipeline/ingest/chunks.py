@@ -6,8 +6,10 @@ it gathers runs, deferred rather than parsed, into chunks of about `chunk_record
 each chunk to a worker, which parses, types and hashes its runs, runs the quality gate over them
 once, spills the rows that passed by dedupe-key slice into the shuffle directory and writes the
 rest as quarantine rows beside them. The driver takes back counts and the gate's result only.
-(CSV and Parquet sources are parsed by the driver as they are read, and their blocks travel with
-the chunk.) A row's arrival number is its chunk's number, then its place in the chunk: the order
+A run of a plain JSONL source travels as where it is (raw key, byte range, SHA-256): the worker
+reads it from the lake and checks it is the bytes the driver read. (Runs of a compressed source
+carry their bytes; CSV and Parquet sources are parsed by the driver as they are read, and their
+blocks travel with the chunk.) A row's arrival number is its chunk's number, then its place in the chunk: the order
 of the plan, then of the lines, whatever worker ran which chunk.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import math
 import re
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 from eth_utils import is_checksum_address
@@ -25,9 +26,11 @@ from eth_utils import is_checksum_address
 from pipeline.core.jcs import MAX_SAFE_INTEGER
 from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_text
 from pipeline.datasets import Column, Dataset
+from pipeline.errors import CheckFailed
 from pipeline.ingest.columns import ColumnTyper, Typed
 from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_table
+from pipeline.lake.storage import Lake
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _UTC_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|\+00:00)")
@@ -308,12 +311,14 @@ HEAD_BYTES = 1024  # what is kept of a line over the size limit
 class LineRun:
     """Lines `first` .. `first + count - 1` of a JSONL source as read: `data` is their bytes, each
     line ended by a newline but perhaps the last. A line over the size limit is cut to its head,
-    and its number is in `long`."""
+    and its number is in `long`. `at`: where `data` starts in the source's stored bytes, when it is
+    exactly those bytes (no line cut, not decompressed); else None."""
 
     first: int
     count: int
     data: bytes
     long: frozenset[int]
+    at: int | None = None
 
     def lines(self) -> list[tuple[int, bytes, bool]]:
         """(number, line without its end, over the limit) of each line that is not blank."""
@@ -332,17 +337,20 @@ class LineRun:
 def _line_runs(body: IO[bytes], limit: int, max_lines: int, size: int = RUN_BYTES) -> Iterator[LineRun]:
     """The lines of a JSONL source in runs of about `size` bytes, holding at most `limit` bytes of
     a line over the limit; _CorruptSource("too_many_rows") after the run that reaches `max_lines`.
-    A UTF-8 byte order mark before the first line is dropped."""
+    A UTF-8 byte order mark before the first line is dropped. Each run's `at` counts the bytes
+    read from `body` before it (what `data` held ends where the bytes read so far end)."""
     run = _RunBuilder(limit, max_lines)
     tail = b""  # the start of the line being read: at most `limit` bytes
     head: bytes | None = None  # the head of a line over the limit whose rest is being skipped
     read = getattr(body, "read1", body.read)  # what one step gives: a corrupt gzip tail loses no more
-    first_read = True
+    first_read, position = True, 0
     try:
         while not run.full and (data := read(size)):
+            position += len(data)
             if first_read:  # the mark may come in reads of fewer than its three bytes
                 while len(data) < len(_BOM) and (more := read(size)):
                     data += more
+                    position += len(more)
                 data, first_read = data.removeprefix(_BOM), False
             if head is not None:  # skip to the end of the long line
                 cut = data.find(b"\n")
@@ -352,7 +360,7 @@ def _line_runs(body: IO[bytes], limit: int, max_lines: int, size: int = RUN_BYTE
                 head, data = None, data[cut + 1:]
             data = tail + data if tail else data
             cut = data.rfind(b"\n") + 1
-            run.add(data[:cut])
+            run.add(data[:cut], at=position - len(data))
             tail = data[cut:]
             if len(tail) > limit:
                 head, tail = tail[:min(HEAD_BYTES, limit + 1)], b""
@@ -366,7 +374,7 @@ def _line_runs(body: IO[bytes], limit: int, max_lines: int, size: int = RUN_BYTE
         if head is not None:
             run.add_long(head)
         elif tail:
-            run.add(tail, ended=False)
+            run.add(tail, ended=False, at=position - len(tail))
     if run.count:
         yield run.take()
     if run.full:
@@ -386,17 +394,24 @@ class _RunBuilder:
         self.pieces: list[bytes] = []
         self.count = self.held = 0
         self.long: set[int] = set()
+        self.at: int | None = None  # where the run's bytes start in the source, while they are its own
+        self.verbatim = True
 
-    def add(self, lines: bytes, ended: bool = True) -> None:
-        """Whole lines, each ended by a newline (the last not, at the end of the source)."""
+    def add(self, lines: bytes, ended: bool = True, at: int | None = None) -> None:
+        """Whole lines, each ended by a newline (the last not, at the end of the source), found at
+        byte `at` of the source (None: not known)."""
         if not lines:
             return
+        if self.pieces:
+            self.verbatim = self.verbatim and at is not None and at == cast(int, self.at) + self.held
+        else:
+            self.at, self.verbatim = at, at is not None
         count = lines.count(b"\n") + (0 if ended else 1)
         if _has_long_line(lines, self.limit):
-            lines = self._cut_long(lines)
+            lines, self.verbatim = self._cut_long(lines), False
         room = self.max_lines - self.read - self.count
         if count > room:  # the source has more lines than it may: keep those it may have
-            self.full = True
+            self.full, self.verbatim = True, False
             if room <= 0:
                 return
             lines, count = b"".join(line + b"\n" for line in lines.split(b"\n")[:room]), room
@@ -410,6 +425,7 @@ class _RunBuilder:
             return
         self.long.add(self.read + self.count + 1)
         self.add(head + b"\n")
+        self.verbatim = False
 
     def _cut_long(self, lines: bytes) -> bytes:
         parts = lines.split(b"\n")
@@ -420,7 +436,8 @@ class _RunBuilder:
         return b"\n".join(parts)
 
     def take(self) -> LineRun:
-        run = LineRun(self.read + 1, self.count, b"".join(self.pieces), frozenset(self.long))
+        run = LineRun(self.read + 1, self.count, b"".join(self.pieces), frozenset(self.long),
+                      self.at if self.verbatim else None)
         self.read += self.count
         self._reset()
         return run
@@ -437,8 +454,49 @@ def _has_long_line(data: bytes, limit: int) -> bool:
     return False
 
 
-def _jsonl_run(dataset: Dataset, index: int, run: LineRun) -> Block:
-    """Worker: parse, type and seal a run of JSONL lines, column-wise where it can be."""
+@dataclass(frozen=True)
+class Stored:
+    """Where a source's bytes are kept: read again by whoever parses a run of them."""
+
+    lake: Lake
+    key: str
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run of lines by reference: bytes [at, at + length) of a stored source, which hash to
+    `sha256` (the reader that planned the run hashed them), lines `first` .. `first + count - 1`."""
+
+    stored: Stored
+    at: int
+    length: int
+    sha256: str
+    first: int
+    count: int
+
+    @classmethod
+    def of(cls, stored: Stored, run: LineRun) -> RunRef:
+        assert run.at is not None
+        return cls(stored, run.at, len(run.data), hashlib.sha256(run.data).hexdigest(), run.first, run.count)
+
+    def read(self) -> LineRun:
+        """The run's lines, read from the store; CheckFailed unless they are the bytes planned."""
+        lake, key = self.stored.lake, self.stored.key
+        try:
+            data = lake.read_range(key, self.at, self.length)
+        except (OSError, ValueError) as e:
+            raise CheckFailed(f"{lake.uri(key)}: bytes {self.at}+{self.length} cannot be read again ({e})") from None
+        if len(data) != self.length or hashlib.sha256(data).hexdigest() != self.sha256:
+            raise CheckFailed(f"{lake.uri(key)}: bytes {self.at}+{self.length} (lines {self.first}.."
+                              f"{self.first + self.count - 1}) no longer match sha256 {self.sha256}")
+        return LineRun(self.first, self.count, data, frozenset(), self.at)
+
+
+def _jsonl_run(dataset: Dataset, index: int, run: LineRun | RunRef) -> Block:
+    """Worker: parse, type and seal a run of JSONL lines, column-wise where it can be; a run by
+    reference is read from the store first."""
+    if isinstance(run, RunRef):
+        run = run.read()
     state = _state(dataset)
     lines = run.lines()
     typed = (state.columns.type(index, run.data, lines)
@@ -471,28 +529,31 @@ def _merged(index: int, lines: list[tuple[int, bytes, bool]], typed: Typed, doub
     return block
 
 
-def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes],
-                pool: Executor) -> Iterator[tuple[Future[Block], int]]:
+def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes], pool: Executor,
+                stored: Stored | None) -> Iterator[tuple[Future[Block], int]]:
     """The source's runs of lines, each sent to `pool` (the commit's is ingest.chunks.Deferring:
-    a chunk task parses them); yields (future, last line number) in order. Lines read before a
-    read error are sent before it is raised."""
+    a chunk task parses them); yields (future, last line number) in order. A run that is the
+    source's bytes as `stored` keeps them goes by reference (the task reads it), any other with
+    its bytes. Lines read before a read error are sent before it is raised."""
     failure: BaseException | None = None
     runs = _line_runs(body, dataset.max_record_bytes, dataset.limits.source_rows)
     try:
         for run in runs:
             if run.blank():
                 continue
-            yield pool.submit(_jsonl_run, dataset, index, run), run.first + run.count - 1
+            sent = run if stored is None or run.at is None else RunRef.of(stored, run)
+            yield pool.submit(_jsonl_run, dataset, index, sent), run.first + run.count - 1
     except (OSError, EOFError, zlib.error, _CorruptSource) as e:
         failure = e  # the source breaks off here: keep what was read before it
     if failure is not None:
         raise failure
 
 
-def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes],
-                 pool: Executor) -> Iterator[Block | Future[Block]]:
+def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes], pool: Executor,
+                 stored: Stored | None = None) -> Iterator[Block | Future[Block]]:
     """Yield every record of the source, typed and sealed: CSV and Parquet in blocks parsed here,
-    JSONL as futures of blocks `pool` parses (the commit's defers them to its chunk tasks). A
+    JSONL as futures of blocks `pool` parses (the commit's defers them to its chunk tasks), by
+    reference to where the source is `stored` (as `stream` gives it) when it is not compressed. A
     source that cannot be read at all, or breaks off part-way, ends with a quarantined record
     saying why; records before it are kept."""
     state = _state(dataset)
@@ -500,7 +561,7 @@ def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes],
     produced = 0
     last_line = 0
     try:
-        for item in _parse_blocks(dataset, state.typer, index, key, stream, pool):
+        for item in _parse_blocks(dataset, state.typer, index, key, stream, pool, stored):
             if isinstance(item, Block):
                 produced += len(item)
                 last_line = item.line[-1] if item.line else last_line
@@ -524,7 +585,7 @@ class _SourceBroken(Exception):
 
 
 def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, stream: IO[bytes],
-                  pool: Executor) -> Iterator[Block | tuple[Future[Block], int]]:
+                  pool: Executor, stored: Stored | None) -> Iterator[Block | tuple[Future[Block], int]]:
     fmt, compressed = source_format(key)
     if fmt is None:
         raise _SourceBroken("unsupported_format", f"{key}: not .jsonl, .csv or .parquet (optionally .gz)")
@@ -533,7 +594,7 @@ def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, st
         body = _Capped(body, dataset.limits.source_bytes)  # type: ignore[assignment]
     try:
         if fmt == "jsonl":
-            yield from _jsonl_runs(dataset, index, body, pool)
+            yield from _jsonl_runs(dataset, index, body, pool, None if compressed else stored)
         else:
             reader = {"csv": _csv, "parquet": _parquet}[fmt]
             yield from _blocks(dataset, index, reader(dataset, typer, index, body))
