@@ -579,7 +579,9 @@ def _planned_runs(lake: object, dataset: object, seq: int, scratch: Path) -> dic
 
 def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_where_they_are(tmp_path: Path) -> None:
     """The driver cuts a plain JSONL source into runs and sends each as (key, byte range, SHA-256):
-    the task reads the bytes itself. A compressed source's runs still carry their bytes."""
+    the task reads the bytes itself. A compressed source's runs still carry their bytes. A Parquet
+    source goes as runs of row groups of a private copy the driver hashed as it made it: a lake
+    writer who changes the lake's object afterwards changes nothing the tasks read."""
     import pickle
 
     from pipeline.ingest import parse
@@ -590,15 +592,27 @@ def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_wh
     lake.write("incoming/instructions/a.jsonl", b"\xef\xbb\xbf" + body)  # a byte order mark first
     other = jsonl(*(line(good(i)) for i in range(2000, 4000)))
     lake.write("incoming/instructions/b.jsonl.gz", gzip.compress(other))
+    table = pa.Table.from_pylist([good(i) for i in range(4000, 4300)])
+    lake.write("incoming/instructions/c.parquet", parquet_bytes(table))
     seq = stage_sources(lake, dataset)
-    runs = _planned_runs(lake, dataset, seq, tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    runs = _planned_runs(lake, dataset, seq, scratch)
+    [groups] = runs["c.parquet"]
+    assert isinstance(groups, parse.RowGroups) and Path(groups.path).parent == scratch and groups.count == 300
+    original = parquet_bytes(table)
+    raw_parquet = layout.raw("instructions", seq, hashlib.sha256(original).hexdigest(), "parquet")
+    lake.write(raw_parquet, parquet_bytes(pa.Table.from_pylist([good(i, contributor=CHECKSUMMED) for i in range(300)])))
+    block = parse._parquet_run(dataset, 2, groups)
+    assert (block.line, set(block.contributor)) == (list(range(1, 301)), {ALICE})  # what the driver hashed
+    lake.write(raw_parquet, original)
     [ref] = runs["a.jsonl"]
     assert isinstance(ref, parse.RunRef) and (ref.at, ref.length, ref.first, ref.count) == (3, len(body), 1, 2000)
     assert len(pickle.dumps(ref)) < 1024 < len(body)
     assert ref.read().data == body
     [carried] = runs["b.jsonl.gz"]
     assert isinstance(carried, parse.LineRun) and carried.data == other
-    assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4000
+    assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4300
 
 
 def test_a_raw_copy_rewritten_after_the_driver_read_it_is_refused_by_the_chunk_task(tmp_path: Path,

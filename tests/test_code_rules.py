@@ -115,7 +115,7 @@ def test_the_key_rule_would_catch_a_spelled_key() -> None:
         assert LAKE_KEY.search(spelled), spelled
 
 
-LAKE_METHODS = {"read", "read_range", "open", "write", "write_file", "create", "list", "exists", "local_copy"}
+LAKE_METHODS = {"read", "read_range", "open", "write", "write_file", "create", "list", "exists"}
 
 
 def test_nobody_outside_the_lake_reads_or_writes_lake_bytes() -> None:

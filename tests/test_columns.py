@@ -133,3 +133,68 @@ def _by_line(data: bytes, limit: int, max_lines: int) -> tuple[list[tuple[int, b
             return found, "too_many_rows"
         found.append((number, line[:min(parse.HEAD_BYTES, limit + 1)], True) if len(line) > limit else (number, line.rstrip(b"\r"), False))
     return found, None
+
+
+def _parquet_source(path: object, groups: list[int], bad: set[int] = frozenset()) -> list[dict]:  # type: ignore[assignment]
+    """A Parquet file of row groups of the given sizes; rows numbered in `bad` name no address."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, at = [], 0
+    with pq.ParquetWriter(str(path), pa.schema([("prompt", pa.string()), ("response", pa.string()), ("language", pa.string()),
+                                                ("consent", pa.bool_()), ("created_at", pa.string()),
+                                                ("contributor", pa.string())])) as writer:
+        for size in groups:
+            block = [{"prompt": f"question {at + i}", "response": f"answer {at + i}", "language": "en",
+                      "consent": True, "created_at": "2026-11-27T10:20:30Z",
+                      "contributor": "nobody" if at + i + 1 in bad else "0x" + f"{(at + i) % 7:02x}" * 20}
+                     for i in range(size)]
+            writer.write_table(pa.Table.from_pylist(block, schema=writer.schema), row_group_size=max(1, size))
+            rows += block
+            at += size
+    return rows
+
+
+@pytest.mark.parametrize("groups", [[5, 5, 30_000, 120_000, 7], [60_000], [1] * 50, [20_000, 20_000, 1], []])
+def test_a_parquet_source_is_planned_as_runs_of_row_groups_covering_every_row_once(tmp_path, groups) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.parquet"
+    _parquet_source(path, groups)
+    runs = list(parse._row_group_runs(pq.ParquetFile(path).metadata, str(path), "s.parquet"))
+    assert sum(r.count for r in runs) == sum(groups)
+    assert [r.start for r in runs] == [sum(r.count for r in runs[:k]) for k in range(len(runs))]  # contiguous
+    assert all(0 < r.count <= parse.PARQUET_SLICE_ROWS for r in runs)
+    assert all(r.end == r.first + 1 or r.count <= parse.PARQUET_RUN_ROWS for r in runs)  # a run of groups is small
+    for r in runs:  # a slice lies inside its one group; a run of whole groups starts at a group's first row
+        group_rows = sum(groups[r.first:r.end])
+        assert r.skip + r.count <= group_rows and (r.skip == 0 or r.end == r.first + 1)
+
+
+def test_a_parquet_source_parsed_in_runs_gives_the_records_of_parsing_it_whole(tmp_path) -> None:
+    """Every record, numbered, with its reason and values, whether the driver parses the source
+    or chunk tasks parse its runs (slices of large row groups included)."""
+    from concurrent.futures import Future
+
+    from pipeline.ingest.chunks import Deferring
+
+    path = tmp_path / "s.parquet"
+    groups = [3, 70_000, 2, 55_001]
+    _parquet_source(path, groups, bad={2, 4, 69_999, 70_004, 125_006})
+
+    def flat(items: list) -> list[tuple]:
+        blocks = [item if isinstance(item, parse.Block) else item.result() for item in items]
+        return [(b.source, line, reason, who, key) for b in blocks
+                for line, reason, who, key in zip(b.line, b.reason, b.contributor, b.key, strict=True)]
+
+    with open(path, "rb") as whole:
+        parsed_here = list(parse.parse_source(DATASET, 4, "s.parquet", whole, Deferring()))
+    with open(path, "rb") as planned:
+        deferred = list(parse.parse_source(DATASET, 4, "s.parquet", planned, Deferring(),
+                                           parse.Stored(None, "raw-key", str(path))))  # type: ignore[arg-type]
+    assert all(isinstance(item, parse.Block) for item in parsed_here)
+    assert deferred and not any(isinstance(item, (parse.Block, Future)) and not hasattr(item, "args") for item in deferred)
+    assert all(isinstance(item.args[-1], parse.RowGroups) for item in deferred)  # the driver parsed nothing
+    assert flat(deferred) == flat(parsed_here)
+    assert [line for _, line, reason, _, _ in flat(deferred) if reason] == [2, 4, 69_999, 70_004, 125_006]
+    assert len(flat(deferred)) == sum(groups)

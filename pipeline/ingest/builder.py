@@ -333,13 +333,14 @@ def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source],
            scratch: Path) -> Iterator[tuple[int, Block | Deferred]]:
     """(plan index, records) of every staged source, in plan order, checking each source's
     SHA-256: JSONL as runs of lines a chunk task parses (reading them from the lake itself, and
-    checking they are the bytes read here), CSV and Parquet as blocks parsed here."""
+    checking they are the bytes read here), Parquet as runs of row groups a chunk task parses from
+    the private copy made here, CSV as blocks parsed here."""
     for index, source in enumerate(plan):
         fmt, _ = source_format(source.key)
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
         with stream:
             for item in parse_source(dataset, index, source.key, stream, Deferring(),
-                                     Stored(files.lake, source.raw_key)):
+                                     Stored(files.lake, source.raw_key, stream.name if fmt == "parquet" else None)):
                 yield index, item  # type: ignore[misc]
             finish()
 

@@ -30,6 +30,7 @@ from pipeline.errors import CheckFailed
 from pipeline.ingest.columns import ColumnTyper, Typed
 from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_table
+from pipeline.lake.sources import read_checked
 from pipeline.lake.storage import Lake
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -456,10 +457,12 @@ def _has_long_line(data: bytes, limit: int) -> bool:
 
 @dataclass(frozen=True)
 class Stored:
-    """Where a source's bytes are kept: read again by whoever parses a run of them."""
+    """Where a source's bytes are kept, read again by whoever parses a run of them: the lake's
+    object, and a private local copy (`path`, for Parquet) if one was made."""
 
     lake: Lake
     key: str
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -481,14 +484,8 @@ class RunRef:
 
     def read(self) -> LineRun:
         """The run's lines, read from the store; CheckFailed unless they are the bytes planned."""
-        lake, key = self.stored.lake, self.stored.key
-        try:
-            data = lake.read_range(key, self.at, self.length)
-        except (OSError, ValueError) as e:
-            raise CheckFailed(f"{lake.uri(key)}: bytes {self.at}+{self.length} cannot be read again ({e})") from None
-        if len(data) != self.length or hashlib.sha256(data).hexdigest() != self.sha256:
-            raise CheckFailed(f"{lake.uri(key)}: bytes {self.at}+{self.length} (lines {self.first}.."
-                              f"{self.first + self.count - 1}) no longer match sha256 {self.sha256}")
+        data = read_checked(self.stored.lake, self.stored.key, self.at, self.length, self.sha256,
+                            f"lines {self.first}..{self.first + self.count - 1}")
         return LineRun(self.first, self.count, data, frozenset(), self.at)
 
 
@@ -595,9 +592,11 @@ def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, st
     try:
         if fmt == "jsonl":
             yield from _jsonl_runs(dataset, index, body, pool, None if compressed else stored)
+        elif fmt == "parquet":
+            local = stored.path if stored is not None and not compressed else None
+            yield from _parquet_items(dataset, typer, index, key, body, pool, local)
         else:
-            reader = {"csv": _csv, "parquet": _parquet}[fmt]
-            yield from _blocks(dataset, index, reader(dataset, typer, index, body))
+            yield from _blocks(dataset, index, _csv(dataset, typer, index, body))
     except (OSError, EOFError, zlib.error) as e:
         reason = "corrupt_compression" if compressed else "corrupt_source"
         raise _SourceBroken(reason, f"{key}: unreadable part-way: {e}") from None
@@ -808,18 +807,32 @@ def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> I
             yield typer.type(record, obj)
 
 
-def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> Iterator[Record]:
+PARQUET_RUN_ROWS = 20_000  # rows of whole small row groups a chunk task parses at once
+PARQUET_SLICE_ROWS = 50_000  # a larger row group is parsed in slices of at most this many rows
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """Rows [skip, skip + count) of row groups [first, end) of a Parquet source kept at `path` (a
+    private local copy every worker reaches); `start` rows of the source come before them."""
+
+    path: str
+    name: str  # the source's key, for messages
+    first: int
+    end: int
+    skip: int
+    count: int
+    start: int
+
+
+def _parquet_file(dataset: Dataset, body: IO[bytes]) -> Any:
+    """The source as a pyarrow ParquetFile, its footer checked against the dataset's limits."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     limits = dataset.limits
     try:
         source = body if body.seekable() else io.BytesIO(body.read())
-        schema = pq.ParquetFile(source).schema_arrow
-        # Text columns stay dictionary-encoded as read: a small page that repeats one large value
-        # a million times is then sized per row (below) before any row is expanded.
-        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
-        parquet = pq.ParquetFile(source, read_dictionary=text)
+        parquet = _parquet_reader(source)
         meta = parquet.metadata
         expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except (pa.ArrowInvalid, OSError) as e:
@@ -829,10 +842,85 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
     if expanded > limits.source_bytes:
         raise _CorruptSource(f"{expanded} bytes once decompressed, over {limits.source_bytes} (limits.source_bytes)",
                              "source_too_large")
-    number, limit = 0, dataset.max_record_bytes
+    return parquet
+
+
+def _parquet_reader(source: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Text columns stay dictionary-encoded as read: a small page that repeats one large value
+    # a million times is then sized per row (see _parquet_rows) before any row is expanded.
+    schema = pq.ParquetFile(source).schema_arrow
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+    return pq.ParquetFile(source, read_dictionary=text)
+
+
+def _parquet_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, body: IO[bytes], pool: Executor,
+                   local: str | None) -> Iterator[Block | tuple[Future[Block], int]]:
+    """A Parquet source: its footer checked here, then its row groups in runs that `pool` parses
+    (reading the copy at `local`), or, without one, its records parsed here."""
+    parquet = _parquet_file(dataset, body)
+    if local is None:
+        yield from _blocks(dataset, index, _parquet_records(dataset, typer, index, parquet, None, 0, 0,
+                                                            parquet.metadata.num_rows))
+        return
+    for run in _row_group_runs(parquet.metadata, local, key):
+        yield pool.submit(_parquet_run, dataset, index, run), run.start + run.count
+
+
+def _row_group_runs(meta: Any, path: str, name: str) -> Iterator[RowGroups]:
+    """The source's rows in runs of whole row groups of about PARQUET_RUN_ROWS rows, and a larger
+    row group in slices of at most PARQUET_SLICE_ROWS (each slice's task decodes the rows before it
+    in its group, and keeps only its own)."""
+    first, rows, start = 0, 0, 0  # the pending run: row groups [first, g), `rows` rows, starting at `start`
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if rows and (rows + n > PARQUET_RUN_ROWS or n > PARQUET_SLICE_ROWS):
+            yield RowGroups(path, name, first, g, 0, rows, start)
+            start, rows = start + rows, 0
+        if not rows:
+            first = g
+        if n > PARQUET_SLICE_ROWS:
+            size = -(-n // -(-n // PARQUET_SLICE_ROWS))  # equal slices, as few as the cap allows
+            for skip in range(0, n, size):
+                yield RowGroups(path, name, g, g + 1, skip, min(size, n - skip), start + skip)
+            start, first = start + n, g + 1
+        else:
+            rows += n
+    if rows:
+        yield RowGroups(path, name, first, meta.num_row_groups, 0, rows, start)
+
+
+def _parquet_run(dataset: Dataset, index: int, run: RowGroups) -> Block:
+    """Worker: parse, type and seal a run of a Parquet source's rows. Rows that cannot be decoded
+    end the run with one quarantined record saying so; the runs after it are read on their own."""
+    state = _state(dataset)
+    records: list[Record] = []
+    try:
+        parquet = _parquet_reader(run.path)
+        records.extend(_parquet_records(dataset, state.typer, index, parquet, range(run.first, run.end), run.skip,
+                                        run.start, run.count))
+    except _CorruptSource as e:
+        records.append(Record(index, 0, b"", reason=e.reason, detail=f"{run.name}: {e}"))
+    except OSError as e:  # the private copy is gone: the commit cannot go on
+        raise CheckFailed(f"{run.path}: the copy of {run.name} cannot be read ({e})") from None
+    return to_block(index, state.sealer.seal(records), state.sealer.columns)
+
+
+def _parquet_records(dataset: Dataset, typer: RecordTyper, index: int, parquet: Any, groups: range | None,
+                     skip: int, start: int, count: int) -> Iterator[Record]:
+    """Rows [skip, skip + count) of row groups `groups` (None: all), numbered from start + 1."""
+    import pyarrow as pa
+
+    number, limit, end = start, dataset.max_record_bytes, start + count
     try:  # batches small enough that one of records at the size limit stays within PARQUET_BATCH_BYTES
         for batch in parquet.iter_batches(batch_size=max(1, min(65536, PARQUET_BATCH_BYTES // limit)),
-                                          use_threads=False):
+                                          row_groups=groups, use_threads=False):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            batch, skip = batch.slice(skip, end - number), 0
             for row in _parquet_rows(batch, limit):
                 number += 1
                 if isinstance(row, Record):
@@ -844,6 +932,8 @@ def _parquet(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) 
                                  detail=f"row is over {limit} bytes")
                     continue
                 yield typer.type(Record(index, number, raw), row)
+            if number >= end:
+                return
     except pa.ArrowException as e:
         raise _CorruptSource(f"unreadable after row {number}: {e}") from None
 

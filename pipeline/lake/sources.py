@@ -17,7 +17,7 @@ from pipeline.core.signature import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX, check_sid
 from pipeline.errors import BadInput, CheckFailed, FormatError, NotFound
 from pipeline.lake import layout
 from pipeline.lake.records import create_once, read_record
-from pipeline.lake.storage import Lake, ObjectInfo, hash_file
+from pipeline.lake.storage import Lake, ObjectInfo
 
 _BLOCK = 8 << 20
 
@@ -182,12 +182,18 @@ def failed_sources(lake: Lake, dataset: str) -> Iterator[tuple[str, str]]:
 def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tuple[IO[bytes], Callable[[], None]]:
     """A stream over a staged source, and a check to call once parsing is done: it reads what is
     left and raises CheckFailed unless the bytes still match the source's SHA-256. `seekable`
-    gives a local file (Parquet needs random access)."""
+    gives a private local copy in `scratch`, hashed as it is made (Parquet needs random access,
+    and the tasks that parse its row groups read the copy after this check: the lake's object
+    could change meanwhile); the stream's `name` is its path."""
     if seekable:
-        path = lake.local_copy(source.raw_key, scratch)
-        digest, _ = hash_file(path)
+        fd, path = tempfile.mkstemp(prefix="source-", suffix=".parquet", dir=scratch)
+        copied = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, lake.open(source.raw_key) as stored:
+            while block := stored.read(_BLOCK):
+                copied.update(block)
+                out.write(block)
         stream: IO[bytes] = open(path, "rb")
-        return stream, lambda: _check(lake, source, digest)
+        return stream, lambda: _check(lake, source, copied.hexdigest())
     hasher = hashlib.sha256()
     stream = io.BufferedReader(_HashingReader(lake.open(source.raw_key), hasher), 1 << 20)
 
@@ -197,6 +203,18 @@ def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tu
         _check(lake, source, hasher.hexdigest())
 
     return stream, finish
+
+
+def read_checked(lake: Lake, key: str, at: int, length: int, sha256: str, what: str) -> bytes:
+    """Bytes [at, at + length) of a stored source, which hashed to `sha256` when they were read
+    before (`what` they hold, for messages); CheckFailed unless they still do."""
+    try:
+        data = lake.read_range(key, at, length)
+    except (OSError, ValueError) as e:
+        raise CheckFailed(f"{lake.uri(key)}: bytes {at}+{length} ({what}) cannot be read again ({e})") from None
+    if len(data) != length or hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckFailed(f"{lake.uri(key)}: bytes {at}+{length} ({what}) no longer match sha256 {sha256}")
+    return data
 
 
 def _check(lake: Lake, source: Source, digest: str) -> None:

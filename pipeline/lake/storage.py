@@ -95,10 +95,6 @@ class Lake(ABC):
         self.write_file(key, path)
         path.unlink()
 
-    @abstractmethod
-    def local_copy(self, key: str, directory: Path) -> Path:
-        """A seekable local file with the object's bytes (the object itself on file://)."""
-
     def uri(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key
 
@@ -259,12 +255,6 @@ class FileLake(Lake):
             raise CheckFailed(f"{self.uri(key)} is a folder, where a file of the lake goes: the lake was altered")
         return target
 
-    def local_copy(self, key: str, directory: Path) -> Path:
-        path = self._path(key)
-        if not path.is_file():
-            raise NotFound(f"{self.uri(key)} does not exist")
-        return path
-
 
 def _renamed(path: Path, target: Path) -> bool:
     """Rename a local file to `target` (replacing it); False, with nothing done, if they are on
@@ -415,12 +405,6 @@ class S3Lake(Lake):
         config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
         self._call("upload", key, lambda Bucket: self._client.upload_file(str(path), Bucket, self._key(key),
                                                                           Config=config))
-
-    def local_copy(self, key: str, directory: Path) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix="lake-", dir=directory)
-        with os.fdopen(fd, "wb") as f, self.open(key) as stream:
-            shutil.copyfileobj(stream, f, 8 << 20)
-        return Path(tmp)
 
 
 class _StreamingRaw(io.RawIOBase):
