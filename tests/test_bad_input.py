@@ -579,7 +579,8 @@ def _planned_runs(lake: object, dataset: object, seq: int, scratch: Path) -> dic
 
 def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_where_they_are(tmp_path: Path) -> None:
     """The driver cuts a plain JSONL source into runs and sends each as (key, byte range, SHA-256):
-    the task reads the bytes itself. A compressed source's runs still carry their bytes. A Parquet
+    the task reads the bytes itself, as it reads a small CSV source whole. A compressed source's
+    runs still carry their bytes. A Parquet
     source goes as runs of row groups of a private copy the driver hashed as it made it: a lake
     writer who changes the lake's object afterwards changes nothing the tasks read."""
     import pickle
@@ -594,12 +595,16 @@ def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_wh
     lake.write("incoming/instructions/b.jsonl.gz", gzip.compress(other))
     table = pa.Table.from_pylist([good(i) for i in range(4000, 4300)])
     lake.write("incoming/instructions/c.parquet", parquet_bytes(table))
+    csv_rows = b"".join(f"question {i},answer {i},en,true,2026-11-01T10:00:00Z,{ALICE}\n".encode() for i in range(50))
+    lake.write("incoming/instructions/d.csv", csv_header + csv_rows)
     seq = stage_sources(lake, dataset)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     runs = _planned_runs(lake, dataset, seq, scratch)
     [groups] = runs["c.parquet"]
     assert isinstance(groups, parse.RowGroups) and Path(groups.path).parent == scratch and groups.count == 300
+    [whole] = runs["d.csv"]  # a small CSV source goes whole, by reference
+    assert isinstance(whole, parse.RunRef) and (whole.at, whole.length) == (0, len(csv_header + csv_rows))
     original = parquet_bytes(table)
     raw_parquet = layout.raw("instructions", seq, hashlib.sha256(original).hexdigest(), "parquet")
     lake.write(raw_parquet, parquet_bytes(pa.Table.from_pylist([good(i, contributor=CHECKSUMMED) for i in range(300)])))
@@ -612,7 +617,7 @@ def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_wh
     assert ref.read().data == body
     [carried] = runs["b.jsonl.gz"]
     assert isinstance(carried, parse.LineRun) and carried.data == other
-    assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4300
+    assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4350
 
 
 def test_a_raw_copy_rewritten_after_the_driver_read_it_is_refused_by_the_chunk_task(tmp_path: Path,

@@ -89,3 +89,55 @@ def test_random_parquet_never_raises(rows: list[dict]) -> None:
     pq.write_table(table, buf)
     blocks = read_all("a.parquet", buf.getvalue())
     assert sum(len(b) for b in blocks) == max(len(rows), 1)
+
+
+def _records(blocks: list[Block]) -> list[tuple]:
+    """Every record as read, but for its salt (fresh each time): line, text, reason, values, key."""
+    out = []
+    for b in blocks:
+        values = b.table.drop_columns(["salt"]).to_pylist()
+        out += list(zip(b.line, b.raw, b.reason, b.detail, b.contributor, b.key, values, strict=True))
+    return out
+
+
+_CSV_SOURCES = st.binary(max_size=600) | st.lists(st.lists(st.text(max_size=12), min_size=1, max_size=7),
+                                                  max_size=10).map(lambda cells: _csv_text(cells))
+
+
+def _csv_text(cells: list[list[str]]) -> bytes:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["prompt", "response", "language", "consent", "created_at", "contributor"])
+    writer.writerows(cells)
+    return out.getvalue().encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_CSV_SOURCES, cut=st.integers(min_value=1, max_value=64))
+def test_a_csv_source_reads_the_same_whole_in_a_chunk_task_or_streamed_by_the_driver(data: bytes, cut: int) -> None:
+    """A small CSV source goes whole to a chunk task, which reads it from the lake; a larger one
+    is streamed by the driver after the head it read to tell: both give the records of reading
+    it directly, one by one, reason by reason."""
+    import tempfile
+    from unittest import mock
+
+    from pipeline.ingest import parse
+    from pipeline.lake.storage import open_lake
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = open_lake(f"file://{tmp}")
+        lake.write("raw/a.csv", data)
+        stored = parse.Stored(lake, "raw/a.csv")
+        direct = _records(read_all("a.csv", data))
+
+        items = list(parse_source(DATASET, 0, "a.csv", io.BytesIO(data), Deferring(), stored))
+        assert [type(item.args[-1]) for item in items] == [parse.RunRef]  # type: ignore[union-attr]
+        assert _records([item.result() for item in items]) == direct  # type: ignore[union-attr]
+
+        with mock.patch.object(parse, "CSV_TASK_BYTES", cut):  # now too large for a task when over `cut` bytes
+            items = list(parse_source(DATASET, 0, "a.csv", io.BytesIO(data), Deferring(), stored))
+        if len(data) > cut:
+            assert all(isinstance(item, Block) for item in items)
+        assert _records([item if isinstance(item, Block) else item.result() for item in items]) == direct  # type: ignore[union-attr]

@@ -7,9 +7,10 @@ each chunk to a worker, which parses, types and hashes its runs, runs the qualit
 once, spills the rows that passed by dedupe-key slice into the shuffle directory and writes the
 rest as quarantine rows beside them. The driver takes back counts and the gate's result only.
 A run of a plain JSONL source travels as where it is (raw key, byte range, SHA-256): the worker
-reads it from the lake and checks it is the bytes the driver read. (Runs of a compressed source
-carry their bytes; CSV and Parquet sources are parsed by the driver as they are read, and their
-blocks travel with the chunk.) A row's arrival number is its chunk's number, then its place in the chunk: the order
+reads it from the lake and checks it is the bytes the driver read; so does a CSV source of up to
+4 MB, whole. A Parquet source travels as runs of row groups of the driver's private copy. (Runs
+of a compressed JSONL source carry their bytes; a larger CSV source is parsed by the driver as
+it is read, and its blocks travel with the chunk.) A row's arrival number is its chunk's number, then its place in the chunk: the order
 of the plan, then of the lines, whatever worker ran which chunk.
 """
 

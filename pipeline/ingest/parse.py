@@ -596,12 +596,64 @@ def _parse_blocks(dataset: Dataset, typer: RecordTyper, index: int, key: str, st
             local = stored.path if stored is not None and not compressed else None
             yield from _parquet_items(dataset, typer, index, key, body, pool, local)
         else:
-            yield from _blocks(dataset, index, _csv(dataset, typer, index, body))
+            yield from _csv_items(dataset, typer, index, key, body, pool, None if compressed else stored)
     except (OSError, EOFError, zlib.error) as e:
         reason = "corrupt_compression" if compressed else "corrupt_source"
         raise _SourceBroken(reason, f"{key}: unreadable part-way: {e}") from None
     except _CorruptSource as e:
         raise _SourceBroken(e.reason, f"{key}: {e}") from None
+
+
+CSV_TASK_BYTES = RUN_BYTES  # a CSV source up to this size is parsed whole by a chunk task
+
+
+def _csv_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, body: IO[bytes], pool: Executor,
+               stored: Stored | None) -> Iterator[Block | tuple[Future[Block], int]]:
+    """A CSV source: one that the lake keeps as read and is at most CSV_TASK_BYTES goes whole to
+    `pool` by reference (RFC 4180 lets a record run over lines, so it is not cut); a larger one
+    is parsed here."""
+    if stored is None or dataset.limits.source_bytes <= CSV_TASK_BYTES:
+        yield from _blocks(dataset, index, _csv(dataset, typer, index, body))
+        return
+    head = body.read(CSV_TASK_BYTES + 1)
+    if len(head) <= CSV_TASK_BYTES:
+        run = LineRun(1, head.count(b"\n") + 1, head, frozenset(), 0)  # at most that many records
+        yield pool.submit(_csv_source, dataset, index, key, RunRef.of(stored, run)), run.count
+        return
+    rest = io.BufferedReader(_Prefixed(head, body), 1 << 20)
+    yield from _blocks(dataset, index, _csv(dataset, typer, index, rest))  # type: ignore[arg-type]
+
+
+def _csv_source(dataset: Dataset, index: int, key: str, ref: RunRef) -> Block:
+    """Worker: parse, type and seal a whole CSV source, read from the store by reference."""
+    import pyarrow as pa
+
+    data = ref.read().data
+    blocks = cast(list[Block], list(parse_source(dataset, index, key, io.BytesIO(data), Executor())))
+    if len(blocks) == 1:
+        return blocks[0]
+    fields = ("line", "raw", "reason", "detail", "contributor", "leaf", "key")
+    joined = {name: [x for b in blocks for x in getattr(b, name)] for name in fields}
+    return Block(index, table=pa.concat_tables([b.table for b in blocks]), **joined)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream of `head`, then what `rest` holds."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self.rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class _CorruptSource(Exception):
