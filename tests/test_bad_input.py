@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_footer import with_row_counts
 
 from pipeline.config import REPO_ROOT
 from pipeline.datasets import load as load_dataset
@@ -50,6 +51,21 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
+
+
+def _groups(sizes: list[int], first: int) -> bytes:
+    """A Parquet file of good records (facts `first`, `first` + 1, ...) in row groups of `sizes`."""
+    buf, at = io.BytesIO(), first
+    schema = pa.Table.from_pylist([good(0)]).schema
+    with pq.ParquetWriter(buf, schema) as writer:
+        for size in sizes:
+            writer.write_table(pa.Table.from_pylist([good(at + i) for i in range(size)], schema=schema))
+            at += size
+    return buf.getvalue()
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
 
 
 nested = "[" * 200 + "]" * 200
@@ -160,6 +176,13 @@ CASES: list[tuple[str, bytes, list[str], int]] = [
                                             "language": ["en"], "consent": [True],
                                             "created_at": pa.array([1_700_000_000_000_000], pa.timestamp("us", tz="UTC")),
                                             "contributor": [ALICE]})), [], 1),
+    # Parquet whose pages or footer lie (pyarrow writes neither; tests/parquet_footer.py does)
+    ("page-corrupt.parquet", _flipped(_groups([1], 110), 4), ["corrupt_source"], 0),
+    ("groups-huge.parquet", with_row_counts(_groups([1], 111), [2**62]), ["corrupt_source"], 0),
+    ("groups-fewer.parquet", with_row_counts(_groups([4, 4, 2], 112), total=3), ["corrupt_source"], 0),
+    ("groups-fewer.parquet.gz", gzip.compress(with_row_counts(_groups([4, 4, 2], 122), total=3)), ["corrupt_source"], 0),
+    ("groups-zero.parquet", with_row_counts(_groups([4, 4, 2], 132), [0]), ["corrupt_source"], 0),
+    ("groups-negative.parquet", with_row_counts(_groups([4, 4, 2], 142), [4, -4]), ["corrupt_source"], 0),
 ]
 
 
@@ -654,6 +677,28 @@ def test_a_raw_copy_rewritten_after_the_driver_read_it_is_refused_by_the_chunk_t
     monkeypatch.setattr(parse.RunRef, "read", read)
     lake.write(raw, data)
     assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 2
+
+
+def test_a_parquet_raw_copy_grown_by_a_lake_writer_is_refused_before_more_than_its_size_is_copied(
+        tmp_path: Path) -> None:
+    """The driver's private copy of a Parquet source stops one byte past the size staged and is
+    checked at once: a raw object swapped for a far larger one neither fills the scratch disk
+    nor gets its row groups planned."""
+    from pipeline.errors import CheckFailed
+    from pipeline.lake import sources as staging
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    data = _groups([3], 150)
+    lake.write("incoming/instructions/a.parquet", data)
+    seq = stage_sources(lake, dataset)
+    [source], _ = staging.load_plan(lake, "instructions", seq)
+    lake.write(source.raw_key, data + b"\0" * (50 * len(data)))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(CheckFailed, match="no longer match"):
+        staging.open_source(lake, source, scratch, seekable=True)
+    assert [p.stat().st_size for p in scratch.iterdir()] == [len(data) + 1]
 
 
 def test_reading_parquet_never_aborts_the_process_across_fifty_runs(tmp_path: Path) -> None:

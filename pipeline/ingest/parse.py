@@ -861,6 +861,7 @@ def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> I
 
 PARQUET_RUN_ROWS = 20_000  # rows of whole small row groups a chunk task parses at once
 PARQUET_SLICE_ROWS = 50_000  # a larger row group is parsed in slices of at most this many rows
+MAX_TASK_ROW_GROUPS = 10_000  # a source with more row groups is parsed by the driver: each task reads the footer
 
 
 @dataclass(frozen=True)
@@ -870,6 +871,7 @@ class RowGroups:
 
     path: str
     name: str  # the source's key, for messages
+    text: tuple[str, ...]  # its text columns, read dictionary-encoded (see _parquet_reader)
     first: int
     end: int
     skip: int
@@ -889,6 +891,9 @@ def _parquet_file(dataset: Dataset, body: IO[bytes]) -> Any:
         expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except (pa.ArrowInvalid, OSError) as e:
         raise _CorruptSource(f"not a readable Parquet file: {e}") from None
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if min(groups, default=0) < 0 or sum(groups) != meta.num_rows:
+        raise _CorruptSource(f"its footer says {meta.num_rows} rows, its row groups {sum(groups)}")
     if meta.num_rows > limits.source_rows:
         raise _CorruptSource(f"{meta.num_rows} rows, over {limits.source_rows} (limits.source_rows)", "too_many_rows")
     if expanded > limits.source_bytes:
@@ -897,31 +902,35 @@ def _parquet_file(dataset: Dataset, body: IO[bytes]) -> Any:
     return parquet
 
 
-def _parquet_reader(source: Any) -> Any:
+def _parquet_reader(source: Any, text: tuple[str, ...] | None = None) -> Any:
+    """The source as a ParquetFile whose `text` columns (None: found in its schema) stay
+    dictionary-encoded as read: a small page that repeats one large value a million times is then
+    sized per row (see _parquet_rows) before any row is expanded."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # Text columns stay dictionary-encoded as read: a small page that repeats one large value
-    # a million times is then sized per row (see _parquet_rows) before any row is expanded.
-    schema = pq.ParquetFile(source).schema_arrow
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
-    return pq.ParquetFile(source, read_dictionary=text)
+    if text is None:
+        schema = pq.ParquetFile(source).schema_arrow
+        text = tuple(f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type))
+    return pq.ParquetFile(source, read_dictionary=list(text))
 
 
 def _parquet_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, body: IO[bytes], pool: Executor,
                    local: str | None) -> Iterator[Block | tuple[Future[Block], int]]:
     """A Parquet source: its footer checked here, then its row groups in runs that `pool` parses
     (reading the copy at `local`), or, without one, its records parsed here."""
+    import pyarrow as pa
+
     parquet = _parquet_file(dataset, body)
-    if local is None:
-        yield from _blocks(dataset, index, _parquet_records(dataset, typer, index, parquet, None, 0, 0,
-                                                            parquet.metadata.num_rows))
+    if local is None or parquet.metadata.num_row_groups > MAX_TASK_ROW_GROUPS:  # each task reads the footer
+        yield from _blocks(dataset, index, _parquet_records(dataset, typer, index, parquet, None, 0, 0, None))
         return
-    for run in _row_group_runs(parquet.metadata, local, key):
+    text = tuple(f.name for f in parquet.schema_arrow if pa.types.is_dictionary(f.type))  # as _parquet_reader read them
+    for run in _row_group_runs(parquet.metadata, local, key, text):
         yield pool.submit(_parquet_run, dataset, index, run), run.start + run.count
 
 
-def _row_group_runs(meta: Any, path: str, name: str) -> Iterator[RowGroups]:
+def _row_group_runs(meta: Any, path: str, name: str, text: tuple[str, ...] = ()) -> Iterator[RowGroups]:
     """The source's rows in runs of whole row groups of about PARQUET_RUN_ROWS rows, and a larger
     row group in slices of at most PARQUET_SLICE_ROWS (each slice's task decodes the rows before it
     in its group, and keeps only its own)."""
@@ -929,50 +938,53 @@ def _row_group_runs(meta: Any, path: str, name: str) -> Iterator[RowGroups]:
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows
         if rows and (rows + n > PARQUET_RUN_ROWS or n > PARQUET_SLICE_ROWS):
-            yield RowGroups(path, name, first, g, 0, rows, start)
+            yield RowGroups(path, name, text, first, g, 0, rows, start)
             start, rows = start + rows, 0
         if not rows:
             first = g
         if n > PARQUET_SLICE_ROWS:
             size = -(-n // -(-n // PARQUET_SLICE_ROWS))  # equal slices, as few as the cap allows
             for skip in range(0, n, size):
-                yield RowGroups(path, name, g, g + 1, skip, min(size, n - skip), start + skip)
+                yield RowGroups(path, name, text, g, g + 1, skip, min(size, n - skip), start + skip)
             start, first = start + n, g + 1
         else:
             rows += n
     if rows:
-        yield RowGroups(path, name, first, meta.num_row_groups, 0, rows, start)
+        yield RowGroups(path, name, text, first, meta.num_row_groups, 0, rows, start)
 
 
 def _parquet_run(dataset: Dataset, index: int, run: RowGroups) -> Block:
     """Worker: parse, type and seal a run of a Parquet source's rows. Rows that cannot be decoded
     end the run with one quarantined record saying so; the runs after it are read on their own."""
     state = _state(dataset)
+    try:
+        parquet = _parquet_reader(run.path, run.text)
+    except FileNotFoundError as e:  # the private copy is gone: the commit cannot go on
+        raise CheckFailed(f"{run.path}: the copy of {run.name} cannot be read ({e})") from None
     records: list[Record] = []
     try:
-        parquet = _parquet_reader(run.path)
         records.extend(_parquet_records(dataset, state.typer, index, parquet, range(run.first, run.end), run.skip,
                                         run.start, run.count))
     except _CorruptSource as e:
         records.append(Record(index, 0, b"", reason=e.reason, detail=f"{run.name}: {e}"))
-    except OSError as e:  # the private copy is gone: the commit cannot go on
-        raise CheckFailed(f"{run.path}: the copy of {run.name} cannot be read ({e})") from None
     return to_block(index, state.sealer.seal(records), state.sealer.columns)
 
 
 def _parquet_records(dataset: Dataset, typer: RecordTyper, index: int, parquet: Any, groups: range | None,
-                     skip: int, start: int, count: int) -> Iterator[Record]:
-    """Rows [skip, skip + count) of row groups `groups` (None: all), numbered from start + 1."""
+                     skip: int, start: int, count: int | None) -> Iterator[Record]:
+    """Rows [skip, skip + count) of row groups `groups` (None: all; count None: to their end),
+    numbered from start + 1. Rows that cannot be decoded raise _CorruptSource."""
     import pyarrow as pa
 
-    number, limit, end = start, dataset.max_record_bytes, start + count
+    number, limit = start, dataset.max_record_bytes
+    end = start + count if count is not None else None
     try:  # batches small enough that one of records at the size limit stays within PARQUET_BATCH_BYTES
         for batch in parquet.iter_batches(batch_size=max(1, min(65536, PARQUET_BATCH_BYTES // limit)),
                                           row_groups=groups, use_threads=False):
             if skip >= batch.num_rows:
                 skip -= batch.num_rows
                 continue
-            batch, skip = batch.slice(skip, end - number), 0
+            batch, skip = batch.slice(skip, None if end is None else end - number), 0
             for row in _parquet_rows(batch, limit):
                 number += 1
                 if isinstance(row, Record):
@@ -984,9 +996,9 @@ def _parquet_records(dataset: Dataset, typer: RecordTyper, index: int, parquet: 
                                  detail=f"row is over {limit} bytes")
                     continue
                 yield typer.type(Record(index, number, raw), row)
-            if number >= end:
+            if end is not None and number >= end:
                 return
-    except pa.ArrowException as e:
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises OSError for a corrupt page, too
         raise _CorruptSource(f"unreadable after row {number}: {e}") from None
 
 

@@ -182,18 +182,20 @@ def failed_sources(lake: Lake, dataset: str) -> Iterator[tuple[str, str]]:
 def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tuple[IO[bytes], Callable[[], None]]:
     """A stream over a staged source, and a check to call once parsing is done: it reads what is
     left and raises CheckFailed unless the bytes still match the source's SHA-256. `seekable`
-    gives a private local copy in `scratch`, hashed as it is made (Parquet needs random access,
-    and the tasks that parse its row groups read the copy after this check: the lake's object
-    could change meanwhile); the stream's `name` is its path."""
-    if seekable:
+    gives a private local copy in `scratch`, hashed as it is made and checked at once (Parquet
+    needs random access, and the tasks that parse its row groups read the copy, not the lake's
+    object, which could change meanwhile); the stream's `name` is its path."""
+    if seekable:  # checked as soon as it is copied, and never copied past the bytes staged
         fd, path = tempfile.mkstemp(prefix="source-", suffix=".parquet", dir=scratch)
-        copied = hashlib.sha256()
+        copied, room = hashlib.sha256(), source.bytes + 1
         with os.fdopen(fd, "wb") as out, lake.open(source.raw_key) as stored:
-            while block := stored.read(_BLOCK):
+            while room > 0 and (block := stored.read(min(_BLOCK, room))):
                 copied.update(block)
                 out.write(block)
+                room -= len(block)
+        _check(lake, source, copied.hexdigest())
         stream: IO[bytes] = open(path, "rb")
-        return stream, lambda: _check(lake, source, copied.hexdigest())
+        return stream, lambda: None
     hasher = hashlib.sha256()
     stream = io.BufferedReader(_HashingReader(lake.open(source.raw_key), hasher), 1 << 20)
 
