@@ -334,7 +334,7 @@ def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source],
     """(plan index, records) of every staged source, in plan order, checking each source's
     SHA-256: JSONL as runs of lines a chunk task parses (reading them from the lake itself, and
     checking they are the bytes read here), Parquet as runs of row groups a chunk task parses from
-    the private copy made here, CSV as blocks parsed here."""
+    the private copy made here, CSV whole to a chunk task when small, else as blocks parsed here."""
     for index, source in enumerate(plan):
         fmt, _ = source_format(source.key)
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")

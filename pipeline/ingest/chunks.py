@@ -10,8 +10,9 @@ A run of a plain JSONL source travels as where it is (raw key, byte range, SHA-2
 reads it from the lake and checks it is the bytes the driver read; so does a CSV source of up to
 4 MB, whole. A Parquet source travels as runs of row groups of the driver's private copy. (Runs
 of a compressed JSONL source carry their bytes; a larger CSV source is parsed by the driver as
-it is read, and its blocks travel with the chunk.) A row's arrival number is its chunk's number, then its place in the chunk: the order
-of the plan, then of the lines, whatever worker ran which chunk.
+it is read, and its blocks travel with the chunk.) A row's arrival number is its chunk's number,
+then its place in the chunk: the order of the plan, then of the lines, whatever worker ran which
+chunk.
 """
 
 from __future__ import annotations

@@ -548,11 +548,12 @@ def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes], pool: Executor,
 
 def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes], pool: Executor,
                  stored: Stored | None = None) -> Iterator[Block | Future[Block]]:
-    """Yield every record of the source, typed and sealed: CSV and Parquet in blocks parsed here,
-    JSONL as futures of blocks `pool` parses (the commit's defers them to its chunk tasks), by
-    reference to where the source is `stored` (as `stream` gives it) when it is not compressed. A
-    source that cannot be read at all, or breaks off part-way, ends with a quarantined record
-    saying why; records before it are kept."""
+    """Yield every record of the source, typed and sealed: blocks parsed here, or futures of
+    blocks `pool` parses (the commit's defers them to its chunk tasks). Given where the source is
+    `stored` (as `stream` gives it), JSONL runs and small CSV sources go to `pool` by reference
+    when not compressed, and Parquet row groups from the private copy; without it, only JSONL
+    runs go to `pool`, with their bytes. A source that cannot be read at all, or breaks off
+    part-way, ends with a quarantined record saying why; records before it are kept."""
     state = _state(dataset)
     columns = state.sealer.columns
     produced = 0
@@ -628,7 +629,7 @@ def _csv_source(dataset: Dataset, index: int, key: str, ref: RunRef) -> Block:
     """Worker: parse, type and seal a whole CSV source, read from the store by reference."""
     import pyarrow as pa
 
-    data = ref.read().data
+    data = ref.read().data  # parsed here, as a whole: nothing of it goes to a pool
     blocks = cast(list[Block], list(parse_source(dataset, index, key, io.BytesIO(data), Executor())))
     if len(blocks) == 1:
         return blocks[0]
