@@ -65,13 +65,18 @@ def test_random_json_records_are_each_typed_or_quarantined(rows: list[dict], com
 @settings(max_examples=100, deadline=None)
 @given(cells=st.lists(st.lists(st.text(max_size=12), min_size=1, max_size=7), max_size=10))
 def test_random_csv_never_raises(cells: list[list[str]]) -> None:
+    read_all("a.csv", _csv_text(cells))
+
+
+def _csv_text(cells: list[list[str]]) -> bytes:
+    """A CSV source of the dataset's header and `cells`, as Python's csv module writes it."""
     import csv
 
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["prompt", "response", "language", "consent", "created_at", "contributor"])
     writer.writerows(cells)
-    read_all("a.csv", out.getvalue().encode("utf-8", "surrogatepass"))
+    return out.getvalue().encode("utf-8", "surrogatepass")
 
 
 @settings(max_examples=60, deadline=None)
@@ -101,17 +106,7 @@ def _records(blocks: list[Block]) -> list[tuple]:
 
 
 _CSV_SOURCES = st.binary(max_size=600) | st.lists(st.lists(st.text(max_size=12), min_size=1, max_size=7),
-                                                  max_size=10).map(lambda cells: _csv_text(cells))
-
-
-def _csv_text(cells: list[list[str]]) -> bytes:
-    import csv
-
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["prompt", "response", "language", "consent", "created_at", "contributor"])
-    writer.writerows(cells)
-    return out.getvalue().encode("utf-8", "surrogatepass")
+                                                  max_size=10).map(_csv_text)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
