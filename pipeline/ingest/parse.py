@@ -880,14 +880,18 @@ class RowGroups:
     start: int
 
 
-def _parquet_file(dataset: Dataset, body: IO[bytes]) -> Any:
-    """The source as a pyarrow ParquetFile, its footer checked against the dataset's limits."""
+def _parquet_file(dataset: Dataset, body: IO[bytes]) -> tuple[Any, tuple[str, ...]]:
+    """(the source as a pyarrow ParquetFile, its text columns), its footer checked against the
+    dataset's limits."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     limits = dataset.limits
     try:
         source = body if body.seekable() else io.BytesIO(body.read())
-        parquet = _parquet_reader(source)
+        schema = pq.ParquetFile(source).schema_arrow
+        text = tuple(f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type))
+        parquet = _parquet_reader(source, text)
         meta = parquet.metadata
         expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except (pa.ArrowInvalid, OSError) as e:
@@ -900,19 +904,15 @@ def _parquet_file(dataset: Dataset, body: IO[bytes]) -> Any:
     if expanded > limits.source_bytes:
         raise _CorruptSource(f"{expanded} bytes once decompressed, over {limits.source_bytes} (limits.source_bytes)",
                              "source_too_large")
-    return parquet
+    return parquet, text
 
 
-def _parquet_reader(source: Any, text: tuple[str, ...] | None = None) -> Any:
-    """The source as a ParquetFile whose `text` columns (None: found in its schema) stay
-    dictionary-encoded as read: a small page that repeats one large value a million times is then
-    sized per row (see _parquet_rows) before any row is expanded."""
-    import pyarrow as pa
+def _parquet_reader(source: Any, text: tuple[str, ...]) -> Any:
+    """The source as a ParquetFile whose `text` columns stay dictionary-encoded as read: a small
+    page that repeats one large value a million times is then sized per row (see _parquet_rows)
+    before any row is expanded."""
     import pyarrow.parquet as pq
 
-    if text is None:
-        schema = pq.ParquetFile(source).schema_arrow
-        text = tuple(f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type))
     return pq.ParquetFile(source, read_dictionary=list(text))
 
 
@@ -920,13 +920,10 @@ def _parquet_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, b
                    local: str | None) -> Iterator[Block | tuple[Future[Block], int]]:
     """A Parquet source: its footer checked here, then its row groups in runs that `pool` parses
     (reading the copy at `local`), or, without one, its records parsed here."""
-    import pyarrow as pa
-
-    parquet = _parquet_file(dataset, body)
+    parquet, text = _parquet_file(dataset, body)
     if local is None or parquet.metadata.num_row_groups > MAX_TASK_ROW_GROUPS:  # each task reads the footer
         yield from _blocks(dataset, index, _parquet_records(dataset, typer, index, parquet, None, 0, 0, None))
         return
-    text = tuple(f.name for f in parquet.schema_arrow if pa.types.is_dictionary(f.type))  # as _parquet_reader read them
     for run in _row_group_runs(parquet.metadata, local, key, text):
         yield pool.submit(_parquet_run, dataset, index, run), run.start + run.count
 

@@ -89,13 +89,14 @@ def refused_source(obj: ObjectInfo) -> SkippedSource:
     return SkippedSource(obj.key, digest, 0, "not_a_regular_file", None)
 
 
-def copy_hashing(lake: Lake, key: str, scratch: Path) -> tuple[Path, str, int]:
-    """Stream an object to a scratch file, hashing as it goes: (local path, SHA-256, size)."""
+def copy_hashing(lake: Lake, key: str, scratch: Path, limit: int | None = None) -> tuple[Path, str, int]:
+    """Stream an object (its first `limit` bytes, if given) to a scratch file, hashing as it goes:
+    (local path, SHA-256, size)."""
     digest = hashlib.sha256()
     size = 0
     fd, tmp = tempfile.mkstemp(prefix="source-", dir=scratch)
     with os.fdopen(fd, "wb") as out, lake.open(key) as stream:
-        while block := stream.read(_BLOCK):
+        while block := stream.read(_BLOCK if limit is None else max(0, min(_BLOCK, limit - size))):
             digest.update(block)
             out.write(block)
             size += len(block)
@@ -186,14 +187,8 @@ def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tu
     needs random access, and the tasks that parse its row groups read the copy, not the lake's
     object, which could change meanwhile); the stream's `name` is its path."""
     if seekable:  # checked as soon as it is copied, and never copied past the bytes staged
-        fd, path = tempfile.mkstemp(prefix="source-", suffix=".parquet", dir=scratch)
-        copied, room = hashlib.sha256(), source.bytes + 1
-        with os.fdopen(fd, "wb") as out, lake.open(source.raw_key) as stored:
-            while room > 0 and (block := stored.read(min(_BLOCK, room))):
-                copied.update(block)
-                out.write(block)
-                room -= len(block)
-        _check(lake, source, copied.hexdigest())
+        path, digest, _ = copy_hashing(lake, source.raw_key, scratch, source.bytes + 1)
+        _check(lake, source, digest)
         stream: IO[bytes] = open(path, "rb")
         return stream, lambda: None
     hasher = hashlib.sha256()
