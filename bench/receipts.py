@@ -77,7 +77,7 @@ def main() -> None:
         receipts = timed(lambda: build_receipts(BatchFiles(lake, "instructions", 0), dataset), args.runs, fresh)
         floor = timed(lambda: [pq.read_table(p) for p in parts], args.runs)
         contributors = len(files.receipt_contributors())
-        written = sum(p.stat().st_size for p in (root / layout.receipts("instructions", 0)).glob("receipts-*.jsonl"))
+        written = sum(p.stat().st_size for p in (root / layout.receipts("instructions", 0)).glob("receipts-*.jsonl.gz"))
         data_json = sum(len(orjson.dumps(r)) for table in files.parts()
                         for r in json_records(table, dataset.committed_columns))
         print(f"receipts  {contributors:,} contributors, {manifest.tree_size:,} rows: {receipts:.2f} s "

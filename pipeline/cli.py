@@ -122,6 +122,7 @@ def cmd_contribute(args: argparse.Namespace, out: Output) -> int:
 
 
 CONTRIBUTE_GROUP_BYTES = 8 << 20  # files dropped per call of stages.contribute, at least (one lake client each)
+MAX_RECEIPTS_BYTES = 1 << 32  # what a gzip file handed to verify may unpack to: a gzip bomb stops there
 
 
 def _groups(files: list[tuple[Path, int]], count: int = 50) -> list[list[tuple[Path, int]]]:
@@ -294,10 +295,14 @@ def _root_argument(text: str) -> bytes:
 
 
 def _receipts_in(name: str) -> list[tuple[str, bytes]]:
-    """(source, bytes) of the receipt in file `name`, or of each line of a JSON Lines file of
-    receipts (`*.jsonl`, as a batch's receipts are published)."""
+    """(source, bytes) of the receipt in file `name` (`*.gz`: gzip of it), or of each line of a
+    JSON Lines file of receipts (`*.jsonl`, or `*.jsonl.gz` as a batch's receipts are published)."""
+    from pipeline.core.receipt import unpacked
+
     raw = _read(name)
-    if not name.endswith(".jsonl"):
+    if name.endswith(".gz"):
+        raw = unpacked(raw, name, MAX_RECEIPTS_BYTES)
+    if not name.removesuffix(".gz").endswith(".jsonl"):
         return [(name, raw)]
     found = [(f"{name} line {n}", line) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
     if not found:
@@ -726,7 +731,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--range", type=_seq, nargs=2, metavar=("START", "END"),
                        help="the range proof of leaves [START, END) (SPEC §13.3)")
     v = sub.add_parser("verify", help="verify receipts against the chain or a given root")
-    v.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt files (JSON), a batch's receipts (JSON Lines, .jsonl), or history proofs")
+    v.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt files (JSON, or .gz of it), a batch's receipts (JSON Lines: .jsonl or .jsonl.gz), or history proofs")
     v.add_argument("--dataset", type=_name, help="the dataset you are verifying (its id is computed, never read from the receipt)")
     _trust_flags(v)
     v.add_argument("--root", help="verify offline against this root (hex); needs --tree-size")

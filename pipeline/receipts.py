@@ -255,7 +255,7 @@ def _write(first: int, end: int, path: str) -> _Written:
             last = b
             if b > job.tree_size:
                 break
-            line = receipts.encode(job.receipt(contributor, a, b), rows)
+            line = receipts.packed(receipts.encode(job.receipt(contributor, a, b), rows))
             out.write(line)
             digest.update(line)
             contributors.append(contributor)
@@ -289,7 +289,7 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
     write = files.receipts_writer()
     try:
         with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-", dir=config.scratch_dir()) as tmp:
-            jobs = [(first, end, f"{tmp}/{first}.jsonl") for first, end in groups]
+            jobs = [(first, end, f"{tmp}/{first}.jsonl.gz") for first, end in groups]
             pending = [pool.submit(_write, *job) for job in jobs] if pool else None
             done, end = list[_Written](), 0
             for i, job in enumerate(jobs):

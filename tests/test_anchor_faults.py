@@ -3,6 +3,7 @@ BatchAnchored event for the batch and an anchor.json that matches the manifest a
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import threading
@@ -208,13 +209,13 @@ def test_status_reports_an_anchor_the_chain_no_longer_holds(env: dict[str, str],
     lake = Path(env["ANCHORLAKE_LAKE"][len("file://"):])
     published = lake / "receipts/instructions/000000"
     [name] = json.loads((published / "index.json").read_text())["files"]  # a small batch: one file
-    receipts = published / f"{name}.jsonl"
+    receipts = published / f"{name}.jsonl.gz"
     assert cli(env, "verify", str(receipts), *trust_args(env, lake.parent)).returncode == 0
     # Every reader names the one current anchor: status and the receipts (rewritten when it moved).
     lost = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
     current = json.loads((lake / "state/instructions/000000/anchor-current.json").read_text())
     assert current["block_hash"] != lost["block_hash"] and state["tx_hash"] == current["tx_hash"]
-    named = {(a["tx_hash"], a["block_number"]) for a in (json.loads(line)["anchor"] for line in receipts.open())}
+    named = {(a["tx_hash"], a["block_number"]) for a in (json.loads(line)["anchor"] for line in gzip.open(receipts))}
     assert named == {(current["tx_hash"], current["block_number"])}
     # The rewards root went with the reorganisation too: published again and recorded beside the anchor.
     republished = json.loads((lake / "state/instructions/000000/rewards-current.json").read_text())

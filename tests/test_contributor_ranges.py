@@ -4,6 +4,7 @@ and every receipt's range proof folds to the batch root."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -18,17 +19,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import config
+from pipeline import cli, config
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
-from pipeline.core.receipt import Receipt, parse, verify_rows
+from pipeline.core.receipt import Receipt, packed, parse, unpacked, verify_rows
 from pipeline.datasets import Column, load
 from pipeline.errors import CheckFailed, FormatError, NotFound
 from pipeline.ingest import builder
 from pipeline.ingest import partitions as tasks
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
-from pipeline.lake import workers
+from pipeline.lake import batch, workers
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_schema
 from pipeline.lake.storage import FileLake, Lake, open_lake
@@ -171,6 +172,70 @@ def test_offsets_pointing_at_another_contributors_receipt_are_refused(tmp_path: 
         files.receipt(f"0x{1:040x}")
 
 
+def _two_contributors_receipts(tmp_path: Path) -> tuple[BatchFiles, Path, Path]:
+    """A batch of two contributors with its receipts: (its files, the receipts file, the offsets)."""
+    files, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
+    [receipts] = folder.glob("receipts-*.jsonl.gz")
+    [offsets] = folder.glob("*.offsets.parquet")
+    return files, receipts, offsets
+
+
+def test_a_receipts_file_is_gzip_of_json_lines_and_each_range_a_gzip_file_of_one_receipt(tmp_path: Path) -> None:
+    """What a reader downloads: the whole file gunzips to the receipts' JSON Lines, and each
+    contributor's byte range alone to that contributor's receipt, the one `receipt` reads."""
+    files, receipts, offsets = _two_contributors_receipts(tmp_path)
+    data = receipts.read_bytes()
+    lines = gzip.decompress(data).splitlines()
+    table = pq.read_table(offsets).to_pylist()
+    assert [row["contributor"] for row in table] == [json.loads(line)["contributor"] for line in lines]
+    assert sum(row["length"] for row in table) == len(data)
+    for row, line in zip(table, lines, strict=True):
+        member = data[row["offset"]:row["offset"] + row["length"]]
+        assert gzip.decompress(member) == line + b"\n" == unpacked(member, "r", len(line) + 1)
+        assert files.receipt(row["contributor"]).data == json.loads(line)
+
+
+@pytest.mark.parametrize("case", ["bomb", "garbage", "cut short", "two receipts"])
+def test_a_receipts_range_that_is_not_one_small_gzip_receipt_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """A lake writer rewrites a receipts file and its offsets: a gzip bomb stops at the bound,
+    and garbage, a cut member or two receipts in one range are refused, each with one line."""
+    files, receipts, offsets = _two_contributors_receipts(tmp_path)
+    data, table = receipts.read_bytes(), pq.read_table(offsets)
+    first, second = table.column("length").to_pylist()
+    monkeypatch.setattr(batch, "MAX_RECEIPT_BYTES", 1 << 20)
+    planted, length, problem = {
+        "bomb": (packed(b" " * (2 << 20)), None, "unpacks to more than 1,048,576 bytes"),
+        "garbage": (b"\x1f\x8b" + os.urandom(first) + data, None, "is not gzip"),
+        "cut short": (data, first - 1, "is cut short"),
+        "two receipts": (data, first + second, "JSON"),
+    }[case]
+    receipts.write_bytes(planted)
+    lengths = [length or len(planted) - second, second]
+    pq.write_table(table.set_column(3, "length", pa.array(lengths, pa.int64())), offsets)
+    with pytest.raises(FormatError, match=problem):
+        files.receipt(f"0x{1:040x}")
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"", "is cut short"), (b"not gzip", "is not gzip"), (gzip.compress(b"x" * 100)[:-1], "is cut short"),
+    (gzip.compress(b"a") + b"trailing", "is not gzip"), (gzip.compress(b"x" * 101), "unpacks to more than 100 bytes"),
+])
+def test_unpacked_refuses_what_is_not_whole_gzip_within_its_bound(data: bytes, problem: str) -> None:
+    with pytest.raises(FormatError, match=problem):
+        unpacked(data, "f", 100)
+    assert unpacked(gzip.compress(b"a") + gzip.compress(b"") + packed(b"b" * 98), "f", 100) == b"a" + b"b" * 98
+
+
+def test_verify_stops_a_gzip_bomb_handed_to_it_at_its_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bomb = tmp_path / "receipts.jsonl.gz"
+    bomb.write_bytes(packed(b" " * (2 << 20)))
+    monkeypatch.setattr(cli, "MAX_RECEIPTS_BYTES", 1 << 20)
+    assert cli.main(["verify", str(bomb), "--root", "00" * 32, "--tree-size", "1"]) == 2
+    assert capsys.readouterr().err == f"anchorlake: {bomb}: unpacks to more than 1,048,576 bytes\n"
+
+
 def test_receipts_index_and_offsets_naming_other_files_are_refused(tmp_path: Path) -> None:
     """The index and the offsets are in the lake: one naming a file outside the batch's receipts
     (or one the index does not list) is refused, never read."""
@@ -286,12 +351,12 @@ def test_receipts_written_by_two_workers_are_the_receipts_one_writes(tmp_path: P
         assert build_receipts(files, dataset) == len(set(files.receipt_contributors())) == 30
         _, names = files.receipts_files()
         assert len(names) == cores
-        texts = [(folder / f"{name}.jsonl").read_bytes() for name in names]
+        texts = [(folder / f"{name}.jsonl.gz").read_bytes() for name in names]
         assert names == ["receipts-" + hashlib.sha256(t).hexdigest()[:32] for t in texts]
         written[cores] = b"".join(texts)
         read[cores] = {c: files.receipt(c).data for c in contributors}
     assert written[1] == written[2] and read[1] == read[2]
-    assert [json.loads(line)["contributor"] for line in written[1].splitlines()] == sorted(contributors)
+    assert [json.loads(line)["contributor"] for line in gzip.decompress(written[1]).splitlines()] == sorted(contributors)
     assert all(not verify_rows(files.receipt(c)) for c in contributors)
     assert not list(folder.glob(".tmp-*")) and not list(folder.glob("*.partial"))
 
@@ -308,7 +373,7 @@ def test_a_worker_that_wrote_no_receipt_shifts_no_offset(tmp_path: Path) -> None
     one, two = ("receipts-" + hashlib.sha256(t).hexdigest()[:32] for t in (b"{}\n", b"{}\n{}\n"))
     assert (write.names, write.contributors, write.files, write.starts, write.lengths, write.count) == (
         [one, two], ["a", "b", "c"], [one, two, two], [0, 0, 3], [3, 3, 3], 3)
-    assert lake.read(f"receipts/instructions/000000/{two}.jsonl") == b"{}\n{}\n"
+    assert lake.read(f"receipts/instructions/000000/{two}.jsonl.gz") == b"{}\n{}\n"
 
 
 def test_a_file_moved_into_a_lake_is_there_whole_and_gone_from_where_it_was(tmp_path: Path) -> None:
@@ -444,10 +509,13 @@ def test_receipts_files_are_readable_by_the_lake_owner_only_as_its_other_files(t
 def test_a_receipt_line_whose_rows_were_rewritten_is_never_served(tmp_path: Path) -> None:
     """Same header, same length, one changed character in a row: the rows no longer fold to the
     root, so `receipt` refuses it rather than hand it to the contributor."""
-    files, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
-    [name] = json.loads((folder / "index.json").read_text())["files"]
-    path = folder / f"{name}.jsonl"
-    path.write_bytes(path.read_bytes().replace(b"by contributor", b"by Contributor", 1))
+    files, path, offsets = _two_contributors_receipts(tmp_path)
+    lines = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    members = [packed(line.replace(b"by contributor", b"by Contributor", 1)) for line in lines]
+    path.write_bytes(b"".join(members))
+    lengths = [len(m) for m in members]
+    table = pq.read_table(offsets).set_column(2, "offset", pa.array([0, *lengths[:-1]], pa.int64()))
+    pq.write_table(table.set_column(3, "length", pa.array(lengths, pa.int64())), offsets)
     with pytest.raises(CheckFailed, match=r"fold to root"):
         files.receipt(f"0x{1:040x}")
 
@@ -467,7 +535,7 @@ def test_a_folder_planted_where_a_receipts_file_goes_is_a_check_failure(tmp_path
     from), not an OS error."""
     files, folder = _receipts_lake(tmp_path, [f"0x{i:040x}" for i in (1, 2)])
     [name] = json.loads((folder / "index.json").read_text())["files"]
-    (folder / f"{name}.jsonl").unlink()
-    (folder / f"{name}.jsonl").mkdir()
+    (folder / f"{name}.jsonl.gz").unlink()
+    (folder / f"{name}.jsonl.gz").mkdir()
     with pytest.raises(CheckFailed, match="is a folder, where a file of the lake goes"):
         build_receipts(files, load(REPO / "expectations", "instructions"))

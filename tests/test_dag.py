@@ -93,7 +93,7 @@ def test_airflow_runs_the_dag_end_to_end_and_the_receipts_verify(file_env: dict[
     assert "instructions batch 0 committed: 30 records, 25 accepted, 4 quarantined, 1 duplicate; root" in output
     lake = Path(file_env["ANCHORLAKE_LAKE"][len("file://"):])
     assert (lake / "batches/instructions/000000/anchor.json").exists()
-    receipts = [str(p) for p in (lake / "receipts/instructions/000000").glob("receipts-*.jsonl")]
+    receipts = [str(p) for p in (lake / "receipts/instructions/000000").glob("receipts-*.jsonl.gz")]
     verified = cli_json(file_env, "verify", *receipts, *trust_args(file_env, lake.parent))
     assert verified["ok"] and len(verified["receipts"]) == 5
     manifest = json.loads((lake / "batches/instructions/000000/manifest.json").read_text())

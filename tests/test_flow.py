@@ -3,6 +3,7 @@ anchored on a real anvil devnet."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -190,10 +191,13 @@ def test_malformed_receipts_and_bad_arguments_exit_2_with_one_line(file_env: dic
         "range-past-size.json": json.dumps(data | {"range": {"start": 0, "end": data["tree_size"] + 1}}),
         "rows-not-range.json": json.dumps(data | {"rows": data["rows"] + data["rows"][:1]}),
         "proof-length.json": json.dumps(data | {"proof": data["proof"][:-1]}),
+        "cut-short.jsonl.gz": gzip.compress(good.read_bytes())[:-4],
+        "not-gzip.json.gz": good.read_text(),
+        "two-in-one.json.gz": gzip.compress(good.read_bytes() * 2),
     }
     for name, text in cases.items():
         path = tmp_path / name
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
         proc = cli(file_env, "verify", str(path), check=False)
         assert proc.returncode == 2, (name, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -624,5 +628,5 @@ def test_a_receipts_index_overwritten_with_garbage_never_halts_the_dataset(file_
     assert cli(file_env, "run", "--dataset", "instructions").returncode == 0
     index = json.loads((published / "index.json").read_text())
     [name] = index["files"]
-    receipts = published / f"{name}.jsonl"
+    receipts = published / f"{name}.jsonl.gz"
     assert cli_json(file_env, "verify", str(receipts), *trust_args(file_env, tmp_path))["ok"]

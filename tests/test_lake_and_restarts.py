@@ -80,7 +80,7 @@ def test_a_run_killed_at_any_moment_reruns_to_exactly_one_anchored_batch(file_en
     assert len(events) == 1
     anchor = json.loads((lake / "batches/instructions/000000/anchor.json").read_text())
     assert anchor["root"] == status[0]["root"] and anchor["manifest_sha256"] == status[0]["manifest_sha256"]
-    receipts = [str(p) for p in (lake / "receipts/instructions/000000").glob("receipts-*.jsonl")]
+    receipts = [str(p) for p in (lake / "receipts/instructions/000000").glob("receipts-*.jsonl.gz")]
     verified = cli_json(file_env, "verify", *receipts, *trust_args(file_env, lake.parent))
     assert verified["ok"] and len(verified["receipts"]) == 5
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.core.receipt import packed
 from pipeline.devnet import Anvil
 
 from conftest import OUTSIDER_KEY, REPO, base_env, cli, cli_json, contribute_one, trust_args
@@ -261,9 +262,15 @@ def forged_words(lake: Lake, case: str, text: str) -> str:
 def test_the_node_cli_verifies_a_batchs_published_receipts_file(lake: Lake) -> None:
     published = lake.folder / "lake" / "receipts" / "instructions" / "000000"
     [name] = json.loads((published / "index.json").read_text())["files"]  # a small batch: one file
-    receipts = published / f"{name}.jsonl"
+    receipts = published / f"{name}.jsonl.gz"
     proc = verify_cli(receipts, "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
     assert proc.returncode == 0 and proc.stdout.count("OK ") == 5 and f"OK {receipts} line 5:" in proc.stdout, proc.stderr
+    # What the lake holds is gzip, a member a receipt: a file that is not, or unpacks past the bound, is bad input.
+    for name, data in (("cut.jsonl.gz", receipts.read_bytes()[:-1]), ("bomb.jsonl.gz", packed(b" " * (300 << 20)))):
+        (lake.folder / name).write_bytes(data)
+        proc = verify_cli(lake.folder / name, "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
+        assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert f"{name}: is not gzip of at most 268435456 bytes" in proc.stderr, proc.stderr
 
 
 

@@ -6,6 +6,7 @@
 // (nothing to check against included), 3 the chain RPC cannot be reached or does not answer.
 // Every message is one line (a file name, a JSON error or an RPC's answer may hold newlines).
 import { readFileSync } from "node:fs";
+import { gunzipSync } from "node:zlib";
 import { BadInput, CLI_WORDS, NOTHING, VerifyError, parseDeployment, parseReceipt, verifyReceipt } from "./verify.mjs";
 
 const USAGE = "usage: node web/verify-cli.mjs RECEIPT.json... [--rpc URL] [--dataset NAME] [--contract ADDR] " +
@@ -40,11 +41,20 @@ function parseArgs(argv) {
   return { options, receipts };
 }
 
+const MAX_UNPACKED = 256 * 1024 * 1024; // what a *.gz file may unpack to: a gzip bomb stops there
+
 function read(path) {
+  let bytes;
   try {
-    return readFileSync(path, "utf8");
+    bytes = readFileSync(path);
   } catch (e) {
     throw new BadInput(`${path}: cannot be read (${e.code ?? e.message})`);
+  }
+  if (!path.endsWith(".gz")) return bytes.toString("utf8");
+  try { // a batch's receipts files are gzip, a member per receipt (gunzip reads every member)
+    return gunzipSync(bytes, { maxOutputLength: MAX_UNPACKED }).toString("utf8");
+  } catch (e) {
+    throw new BadInput(`${path}: is not gzip of at most ${MAX_UNPACKED} bytes (${e.code ?? e.message})`);
   }
 }
 
@@ -62,10 +72,11 @@ function trustFrom(options) {
   return trust;
 }
 
-/** [source, receipt] for the receipt in `path`, or for each line of a batch's receipts (`*.jsonl`). */
+/** [source, receipt] for the receipt in `path`, or for each line of a batch's receipts (`*.jsonl`,
+ * `*.jsonl.gz`). */
 function receiptsIn(path) {
   const text = read(path);
-  if (!path.endsWith(".jsonl")) return [[path, parseReceipt(text, path)]];
+  if (!path.replace(/\.gz$/, "").endsWith(".jsonl")) return [[path, parseReceipt(text, path)]];
   const found = text.split("\n").map((line, n) => [`${path} line ${n + 1}`, line]).filter(([, line]) => line.trim());
   if (found.length === 0) throw new BadInput(`${path}: holds no receipts`);
   return found.map(([source, line]) => [source, parseReceipt(line, source)]);

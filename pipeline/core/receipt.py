@@ -8,11 +8,13 @@ root; the chain (or a root the user gives) then says whether that root is the an
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from isal import isal_zlib
 
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import Manifest
@@ -72,6 +74,35 @@ def encode(receipt: Mapping[str, Any], rows: bytes) -> bytes:
     comma-separated, in leaf order (written column-wise, so spliced in, not re-serialized)."""
     head = orjson.dumps(receipt)
     return head[:-1] + b',"rows":[' + rows + b"]}\n"
+
+
+def packed(line: bytes) -> bytes:
+    """A receipt's line as a batch's receipts file stores it: one gzip member of its own. So the
+    file is the gzip of the receipts' JSON Lines, and one contributor's byte range of it is a
+    gzip file of that contributor's receipt alone."""
+    return isal_zlib.compress(line, 1, 31)
+
+
+def unpacked(data: bytes, source: str, limit: int) -> bytes:
+    """What gzip `data` (one member or several, back to back) holds; FormatError unless it is
+    whole gzip holding at most `limit` bytes (what anyone can write may be a decompression bomb)."""
+    out: list[bytes] = []
+    total, rest = 0, data
+    while True:
+        member = zlib.decompressobj(31)
+        try:
+            chunk = member.decompress(rest, limit - total + 1)
+        except zlib.error as e:
+            raise FormatError(source, "(file)", f"is not gzip ({e})") from None
+        total += len(chunk)
+        if total > limit:
+            raise FormatError(source, "(file)", f"unpacks to more than {limit:,} bytes")
+        if not member.eof:
+            raise FormatError(source, "(file)", "is cut short: it ends inside a gzip member")
+        out.append(chunk)
+        rest = member.unused_data
+        if not rest:
+            return b"".join(out)
 
 
 def parse(raw: bytes, source: str) -> Receipt:

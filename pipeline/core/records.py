@@ -106,9 +106,9 @@ SEAL = RecordKind("anchorlake.seal/1", {"dataset": TEXT, "seq": INTEGER, "manife
 FAILED_PLAN = RecordKind("anchorlake.failed-batch/1", {"dataset": TEXT, "seq": INTEGER, "reason": TEXT,
                                                        "sources": LIST, "skipped": LIST})
 
-RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/3", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER,
+RECEIPTS_INDEX = RecordKind("anchorlake.receipts-index/4", {"dataset": TEXT, "seq": INTEGER, "receipts": INTEGER,
                                                             "offsets": TEXT, "files": LIST},
-                            {"anchor_block_hash": HASH})
+                            {"anchor_block_hash": HASH})  # /4: the files are gzip, a member per receipt
 
 LEASE = RecordKind("anchorlake.lease/1", {"owner": TEXT, "expires_at": NUMBER})
 

@@ -30,7 +30,7 @@ from pipeline.lake.storage import Lake, hash_file
 
 log = logging.getLogger(__name__)
 
-MAX_RECEIPT_BYTES = 1 << 31  # one receipt's line, at most: the rows of one contributor in one batch
+MAX_RECEIPT_BYTES = 1 << 31  # one receipt's line, packed or not, at most: one contributor's rows in one batch
 
 
 def committed_seqs(lake: Lake, dataset: str) -> list[int]:
@@ -359,7 +359,8 @@ class BatchFiles:
         except (OSError, ValueError) as e:  # an offset past what the file system can seek to
             raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}, "
                               f"which cannot be read ({e})") from None
-        receipt = receipts.parse(line, f"{self.lake.uri(key)} ({address})")
+        source = f"{self.lake.uri(key)} ({address})"
+        receipt = receipts.parse(receipts.unpacked(line, source, MAX_RECEIPT_BYTES), source)
         m = self.manifest()
         shown = (receipt.data["contributor"], receipt.dataset, receipt.seq, receipt.data["root"],
                  receipt.data["tree_size"], receipt.data["manifest_sha256"])
@@ -387,9 +388,10 @@ class BatchFiles:
 
 
 class ReceiptsWriter:
-    """One batch's receipts as JSON Lines files, in leaf order (one per worker), each named by its
-    own SHA-256 and moved into the lake as it is added, so a rewrite never changes bytes a reader
-    of an earlier index is reading; with each contributor's file and byte range."""
+    """One batch's receipts as gzip JSON Lines files (a member per line), in leaf order (one file
+    per worker), each named by its own SHA-256 and moved into the lake as it is added, so a
+    rewrite never changes bytes a reader of an earlier index is reading; with each contributor's
+    file and byte range (one gzip member)."""
 
     def __init__(self, lake: Lake, dataset: str, seq: int) -> None:
         self.lake, self.dataset, self.seq = lake, dataset, seq
@@ -401,7 +403,7 @@ class ReceiptsWriter:
 
     def add(self, path: Path, sha256: str, contributors: list[str], lengths: list[int]) -> None:
         """Move local file `path` (SHA-256 `sha256`) into the lake: the receipts of `contributors`,
-        one line of JSON each, of `lengths`. A file of no receipt is only removed."""
+        one gzip member of a line of JSON each, of `lengths`. A file of no receipt is only removed."""
         import numpy as np
 
         if not contributors:

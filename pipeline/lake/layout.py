@@ -140,9 +140,10 @@ RECEIPTS_NAME = re.compile(r"receipts-[0-9a-f]{32}").fullmatch
 
 
 def receipts_file(dataset: str, seq: int, name: str) -> str:
-    """Receipts of the batch, one JSON object a line, in contributor order: the batch's receipts
-    files, in the order its index lists them, hold every receipt once."""
-    return f"{receipts(dataset, seq)}{name}.jsonl"
+    """Receipts of the batch, one JSON object a line, in contributor order, each line a gzip
+    member of its own: the batch's receipts files, in the order its index lists them, hold every
+    receipt once."""
+    return f"{receipts(dataset, seq)}{name}.jsonl.gz"
 
 
 def receipts_offsets(dataset: str, seq: int, name: str) -> str:
