@@ -591,11 +591,12 @@ def _planned_runs(lake: object, dataset: object, seq: int, scratch: Path) -> dic
     """What the commit's driver sends its chunk tasks for each staged source: the last argument
     of each deferred parse (a run of lines, by reference or with its bytes)."""
     from pipeline.ingest.builder import blocks
+    from pipeline.ingest.chunks import split
     from pipeline.lake import sources as staging
 
     plan, _ = staging.load_plan(lake, "instructions", seq)  # type: ignore[arg-type, misc]
     runs: dict[str, list[object]] = {}
-    for index, item in blocks(BatchFiles(lake, "instructions", seq), dataset, plan, scratch):  # type: ignore[arg-type]
+    for index, item in blocks(BatchFiles(lake, "instructions", seq), dataset, plan, scratch, split):  # type: ignore[arg-type]
         runs.setdefault(plan[index].key.rsplit("/", 1)[-1], []).append(item.args[-1])  # type: ignore[union-attr]
     return runs
 
@@ -641,6 +642,54 @@ def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_wh
     [carried] = runs["b.jsonl.gz"]
     assert isinstance(carried, parse.LineRun) and carried.data == other
     assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4350
+
+
+def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if_read_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 4180 lets a record run over lines, so a CSV source too large for one chunk task, or
+    compressed, is not cut by bytes: a split task parses it whole into block files in the shuffle
+    directory, and the driver sends each file to a chunk task (so for a compressed Parquet
+    source). With pinned salts the batch is the one chunk tasks reading each CSV source whole
+    commit; a raw copy changed after staging is refused."""
+    from pipeline.errors import CheckFailed
+    from pipeline.ingest import builder, parse
+
+    monkeypatch.setenv("ANCHORLAKE_TEST_SALT_SEED", "split")
+    for name in ("ANCHORLAKE_LAKE", "ANCHORLAKE_RPC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    rows = "".join(f'"question {i}\nover two lines","answer, {i}",en,{"true" if i % 7 else "maybe"},'
+                   f"2026-11-01T10:00:00Z,{ALICE}\n" for i in range(120))
+    data = csv_header + rows.encode() + b"short,row\n"
+    table = pa.Table.from_pylist([good(i) for i in range(40)] + [good(40, contributor="0xnot")])
+    split_keys: list[str] = []
+    split = builder.BatchBuilder.split
+    monkeypatch.setattr(builder.BatchBuilder, "split", lambda self, job, renew: (
+        split_keys.append(job.source.key.rsplit("/", 1)[-1]) or split(self, job, renew)))
+    committed = {}
+    for cut in (1 << 30, 256):  # d.csv whole to a chunk task, then split; e.csv.gz split both times
+        monkeypatch.setattr(parse, "CSV_TASK_BYTES", cut)
+        lake = open_lake((tmp_path / str(cut)).as_uri())
+        lake.write("incoming/instructions/d.csv", data)
+        lake.write("incoming/instructions/e.csv.gz", gzip.compress(data.replace(b"question", b"query"), mtime=0))
+        lake.write("incoming/instructions/f.parquet.gz", gzip.compress(parquet_bytes(table), mtime=0))
+        m = commit_batch(lake, dataset, stage_sources(lake, dataset), chunk_records=50)  # type: ignore[arg-type]
+        quarantine = pq.read_table(tmp_path / str(cut) / layout.batch("instructions", 0) / layout.QUARANTINE)
+        committed[cut] = (m.root, m.data["counts"], quarantine.to_pylist())
+        assert not list((tmp_path / str(cut)).rglob("split-*.arrow"))
+    assert split_keys == ["e.csv.gz", "f.parquet.gz", "d.csv", "e.csv.gz", "f.parquet.gz"]
+    assert committed[256] == committed[1 << 30]
+    root, counts, quarantine = committed[256]
+    assert counts["accepted"] == 2 * 102 + 40 and {(q["line"], q["reason"]) for q in quarantine} >= {(2, "wrong_type"), (242, "csv_column_count")}
+
+    lake = open_lake((tmp_path / "forged").as_uri())
+    lake.write("incoming/instructions/d.csv", data)
+    seq = stage_sources(lake, dataset)
+    lake.write(layout.raw("instructions", seq, hashlib.sha256(data).hexdigest(), "csv"),
+               data.replace(b"question 1\n", b"question 9\n"))
+    with pytest.raises(CheckFailed, match="no longer match"):
+        commit_batch(lake, dataset, seq)  # type: ignore[arg-type]
+    assert not BatchFiles(lake, "instructions", seq).committed()
 
 
 def test_a_raw_copy_rewritten_after_the_driver_read_it_is_refused_by_the_chunk_task(tmp_path: Path,

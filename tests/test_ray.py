@@ -4,6 +4,9 @@ pinned, and a Ray worker killed mid-batch costs nothing."""
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import os
 import random
@@ -28,7 +31,8 @@ GX_REPORTS = ("validation.json", "data-docs/")
 
 @pytest.fixture(scope="module")
 def drop(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """8 files of 2,500 records from 300 contributors: some invalid, some duplicated."""
+    """8 files of 2,500 records from 300 contributors: some invalid, some duplicated; the last
+    one a compressed CSV."""
     folder, rng = tmp_path_factory.mktemp("drop"), random.Random(13)
     contributors = [f"0x{rng.getrandbits(160):040x}" for _ in range(300)]
     seen: list[str] = []
@@ -41,8 +45,25 @@ def drop(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
                       "consent": rng.random() > 0.01, "created_at": "2026-11-27T10:00:00Z",
                       "contributor": rng.choice(contributors)}
             lines.append(json.dumps(record) if rng.random() > 0.01 else "{not json")
-        (folder / f"part-{f}.jsonl").write_text("\n".join(lines) + "\n")
+        if f == 7:  # a compressed CSV source: a split task parses it whole, chunk tasks check its blocks
+            (folder / f"part-{f}.csv.gz").write_bytes(gzip.compress(_csv(lines).encode(), mtime=0))
+        else:
+            (folder / f"part-{f}.jsonl").write_text("\n".join(lines) + "\n")
     return sorted(str(p) for p in folder.iterdir())
+
+
+def _csv(lines: list[str]) -> str:
+    """JSON lines as CSV rows under a header (a line that is not JSON stays as it is)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["prompt", "response", "language", "consent", "created_at", "contributor"])
+    for line in lines:
+        if not line.startswith("{\""):
+            out.write(line + "\n")
+            continue
+        record = json.loads(line)
+        writer.writerow([str(v).lower() if isinstance(v, bool) else v for v in record.values()])
+    return out.getvalue()
 
 
 def _env(tmp: Path, seaweed: SeaweedFS, anvil: Anvil, ray_head: RayHead, engine: str) -> dict[str, str]:

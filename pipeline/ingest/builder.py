@@ -4,8 +4,8 @@ tree tiles), with every record counted.
 
 The driver reads the sources and gathers their runs of lines into chunks; the engine's workers
 do the rest (see ingest.chunks and ingest.partitions). This process holds a few chunks of
-source bytes at a time (CSV and Parquet sources it parses itself, a block at a time), never the
-batch's rows, and folds the tasks' tile roots into tree.bin.
+source bytes at a time (compressed JSONL; a Parquet source of over 10,000 row groups it parses
+itself, a block at a time), never the batch's rows, and folds the tasks' tile roots into tree.bin.
 Leaves are ordered by contributor, then arrival (SPEC §13.2).
 """
 
@@ -23,6 +23,7 @@ from pipeline.core.signature import holds as signature_holds
 from pipeline.core.treefile import TreeAssembler
 from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed
+from pipeline.ingest import parse
 from pipeline.ingest import partitions as tasks
 from pipeline.ingest.chunks import (
     ARRIVAL_SHIFT,
@@ -30,8 +31,11 @@ from pipeline.ingest.chunks import (
     ChunkOutcome,
     Deferred,
     Deferring,
+    Split,
     quarantine_file,
+    read_block,
     run_chunk,
+    split,
 )
 from pipeline.ingest.parse import Block, Stored, parse_source, source_format
 from pipeline.ingest.quality import QualityReport
@@ -256,6 +260,10 @@ class BatchBuilder:
                     (self.scratch / written.tiles).unlink(missing_ok=True)
             self.root = tree.finish()
 
+    def split(self, job: Split, renew: Callable[[], None] = lambda: None) -> list[tuple[str, int]]:
+        """A source parsed whole by a worker into block files (see chunks.split)."""
+        return next(self._run(split, [job], renew))
+
     def _run(self, task: Callable[[Any], Any], jobs: list[Any], renew: Callable[[], None]) -> Iterator[Any]:
         """Each job's result, in job order: from the engine's workers, or here without a pool."""
         if self.pool is None:
@@ -329,20 +337,33 @@ def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
 # --- reading the staged sources ---------------------------------------------------------------
 
 
-def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source],
-           scratch: Path) -> Iterator[tuple[int, Block | Deferred]]:
+def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path,
+           split_source: Callable[[Split], list[tuple[str, int]]]) -> Iterator[tuple[int, Block | Deferred]]:
     """(plan index, records) of every staged source, in plan order, checking each source's
     SHA-256: JSONL as runs of lines a chunk task parses (reading them from the lake itself, and
     checking they are the bytes read here), Parquet as runs of row groups a chunk task parses from
-    the private copy made here, CSV whole to a chunk task when small, else as blocks parsed here."""
+    the private copy made here, CSV whole to a chunk task when small and plain; a source split
+    whole as the block files `split_source` has a worker parse it into (`scratch` is the shuffle
+    directory)."""
     for index, source in enumerate(plan):
-        fmt, _ = source_format(source.key)
+        fmt, compressed = source_format(source.key)
+        if _split_whole(fmt, compressed, source.bytes):
+            for path, rows in split_source(Split(files.lake, dataset, index, source, str(scratch))):
+                yield index, Deferred(read_block, (index, path), rows)
+            continue
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
         with stream:
             for item in parse_source(dataset, index, source.key, stream, Deferring(),
                                      Stored(files.lake, source.raw_key, stream.name if fmt == "parquet" else None)):
                 yield index, item  # type: ignore[misc]
             finish()
+
+
+def _split_whole(fmt: str | None, compressed: bool, size: int) -> bool:
+    """Whether a source goes to a split task: one no chunk task can take a run of by reference
+    (an offset into gzip cannot be read on its own, a Parquet run needs the footer, and RFC 4180
+    lets a CSV record run over lines) and that is too large for one chunk task or compressed."""
+    return (fmt == "csv" and (compressed or size > parse.CSV_TASK_BYTES)) or (fmt == "parquet" and compressed)
 
 
 def worker_pool() -> Executor | None:

@@ -8,11 +8,13 @@ once, spills the rows that passed by dedupe-key slice into the shuffle directory
 rest as quarantine rows beside them. The driver takes back counts and the gate's result only.
 A run of a plain JSONL source travels as where it is (raw key, byte range, SHA-256): the worker
 reads it from the lake and checks it is the bytes the driver read; so does a CSV source of up to
-4 MB, whole. A Parquet source travels as runs of row groups of the driver's private copy. (Runs
-of a compressed JSONL source carry their bytes; a larger CSV source is parsed by the driver as
-it is read, and its blocks travel with the chunk.) A row's arrival number is its chunk's number,
-then its place in the chunk: the order of the plan, then of the lines, whatever worker ran which
-chunk.
+4 MB, whole. A Parquet source travels as runs of row groups of the driver's private copy. A
+larger or compressed CSV source (RFC 4180 lets a record run over lines, so it is not cut by
+bytes), or a compressed Parquet one, is parsed whole by one worker's split task, which writes its
+blocks to the shuffle directory; each then travels as its file. (Runs of a compressed JSONL
+source carry their bytes.)
+A row's arrival number is its chunk's number, then its place in the chunk: the order of the
+plan, then of the lines, whatever worker ran which chunk.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipeline.datasets import Dataset
 from pipeline.ingest import partitions as tasks
-from pipeline.ingest.parse import Block
+from pipeline.ingest.parse import Block, parse_source, source_format
 from pipeline.ingest.quality import ChunkResult, check_chunk, checking
+from pipeline.lake.sources import Source, open_source
+from pipeline.lake.storage import Lake
 
 ARRIVAL_SHIFT = 32  # arrival = chunk number << 32 | place among the chunk's rows that passed
 
@@ -52,6 +56,59 @@ class Deferring(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return Deferred(fn, args, getattr(args[-1], "count", 1))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A source no chunk task can take by reference, parsed whole by one worker (see split)."""
+
+    lake: Lake
+    dataset: Dataset
+    index: int  # its place in the plan
+    source: Source
+    shuffle: str
+
+
+def split(job: Split) -> list[tuple[str, int]]:
+    """Worker: parse, type and seal a whole source, checking its SHA-256 as it is read, into block
+    files in the shuffle directory; (file, records) of each, in order. The driver sends each to a
+    chunk task (see read_block) and never holds the rows."""
+    written = []
+    fmt, _ = source_format(job.source.key)
+    stream, finish = open_source(job.lake, job.source, Path(job.shuffle), seekable=fmt == "parquet")
+    with stream:  # no Stored given: the source is parsed here, in blocks, and nothing goes to a pool
+        for n, item in enumerate(parse_source(job.dataset, job.index, job.source.key, stream, Executor())):
+            block = cast(Block, item)
+            path = Path(job.shuffle) / f"split-{job.index:06d}-{n:06d}.arrow"
+            tasks.write_arrow(path, _block_table(block))
+            written.append((str(path), len(block)))
+        finish()
+    return written
+
+
+_BLOCK_LISTS = {"line": (tasks.LINE, "int64"), "raw": (tasks.RAW, "binary"), "reason": ("__reason", "string"),
+                "detail": ("__detail", "string"), "contributor": ("__contributor", "string"),
+                "leaf": (tasks.LEAF, "binary32"), "key": (tasks.KEY, "binary32")}
+
+
+def _block_table(block: Block) -> Any:
+    """A block as one Arrow table: its committed values, then its lists as shuffle-only columns."""
+    import pyarrow as pa
+
+    types = {"int64": pa.int64(), "binary": pa.binary(), "string": pa.string(), "binary32": pa.binary(32)}
+    table = block.table
+    for field, (name, kind) in _BLOCK_LISTS.items():
+        values = [_bytes(r) for r in block.raw] if field == "raw" else getattr(block, field)
+        table = table.append_column(name, pa.array(values, types[kind]))
+    return table
+
+
+def read_block(index: int, path: str) -> Block:
+    """Chunk task: the block of plan source `index` a split task wrote to `path`."""
+    table = tasks.read_shuffled(Path(path))
+    names = [name for name, _ in _BLOCK_LISTS.values()]
+    lists = {field: table.column(name).to_pylist() for field, (name, _) in _BLOCK_LISTS.items()}
+    return Block(index, table=table.drop_columns(names), **lists)
 
 
 @dataclass

@@ -112,7 +112,7 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
     pool = worker_pool()
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
-        for source, item in blocks(files, dataset, plan, scratch):
+        for source, item in blocks(files, dataset, plan, scratch, lambda job: builder.split(job, lease.renew)):
             lease.renew()
             builder.add(source, item, lease.renew)
             tick(len(item))

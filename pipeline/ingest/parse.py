@@ -612,7 +612,7 @@ def _csv_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, body:
                stored: Stored | None) -> Iterator[Block | tuple[Future[Block], int]]:
     """A CSV source: one that the lake keeps as read and is at most CSV_TASK_BYTES goes whole to
     `pool` by reference (RFC 4180 lets a record run over lines, so it is not cut); a larger one
-    is parsed here."""
+    is parsed here (the commit has a split task do that: see chunks.split)."""
     if stored is None or dataset.limits.source_bytes <= CSV_TASK_BYTES:
         yield from _blocks(dataset, index, _csv(dataset, typer, index, body))
         return
