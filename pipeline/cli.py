@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
+import itertools
 import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any, NoReturn
@@ -122,7 +124,6 @@ def cmd_contribute(args: argparse.Namespace, out: Output) -> int:
 
 
 CONTRIBUTE_GROUP_BYTES = 8 << 20  # files dropped per call of stages.contribute, at least (one lake client each)
-MAX_RECEIPTS_BYTES = 1 << 32  # what a gzip file handed to verify may unpack to: a gzip bomb stops there
 
 
 def _groups(files: list[tuple[Path, int]], count: int = 50) -> list[list[tuple[Path, int]]]:
@@ -294,20 +295,31 @@ def _root_argument(text: str) -> bytes:
         raise BadInput("--root is not hex") from None
 
 
-def _receipts_in(name: str) -> list[tuple[str, bytes]]:
+def _receipts_in(name: str) -> Iterator[tuple[str, bytes]]:
     """(source, bytes) of the receipt in file `name` (`*.gz`: gzip of it), or of each line of a
-    JSON Lines file of receipts (`*.jsonl`, or `*.jsonl.gz` as a batch's receipts are published)."""
-    from pipeline.core.receipt import unpacked
+    JSON Lines file of receipts (`*.jsonl`, or `*.jsonl.gz` as a batch's receipts are published),
+    read as it is used. A receipt over MAX_RECEIPT_BYTES is refused: what anyone can hand a
+    contributor may be a decompression bomb."""
+    from pipeline.core.receipt import MAX_RECEIPT_BYTES, gunzip, lines, unpacked
 
-    raw = _read(name)
-    if name.endswith(".gz"):
-        raw = unpacked(raw, name, MAX_RECEIPTS_BYTES)
+    packed = name.endswith(".gz")
     if not name.removesuffix(".gz").endswith(".jsonl"):
-        return [(name, raw)]
-    found = [(f"{name} line {n}", line) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
+        raw = _read(name)
+        yield name, unpacked(raw, name, MAX_RECEIPT_BYTES) if packed else raw
+        return
+    try:
+        stream = open(name, "rb")
+    except OSError as e:
+        raise NotFound(f"{name}: {e.strerror}") from None
+    found = False
+    with stream:
+        pieces = gunzip(stream.read, name) if packed else iter(functools.partial(stream.read, 1 << 20), b"")
+        for number, line in lines(pieces, name, MAX_RECEIPT_BYTES):
+            if line.strip():
+                found = True
+                yield f"{name} line {number}", line
     if not found:
         raise BadInput(f"{name}: holds no receipts")
-    return found
 
 
 def _read(name: str) -> bytes:
@@ -355,37 +367,51 @@ def _trust(args: argparse.Namespace, settings: config.Settings, dataset: str | N
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    from pipeline import history, verify
+    """Receipts are read, checked and let go one at a time: a batch's receipts file may be large."""
+    from pipeline import history
     from pipeline.core.receipt import parse
 
     settings = config.load()
-    inputs = [(source, raw) for name in args.receipts for source, raw in _receipts_in(name)]
-    proofs = [(source, history.load(raw, source)) for source, raw in inputs if _is_history(raw)]
-    if proofs:
-        return _verify_history(args, settings, proofs, out, len(proofs) < len(inputs))
-    parsed = [parse(raw, source) for source, raw in inputs]
+    inputs = (item for name in args.receipts for item in _receipts_in(name))
+    first = next(inputs)
+    if _is_history(first[1]):
+        given = [first, *inputs]
+        proofs = [(source, history.load(raw, source)) for source, raw in given if _is_history(raw)]
+        return _verify_history(args, settings, proofs, out, len(proofs) < len(given))
+    check: Callable[[Any], Any] | None = None
+    results: list[dict[str, Any]] = []
+    for source, raw in itertools.chain([first], inputs):
+        if _is_history(raw):
+            raise BadInput("give history proofs and receipts to separate verify commands")
+        receipt = parse(raw, source)
+        check = check or _receipt_check(args, settings)  # after the first receipt reads: its errors come first
+        found = check(receipt)
+        data = receipt.data
+        if not found.problems:
+            out.line(f"OK {source}: {_rows(len(data['rows']))} of {data['contributor']}{found.scope} "
+                     f"verified against {found.against}")
+        results.append({"receipt": source, "ok": not found.problems, "rows": len(data["rows"]),
+                        "failures": found.problems})
+    failures = [line for r in results for line in r["failures"]]
+    for line in failures:
+        print(f"FAIL {line}", file=sys.stderr)
+    out.result({"ok": not failures, "receipts": results})
+    return EXIT_CHECK if failures else EXIT_OK
+
+
+def _receipt_check(args: argparse.Namespace, settings: config.Settings) -> Callable[[Any], Any]:
+    """What each receipt is verified with: the root and tree size the user gives, or the chain."""
+    from pipeline import verify
+
     if args.root is not None:
         if args.tree_size is None:
             raise BadInput("--root needs --tree-size: a path alone does not bind the size of the tree")
         root = _root_argument(args.root)
-        findings = [verify.receipt_offline(r, root, args.tree_size, args.dataset) for r in parsed]
-    else:
-        if not (args.rpc or settings.rpc_url):
-            raise BadInput("no chain to verify against: give --rpc URL, set ANCHORLAKE_RPC_URL, or use --root")
-        chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify")
-        findings = [verify.receipt_on_chain(r, chain, trust) for r in parsed]
-    for f in findings:
-        if not f.problems:
-            data = f.receipt.data
-            out.line(f"OK {f.receipt.source}: {_rows(len(data['rows']))} of {data['contributor']}{f.scope} "
-                     f"verified against {f.against}")
-    failures = [line for f in findings for line in f.problems]
-    for line in failures:
-        print(f"FAIL {line}", file=sys.stderr)
-    out.result({"ok": not failures, "receipts": [
-        {"receipt": f.receipt.source, "ok": not f.problems, "rows": len(f.receipt.data["rows"]), "failures": f.problems}
-        for f in findings]})
-    return EXIT_CHECK if failures else EXIT_OK
+        return lambda r: verify.receipt_offline(r, root, args.tree_size, args.dataset)
+    if not (args.rpc or settings.rpc_url):
+        raise BadInput("no chain to verify against: give --rpc URL, set ANCHORLAKE_RPC_URL, or use --root")
+    chain, trust = _trust(args, settings, args.dataset, ("BatchAnchor",), "verify")
+    return lambda r: verify.receipt_on_chain(r, chain, trust)
 
 
 def _is_history(raw: bytes) -> bool:

@@ -232,6 +232,7 @@ class _Prepared:
     receipt: Callable[[str, int, int], dict[str, Any]]  # contributor's receipt of leaves [start, end), no rows
 
 
+RECEIPTS_FILE_ROWS = 250_000  # rows whose receipts one file holds, about: each file stays readable whole (~100 MB)
 _PREPARED: list[_Prepared] = []  # what build_receipts prepared, inherited by its forked workers
 
 
@@ -283,7 +284,7 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
         return receipts.build(manifest, contributor, start, end, proof, anchor, reward(contributor))
 
     parts = Parts.read(files)
-    groups = parts.groups(config.cores())
+    groups = parts.groups(max(config.cores(), -(-tree.tree_size // RECEIPTS_FILE_ROWS)))
     _PREPARED.append(_Prepared(parts, dataset.committed_columns, tree.tree_size, receipt))
     pool = fork_pool(len(groups), tree.tree_size)
     write = files.receipts_writer()

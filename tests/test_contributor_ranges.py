@@ -22,14 +22,14 @@ from hypothesis import strategies as st
 from pipeline import cli, config
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.leaf import record_object
-from pipeline.core.receipt import Receipt, packed, parse, unpacked, verify_rows
+from pipeline.core.receipt import Receipt, lines, packed, parse, unpacked, verify_rows
 from pipeline.datasets import Column, load
 from pipeline.errors import CheckFailed, FormatError, NotFound
 from pipeline.ingest import builder
 from pipeline.ingest import partitions as tasks
 from pipeline.ingest.commit import commit_batch
 from pipeline.ingest.stage import stage_sources
-from pipeline.lake import batch, workers
+from pipeline.lake import workers
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_schema
 from pipeline.lake.storage import FileLake, Lake, open_lake
@@ -199,16 +199,16 @@ def test_a_receipts_file_is_gzip_of_json_lines_and_each_range_a_gzip_file_of_one
 def test_a_receipts_range_that_is_not_one_small_gzip_receipt_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """A lake writer rewrites a receipts file and its offsets: a gzip bomb stops at the bound,
-    and garbage, a cut member or two receipts in one range are refused, each with one line."""
+    and garbage, a cut member or two members in one range are refused, each with one line."""
     files, receipts, offsets = _two_contributors_receipts(tmp_path)
     data, table = receipts.read_bytes(), pq.read_table(offsets)
     first, second = table.column("length").to_pylist()
-    monkeypatch.setattr(batch, "MAX_RECEIPT_BYTES", 1 << 20)
+    monkeypatch.setattr("pipeline.core.receipt.MAX_RECEIPT_BYTES", 1 << 20)
     planted, length, problem = {
         "bomb": (packed(b" " * (2 << 20)), None, "unpacks to more than 1,048,576 bytes"),
         "garbage": (b"\x1f\x8b" + os.urandom(first) + data, None, "is not gzip"),
         "cut short": (data, first - 1, "is cut short"),
-        "two receipts": (data, first + second, "JSON"),
+        "two receipts": (data, first + second, "holds more than 1 gzip member"),
     }[case]
     receipts.write_bytes(planted)
     lengths = [length or len(planted) - second, second]
@@ -220,20 +220,53 @@ def test_a_receipts_range_that_is_not_one_small_gzip_receipt_is_refused(
 @pytest.mark.parametrize("data, problem", [
     (b"", "is cut short"), (b"not gzip", "is not gzip"), (gzip.compress(b"x" * 100)[:-1], "is cut short"),
     (gzip.compress(b"a") + b"trailing", "is not gzip"), (gzip.compress(b"x" * 101), "unpacks to more than 100 bytes"),
+    (gzip.compress(b"a") + b"\0" * 8, "is not gzip"), (gzip.compress(b"a") + b"\0" + packed(b"forged"), "is not gzip"),
+    (gzip.compress(b"a") + b"\x1f", "is cut short"),
 ])
 def test_unpacked_refuses_what_is_not_whole_gzip_within_its_bound(data: bytes, problem: str) -> None:
     with pytest.raises(FormatError, match=problem):
         unpacked(data, "f", 100)
     assert unpacked(gzip.compress(b"a") + gzip.compress(b"") + packed(b"b" * 98), "f", 100) == b"a" + b"b" * 98
+    with pytest.raises(FormatError, match="holds more than 1 gzip member"):
+        unpacked(packed(b"a") + packed(b""), "f", 100, members=1)
+
+
+def test_a_file_of_many_gzip_members_unpacks_member_by_member() -> None:
+    """Each member's leftover input is one small piece, never the rest of the file: 200,000
+    members (empty ones, as an attacker would write, and genuine ones) unpack as one stream."""
+    assert unpacked(packed(b"") * 200_000, "f", 0) == b""
+    lines_ = [f'{{"n":{i}}}\n'.encode() for i in range(20_000)]
+    data = b"".join(packed(line) for line in lines_)
+    assert unpacked(data, "f", len(data) * 10) == b"".join(lines_) == gzip.decompress(data)
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"\n")), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_lines_reads_the_lines_of_any_pieces_as_split_does(pieces: list[bytes]) -> None:
+    text = b"".join(pieces)
+    expected = list(enumerate(text.split(b"\n"), 1))
+    if expected and expected[-1][1] == b"":
+        expected.pop()  # nothing after the last newline: no line
+    assert list(lines(pieces, "f", 1 << 20)) == expected
+    longest = max((len(line) for _, line in expected), default=0)
+    if longest:
+        with pytest.raises(FormatError, match=f"is over {longest - 1:,} bytes"):
+            list(lines(pieces, "f", longest - 1))
 
 
 def test_verify_stops_a_gzip_bomb_handed_to_it_at_its_bound(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    bomb = tmp_path / "receipts.jsonl.gz"
-    bomb.write_bytes(packed(b" " * (2 << 20)))
-    monkeypatch.setattr(cli, "MAX_RECEIPTS_BYTES", 1 << 20)
-    assert cli.main(["verify", str(bomb), "--root", "00" * 32, "--tree-size", "1"]) == 2
-    assert capsys.readouterr().err == f"anchorlake: {bomb}: unpacks to more than 1,048,576 bytes\n"
+    """Read a receipt at a time: one long line stops at the bound before more of it is held, and
+    a file of millions of tiny lines at its first line, which is no receipt."""
+    monkeypatch.setattr("pipeline.core.receipt.MAX_RECEIPT_BYTES", 1 << 20)
+    for name, data, problem in (("long.jsonl.gz", b" " * (2 << 20), ": line 1: is over 1,048,576 bytes: not one receipt"),
+                                ("tiny.jsonl.gz", b"a\n" * (8 << 20), " line 1: invalid JSON"),
+                                ("one.json.gz", b" " * (2 << 20), ": unpacks to more than 1,048,576 bytes")):
+        bomb = tmp_path / name
+        bomb.write_bytes(packed(data))
+        assert cli.main(["verify", str(bomb), "--root", "00" * 32, "--tree-size", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"anchorlake: {bomb}{problem}") and err.count("\n") == 1, err
 
 
 def test_receipts_index_and_offsets_naming_other_files_are_refused(tmp_path: Path) -> None:

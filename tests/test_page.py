@@ -265,12 +265,24 @@ def test_the_node_cli_verifies_a_batchs_published_receipts_file(lake: Lake) -> N
     receipts = published / f"{name}.jsonl.gz"
     proc = verify_cli(receipts, "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
     assert proc.returncode == 0 and proc.stdout.count("OK ") == 5 and f"OK {receipts} line 5:" in proc.stdout, proc.stderr
-    # What the lake holds is gzip, a member a receipt: a file that is not, or unpacks past the bound, is bad input.
-    for name, data in (("cut.jsonl.gz", receipts.read_bytes()[:-1]), ("bomb.jsonl.gz", packed(b" " * (300 << 20)))):
+    # What the lake holds is gzip, a member a receipt: a file that is not, has anything after its last
+    # member (zlib would stop at a zero byte and say nothing of a forged member after it), or unpacks
+    # past what the runtime can hold, is bad input to both verifiers.
+    forged = packed(json.dumps(json.loads(lake.receipts["genuine"].read_text()) | {"seq": 7}).encode())
+    trust = ["--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions"]
+    for name, data, problem in (
+            ("cut.jsonl.gz", receipts.read_bytes()[:-1], "is not gzip (Z_BUF_ERROR)"),
+            ("zeros.jsonl.gz", receipts.read_bytes() + b"\0" * 64, "holds bytes after its last gzip member"),
+            ("forged.jsonl.gz", receipts.read_bytes() + b"\0" + forged, "holds bytes after its last gzip member"),
+            ("bomb.jsonl.gz", packed(b" " * (600 << 20)), "unpacks to more than")):
         (lake.folder / name).write_bytes(data)
-        proc = verify_cli(lake.folder / name, "--rpc", lake.rpc, "--deployment", lake.deployment, "--dataset", "instructions")
+        proc = verify_cli(lake.folder / name, *trust)
         assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
-        assert f"{name}: is not gzip of at most 268435456 bytes" in proc.stderr, proc.stderr
+        assert f"{name}: {problem}" in proc.stderr, proc.stderr
+        if name != "bomb.jsonl.gz":  # anchorlake verify reads a receipt at a time: those before the damage are shown
+            python = cli(lake.env, "verify", str(lake.folder / name), *trust, check=False)
+            assert python.returncode == 2 and python.stderr.count("\n") == 1, (python.stdout, python.stderr)
+            assert python.stdout.count("OK ") <= 5 and "line 6" not in python.stdout, python.stdout
 
 
 

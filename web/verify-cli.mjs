@@ -5,6 +5,7 @@
 // against comes from these flags only, never from the receipts. Exit 0 verified, 1 a check failed, 2 bad usage or bad input
 // (nothing to check against included), 3 the chain RPC cannot be reached or does not answer.
 // Every message is one line (a file name, a JSON error or an RPC's answer may hold newlines).
+import { constants } from "node:buffer";
 import { readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import { BadInput, CLI_WORDS, NOTHING, VerifyError, parseDeployment, parseReceipt, verifyReceipt } from "./verify.mjs";
@@ -41,7 +42,8 @@ function parseArgs(argv) {
   return { options, receipts };
 }
 
-const MAX_UNPACKED = 256 * 1024 * 1024; // what a *.gz file may unpack to: a gzip bomb stops there
+// What a *.gz file may unpack to: the longest text this runtime holds (a gzip bomb stops there).
+const MAX_UNPACKED = constants.MAX_STRING_LENGTH;
 
 function read(path) {
   let bytes;
@@ -51,11 +53,16 @@ function read(path) {
     throw new BadInput(`${path}: cannot be read (${e.code ?? e.message})`);
   }
   if (!path.endsWith(".gz")) return bytes.toString("utf8");
+  let unpacked;
   try { // a batch's receipts files are gzip, a member per receipt (gunzip reads every member)
-    return gunzipSync(bytes, { maxOutputLength: MAX_UNPACKED }).toString("utf8");
+    unpacked = gunzipSync(bytes, { maxOutputLength: MAX_UNPACKED, info: true });
   } catch (e) {
-    throw new BadInput(`${path}: is not gzip of at most ${MAX_UNPACKED} bytes (${e.code ?? e.message})`);
+    if (e.code === "ERR_BUFFER_TOO_LARGE") throw new BadInput(`${path}: unpacks to more than ${MAX_UNPACKED} bytes`);
+    throw new BadInput(`${path}: is not gzip (${e.code ?? e.message})`);
   }
+  // zlib stops at bytes that do not start a member (zeros, say): anything there is refused, as anchorlake verify does
+  if (unpacked.engine.bytesWritten !== bytes.length) throw new BadInput(`${path}: holds bytes after its last gzip member`);
+  return unpacked.buffer.toString("utf8");
 }
 
 /** Flags win over the deployments file, as in `anchorlake verify`. */
@@ -73,21 +80,31 @@ function trustFrom(options) {
 }
 
 /** [source, receipt] for the receipt in `path`, or for each line of a batch's receipts (`*.jsonl`,
- * `*.jsonl.gz`). */
-function receiptsIn(path) {
+ * `*.jsonl.gz`), each parsed as it is reached (a file of millions of lines is never split at once). */
+function* receiptsIn(path) {
   const text = read(path);
-  if (!path.replace(/\.gz$/, "").endsWith(".jsonl")) return [[path, parseReceipt(text, path)]];
-  const found = text.split("\n").map((line, n) => [`${path} line ${n + 1}`, line]).filter(([, line]) => line.trim());
-  if (found.length === 0) throw new BadInput(`${path}: holds no receipts`);
-  return found.map(([source, line]) => [source, parseReceipt(line, source)]);
+  if (!path.replace(/\.gz$/, "").endsWith(".jsonl")) {
+    yield [path, parseReceipt(text, path)];
+    return;
+  }
+  let found = false;
+  for (let start = 0, n = 1; start < text.length; n++) {
+    let end = text.indexOf("\n", start);
+    if (end === -1) end = text.length;
+    const line = text.slice(start, end);
+    start = end + 1;
+    if (!line.trim()) continue;
+    found = true;
+    yield [`${path} line ${n}`, parseReceipt(line, `${path} line ${n}`)];
+  }
+  if (!found) throw new BadInput(`${path}: holds no receipts`);
 }
 
 async function main() {
   const { options, receipts } = parseArgs(process.argv.slice(2));
   const trust = trustFrom(options);
-  const parsed = receipts.flatMap((path) => receiptsIn(path));
   let exit = 0;
-  for (const [path, receipt] of parsed) {
+  for (const [path, receipt] of (function* () { for (const path of receipts) yield* receiptsIn(path); })()) {
     const report = await verifyReceipt(receipt, trust, { words: CLI_WORDS });
     if (report.outcome === "nothing") {
       complain(oneLine(`${NOTHING}: ${CLI_WORDS.nothing}`));

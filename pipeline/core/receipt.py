@@ -8,13 +8,13 @@ root; the chain (or a root the user gives) then says whether that root is the an
 
 from __future__ import annotations
 
+import io
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from isal import isal_zlib
 
 from pipeline.core.jcs import canonical_bytes
 from pipeline.core.manifest import Manifest
@@ -76,33 +76,79 @@ def encode(receipt: Mapping[str, Any], rows: bytes) -> bytes:
     return head[:-1] + b',"rows":[' + rows + b"]}\n"
 
 
+MAX_RECEIPT_BYTES = 256 << 20  # one receipt, unpacked, at most (about 600,000 rows of one contributor)
+GZIP_FEED = 8 << 10  # gzip input decompressed at a time: what one call may unpack is 1,032 times that
+
+
 def packed(line: bytes) -> bytes:
     """A receipt's line as a batch's receipts file stores it: one gzip member of its own. So the
     file is the gzip of the receipts' JSON Lines, and one contributor's byte range of it is a
     gzip file of that contributor's receipt alone."""
+    from isal import isal_zlib  # only the writer needs it: readers unpack with zlib
+
     return isal_zlib.compress(line, 1, 31)
 
 
-def unpacked(data: bytes, source: str, limit: int) -> bytes:
-    """What gzip `data` (one member or several, back to back) holds; FormatError unless it is
-    whole gzip holding at most `limit` bytes (what anyone can write may be a decompression bomb)."""
-    out: list[bytes] = []
-    total, rest = 0, data
+def gunzip(read: Callable[[int], bytes], source: str, members: int | None = None) -> Iterator[bytes]:
+    """What the gzip `read` gives holds (one member or several, back to back), piece by piece;
+    FormatError unless it is whole gzip with nothing after its last member, of at most `members`
+    members. Input goes in small pieces, so what is left over at a member's end is never more."""
+    count, pending = 0, read(GZIP_FEED)
     while True:
         member = zlib.decompressobj(31)
-        try:
-            chunk = member.decompress(rest, limit - total + 1)
-        except zlib.error as e:
-            raise FormatError(source, "(file)", f"is not gzip ({e})") from None
-        total += len(chunk)
+        count += 1
+        if members is not None and count > members:
+            raise FormatError(source, "(file)", f"holds more than {members} gzip member{'s' * (members != 1)}")
+        while not member.eof:
+            pending = pending or read(GZIP_FEED)
+            if not pending:
+                raise FormatError(source, "(file)", "is cut short: it ends inside a gzip member")
+            try:
+                piece = member.decompress(pending)
+            except zlib.error as e:
+                raise FormatError(source, "(file)", f"is not gzip ({e})") from None
+            pending = b""
+            if piece:
+                yield piece
+        pending = member.unused_data or read(GZIP_FEED)
+        if not pending:
+            return
+
+
+def unpacked(data: bytes, source: str, limit: int, members: int | None = None) -> bytes:
+    """What gzip `data` holds (see gunzip); FormatError unless it is at most `limit` bytes (what
+    anyone can write may be a decompression bomb)."""
+    out, total = [], 0
+    for piece in gunzip(io.BytesIO(data).read, source, members):
+        total += len(piece)
         if total > limit:
             raise FormatError(source, "(file)", f"unpacks to more than {limit:,} bytes")
-        if not member.eof:
-            raise FormatError(source, "(file)", "is cut short: it ends inside a gzip member")
-        out.append(chunk)
-        rest = member.unused_data
-        if not rest:
-            return b"".join(out)
+        out.append(piece)
+    return b"".join(out)
+
+
+def lines(pieces: Iterable[bytes], source: str, limit: int) -> Iterator[tuple[int, bytes]]:
+    """(number, text) of each line of the text `pieces` hold, in order, as they arrive; FormatError
+    at a line over `limit` bytes, before more of it is held."""
+    partial, number = bytearray(), 0
+
+    def bounded(line: int) -> None:
+        if len(partial) > limit:
+            raise FormatError(source, f"line {line}", f"is over {limit:,} bytes: not one receipt")
+
+    for piece in pieces:
+        start = 0
+        while (end := piece.find(b"\n", start)) >= 0:
+            partial += piece[start:end]
+            number += 1
+            bounded(number)
+            yield number, bytes(partial)
+            partial.clear()
+            start = end + 1
+        partial += piece[start:]
+        bounded(number + 1)
+    if partial:
+        yield number + 1, bytes(partial)
 
 
 def parse(raw: bytes, source: str) -> Receipt:

@@ -30,7 +30,6 @@ from pipeline.lake.storage import Lake, hash_file
 
 log = logging.getLogger(__name__)
 
-MAX_RECEIPT_BYTES = 1 << 31  # one receipt's line, packed or not, at most: one contributor's rows in one batch
 
 
 def committed_seqs(lake: Lake, dataset: str) -> list[int]:
@@ -352,7 +351,7 @@ class BatchFiles:
             raise NotFound(f"no receipt for contributor {address} in {self.dataset} batch {self.seq}")
         name, offset, length = (found.column(c)[0].as_py() for c in ("file", "offset", "length"))
         key = layout.receipts_file(self.dataset, self.seq, name)
-        if offset is None or length is None or offset < 0 or not 0 < length <= MAX_RECEIPT_BYTES:
+        if offset is None or length is None or offset < 0 or not 0 < length <= receipts.MAX_RECEIPT_BYTES:
             raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}")
         try:
             line = self.lake.read_range(key, offset, length)
@@ -360,7 +359,7 @@ class BatchFiles:
             raise CheckFailed(f"{self.lake.uri(key)}: the offsets give {address} bytes {offset}+{length}, "
                               f"which cannot be read ({e})") from None
         source = f"{self.lake.uri(key)} ({address})"
-        receipt = receipts.parse(receipts.unpacked(line, source, MAX_RECEIPT_BYTES), source)
+        receipt = receipts.parse(receipts.unpacked(line, source, receipts.MAX_RECEIPT_BYTES, members=1), source)
         m = self.manifest()
         shown = (receipt.data["contributor"], receipt.dataset, receipt.seq, receipt.data["root"],
                  receipt.data["tree_size"], receipt.data["manifest_sha256"])
