@@ -596,7 +596,8 @@ def _planned_runs(lake: object, dataset: object, seq: int, scratch: Path) -> dic
 
     plan, _ = staging.load_plan(lake, "instructions", seq)  # type: ignore[arg-type, misc]
     runs: dict[str, list[object]] = {}
-    for index, item in blocks(BatchFiles(lake, "instructions", seq), dataset, plan, scratch, split):  # type: ignore[arg-type]
+    files = BatchFiles(lake, "instructions", seq)  # type: ignore[arg-type]
+    for index, item in blocks(files, dataset, plan, scratch, lambda job: lambda: split(job)):  # type: ignore[arg-type]
         runs.setdefault(plan[index].key.rsplit("/", 1)[-1], []).append(item.args[-1])  # type: ignore[union-attr]
     return runs
 
@@ -649,10 +650,13 @@ def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if
     """RFC 4180 lets a record run over lines, so a CSV source too large for one chunk task, or
     compressed, is not cut by bytes: a split task parses it whole into block files in the shuffle
     directory, and the driver sends each file to a chunk task (so for a compressed Parquet
-    source). With pinned salts the batch is the one chunk tasks reading each CSV source whole
+    source); the next sources to split are sent before they are reached. With pinned salts the batch is the one chunk tasks reading each CSV source whole
     commit; a raw copy changed after staging is refused."""
+    from collections.abc import Callable
+
     from pipeline.errors import CheckFailed
-    from pipeline.ingest import builder, parse
+    from pipeline.ingest import builder, commit, parse
+    from pipeline.ingest.chunks import Split
 
     monkeypatch.setenv("ANCHORLAKE_TEST_SALT_SEED", "split")
     for name in ("ANCHORLAKE_LAKE", "ANCHORLAKE_RPC_URL"):
@@ -662,10 +666,17 @@ def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if
                    f"2026-11-01T10:00:00Z,{ALICE}\n" for i in range(120))
     data = csv_header + rows.encode() + b"short,row\n"
     table = pa.Table.from_pylist([good(i) for i in range(40)] + [good(40, contributor="0xnot")])
-    split_keys: list[str] = []
+    events: list[str] = []  # each split sent, and each waited for
     split = builder.BatchBuilder.split
-    monkeypatch.setattr(builder.BatchBuilder, "split", lambda self, job, renew: (
-        split_keys.append(job.source.key.rsplit("/", 1)[-1]) or split(self, job, renew)))
+
+    def spied(self: builder.BatchBuilder, job: Split, renew: Callable[[], None]) -> Callable[[], object]:
+        name = job.source.key.rsplit("/", 1)[-1]
+        events.append(f"send {name}")
+        waiter = split(self, job, renew)
+        return lambda: events.append(f"wait {name}") or waiter()
+
+    monkeypatch.setattr(builder.BatchBuilder, "split", spied)
+    monkeypatch.setattr(commit, "pool_width", lambda pool: 2)  # two sent ahead, whatever the engine
     committed = {}
     for cut in (1 << 30, 256):  # d.csv whole to a chunk task, then split; e.csv.gz split both times
         monkeypatch.setattr(parse, "CSV_TASK_BYTES", cut)
@@ -677,7 +688,9 @@ def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if
         quarantine = pq.read_table(tmp_path / str(cut) / layout.batch("instructions", 0) / layout.QUARANTINE)
         committed[cut] = (m.root, m.data["counts"], quarantine.to_pylist())
         assert not list((tmp_path / str(cut)).rglob("split-*.arrow"))
-    assert split_keys == ["e.csv.gz", "f.parquet.gz", "d.csv", "e.csv.gz", "f.parquet.gz"]
+    assert events == ["send e.csv.gz", "send f.parquet.gz", "wait e.csv.gz", "wait f.parquet.gz",  # d.csv whole
+                      "send d.csv", "send e.csv.gz", "wait d.csv", "send f.parquet.gz", "wait e.csv.gz",
+                      "wait f.parquet.gz"]
     assert committed[256] == committed[1 << 30]
     root, counts, quarantine = committed[256]
     assert counts["accepted"] == 2 * 102 + 40 and {(q["line"], q["reason"]) for q in quarantine} >= {(2, "wrong_type"), (242, "csv_column_count")}

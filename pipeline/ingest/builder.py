@@ -260,9 +260,13 @@ class BatchBuilder:
                     (self.scratch / written.tiles).unlink(missing_ok=True)
             self.root = tree.finish()
 
-    def split(self, job: Split, renew: Callable[[], None] = lambda: None) -> list[tuple[str, int]]:
-        """A source parsed whole by a worker into block files (see chunks.split)."""
-        return next(self._run(split, [job], renew))
+    def split(self, job: Split, renew: Callable[[], None] = lambda: None) -> Callable[[], list[tuple[str, int]]]:
+        """Send a source to be parsed whole by a worker into block files (see chunks.split); what
+        waits for their names. Without a pool it is parsed here, when waited for."""
+        if self.pool is None:
+            return lambda: split(job)
+        future = self.pool.submit(split, job)
+        return lambda: self._result(future, renew)
 
     def _run(self, task: Callable[[Any], Any], jobs: list[Any], renew: Callable[[], None]) -> Iterator[Any]:
         """Each job's result, in job order: from the engine's workers, or here without a pool."""
@@ -273,10 +277,14 @@ class BatchBuilder:
             return
         futures = [self.pool.submit(task, job) for job in jobs]
         for future in futures:
-            while not wait([future], timeout=RENEW_EVERY).done:  # a long task must not let the lease lapse
-                renew()
+            yield self._result(future, renew)
+
+    @staticmethod
+    def _result(future: Future[Any], renew: Callable[[], None]) -> Any:
+        while not wait([future], timeout=RENEW_EVERY).done:  # a long task must not let the lease lapse
             renew()
-            yield future.result()
+        renew()
+        return future.result()
 
     def _take_duplicates(self, slice_: int, result: tasks.DedupeResult) -> None:
         """Move a key slice's duplicates from accepted to duplicate in the counts, quarantine them
@@ -338,19 +346,25 @@ def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
 
 
 def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path,
-           split_source: Callable[[Split], list[tuple[str, int]]]) -> Iterator[tuple[int, Block | Deferred]]:
+           split_source: Callable[[Split], Callable[[], list[tuple[str, int]]]],
+           ahead: int = 1) -> Iterator[tuple[int, Block | Deferred]]:
     """(plan index, records) of every staged source, in plan order, checking each source's
     SHA-256: JSONL as runs of lines a chunk task parses (reading them from the lake itself, and
     checking they are the bytes read here), Parquet as runs of row groups a chunk task parses from
     the private copy made here, CSV whole to a chunk task when small and plain; a source split
     whole as the block files `split_source` has a worker parse it into (`scratch` is the shuffle
-    directory)."""
+    directory), the next `ahead` such sources sent before they are reached."""
+    to_split = deque(i for i, s in enumerate(plan) if _split_whole(*source_format(s.key), s.bytes))
+    splitting: deque[tuple[int, Callable[[], list[tuple[str, int]]]]] = deque()
     for index, source in enumerate(plan):
-        fmt, compressed = source_format(source.key)
-        if _split_whole(fmt, compressed, source.bytes):
-            for path, rows in split_source(Split(files.lake, dataset, index, source, str(scratch))):
+        while to_split and len(splitting) < ahead:
+            sent = to_split.popleft()
+            splitting.append((sent, split_source(Split(files.lake, dataset, sent, plan[sent], str(scratch)))))
+        if splitting and splitting[0][0] == index:
+            for path, rows in splitting.popleft()[1]():
                 yield index, Deferred(read_block, (index, path), rows)
             continue
+        fmt, _ = source_format(source.key)
         stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
         with stream:
             for item in parse_source(dataset, index, source.key, stream, Deferring(),

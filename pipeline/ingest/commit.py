@@ -29,6 +29,7 @@ from pipeline.lake.batch import BatchFiles
 from pipeline.lake.lease import Lease
 from pipeline.lake.sources import SkippedSource, Source
 from pipeline.lake.storage import Lake
+from pipeline.lake.workers import pool_width
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
     pool = worker_pool()
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
-        for source, item in blocks(files, dataset, plan, scratch, lambda job: builder.split(job, lease.renew)):
+        for source, item in blocks(files, dataset, plan, scratch, lambda job: builder.split(job, lease.renew),
+                                   pool_width(pool)):
             lease.renew()
             builder.add(source, item, lease.renew)
             tick(len(item))
