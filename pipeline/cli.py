@@ -390,11 +390,11 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         if not found.problems:
             out.line(f"OK {source}: {_rows(len(data['rows']))} of {data['contributor']}{found.scope} "
                      f"verified against {found.against}")
+        for line in found.problems:  # now: a damaged part further on must not hide it
+            print(f"FAIL {line}", file=sys.stderr)
         results.append({"receipt": source, "ok": not found.problems, "rows": len(data["rows"]),
                         "failures": found.problems})
     failures = [line for r in results for line in r["failures"]]
-    for line in failures:
-        print(f"FAIL {line}", file=sys.stderr)
     out.result({"ok": not failures, "receipts": results})
     return EXIT_CHECK if failures else EXIT_OK
 

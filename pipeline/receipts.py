@@ -7,10 +7,11 @@ the manifest first.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from pipeline.lake.batch import BatchFiles, read_parquet
 from pipeline.lake.columnar import record_texts, text_slices, timestamp_texts
 from pipeline.lake.workers import fork_pool
 
+log = logging.getLogger(__name__)
 
 def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
     """Every committed row of the batch as its JSON record, in leaf order (parts checked)."""
@@ -232,37 +234,55 @@ class _Prepared:
     receipt: Callable[[str, int, int], dict[str, Any]]  # contributor's receipt of leaves [start, end), no rows
 
 
-RECEIPTS_FILE_ROWS = 250_000  # rows whose receipts one file holds, about: each file stays readable whole (~100 MB)
+RECEIPTS_FILE_BYTES = 128 << 20  # receipts' JSON one file holds, at most (or one receipt): readable whole
 _PREPARED: list[_Prepared] = []  # what build_receipts prepared, inherited by its forked workers
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Written:
     path: str
-    sha256: str
-    contributors: list[str]
-    lengths: list[int]
-    start: int | None  # the first leaf of the first range written
-    end: int | None  # the end of the last
+    sha256: Any  # its hash, as it is written
+    contributors: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    start: int | None = None  # the first leaf of the first range written
+    end: int | None = None  # the end of the last
+    unpacked: int = 0  # the bytes of its receipts' JSON
 
 
-def _write(first: int, end: int, path: str) -> _Written:
-    """Write the receipts of the ranges starting in parts [first, end) to `path`, hashing them."""
+def _write(first: int, end: int, prefix: str) -> tuple[list[_Written], int | None]:
+    """Write the receipts of the ranges starting in parts [first, end) to files `prefix`-N, hashing
+    them; a new file once one holds RECEIPTS_FILE_BYTES of JSON (so a verifier can read any file
+    whole). A receipt over MAX_RECEIPT_BYTES is written, and said: its readers refuse it. Returns
+    the files and the end of the last range met (past the tree when the parts hold more rows)."""
     job = _PREPARED[-1]
-    contributors, lengths, start, last = list[str](), list[int](), None, None
-    digest = hashlib.sha256()
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:  # as the lake's own files
+    written: list[_Written] = []
+    out, last = None, None
+    try:
         for contributor, a, b, rows in contributor_ranges(job.parts, job.columns, first, end):
             last = b
             if b > job.tree_size:
                 break
-            line = receipts.packed(receipts.encode(job.receipt(contributor, a, b), rows))
+            text = receipts.encode(job.receipt(contributor, a, b), rows)
+            if len(text) > receipts.MAX_RECEIPT_BYTES:
+                log.warning("the receipt of %s, leaves [%d, %d), is %d bytes: over the %d its readers take",
+                            contributor, a, b, len(text), receipts.MAX_RECEIPT_BYTES)
+            if out is None or written[-1].unpacked + len(text) > RECEIPTS_FILE_BYTES:
+                if out is not None:
+                    out.close()
+                written.append(_Written(f"{prefix}-{len(written)}.jsonl.gz", hashlib.sha256(), start=a))
+                out = open(os.open(written[-1].path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # noqa: SIM115
+            line = receipts.packed(text)
             out.write(line)
-            digest.update(line)
-            contributors.append(contributor)
-            lengths.append(len(line))
-            start = a if start is None else start
-    return _Written(path, digest.hexdigest(), contributors, lengths, start, last)
+            current = written[-1]
+            current.sha256.update(line)
+            current.contributors.append(contributor)
+            current.lengths.append(len(line))
+            current.unpacked += len(text)
+            current.end = b
+    finally:
+        if out is not None:
+            out.close()
+    return [replace(w, sha256=w.sha256.hexdigest()) for w in written], last
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
@@ -284,20 +304,23 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
         return receipts.build(manifest, contributor, start, end, proof, anchor, reward(contributor))
 
     parts = Parts.read(files)
-    groups = parts.groups(max(config.cores(), -(-tree.tree_size // RECEIPTS_FILE_ROWS)))
+    groups = parts.groups(config.cores())
     _PREPARED.append(_Prepared(parts, dataset.committed_columns, tree.tree_size, receipt))
     pool = fork_pool(len(groups), tree.tree_size)
     write = files.receipts_writer()
     try:
         with tempfile.TemporaryDirectory(prefix="anchorlake-receipts-", dir=config.scratch_dir()) as tmp:
-            jobs = [(first, end, f"{tmp}/{first}.jsonl.gz") for first, end in groups]
+            jobs = [(first, end, f"{tmp}/{first}") for first, end in groups]
             pending = [pool.submit(_write, *job) for job in jobs] if pool else None
             done, end = list[_Written](), 0
             for i, job in enumerate(jobs):
-                done.append(pending[i].result() if pending else _write(*job))
-                if done[-1].start not in (None, end):
-                    raise CheckFailed(f"batch {manifest.seq}: no receipt covers leaf {end}")
-                end = done[-1].end or end
+                files_written, last = pending[i].result() if pending else _write(*job)
+                for written in files_written:
+                    if written.start != end:
+                        raise CheckFailed(f"batch {manifest.seq}: no receipt covers leaf {end}")
+                    done.append(written)
+                    end = written.end or end
+                end = end if last is None else last
                 if end > tree.tree_size:
                     break
             if end != tree.tree_size:

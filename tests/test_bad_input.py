@@ -591,13 +591,13 @@ def _planned_runs(lake: object, dataset: object, seq: int, scratch: Path) -> dic
     """What the commit's driver sends its chunk tasks for each staged source: the last argument
     of each deferred parse (a run of lines, by reference or with its bytes)."""
     from pipeline.ingest.builder import blocks
-    from pipeline.ingest.chunks import split
+    from pipeline.ingest.chunks import plan_source
     from pipeline.lake import sources as staging
 
     plan, _ = staging.load_plan(lake, "instructions", seq)  # type: ignore[arg-type, misc]
     runs: dict[str, list[object]] = {}
     files = BatchFiles(lake, "instructions", seq)  # type: ignore[arg-type]
-    for index, item in blocks(files, dataset, plan, scratch, lambda job: lambda: split(job)):  # type: ignore[arg-type]
+    for index, item in blocks(files, dataset, plan, scratch, lambda job: lambda: plan_source(job)):  # type: ignore[arg-type]
         runs.setdefault(plan[index].key.rsplit("/", 1)[-1], []).append(item.args[-1])  # type: ignore[union-attr]
     return runs
 
@@ -640,23 +640,25 @@ def test_a_chunk_task_reads_its_lines_from_the_lake_and_the_driver_sends_only_wh
     assert isinstance(ref, parse.RunRef) and (ref.at, ref.length, ref.first, ref.count) == (3, len(body), 1, 2000)
     assert len(pickle.dumps(ref)) < 1024 < len(body)
     assert ref.read().data == body
-    [carried] = runs["b.jsonl.gz"]
-    assert isinstance(carried, parse.LineRun) and carried.data == other
+    [carried] = runs["b.jsonl.gz"]  # decompressed by the source's reader, into the shuffle directory
+    assert isinstance(carried, parse.RunFile) and Path(carried.path).parent == scratch
+    assert carried.read().data == other
     assert commit_batch(lake, dataset, seq).data["counts"]["accepted"] == 4350
 
 
-def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if_read_whole(
+def test_a_large_or_compressed_csv_source_is_parsed_by_its_reader_and_commits_as_if_read_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """RFC 4180 lets a record run over lines, so a CSV source too large for one chunk task, or
-    compressed, is not cut by bytes: a split task parses it whole into block files in the shuffle
-    directory, and the driver sends each file to a chunk task (so for a compressed Parquet
-    source); the next sources to split are sent before they are reached. With pinned salts the batch is the one chunk tasks reading each CSV source whole
-    commit; a raw copy changed after staging is refused."""
+    """Every source is read by a worker, the next ones sent before they are reached. RFC 4180 lets
+    a record run over lines, so a CSV source too large for one chunk task, or compressed, is not
+    cut by bytes: its reader parses it whole into block files in the shuffle directory, and the
+    driver sends each file to a chunk task (so for a compressed Parquet source). With pinned
+    salts the batch is the one chunk tasks reading each CSV source whole commit; a raw copy
+    changed after staging is refused."""
     from collections.abc import Callable
 
     from pipeline.errors import CheckFailed
     from pipeline.ingest import builder, commit, parse
-    from pipeline.ingest.chunks import Split
+    from pipeline.ingest.chunks import SourceJob
 
     monkeypatch.setenv("ANCHORLAKE_TEST_SALT_SEED", "split")
     for name in ("ANCHORLAKE_LAKE", "ANCHORLAKE_RPC_URL"):
@@ -667,15 +669,19 @@ def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if
     data = csv_header + rows.encode() + b"short,row\n"
     table = pa.Table.from_pylist([good(i) for i in range(40)] + [good(40, contributor="0xnot")])
     events: list[str] = []  # each split sent, and each waited for
-    split = builder.BatchBuilder.split
+    read_source = builder.BatchBuilder.read_source
 
-    def spied(self: builder.BatchBuilder, job: Split, renew: Callable[[], None]) -> Callable[[], object]:
+    def spied(self: builder.BatchBuilder, job: SourceJob, renew: Callable[[], None]) -> Callable[[], object]:
         name = job.source.key.rsplit("/", 1)[-1]
         events.append(f"send {name}")
-        waiter = split(self, job, renew)
+        waiter = read_source(self, job, renew)
         return lambda: events.append(f"wait {name}") or waiter()
 
-    monkeypatch.setattr(builder.BatchBuilder, "split", spied)
+    monkeypatch.setattr(builder.BatchBuilder, "read_source", spied)
+    left: list[list[str]] = []  # shuffle files of the sources' readers still there once every chunk settled
+    finish = builder.BatchBuilder.finish
+    monkeypatch.setattr(builder.BatchBuilder, "finish", lambda self, renew: (
+        left.append(sorted(p.name for p in self.scratch.glob("read-*"))), finish(self, renew))[-1])
     monkeypatch.setattr(commit, "pool_width", lambda pool: 2)  # two sent ahead, whatever the engine
     committed = {}
     for cut in (1 << 30, 256):  # d.csv whole to a chunk task, then split; e.csv.gz split both times
@@ -687,11 +693,10 @@ def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if
         m = commit_batch(lake, dataset, stage_sources(lake, dataset), chunk_records=50)  # type: ignore[arg-type]
         quarantine = pq.read_table(tmp_path / str(cut) / layout.batch("instructions", 0) / layout.QUARANTINE)
         committed[cut] = (m.root, m.data["counts"], quarantine.to_pylist())
-        assert not list((tmp_path / str(cut)).rglob("split-*.arrow"))
-    assert events == ["send e.csv.gz", "send f.parquet.gz", "wait e.csv.gz", "wait f.parquet.gz",  # d.csv whole
-                      "send d.csv", "send e.csv.gz", "wait d.csv", "send f.parquet.gz", "wait e.csv.gz",
-                      "wait f.parquet.gz"]
-    assert committed[256] == committed[1 << 30]
+        assert not list((tmp_path / str(cut)).rglob("read-*"))
+    assert events == 2 * ["send d.csv", "send e.csv.gz", "wait d.csv", "send f.parquet.gz", "wait e.csv.gz",
+                          "wait f.parquet.gz"]
+    assert committed[256] == committed[1 << 30] and left == [[], []]
     root, counts, quarantine = committed[256]
     assert counts["accepted"] == 2 * 102 + 40 and {(q["line"], q["reason"]) for q in quarantine} >= {(2, "wrong_type"), (242, "csv_column_count")}
 
@@ -702,6 +707,23 @@ def test_a_large_or_compressed_csv_source_is_split_by_a_worker_and_commits_as_if
                data.replace(b"question 1\n", b"question 9\n"))
     with pytest.raises(CheckFailed, match="no longer match"):
         commit_batch(lake, dataset, seq)  # type: ignore[arg-type]
+    assert not BatchFiles(lake, "instructions", seq).committed()
+
+
+def test_a_staged_plan_that_lies_about_a_sources_size_is_refused_not_signed(tmp_path: Path) -> None:
+    """The manifest repeats each source's size from the plan, which a lake writer can rewrite: the
+    size of the bytes read must be the plan's, as their SHA-256 must."""
+    from pipeline.errors import CheckFailed
+
+    lake = open_lake((tmp_path / "lake").as_uri())
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    lake.write("incoming/instructions/a.jsonl", jsonl(line(good(1))))
+    seq = stage_sources(lake, dataset)
+    plan = json.loads(lake.read(layout.raw_plan("instructions", seq)))
+    plan["sources"][0]["bytes"] = 1 << 40
+    lake.write(layout.raw_plan("instructions", seq), json.dumps(plan).encode())
+    with pytest.raises(CheckFailed, match=r"bytes, the staged plan says 1099511627776"):
+        commit_batch(lake, dataset, seq)
     assert not BatchFiles(lake, "instructions", seq).committed()
 
 

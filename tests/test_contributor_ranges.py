@@ -269,6 +269,19 @@ def test_verify_stops_a_gzip_bomb_handed_to_it_at_its_bound(
         assert err.startswith(f"anchorlake: {bomb}{problem}") and err.count("\n") == 1, err
 
 
+def test_verify_reports_a_failed_receipt_before_a_damaged_line_after_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files, receipts_file, _ = _two_contributors_receipts(tmp_path)
+    first = gzip.decompress(receipts_file.read_bytes()).splitlines()[0]
+    forged = first.replace(b"by contributor", b"by Contributor", 1)
+    handed = tmp_path / "handed.jsonl.gz"
+    handed.write_bytes(packed(forged + b"\n") + packed(b"{not json\n"))
+    m = files.manifest()
+    assert cli.main(["verify", str(handed), "--root", m.root, "--tree-size", str(m.tree_size)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"FAIL {handed} line 1: ") and "line 2: invalid JSON" in err[1], err
+
+
 def test_receipts_index_and_offsets_naming_other_files_are_refused(tmp_path: Path) -> None:
     """The index and the offsets are in the lake: one naming a file outside the batch's receipts
     (or one the index does not list) is refused, never read."""
@@ -392,6 +405,29 @@ def test_receipts_written_by_two_workers_are_the_receipts_one_writes(tmp_path: P
     assert [json.loads(line)["contributor"] for line in gzip.decompress(written[1]).splitlines()] == sorted(contributors)
     assert all(not verify_rows(files.receipt(c)) for c in contributors)
     assert not list(folder.glob(".tmp-*")) and not list(folder.glob("*.partial"))
+
+
+def test_receipts_roll_into_a_new_file_at_the_bound_and_an_oversized_one_is_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A file holds RECEIPTS_FILE_BYTES of receipts at most (or one receipt), so a verifier reads any
+    file whole; every receipt still reads back. A receipt over what its readers take is written,
+    and the log says so (its rows are one range: it is not cut)."""
+    from pipeline import receipts
+
+    contributors = [f"0x{i:040x}" for i in (1, 2, 3)]
+    _contribute(tmp_path / "lake" / "incoming" / "instructions", 1, 30, contributors, random.Random(3))
+    lake, dataset = open_lake((tmp_path / "lake").as_uri()), load(REPO / "expectations", "instructions")
+    commit_batch(lake, dataset, stage_sources(lake, dataset))  # type: ignore[arg-type]
+    files = BatchFiles(lake, "instructions", 0)
+    monkeypatch.setattr(receipts, "RECEIPTS_FILE_BYTES", 1)
+    monkeypatch.setattr("pipeline.core.receipt.MAX_RECEIPT_BYTES", 4096)
+    assert build_receipts(files, dataset) == 3
+    _, names = files.receipts_files()
+    assert len(names) == 3  # a file each
+    assert "over the 4096 its readers take" in caplog.text
+    monkeypatch.setattr("pipeline.core.receipt.MAX_RECEIPT_BYTES", 1 << 20)
+    assert [files.receipt(c).data["contributor"] for c in contributors] == contributors
+    assert all(not verify_rows(files.receipt(c)) for c in contributors)
 
 
 def test_a_worker_that_wrote_no_receipt_shifts_no_offset(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 quality gate, spill) -> dedupe tasks -> partition tasks (contributor-ordered data parts and
 tree tiles), with every record counted.
 
-The driver reads the sources and gathers their runs of lines into chunks; the engine's workers
-do the rest (see ingest.chunks and ingest.partitions). This process holds a few chunks of
-source bytes at a time (compressed JSONL; a Parquet source of over 10,000 row groups it parses
-itself, a block at a time), never the batch's rows, and folds the tasks' tile roots into tree.bin.
+The engine's workers read the sources and cut them into runs; the driver gathers the runs, as
+references, into chunks, and the workers do the rest (see ingest.chunks and ingest.partitions).
+This process reads no source and never holds the batch's rows; it folds the tasks' tile roots
+into tree.bin.
 Leaves are ordered by contributor, then arrival (SPEC §13.2).
 """
 
@@ -23,26 +23,24 @@ from pipeline.core.signature import holds as signature_holds
 from pipeline.core.treefile import TreeAssembler
 from pipeline.datasets import Dataset
 from pipeline.errors import CheckFailed
-from pipeline.ingest import parse
 from pipeline.ingest import partitions as tasks
 from pipeline.ingest.chunks import (
     ARRIVAL_SHIFT,
     ChunkJob,
     ChunkOutcome,
     Deferred,
-    Deferring,
-    Split,
+    SourceJob,
+    in_shuffle,
+    plan_source,
     quarantine_file,
-    read_block,
     run_chunk,
-    split,
 )
-from pipeline.ingest.parse import Block, Stored, parse_source, source_format
+from pipeline.ingest.parse import Block
 from pipeline.ingest.quality import QualityReport
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
 from pipeline.lake.columnar import arrow_table
-from pipeline.lake.sources import Source, open_source, stored_bytes
+from pipeline.lake.sources import Source, stored_bytes
 from pipeline.lake.workers import engine_pool, pool_width
 
 CHUNK_RECORDS = 100_000
@@ -114,6 +112,7 @@ class BatchBuilder:
         self.validating: deque[tuple[int, ChunkOutcome | Future[ChunkOutcome]]] = deque()
         self.signers = self._signers()
         self.chunks = 0  # chunks sent so far: the next one's number
+        self.chunk_files: dict[int, list[str]] = {}  # each running chunk's shuffle files, removed as it settles
         self.slice_chunks: list[list[int]] = [[] for _ in range(self.slices)]  # chunks that spilled into each slice
         self.slice_rows = [0] * self.slices
         self.files: list[dict[str, Any]] = []
@@ -151,6 +150,7 @@ class BatchBuilder:
             return
         signers = None if self.signers is None else {i: self.signers[i] for i in sources}
         job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, signers)
+        self.chunk_files[self.chunks] = [path for item in items if (path := in_shuffle(item))]
         self.validating.append((self.chunks, self.pool.submit(run_chunk, job) if self.pool is not None
                                 else run_chunk(job)))
         self.chunks += 1
@@ -169,6 +169,8 @@ class BatchBuilder:
             while not wait([done], timeout=RENEW_EVERY).done:
                 renew()
         outcome = done.result() if isinstance(done, Future) else done
+        for used in self.chunk_files.pop(number):  # what its items were read from: no longer needed
+            Path(used).unlink(missing_ok=True)
         self.quality.add(outcome.quality)
         for kind, source, count in outcome.counts:
             self._count(kind, count, source=source)
@@ -260,12 +262,12 @@ class BatchBuilder:
                     (self.scratch / written.tiles).unlink(missing_ok=True)
             self.root = tree.finish()
 
-    def split(self, job: Split, renew: Callable[[], None] = lambda: None) -> Callable[[], list[tuple[str, int]]]:
-        """Send a source to be parsed whole by a worker into block files (see chunks.split); what
-        waits for their names. Without a pool it is parsed here, when waited for."""
+    def read_source(self, job: SourceJob, renew: Callable[[], None] = lambda: None) -> Callable[[], list[Deferred]]:
+        """Send a source to be read through by a worker (see chunks.plan_source); what waits for
+        what the chunk tasks will parse. Without a pool it is read here, when waited for."""
         if self.pool is None:
-            return lambda: split(job)
-        future = self.pool.submit(split, job)
+            return lambda: plan_source(job, renew)
+        future = self.pool.submit(plan_source, job)
         return lambda: self._result(future, renew)
 
     def _run(self, task: Callable[[Any], Any], jobs: list[Any], renew: Callable[[], None]) -> Iterator[Any]:
@@ -346,38 +348,18 @@ def _pieces(path: Path, size: int = 8 << 20) -> Iterator[bytes]:
 
 
 def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Path,
-           split_source: Callable[[Split], Callable[[], list[tuple[str, int]]]],
-           ahead: int = 1) -> Iterator[tuple[int, Block | Deferred]]:
-    """(plan index, records) of every staged source, in plan order, checking each source's
-    SHA-256: JSONL as runs of lines a chunk task parses (reading them from the lake itself, and
-    checking they are the bytes read here), Parquet as runs of row groups a chunk task parses from
-    the private copy made here, CSV whole to a chunk task when small and plain; a source split
-    whole as the block files `split_source` has a worker parse it into (`scratch` is the shuffle
-    directory), the next `ahead` such sources sent before they are reached."""
-    to_split = deque(i for i, s in enumerate(plan) if _split_whole(*source_format(s.key), s.bytes))
-    splitting: deque[tuple[int, Callable[[], list[tuple[str, int]]]]] = deque()
-    for index, source in enumerate(plan):
-        while to_split and len(splitting) < ahead:
-            sent = to_split.popleft()
-            splitting.append((sent, split_source(Split(files.lake, dataset, sent, plan[sent], str(scratch)))))
-        if splitting and splitting[0][0] == index:
-            for path, rows in splitting.popleft()[1]():
-                yield index, Deferred(read_block, (index, path), rows)
-            continue
-        fmt, _ = source_format(source.key)
-        stream, finish = open_source(files.lake, source, scratch, seekable=fmt == "parquet")
-        with stream:
-            for item in parse_source(dataset, index, source.key, stream, Deferring(),
-                                     Stored(files.lake, source.raw_key, stream.name if fmt == "parquet" else None)):
-                yield index, item  # type: ignore[misc]
-            finish()
-
-
-def _split_whole(fmt: str | None, compressed: bool, size: int) -> bool:
-    """Whether a source goes to a split task: one no chunk task can take a run of by reference
-    (an offset into gzip cannot be read on its own, a Parquet run needs the footer, and RFC 4180
-    lets a CSV record run over lines) and that is too large for one chunk task or compressed."""
-    return (fmt == "csv" and (compressed or size > parse.CSV_TASK_BYTES)) or (fmt == "parquet" and compressed)
+           read_source: Callable[[SourceJob], Callable[[], list[Deferred]]],
+           ahead: int = 1) -> Iterator[tuple[int, Deferred]]:
+    """(plan index, what a chunk task parses) of every staged source, in plan order: each source
+    read through by a worker (`read_source` sends it and gives what waits for its items; see
+    chunks.plan_source), the next `ahead` sources sent before they are reached. `scratch` is the
+    shuffle directory. Nothing here reads a source."""
+    upcoming, waiting = iter(range(len(plan))), deque[Callable[[], list[Deferred]]]()
+    for index in range(len(plan)):
+        while len(waiting) < max(1, ahead) and (sent := next(upcoming, None)) is not None:
+            waiting.append(read_source(SourceJob(files.lake, dataset, sent, plan[sent], str(scratch))))
+        for item in waiting.popleft()():
+            yield index, item
 
 
 def worker_pool() -> Executor | None:

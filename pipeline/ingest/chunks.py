@@ -1,24 +1,21 @@
-"""The chunk task of a batch plan (SPEC §13.11): one chunk of a batch's records, run by the
-engine's workers, so the committing process never holds parsed rows.
+"""The tasks that read a batch plan (SPEC §13.11), run by the engine's workers, so the
+committing process never reads a source or holds parsed rows.
 
-The driver reads each source (checking its SHA-256) and cuts it into runs of whole JSONL lines;
-it gathers runs, deferred rather than parsed, into chunks of about `chunk_records` lines and sends
-each chunk to a worker, which parses, types and hashes its runs, runs the quality gate over them
-once, spills the rows that passed by dedupe-key slice into the shuffle directory and writes the
-rest as quarantine rows beside them. The driver takes back counts and the gate's result only.
-A run of a plain JSONL source travels as where it is (raw key, byte range, SHA-256): the worker
-reads it from the lake and checks it is the bytes the driver read; so does a CSV source of up to
-4 MB, whole. A Parquet source travels as runs of row groups of the driver's private copy. A
-larger or compressed CSV source (RFC 4180 lets a record run over lines, so it is not cut by
-bytes), or a compressed Parquet one, is parsed whole by one worker's split task, which writes its
-blocks to the shuffle directory; each then travels as its file. (Runs of a compressed JSONL
-source carry their bytes.)
+A source task reads one staged source through (checking its SHA-256) and cuts it into runs that
+can be parsed on their own (see plan_source), as references. The driver gathers them, in plan
+order, into chunks of about `chunk_records` lines and sends each chunk to a chunk task, which
+parses, types and hashes its runs, runs the quality gate over them once, spills the rows that
+passed by dedupe-key slice into the shuffle directory and writes the rest as quarantine rows
+beside them. The driver takes back counts and the gate's result only. A run read from the lake
+again (a plain JSONL source's lines, by raw key, byte range and SHA-256) is checked to be the
+bytes the source task read.
 A row's arrival number is its chunk's number, then its place in the chunk: the order of the
 plan, then of the lines, whatever worker ran which chunk.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -27,7 +24,7 @@ from typing import Any, cast
 
 from pipeline.datasets import Dataset
 from pipeline.ingest import partitions as tasks
-from pipeline.ingest.parse import Block, parse_source, source_format
+from pipeline.ingest.parse import Block, LineRun, RunFile, Stored, parse_source, source_format
 from pipeline.ingest.quality import ChunkResult, check_chunk, checking
 from pipeline.lake.sources import Source, open_source
 from pipeline.lake.storage import Lake
@@ -59,8 +56,8 @@ class Deferring(Executor):
 
 
 @dataclass(frozen=True)
-class Split:
-    """A source no chunk task can take by reference, parsed whole by one worker (see split)."""
+class SourceJob:
+    """One staged source, for a worker to read through and cut for the chunk tasks (plan_source)."""
 
     lake: Lake
     dataset: Dataset
@@ -69,21 +66,58 @@ class Split:
     shuffle: str
 
 
-def split(job: Split) -> list[tuple[str, int]]:
-    """Worker: parse, type and seal a whole source, checking its SHA-256 as it is read, into block
-    files in the shuffle directory; (file, records) of each, in order. The driver sends each to a
-    chunk task (see read_block) and never holds the rows."""
-    written = []
+def plan_source(job: SourceJob, renew: Callable[[], None] = lambda: None) -> list[Deferred]:
+    """Worker: read a staged source through once, checking its SHA-256, and cut it into what the
+    chunk tasks parse, in order. What can be read again on its own goes by reference: a plain
+    JSONL source's runs of lines, a plain CSV source of up to 4 MB whole, a Parquet source's runs
+    of row groups of a private copy made in the shuffle directory. What had to be decompressed
+    or parsed here to be cut (a compressed JSONL source's runs; a larger or compressed CSV source,
+    a compressed Parquet one or one of over 10,000 row groups, parsed whole: RFC 4180 lets a CSV
+    record run over lines) goes to files in the shuffle directory. The driver reads no source and
+    holds no rows: only these references. `renew()` as items are cut (the writer's lease, when the
+    driver reads a source itself, without a pool)."""
     fmt, _ = source_format(job.source.key)
     stream, finish = open_source(job.lake, job.source, Path(job.shuffle), seekable=fmt == "parquet")
-    with stream:  # no Stored given: the source is parsed here, in blocks, and nothing goes to a pool
-        for n, item in enumerate(parse_source(job.dataset, job.index, job.source.key, stream, Executor())):
-            block = cast(Block, item)
-            path = Path(job.shuffle) / f"split-{job.index:06d}-{n:06d}.arrow"
-            tasks.write_arrow(path, _block_table(block))
-            written.append((str(path), len(block)))
+    with stream:
+        stored = Stored(job.lake, job.source.raw_key, stream.name if fmt == "parquet" else None)
+        items = []
+        for n, item in enumerate(parse_source(job.dataset, job.index, job.source.key, stream, Deferring(), stored)):
+            renew()
+            items.append(_referenced(job, n, item))
         finish()
-    return written
+    return items
+
+
+def shuffle_file(shuffle: str | Path, index: int, n: int) -> Path:
+    """Where item `n` of plan source `index` goes when it cannot go by reference."""
+    return Path(shuffle) / f"read-{index:06d}-{n:06d}"
+
+
+def in_shuffle(item: Block | Deferred) -> str | None:
+    """The shuffle file item holds its records or bytes in, if any: the driver removes it once the
+    chunk that read it is settled."""
+    if isinstance(item, Block):
+        return None
+    last = item.args[-1]
+    return last.path if isinstance(last, RunFile) else last if item.fn is read_block else None
+
+
+def _referenced(job: SourceJob, n: int, item: Block | Future[Block]) -> Deferred:
+    """Item `n` of a source as a chunk task's item that carries no records and no bytes: a block
+    parsed by the reader, or a run of lines that went with its bytes, is written to a file of the
+    shuffle directory (whole or not at all: a retried reader never leaves a torn one)."""
+    path = shuffle_file(job.shuffle, job.index, n)
+    if isinstance(item, Block):
+        tasks.write_arrow(path, _block_table(item), compression="zstd")  # rows of one text repeated stay small
+        return Deferred(read_block, (job.index, str(path)), len(item))
+    deferred = cast(Deferred, item)
+    run = deferred.args[-1]
+    if not isinstance(run, LineRun):
+        return deferred
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_bytes(run.data)
+    os.replace(temporary, path)
+    return Deferred(deferred.fn, (*deferred.args[:-1], RunFile(str(path), run.first, run.count, run.long)), deferred.rows)
 
 
 _BLOCK_LISTS = {"line": (tasks.LINE, "int64"), "raw": (tasks.RAW, "binary"), "reason": ("__reason", "string"),
@@ -104,7 +138,7 @@ def _block_table(block: Block) -> Any:
 
 
 def read_block(index: int, path: str) -> Block:
-    """Chunk task: the block of plan source `index` a split task wrote to `path`."""
+    """Chunk task: the block of plan source `index` its reader wrote to `path`."""
     table = tasks.read_shuffled(Path(path))
     names = [name for name, _ in _BLOCK_LISTS.values()]
     lists = {field: table.column(name).to_pylist() for field, (name, _) in _BLOCK_LISTS.items()}

@@ -113,7 +113,7 @@ def _build(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
     pool = worker_pool()
     builder = BatchBuilder(files, dataset, plan, scratch, chunk_records, pool)
     try:
-        for source, item in blocks(files, dataset, plan, scratch, lambda job: builder.split(job, lease.renew),
+        for source, item in blocks(files, dataset, plan, scratch, lambda job: builder.read_source(job, lease.renew),
                                    pool_width(pool)):
             lease.renew()
             builder.add(source, item, lease.renew)

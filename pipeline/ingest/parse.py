@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
@@ -489,10 +490,29 @@ class RunRef:
         return LineRun(self.first, self.count, data, frozenset(), self.at)
 
 
-def _jsonl_run(dataset: Dataset, index: int, run: LineRun | RunRef) -> Block:
+@dataclass(frozen=True)
+class RunFile:
+    """A run of lines that went with its bytes (decompressed, or with a long line cut to its
+    head), kept in a file of the commit's shuffle directory (see LineRun)."""
+
+    path: str
+    first: int
+    count: int
+    long: frozenset[int]
+
+    def read(self) -> LineRun:
+        try:
+            data = Path(self.path).read_bytes()
+        except FileNotFoundError:
+            raise CheckFailed(f"{self.path} is not there: this worker does not see the driver's shuffle directory "
+                              "(on a cluster, set ANCHORLAKE_SCRATCH to a volume every node mounts)") from None
+        return LineRun(self.first, self.count, data, self.long)
+
+
+def _jsonl_run(dataset: Dataset, index: int, run: LineRun | RunRef | RunFile) -> Block:
     """Worker: parse, type and seal a run of JSONL lines, column-wise where it can be; a run by
-    reference is read from the store first."""
-    if isinstance(run, RunRef):
+    reference, or in a file, is read first."""
+    if not isinstance(run, LineRun):
         run = run.read()
     state = _state(dataset)
     lines = run.lines()
@@ -612,7 +632,7 @@ def _csv_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, body:
                stored: Stored | None) -> Iterator[Block | tuple[Future[Block], int]]:
     """A CSV source: one that the lake keeps as read and is at most CSV_TASK_BYTES goes whole to
     `pool` by reference (RFC 4180 lets a record run over lines, so it is not cut); a larger one
-    is parsed here (the commit has a split task do that: see chunks.split)."""
+    is parsed here (in the commit, by the worker that reads the source: see chunks.plan_source)."""
     if stored is None or dataset.limits.source_bytes <= CSV_TASK_BYTES:
         yield from _blocks(dataset, index, _csv(dataset, typer, index, body))
         return
@@ -862,7 +882,7 @@ def _csv(dataset: Dataset, typer: RecordTyper, index: int, body: IO[bytes]) -> I
 
 PARQUET_RUN_ROWS = 20_000  # rows of whole small row groups a chunk task parses at once
 PARQUET_SLICE_ROWS = 50_000  # a larger row group is parsed in slices of at most this many rows
-MAX_TASK_ROW_GROUPS = 10_000  # a source with more row groups is parsed by the driver: each task reads the footer
+MAX_TASK_ROW_GROUPS = 10_000  # a source with more row groups is parsed whole by its reader: each task reads the footer
 
 
 @dataclass(frozen=True)

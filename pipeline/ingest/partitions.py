@@ -152,7 +152,7 @@ def read_arrow(path: Path) -> Any:
         return pa.ipc.open_file(source).read_all()
 
 
-def write_arrow(path: Path, table: Any) -> None:
+def write_arrow(path: Path, table: Any, compression: str | None = None) -> None:
     """Write a shuffle file whole or not at all: a retried task's first attempt, still writing,
     never leaves a torn file under the name a reader opens."""
     import os
@@ -160,7 +160,8 @@ def write_arrow(path: Path, table: Any) -> None:
     import pyarrow as pa
 
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with pa.ipc.new_file(str(temporary), table.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_file(str(temporary), table.schema, options=options) as writer:
         writer.write_table(table)
     os.replace(temporary, path)
 

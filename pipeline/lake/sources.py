@@ -187,17 +187,18 @@ def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tu
     needs random access, and the tasks that parse its row groups read the copy, not the lake's
     object, which could change meanwhile); the stream's `name` is its path."""
     if seekable:  # checked as soon as it is copied, and never copied past the bytes staged
-        path, digest, _ = copy_hashing(lake, source.raw_key, scratch, source.bytes + 1)
-        _check(lake, source, digest)
+        path, digest, size = copy_hashing(lake, source.raw_key, scratch, source.bytes + 1)
+        _check(lake, source, digest, size)
         stream: IO[bytes] = open(path, "rb")
         return stream, lambda: None
     hasher = hashlib.sha256()
-    stream = io.BufferedReader(_HashingReader(lake.open(source.raw_key), hasher), 1 << 20)
+    reader = _HashingReader(lake.open(source.raw_key), hasher)
+    stream = io.BufferedReader(reader, 1 << 20)
 
     def finish() -> None:
         while stream.read(_BLOCK):  # a parser may stop early (corrupt tail): hash it all
             pass
-        _check(lake, source, hasher.hexdigest())
+        _check(lake, source, hasher.hexdigest(), reader.size)
 
     return stream, finish
 
@@ -214,16 +215,20 @@ def read_checked(lake: Lake, key: str, at: int, length: int, sha256: str, what: 
     return data
 
 
-def _check(lake: Lake, source: Source, digest: str) -> None:
+def _check(lake: Lake, source: Source, digest: str, size: int) -> None:
+    """The bytes read are the source the plan names: its SHA-256 and its size (which the manifest
+    repeats, so a plan that lies about it is refused rather than signed)."""
     if digest != source.sha256:
         raise CheckFailed(f"{lake.uri(source.raw_key)}: bytes no longer match sha256 {source.sha256}")
+    if size != source.bytes:
+        raise CheckFailed(f"{lake.uri(source.raw_key)}: {size} bytes, the staged plan says {source.bytes}")
 
 
 class _HashingReader(io.RawIOBase):
     """Hashes every byte read through it."""
 
     def __init__(self, inner: Any, digest: Any) -> None:
-        self.inner, self.digest = inner, digest
+        self.inner, self.digest, self.size = inner, digest, 0
 
     def readable(self) -> bool:
         return True
@@ -231,6 +236,7 @@ class _HashingReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         data = self.inner.read(len(buffer))
         self.digest.update(data)
+        self.size += len(data)
         buffer[: len(data)] = data
         return len(data)
 
