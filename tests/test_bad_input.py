@@ -681,7 +681,8 @@ def test_a_large_or_compressed_csv_source_is_parsed_by_its_reader_and_commits_as
     left: list[list[str]] = []  # shuffle files of the sources' readers still there once every chunk settled
     finish = builder.BatchBuilder.finish
     monkeypatch.setattr(builder.BatchBuilder, "finish", lambda self, renew: (
-        left.append(sorted(p.name for p in self.scratch.glob("read-*"))), finish(self, renew))[-1])
+        left.append(sorted(p.name for p in self.scratch.glob("*") if p.name.startswith(("read-", "source-")))),
+        finish(self, renew))[-1])
     monkeypatch.setattr(commit, "pool_width", lambda pool: 2)  # two sent ahead, whatever the engine
     committed = {}
     for cut in (1 << 30, 256):  # d.csv whole to a chunk task, then split; e.csv.gz split both times
@@ -690,15 +691,16 @@ def test_a_large_or_compressed_csv_source_is_parsed_by_its_reader_and_commits_as
         lake.write("incoming/instructions/d.csv", data)
         lake.write("incoming/instructions/e.csv.gz", gzip.compress(data.replace(b"question", b"query"), mtime=0))
         lake.write("incoming/instructions/f.parquet.gz", gzip.compress(parquet_bytes(table), mtime=0))
+        lake.write("incoming/instructions/g.parquet", parquet_bytes(table))
         m = commit_batch(lake, dataset, stage_sources(lake, dataset), chunk_records=50)  # type: ignore[arg-type]
         quarantine = pq.read_table(tmp_path / str(cut) / layout.batch("instructions", 0) / layout.QUARANTINE)
         committed[cut] = (m.root, m.data["counts"], quarantine.to_pylist())
         assert not list((tmp_path / str(cut)).rglob("read-*"))
     assert events == 2 * ["send d.csv", "send e.csv.gz", "wait d.csv", "send f.parquet.gz", "wait e.csv.gz",
-                          "wait f.parquet.gz"]
+                          "send g.parquet", "wait f.parquet.gz", "wait g.parquet"]
     assert committed[256] == committed[1 << 30] and left == [[], []]
     root, counts, quarantine = committed[256]
-    assert counts["accepted"] == 2 * 102 + 40 and {(q["line"], q["reason"]) for q in quarantine} >= {(2, "wrong_type"), (242, "csv_column_count")}
+    assert counts["accepted"] == 2 * 102 + 40 and counts["duplicate"] == 40 and {(q["line"], q["reason"]) for q in quarantine} >= {(2, "wrong_type"), (242, "csv_column_count")}
 
     lake = open_lake((tmp_path / "forged").as_uri())
     lake.write("incoming/instructions/d.csv", data)
@@ -708,6 +710,31 @@ def test_a_large_or_compressed_csv_source_is_parsed_by_its_reader_and_commits_as
     with pytest.raises(CheckFailed, match="no longer match"):
         commit_batch(lake, dataset, seq)  # type: ignore[arg-type]
     assert not BatchFiles(lake, "instructions", seq).committed()
+
+
+def test_a_chunk_is_sent_at_its_byte_bound_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines of up to the record size limit, from a small gzip upload, must not put gigabytes in
+    one chunk task: a chunk is sent at CHUNK_BYTES as well as at its record count, and the batch
+    is the one a single chunk commits."""
+    from pipeline.ingest import builder
+
+    monkeypatch.setenv("ANCHORLAKE_TEST_SALT_SEED", "bytes")
+    for name in ("ANCHORLAKE_LAKE", "ANCHORLAKE_RPC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    data = jsonl(*(line(good(i, prompt="p" * 5000 + str(i))) for i in range(2400)))  # 12 MB: runs of some MB
+    sizes: list[list[int]] = []  # each chunk's items' sizes
+    job = builder.ChunkJob
+    monkeypatch.setattr(builder, "ChunkJob", lambda *a: (sizes.append([item.size for item in a[3]]), job(*a))[-1])
+    roots = []
+    for bound in (1 << 40, 64 << 10):
+        monkeypatch.setattr(builder, "CHUNK_BYTES", bound)
+        lake = open_lake((tmp_path / str(bound)).as_uri())
+        lake.write("incoming/instructions/a.jsonl.gz", gzip.compress(data, mtime=0))
+        roots.append(commit_batch(lake, dataset, stage_sources(lake, dataset), chunk_records=1 << 20).root)
+    [whole, *bounded] = sizes  # all runs in one chunk; then a chunk a run (each over 64 KB)
+    assert sum(whole) == len(data) and len(whole) > 1 and bounded == [[size] for size in whole]
+    assert roots[0] == roots[1]
 
 
 def test_a_staged_plan_that_lies_about_a_sources_size_is_refused_not_signed(tmp_path: Path) -> None:

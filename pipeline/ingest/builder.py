@@ -30,12 +30,10 @@ from pipeline.ingest.chunks import (
     ChunkOutcome,
     Deferred,
     SourceJob,
-    in_shuffle,
     plan_source,
     quarantine_file,
     run_chunk,
 )
-from pipeline.ingest.parse import Block
 from pipeline.ingest.quality import QualityReport
 from pipeline.lake import layout
 from pipeline.lake.batch import BatchFiles
@@ -44,6 +42,8 @@ from pipeline.lake.sources import Source, stored_bytes
 from pipeline.lake.workers import engine_pool, pool_width
 
 CHUNK_RECORDS = 100_000
+CHUNK_BYTES = 256 << 20  # a chunk is sent once its items hold this many bytes, if it is not full before
+MAX_READ_AHEAD = 8  # sources read ahead, at most (each may leave up to limits.source_bytes in the shuffle)
 IN_FLIGHT_PER_WORKER = 2  # chunks sent per worker of the engine and not yet settled (bounds memory)
 PARTITION_SOURCE_BYTES = 64 << 20  # source bytes per contributor partition: what one sort task holds
 HISTORY_KEYS_PER_SLICE = 4 << 20  # earlier batches' keys per dedupe slice: what one dedupe task holds
@@ -122,9 +122,10 @@ class BatchBuilder:
         self.per_source: list[Counter[str]] = [Counter() for _ in plan]
         self.per_contributor: dict[str, Counter[str]] = {}
         self.weights: Counter[str] = Counter()
-        self.pending: list[Block | Deferred] = []
+        self.pending: list[Deferred] = []
         self.pending_sources: set[int] = set()
         self.pending_rows = 0
+        self.pending_bytes = 0
         self.scratch = scratch
         self.quarantine_path = scratch / layout.QUARANTINE
         self.rejected_path = scratch / layout.REJECTED
@@ -132,25 +133,28 @@ class BatchBuilder:
         self.quarantine = pq.ParquetWriter(self.quarantine_path, _quarantine_schema(), compression="zstd")
         self.rejected = pq.ParquetWriter(self.rejected_path, _rejected_schema(), compression="zstd")
 
-    def add(self, source: int, item: Block | Deferred, renew: Callable[[], None] = lambda: None) -> None:
-        """A block of records of plan source `source` the driver parsed, or a run of its lines a
-        chunk task will parse; `renew()` while waiting on a chunk task (the writer's lease)."""
+    def add(self, source: int, item: Deferred, renew: Callable[[], None] = lambda: None) -> None:
+        """What a chunk task will parse of plan source `source` (a run of lines, of row groups, a
+        block); `renew()` while waiting on a chunk task (the writer's lease). A chunk is sent at
+        `chunk_records` records or CHUNK_BYTES bytes, whichever comes first: lines of up to the
+        record size limit could otherwise put gigabytes in one task."""
         self.pending_sources.add(source)
         self.pending.append(item)
         self.pending_rows += len(item)
-        if self.pending_rows >= self.chunk_records:
+        self.pending_bytes += item.size
+        if self.pending_rows >= self.chunk_records or self.pending_bytes >= CHUNK_BYTES:
             self.flush(renew)
 
     def flush(self, renew: Callable[[], None] = lambda: None) -> None:
         """Send the pending items, as one chunk, to a chunk task; chunks are settled in order,
         as many still running as the engine has workers, twice over."""
-        items, self.pending, self.pending_rows = self.pending, [], 0
+        items, self.pending, self.pending_rows, self.pending_bytes = self.pending, [], 0, 0
         sources, self.pending_sources = self.pending_sources, set()
         if not items:
             return
         signers = None if self.signers is None else {i: self.signers[i] for i in sources}
         job = ChunkJob(str(self.scratch), self.dataset, self.chunks, tuple(items), self.slices, signers)
-        self.chunk_files[self.chunks] = [path for item in items if (path := in_shuffle(item))]
+        self.chunk_files[self.chunks] = [item.release for item in items if item.release]
         self.validating.append((self.chunks, self.pool.submit(run_chunk, job) if self.pool is not None
                                 else run_chunk(job)))
         self.chunks += 1
@@ -356,7 +360,7 @@ def blocks(files: BatchFiles, dataset: Dataset, plan: list[Source], scratch: Pat
     shuffle directory. Nothing here reads a source."""
     upcoming, waiting = iter(range(len(plan))), deque[Callable[[], list[Deferred]]]()
     for index in range(len(plan)):
-        while len(waiting) < max(1, ahead) and (sent := next(upcoming, None)) is not None:
+        while len(waiting) < min(max(1, ahead), MAX_READ_AHEAD) and (sent := next(upcoming, None)) is not None:
             waiting.append(read_source(SourceJob(files.lake, dataset, sent, plan[sent], str(scratch))))
         for item in waiting.popleft()():
             yield index, item

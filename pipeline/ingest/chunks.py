@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 from pipeline.datasets import Dataset
 from pipeline.ingest import partitions as tasks
-from pipeline.ingest.parse import Block, LineRun, RunFile, Stored, parse_source, source_format
+from pipeline.ingest.parse import Block, LineRun, RowGroups, RunFile, RunRef, Stored, parse_source, source_format
 from pipeline.ingest.quality import ChunkResult, check_chunk, checking
 from pipeline.lake.sources import Source, open_source
 from pipeline.lake.storage import Lake
@@ -35,11 +35,15 @@ ARRIVAL_SHIFT = 32  # arrival = chunk number << 32 | place among the chunk's row
 @dataclass(frozen=True)
 class Deferred:
     """A call a chunk task makes (parsing one run of lines) instead of the driver; `rows` is how
-    many records it may yield, at most."""
+    many records it may yield, at most, and `size` about how many bytes of them it holds (0:
+    not known beforehand). `release` names a shuffle file no chunk needs once the chunk holding
+    this item has settled."""
 
     fn: Callable[..., Block]
     args: tuple[Any, ...]
     rows: int
+    size: int = 0
+    release: str | None = None
 
     def result(self) -> Block:
         return self.fn(*self.args)
@@ -52,7 +56,9 @@ class Deferring(Executor):
     """Stands in for a pool to the parser: each submitted call is kept for a chunk task to make."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return Deferred(fn, args, getattr(args[-1], "count", 1))  # type: ignore[return-value]
+        run = args[-1]  # a run of lines by reference (its length) or with its bytes; Parquet row groups: not known
+        size = run.length if isinstance(run, RunRef) else len(run.data) if isinstance(run, LineRun) else 0
+        return Deferred(fn, args, getattr(run, "count", 1), size)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,19 @@ def plan_source(job: SourceJob, renew: Callable[[], None] = lambda: None) -> lis
     fmt, _ = source_format(job.source.key)
     stream, finish = open_source(job.lake, job.source, Path(job.shuffle), seekable=fmt == "parquet")
     with stream:
-        stored = Stored(job.lake, job.source.raw_key, stream.name if fmt == "parquet" else None)
+        copy = stream.name if fmt == "parquet" else None
         items = []
-        for n, item in enumerate(parse_source(job.dataset, job.index, job.source.key, stream, Deferring(), stored)):
+        for n, item in enumerate(parse_source(job.dataset, job.index, job.source.key, stream, Deferring(),
+                                              Stored(job.lake, job.source.raw_key, copy))):
             renew()
             items.append(_referenced(job, n, item))
         finish()
+    if copy is not None:  # the private copy goes once the last chunk that reads it has settled
+        last = max((i for i, item in enumerate(items) if isinstance(item.args[-1], RowGroups)), default=None)
+        if last is None:
+            Path(copy).unlink()
+        else:
+            items[last] = replace(items[last], release=copy)
     return items
 
 
@@ -93,31 +106,24 @@ def shuffle_file(shuffle: str | Path, index: int, n: int) -> Path:
     return Path(shuffle) / f"read-{index:06d}-{n:06d}"
 
 
-def in_shuffle(item: Block | Deferred) -> str | None:
-    """The shuffle file item holds its records or bytes in, if any: the driver removes it once the
-    chunk that read it is settled."""
-    if isinstance(item, Block):
-        return None
-    last = item.args[-1]
-    return last.path if isinstance(last, RunFile) else last if item.fn is read_block else None
-
-
 def _referenced(job: SourceJob, n: int, item: Block | Future[Block]) -> Deferred:
     """Item `n` of a source as a chunk task's item that carries no records and no bytes: a block
     parsed by the reader, or a run of lines that went with its bytes, is written to a file of the
     shuffle directory (whole or not at all: a retried reader never leaves a torn one)."""
     path = shuffle_file(job.shuffle, job.index, n)
-    if isinstance(item, Block):
-        tasks.write_arrow(path, _block_table(item), compression="zstd")  # rows of one text repeated stay small
-        return Deferred(read_block, (job.index, str(path)), len(item))
+    if isinstance(item, Block):  # zstd: rows of one text repeated (a small upload) stay small on disk
+        tasks.write_arrow(path, _block_table(item), compression="zstd")
+        size = sum(len(raw) for raw in item.raw)
+        return Deferred(read_block, (job.index, str(path)), len(item), size, str(path))
     deferred = cast(Deferred, item)
     run = deferred.args[-1]
     if not isinstance(run, LineRun):
         return deferred
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_bytes(run.data)
+    temporary.write_bytes(RunFile.pack(run.data))
     os.replace(temporary, path)
-    return Deferred(deferred.fn, (*deferred.args[:-1], RunFile(str(path), run.first, run.count, run.long)), deferred.rows)
+    ref = RunFile(str(path), run.first, run.count, run.long, len(run.data))
+    return replace(deferred, args=(*deferred.args[:-1], ref), release=str(path))
 
 
 _BLOCK_LISTS = {"line": (tasks.LINE, "int64"), "raw": (tasks.RAW, "binary"), "reason": ("__reason", "string"),

@@ -285,13 +285,15 @@ def _blocks(dataset: Dataset, index: int, records: Iterator[Record]) -> Iterator
     """Group records read in this process into sealed blocks."""
     sealer = _state(dataset).sealer
     pending: list[Record] = []
+    size = 0
     failure: BaseException | None = None
     try:
         for record in records:
             pending.append(record)
-            if len(pending) >= BLOCK_LINES:
+            size += len(record.raw)
+            if len(pending) >= BLOCK_LINES or size >= BLOCK_BYTES:
                 yield to_block(index, sealer.seal(pending), sealer.columns)
-                pending = []
+                pending, size = [], 0
     except (OSError, EOFError, zlib.error, _CorruptSource) as e:
         failure = e  # the source breaks off here: keep what was read before it
     if pending:
@@ -300,7 +302,8 @@ def _blocks(dataset: Dataset, index: int, records: Iterator[Record]) -> Iterator
         raise failure
 
 
-BLOCK_LINES = 20_000  # records of a CSV or Parquet source per block
+BLOCK_LINES = 20_000  # records of a CSV or Parquet source per block, at most
+BLOCK_BYTES = 32 << 20  # and their text, at most (records of up to the size limit)
 
 
 # --- JSONL: runs of lines, typed column-wise where they can be --------------------------------
@@ -499,13 +502,24 @@ class RunFile:
     first: int
     count: int
     long: frozenset[int]
+    size: int  # the bytes of the lines (the file holds them zstd-compressed)
+
+    @staticmethod
+    def pack(data: bytes) -> bytes:
+        """zstd: a run decompressed from a small upload (lines of one text repeated) stays small on disk."""
+        import pyarrow as pa
+
+        return cast(bytes, pa.compress(data, codec="zstd", asbytes=True))
 
     def read(self) -> LineRun:
+        import pyarrow as pa
+
         try:
-            data = Path(self.path).read_bytes()
+            packed = Path(self.path).read_bytes()
         except FileNotFoundError:
             raise CheckFailed(f"{self.path} is not there: this worker does not see the driver's shuffle directory "
                               "(on a cluster, set ANCHORLAKE_SCRATCH to a volume every node mounts)") from None
+        data = pa.decompress(packed, decompressed_size=self.size, codec="zstd", asbytes=True)
         return LineRun(self.first, self.count, data, self.long)
 
 

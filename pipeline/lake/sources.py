@@ -192,7 +192,7 @@ def open_source(lake: Lake, source: Source, scratch: Path, seekable: bool) -> tu
         stream: IO[bytes] = open(path, "rb")
         return stream, lambda: None
     hasher = hashlib.sha256()
-    reader = _HashingReader(lake.open(source.raw_key), hasher)
+    reader = _HashingReader(lake.open(source.raw_key), hasher, source.bytes + 1)  # never read past what was staged
     stream = io.BufferedReader(reader, 1 << 20)
 
     def finish() -> None:
@@ -225,16 +225,16 @@ def _check(lake: Lake, source: Source, digest: str, size: int) -> None:
 
 
 class _HashingReader(io.RawIOBase):
-    """Hashes every byte read through it."""
+    """Hashes every byte read through it, and ends after `limit` bytes."""
 
-    def __init__(self, inner: Any, digest: Any) -> None:
-        self.inner, self.digest, self.size = inner, digest, 0
+    def __init__(self, inner: Any, digest: Any, limit: int) -> None:
+        self.inner, self.digest, self.size, self.limit = inner, digest, 0, limit
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self.inner.read(len(buffer))
+        data = self.inner.read(min(len(buffer), self.limit - self.size))
         self.digest.update(data)
         self.size += len(data)
         buffer[: len(data)] = data
