@@ -29,6 +29,7 @@ from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_tex
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed
 from pipeline.ingest.columns import ColumnTyper, Typed
+from pipeline.ingest.partitions import read_shuffled_bytes
 from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_table
 from pipeline.lake.sources import read_checked
@@ -514,11 +515,7 @@ class RunFile:
     def read(self) -> LineRun:
         import pyarrow as pa
 
-        try:
-            packed = Path(self.path).read_bytes()
-        except FileNotFoundError:
-            raise CheckFailed(f"{self.path} is not there: this worker does not see the driver's shuffle directory "
-                              "(on a cluster, set ANCHORLAKE_SCRATCH to a volume every node mounts)") from None
+        packed = read_shuffled_bytes(Path(self.path))
         data = pa.decompress(packed, decompressed_size=self.size, codec="zstd", asbytes=True)
         return LineRun(self.first, self.count, data, self.long)
 

@@ -138,11 +138,20 @@ def leaf_order(table: Any) -> Any:
 
 
 def read_shuffled(path: Path) -> Any:
-    """A file another task (or the driver) wrote to the shuffle directory."""
+    """An Arrow file another task (or the driver) wrote to the shuffle directory."""
+    return read_arrow(_shuffled(path))
+
+
+def read_shuffled_bytes(path: Path) -> bytes:
+    """The bytes of a file another task wrote to the shuffle directory."""
+    return _shuffled(path).read_bytes()
+
+
+def _shuffled(path: Path) -> Path:
     if not path.exists():
         raise CheckFailed(f"{path} is not there: this worker does not see the driver's shuffle directory "
                           "(on a cluster, set ANCHORLAKE_SCRATCH to a volume every node mounts)")
-    return read_arrow(path)
+    return path
 
 
 def read_arrow(path: Path) -> Any:
