@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +28,7 @@ from pipeline.lake.columnar import record_texts, text_slices, timestamp_texts
 from pipeline.lake.workers import fork_pool
 
 log = logging.getLogger(__name__)
+
 
 def batch_records(files: BatchFiles, dataset: Dataset) -> list[dict[str, Any]]:
     """Every committed row of the batch as its JSON record, in leaf order (parts checked)."""
@@ -238,25 +239,47 @@ RECEIPTS_FILE_BYTES = 128 << 20  # receipts' JSON one file holds, at most (or on
 _PREPARED: list[_Prepared] = []  # what build_receipts prepared, inherited by its forked workers
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Written:
     path: str
-    sha256: Any  # its hash, as it is written
-    contributors: list[str] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    start: int | None = None  # the first leaf of the first range written
-    end: int | None = None  # the end of the last
-    unpacked: int = 0  # the bytes of its receipts' JSON
+    sha256: str
+    contributors: list[str]
+    lengths: list[int]
+    start: int  # the first leaf of the first range written
+    end: int  # the end of the last
+
+
+class _Writing:
+    """A receipts file being written: each receipt a gzip member, hashed as it is written."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self.out = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # as the lake's own files
+        self.path, self.start, self.end, self.digest = path, start, start, hashlib.sha256()
+        self.contributors, self.lengths, self.unpacked = list[str](), list[int](), 0
+
+    def add(self, contributor: str, end: int, text: bytes) -> None:
+        line = receipts.packed(text)
+        self.out.write(line)
+        self.digest.update(line)
+        self.contributors.append(contributor)
+        self.lengths.append(len(line))
+        self.unpacked += len(text)
+        self.end = end
+
+    def close(self) -> _Written:
+        self.out.close()
+        return _Written(self.path, self.digest.hexdigest(), self.contributors, self.lengths, self.start, self.end)
 
 
 def _write(first: int, end: int, prefix: str) -> tuple[list[_Written], int | None]:
-    """Write the receipts of the ranges starting in parts [first, end) to files `prefix`-N, hashing
-    them; a new file once one holds RECEIPTS_FILE_BYTES of JSON (so a verifier can read any file
-    whole). A receipt over MAX_RECEIPT_BYTES is written, and said: its readers refuse it. Returns
-    the files and the end of the last range met (past the tree when the parts hold more rows)."""
+    """Write the receipts of the ranges starting in parts [first, end) to files `prefix`-N; a new
+    file once one holds RECEIPTS_FILE_BYTES of JSON (so a verifier can read any file whole). A
+    receipt over MAX_RECEIPT_BYTES is written, and said: its readers refuse it. Returns the files
+    and the end of the last range met (past the tree when the parts hold more rows)."""
     job = _PREPARED[-1]
     written: list[_Written] = []
-    out, last = None, None
+    current: _Writing | None = None
+    last = None
     try:
         for contributor, a, b, rows in contributor_ranges(job.parts, job.columns, first, end):
             last = b
@@ -266,23 +289,15 @@ def _write(first: int, end: int, prefix: str) -> tuple[list[_Written], int | Non
             if len(text) > receipts.MAX_RECEIPT_BYTES:
                 log.warning("the receipt of %s, leaves [%d, %d), is %d bytes: over the %d its readers take",
                             contributor, a, b, len(text), receipts.MAX_RECEIPT_BYTES)
-            if out is None or written[-1].unpacked + len(text) > RECEIPTS_FILE_BYTES:
-                if out is not None:
-                    out.close()
-                written.append(_Written(f"{prefix}-{len(written)}.jsonl.gz", hashlib.sha256(), start=a))
-                out = open(os.open(written[-1].path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # noqa: SIM115
-            line = receipts.packed(text)
-            out.write(line)
-            current = written[-1]
-            current.sha256.update(line)
-            current.contributors.append(contributor)
-            current.lengths.append(len(line))
-            current.unpacked += len(text)
-            current.end = b
+            if current is not None and current.unpacked + len(text) > RECEIPTS_FILE_BYTES:
+                written.append(current.close())
+                current = None
+            current = current or _Writing(f"{prefix}-{len(written)}.jsonl.gz", a)
+            current.add(contributor, b, text)
     finally:
-        if out is not None:
-            out.close()
-    return [replace(w, sha256=w.sha256.hexdigest()) for w in written], last
+        if current is not None:
+            written.append(current.close())
+    return written, last
 
 
 def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
@@ -319,7 +334,7 @@ def build_receipts(files: BatchFiles, dataset: Dataset) -> int:
                     if written.start != end:
                         raise CheckFailed(f"batch {manifest.seq}: no receipt covers leaf {end}")
                     done.append(written)
-                    end = written.end or end
+                    end = written.end
                 end = end if last is None else last
                 if end > tree.tree_size:
                     break

@@ -15,7 +15,6 @@ plan, then of the lines, whatever worker ran which chunk.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
@@ -119,11 +118,7 @@ def _referenced(job: SourceJob, n: int, item: Block | Future[Block]) -> Deferred
     run = deferred.args[-1]
     if not isinstance(run, LineRun):
         return deferred
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_bytes(RunFile.pack(run.data))
-    os.replace(temporary, path)
-    ref = RunFile(str(path), run.first, run.count, run.long, len(run.data))
-    return replace(deferred, args=(*deferred.args[:-1], ref), release=str(path))
+    return replace(deferred, args=(*deferred.args[:-1], RunFile.write(path, run)), release=str(path))
 
 
 _BLOCK_LISTS = {"line": (tasks.LINE, "int64"), "raw": (tasks.RAW, "binary"), "reason": ("__reason", "string"),

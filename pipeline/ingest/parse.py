@@ -29,7 +29,7 @@ from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_tex
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed
 from pipeline.ingest.columns import ColumnTyper, Typed
-from pipeline.ingest.partitions import read_shuffled_bytes
+from pipeline.ingest.partitions import read_shuffled_bytes, write_shuffled_bytes
 from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_table
 from pipeline.lake.sources import read_checked
@@ -505,12 +505,14 @@ class RunFile:
     long: frozenset[int]
     size: int  # the bytes of the lines (the file holds them zstd-compressed)
 
-    @staticmethod
-    def pack(data: bytes) -> bytes:
-        """zstd: a run decompressed from a small upload (lines of one text repeated) stays small on disk."""
+    @classmethod
+    def write(cls, path: Path, run: LineRun) -> RunFile:
+        """Keep `run` at `path`, zstd-compressed: a run decompressed from a small upload (lines of
+        one text repeated) stays small on disk."""
         import pyarrow as pa
 
-        return cast(bytes, pa.compress(data, codec="zstd", asbytes=True))
+        write_shuffled_bytes(path, cast(bytes, pa.compress(run.data, codec="zstd", asbytes=True)))
+        return cls(str(path), run.first, run.count, run.long, len(run.data))
 
     def read(self) -> LineRun:
         import pyarrow as pa

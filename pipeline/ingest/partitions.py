@@ -18,8 +18,11 @@ worker runs what: the same inputs give the same files.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,16 +165,26 @@ def read_arrow(path: Path) -> Any:
 
 
 def write_arrow(path: Path, table: Any, compression: str | None = None) -> None:
-    """Write a shuffle file whole or not at all: a retried task's first attempt, still writing,
-    never leaves a torn file under the name a reader opens."""
-    import os
-
+    """Write an Arrow shuffle file whole or not at all (see _whole)."""
     import pyarrow as pa
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
     options = pa.ipc.IpcWriteOptions(compression=compression)
-    with pa.ipc.new_file(str(temporary), table.schema, options=options) as writer:
+    with _whole(path) as temporary, pa.ipc.new_file(str(temporary), table.schema, options=options) as writer:
         writer.write_table(table)
+
+
+def write_shuffled_bytes(path: Path, data: bytes) -> None:
+    """Write a shuffle file of `data` whole or not at all (see _whole)."""
+    with _whole(path) as temporary:
+        temporary.write_bytes(data)
+
+
+@contextmanager
+def _whole(path: Path) -> Iterator[Path]:
+    """Where to write what then becomes `path` at once: a retried task's first attempt, still
+    writing, never leaves a torn file under the name a reader opens."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    yield temporary
     os.replace(temporary, path)
 
 
