@@ -68,14 +68,16 @@ def _same(lines: list[bytes]) -> bool:
     """Both rules agree on the run; True if the column-wise rule typed any of it."""
     run = parse.LineRun(1, len(lines), b"\n".join(lines) + b"\n", frozenset())
     fast, slow = parse._jsonl_run(DATASET, 0, run), _slow(run.lines())
-    assert (fast.line, fast.raw, fast.reason, fast.detail, fast.contributor, fast.key) == \
-           (slow.line, slow.raw, slow.reason, slow.detail, slow.contributor, slow.key)
-    for got, want, reason, leaf in zip(_rows(fast), _rows(slow), fast.reason, fast.leaf, strict=True):
+    names = ("line", "raw", "reason", "detail", "contributor", "key")
+    assert [getattr(fast, n).to_pylist() for n in names] == [getattr(slow, n).to_pylist() for n in names]
+    for got, want, reason, leaf in zip(_rows(fast), _rows(slow), fast.reason.to_pylist(), fast.leaf.to_pylist(),
+                                       strict=True):
         assert {**got, "salt": None} == {**want, "salt": None}
         assert (leaf is None) == (reason is not None)
         if leaf is not None:
             assert leaf == LEAF(record_object(COLUMNS, got))
-    return ColumnTyper(DATASET).type(0, run.data, run.lines()) is not None
+    lines = run.columns()
+    return lines.shaped and ColumnTyper(DATASET).type(0, run.data, lines.numbers) is not None
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,8 +186,8 @@ def test_a_parquet_source_parsed_in_runs_gives_the_records_of_parsing_it_whole(t
 
     def flat(items: list) -> list[tuple]:
         blocks = [item if isinstance(item, parse.Block) else item.result() for item in items]
-        return [(b.source, line, reason, who, key) for b in blocks
-                for line, reason, who, key in zip(b.line, b.reason, b.contributor, b.key, strict=True)]
+        return [(b.source, *row) for b in blocks for row in zip(
+            b.line.to_pylist(), b.reason.to_pylist(), b.contributor.to_pylist(), b.key.to_pylist(), strict=True)]
 
     with open(path, "rb") as whole:
         parsed_here = list(parse.parse_source(DATASET, 4, "s.parquet", whole, Deferring()))
@@ -198,3 +200,21 @@ def test_a_parquet_source_parsed_in_runs_gives_the_records_of_parsing_it_whole(t
     assert flat(deferred) == flat(parsed_here)
     assert [line for _, line, reason, _, _ in flat(deferred) if reason] == [2, 4, 69_999, 70_004, 125_006]
     assert len(flat(deferred)) == sum(groups)
+
+
+LINE_SHAPES = [b'{"prompt":"a"}', b"{}", b"{ }", b' {"a":1}', b'{"a":1} ', b'{"a":1}\r', b"\r", b"", b"   ", b"\t",
+               b"}", b"{", b"x{}", b"{}x", b"\xef\xbb\xbf{}", b'{"a":"\r\n"}', b"\x0b{}"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.sampled_from(LINE_SHAPES), min_size=1, max_size=10), ended=st.booleans(),
+       first=st.integers(1, 10**9))
+def test_a_runs_lines_as_columns_are_its_lines(lines: list[bytes], ended: bool, first: int) -> None:
+    """The numpy reading of a run's lines (its common case: every line `{...}`, nothing around it)
+    gives what reading them one by one gives: numbers and text of the lines that are not blank."""
+    run = parse.LineRun(first, len(lines), b"\n".join(lines) + (b"\n" if ended else b""), frozenset())
+    columns, listed = run.columns(), run.lines()
+    assert columns.numbers.tolist() == [number for number, _, _ in listed]
+    assert columns.texts.to_pylist() == [text for _, text, _ in listed]
+    assert columns.shaped == all(text.strip()[:1] == b"{" and text.strip()[-1:] == b"}" for _, text, _ in listed)
+    assert run._plain_lines() is None or all(text[:1] == b"{" and text[-1:] == b"}" for text in lines)

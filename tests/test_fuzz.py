@@ -35,7 +35,8 @@ def read_all(name: str, data: bytes) -> list[Block]:
     blocks = [item if isinstance(item, Block) else item.result() for item in items]  # type: ignore[attr-defined]
     assert blocks and all(isinstance(b, Block) for b in blocks)
     for block in blocks:  # a record is typed (it has its contributor and leaf) or quarantined with a reason
-        for reason, contributor, leaf in zip(block.reason, block.contributor, block.leaf, strict=True):
+        for reason, contributor, leaf in zip(block.reason.to_pylist(), block.contributor.to_pylist(),
+                                             block.leaf.to_pylist(), strict=True):
             assert reason is not None or (contributor is not None and leaf is not None)
     return blocks
 
@@ -101,7 +102,8 @@ def _records(blocks: list[Block]) -> list[tuple]:
     out = []
     for b in blocks:
         values = b.table.drop_columns(["salt"]).to_pylist()
-        out += list(zip(b.line, b.raw, b.reason, b.detail, b.contributor, b.key, values, strict=True))
+        columns = [getattr(b, name).to_pylist() for name in ("line", "raw", "reason", "detail", "contributor", "key")]
+        out += list(zip(*columns, values, strict=True))
     return out
 
 

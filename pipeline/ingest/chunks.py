@@ -23,7 +23,17 @@ from typing import Any, cast
 
 from pipeline.datasets import Dataset
 from pipeline.ingest import partitions as tasks
-from pipeline.ingest.parse import Block, LineRun, RowGroups, RunFile, RunRef, Stored, parse_source, source_format
+from pipeline.ingest.parse import (
+    Block,
+    LineRun,
+    RowGroups,
+    RunFile,
+    RunRef,
+    Stored,
+    block_types,
+    parse_source,
+    source_format,
+)
 from pipeline.ingest.quality import ChunkResult, check_chunk, checking
 from pipeline.lake.sources import Source, open_source
 from pipeline.lake.storage import Lake
@@ -109,10 +119,12 @@ def _referenced(job: SourceJob, n: int, item: Block | Future[Block]) -> Deferred
     """Item `n` of a source as a chunk task's item that carries no records and no bytes: a block
     parsed by the reader, or a run of lines that went with its bytes, is written to a file of the
     shuffle directory (whole or not at all: a retried reader never leaves a torn one)."""
+    import pyarrow.compute as pc
+
     path = shuffle_file(job.shuffle, job.index, n)
     if isinstance(item, Block):  # zstd: rows of one text repeated (a small upload) stay small on disk
         tasks.write_arrow(path, _block_table(item), compression="zstd")
-        size = sum(len(raw) for raw in item.raw)
+        size = int(pc.sum(pc.binary_length(item.raw)).as_py() or 0)
         return Deferred(read_block, (job.index, str(path)), len(item), size, str(path))
     deferred = cast(Deferred, item)
     run = deferred.args[-1]
@@ -121,58 +133,63 @@ def _referenced(job: SourceJob, n: int, item: Block | Future[Block]) -> Deferred
     return replace(deferred, args=(*deferred.args[:-1], RunFile.write(path, run)), release=str(path))
 
 
-_BLOCK_LISTS = {"line": (tasks.LINE, "int64"), "raw": (tasks.RAW, "binary"), "reason": ("__reason", "string"),
-                "detail": ("__detail", "string"), "contributor": ("__contributor", "string"),
-                "leaf": (tasks.LEAF, "binary32"), "key": (tasks.KEY, "binary32")}
+_BLOCK_COLUMNS = {"line": tasks.LINE, "raw": tasks.RAW, "reason": "__reason", "detail": "__detail",
+                  "contributor": "__contributor", "leaf": tasks.LEAF, "key": tasks.KEY}
 
 
 def _block_table(block: Block) -> Any:
-    """A block as one Arrow table: its committed values, then its lists as shuffle-only columns."""
-    import pyarrow as pa
-
-    types = {"int64": pa.int64(), "binary": pa.binary(), "string": pa.string(), "binary32": pa.binary(32)}
+    """A block as one Arrow table: its committed values, then its other columns as shuffle-only ones."""
     table = block.table
-    for field, (name, kind) in _BLOCK_LISTS.items():
-        values = [_bytes(r) for r in block.raw] if field == "raw" else getattr(block, field)
-        table = table.append_column(name, pa.array(values, types[kind]))
+    for field, name in _BLOCK_COLUMNS.items():
+        table = table.append_column(name, getattr(block, field))
     return table
 
 
 def read_block(index: int, path: str) -> Block:
     """Chunk task: the block of plan source `index` its reader wrote to `path`."""
     table = tasks.read_shuffled(Path(path))
-    names = [name for name, _ in _BLOCK_LISTS.values()]
-    lists = {field: table.column(name).to_pylist() for field, (name, _) in _BLOCK_LISTS.items()}
-    return Block(index, table=table.drop_columns(names), **lists)
+    columns = {field: table.column(name).combine_chunks() for field, name in _BLOCK_COLUMNS.items()}
+    return Block(index, table=table.drop_columns(list(_BLOCK_COLUMNS.values())), **columns)
 
 
 @dataclass
 class _Chunk:
-    """The records of a run of blocks, column by column; `reason` is None while a record stands."""
+    """The records of a run of blocks, column by column (Arrow, `source` numpy). `standing` says
+    which records stand; `rejected` holds (reason, detail) of each that does not, by position."""
 
-    source: list[int]
-    line: list[int]
-    raw: list[bytes | str]
-    reason: list[str | None]
-    detail: list[str | None]
-    contributor: list[str | None]
-    leaf: list[bytes | None]
-    key: list[bytes | None]
+    source: Any
+    line: Any
+    raw: Any
+    contributor: Any
+    leaf: Any
+    key: Any
     table: Any  # committed values, a null row where a record was rejected as it was read
+    standing: Any
+    rejected: dict[int, tuple[str, str]]
 
     @classmethod
     def of(cls, blocks: list[Block]) -> _Chunk:
+        import numpy as np
         import pyarrow as pa
 
-        def joined(name: str) -> list[Any]:
-            return [x for b in blocks for x in getattr(b, name)]
+        def joined(name: str) -> Any:
+            return pa.chunked_array([getattr(b, name) for b in blocks], block_types()[name])
 
-        return cls([b.source for b in blocks for _ in range(len(b))], joined("line"), joined("raw"), joined("reason"),
-                   joined("detail"), joined("contributor"), joined("leaf"), joined("key"),
-                   pa.concat_tables([b.table for b in blocks]))
+        reason, detail = joined("reason"), joined("detail")
+        standing = reason.is_null().to_numpy(zero_copy_only=False)
+        at = pa.array(np.flatnonzero(~standing))
+        rejected = dict(zip(at.to_pylist(), zip(reason.take(at).to_pylist(), detail.take(at).to_pylist(), strict=True),
+                            strict=True))
+        return cls(np.repeat([b.source for b in blocks], [len(b) for b in blocks]), joined("line"), joined("raw"),
+                   joined("contributor"), joined("leaf"), joined("key"), pa.concat_tables([b.table for b in blocks]),
+                   standing, rejected)
+
+    def __len__(self) -> int:
+        return len(self.standing)
 
     def reject(self, i: int, reason: str, detail: str) -> None:
-        self.reason[i], self.detail[i] = reason, detail
+        self.standing[i] = False
+        self.rejected[i] = (reason, detail)
 
 
 @dataclass(frozen=True)
@@ -202,39 +219,44 @@ def quarantine_file(shuffle: str | Path, number: int) -> Path:
 
 def run_chunk(job: ChunkJob) -> ChunkOutcome:
     """Parse, type, hash and check one chunk; spill what passed, write what did not."""
+    import numpy as np
     import pyarrow as pa
 
     chunk = _Chunk.of([item if isinstance(item, Block) else item.result() for item in job.items])
     if job.signers is not None:
         _check_signers(chunk, job.signers)
-    typed = [i for i in range(len(chunk.line)) if chunk.reason[i] is None]
-    table = chunk.table if len(typed) == len(chunk.line) else chunk.table.take(pa.array(typed, pa.int64()))
-    result = check_chunk(job.dataset, checking(job.dataset).selected(table))
+    typed = np.flatnonzero(chunk.standing)
+    checked = checking(job.dataset).selected(chunk.table)  # by filters, chunk by chunk: a take would join them first
+    result = check_chunk(job.dataset, checked if len(typed) == len(chunk) else checked.filter(pa.array(chunk.standing)))
     for position, (why, what) in result.failures.items():
-        chunk.reject(typed[position], why, what)
-    passed = [j for j, i in enumerate(typed) if chunk.reason[i] is None]
+        chunk.reject(int(typed[position]), why, what)
     counts, per_contributor = _tally(chunk)
-    slice_rows = _spill(job, chunk, typed, table, passed) if passed else [0] * job.slices
-    rejected = [i for i in range(len(chunk.line)) if chunk.reason[i] is not None]
-    if rejected:
+    slice_rows = _spill(job, chunk) if chunk.standing.any() else [0] * job.slices
+    rejected = np.flatnonzero(~chunk.standing)
+    if len(rejected):
+        mask = pa.array(~chunk.standing)
+        found = [chunk.rejected[i] for i in rejected.tolist()]
         tasks.write_arrow(quarantine_file(job.shuffle, job.number), pa.table({
-            "source": pa.array([chunk.source[i] for i in rejected], pa.int64()),
-            "line": pa.array([chunk.line[i] for i in rejected], pa.int64()),
-            "contributor": pa.array([chunk.contributor[i] for i in rejected], pa.string()),
-            "reason": pa.array([chunk.reason[i] for i in rejected], pa.string()),
-            "detail": pa.array([chunk.detail[i] for i in rejected], pa.string()),
-            "raw": pa.array([_bytes(chunk.raw[i]) for i in rejected], pa.binary())}))
+            "source": pa.array(chunk.source[rejected]), "line": chunk.line.filter(mask),
+            "contributor": chunk.contributor.filter(mask), "reason": pa.array([r for r, _ in found], pa.string()),
+            "detail": pa.array([d for _, d in found], pa.string()), "raw": chunk.raw.filter(mask)}))
     return ChunkOutcome(counts, per_contributor, result, slice_rows, len(rejected))
 
 
 def _check_signers(chunk: _Chunk, signers: dict[int, tuple[str | None, str]]) -> None:
     """A source without a valid signature is quarantined whole, and a row naming another
     contributor than its source's signer is quarantined."""
-    for i, source in enumerate(chunk.source):
-        signer, unsigned = signers[source]
+    import numpy as np
+    import pyarrow.compute as pc
+
+    for source, (signer, unsigned) in signers.items():
+        rows = chunk.source == source
         if signer is None:
-            chunk.reject(i, "unsigned_source", unsigned)
-        elif chunk.reason[i] is None and chunk.contributor[i] != signer:
+            for i in np.flatnonzero(rows).tolist():
+                chunk.reject(i, "unsigned_source", unsigned)
+            continue
+        other = pc.fill_null(pc.not_equal(chunk.contributor, signer), True).to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(rows & chunk.standing & other).tolist():
             chunk.reject(i, "contributor_not_signer", f"the source is signed by {signer}")
 
 
@@ -243,13 +265,15 @@ def _tally(chunk: _Chunk) -> tuple[list[tuple[str, int, int]], list[tuple[str, s
     passed the gate counts as accepted until its dedupe task says otherwise."""
     import pyarrow as pa
 
-    kinds = pa.table({
-        "kind": pa.array(["accepted" if r is None else "quarantined" for r in chunk.reason], pa.string()),
-        "source": pa.array(chunk.source, pa.int64()),
-        "who": pa.array(chunk.contributor, pa.string())})
-    per_source = list(_grouped(kinds, ["kind", "source"], ("kind", "count")))
-    per_contributor = list(_grouped(kinds.filter(kinds["who"].is_valid()), ["kind", "who"], ("kind", "count")))
+    kinds = pa.table({"standing": pa.array(chunk.standing), "source": pa.array(chunk.source), "who": chunk.contributor})
+    per_source = [(_KINDS[standing], source, count)
+                  for standing, source, count in _grouped(kinds, ["standing", "source"], ("standing", "count"))]
+    per_contributor = [(_KINDS[standing], who, count) for standing, who, count
+                       in _grouped(kinds.filter(kinds["who"].is_valid()), ["standing", "who"], ("standing", "count"))]
     return per_source, per_contributor
+
+
+_KINDS = {True: "accepted", False: "quarantined"}
 
 
 def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterator[tuple[Any, ...]]:
@@ -258,38 +282,24 @@ def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterato
     return zip(*(grouped.column(name).to_pylist() for name in (*keys, "_".join(aggregate))), strict=True)
 
 
-def _spill(job: ChunkJob, chunk: _Chunk, typed: list[int], table: Any, passed: list[int]) -> list[int]:
+def _spill(job: ChunkJob, chunk: _Chunk) -> list[int]:
     """The rows that passed the gate, with their arrival number, leaf, key, source, line and raw
-    text, into one file per key slice (each in arrival order); the rows each slice got. The rows
-    are put in slice order as they are gathered: the table is copied once."""
+    text, into one file per key slice (each in arrival order); the rows each slice got. Each
+    slice's rows are filtered out of the chunk's columns: every value is copied once."""
     import numpy as np
     import pyarrow as pa
 
-    keys = pa.array([chunk.key[typed[j]] for j in passed], pa.binary(32))
-    owner = tasks.key_slices(keys, job.slices)
-    order = np.argsort(owner, kind="stable")
-    bounds = np.searchsorted(owner[order], np.arange(job.slices + 1))
-    picked = np.asarray(passed, np.int64)[order]  # positions in `table`, in slice order
-    rows = [typed[j] for j in picked.tolist()]  # and in the chunk
-    kept = table.take(pa.array(picked))
-    extra = {
-        tasks.ARRIVAL: pa.array(order.astype(np.int64) + (job.number << ARRIVAL_SHIFT)),
-        tasks.LEAF: pa.array([chunk.leaf[i] for i in rows], pa.binary(32)),
-        tasks.KEY: keys.take(pa.array(order)),
-        tasks.SOURCE: pa.array([chunk.source[i] for i in rows], pa.int64()),
-        tasks.LINE: pa.array([chunk.line[i] for i in rows], pa.int64()),
-        tasks.RAW: pa.array([_bytes(chunk.raw[i]) for i in rows], pa.binary()),
-    }
-    for name, column in extra.items():
-        kept = kept.append_column(name, column)
+    arrival = np.cumsum(chunk.standing, dtype=np.int64) - 1 + (job.number << ARRIVAL_SHIFT)
+    keys = chunk.key.combine_chunks()
+    owner = tasks.key_slices(keys, job.slices)  # a rejected row has no key: its slice is never used
+    rows = chunk.table
+    for name, column in {tasks.ARRIVAL: pa.array(arrival), tasks.LEAF: chunk.leaf, tasks.KEY: keys,
+                         tasks.SOURCE: pa.array(chunk.source), tasks.LINE: chunk.line, tasks.RAW: chunk.raw}.items():
+        rows = rows.append_column(name, column)
     sent = []
     for k in range(job.slices):
-        part = kept.slice(bounds[k], bounds[k + 1] - bounds[k])
+        part = rows.filter(pa.array(chunk.standing & (owner == k)))
         if part.num_rows:
             tasks.write_arrow(tasks.slice_file(job.shuffle, k, job.number), part)
         sent.append(part.num_rows)
     return sent
-
-
-def _bytes(raw: bytes | str) -> bytes:
-    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")

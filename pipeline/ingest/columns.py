@@ -19,7 +19,7 @@ from pipeline.core.jcs import MAX_SAFE_INTEGER
 from pipeline.core.leaf import dedupe_key_function
 from pipeline.datasets import Column, Dataset
 from pipeline.ingest.salts import salt_hex
-from pipeline.lake.columnar import arrow_schema, key_hashes, leaf_hashes
+from pipeline.lake.columnar import arrow_schema, digests, key_hashes, leaf_hashes
 
 COLUMN_TYPES = ("string", "int64", "bool", "timestamp")  # what Arrow types here; others go row by row
 _PLAIN_ADDRESS = r"^0x(?:[0-9a-f]{40}|[0-9A-F]{40})$"  # one case: no EIP-55 checksum to check
@@ -32,14 +32,15 @@ _SOME_TIME = "2000-01-01T00:00:00Z"  # stands in for a doubted timestamp, so no 
 @dataclass
 class Typed:
     """The rows of a run typed column-wise: `table` holds their committed values (salt included)
-    for the run's positions `rows`; `doubtful` are the positions left to the row-by-row rule."""
+    for the run's positions `rows`, and `contributor`, `leaf` and `key` theirs (Arrow arrays);
+    `doubtful` are the positions left to the row-by-row rule (numpy arrays of positions)."""
 
     table: Any
-    rows: list[int]
-    doubtful: list[int]
-    contributor: list[str]
-    leaf: list[bytes]
-    key: list[bytes]
+    rows: Any
+    doubtful: Any
+    contributor: Any
+    leaf: Any
+    key: Any
 
 
 class ColumnTyper:
@@ -60,15 +61,14 @@ class ColumnTyper:
     def usable(dataset: Dataset) -> bool:
         return all(c.type in COLUMN_TYPES for c in dataset.columns)
 
-    def type(self, source: int, data: bytes, lines: list[tuple[int, bytes, bool]]) -> Typed | None:
-        """The non-blank `lines` (number, bytes, ...) of `data`, a run of source `source`, typed
-        column-wise, or None: leave the run to the row-by-row rule."""
+    def type(self, source: int, data: bytes, numbers: Any) -> Typed | None:
+        """The lines of `data`, a run of source `source` whose lines that are not blank are numbered
+        `numbers` and each shaped like one JSON object (see one_object), typed column-wise; or
+        None: leave the run to the row-by-row rule."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if not all(_one_object(line) for _, line, _ in lines):
-            return None
-        table = self._read(data, len(lines))
+        table = self._read(data, len(numbers))
         if table is None:
             return None
         doubt = pc.invert(pc.fill_null(pc.match_substring_regex(table.column("contributor"), _PLAIN_ADDRESS), False))
@@ -84,15 +84,16 @@ class ColumnTyper:
             return None
         values = {name: pc.filter(value, keep) for name, value in values.items()}
         flags = keep.to_numpy(zero_copy_only=False)
-        rows = flags.nonzero()[0].tolist()
-        values["salt"] = _salts(salt_hex(source, [lines[i][0] for i in rows]))
+        rows = flags.nonzero()[0]
+        values["salt"] = _salts(salt_hex(source, numbers[rows].tolist()))
         committed = pa.table([_committed(c, values[c.name]) for c in self.columns], schema=arrow_schema(self.columns))
         leaves = leaf_hashes(committed, self.columns)
         keys = key_hashes(committed, self.columns, self.dataset.dedupe_key)
         if leaves is None or keys is None:
             return None
-        return Typed(committed, rows, (~flags).nonzero()[0].tolist(),
-                     values["contributor"].to_pylist(), leaves, self._keys(keys, values))
+        contributor = values["contributor"]
+        return Typed(committed, rows, (~flags).nonzero()[0], contributor.combine_chunks(), digests(leaves),
+                     digests(self._keys(keys, values)))
 
     def _read(self, data: bytes, rows: int) -> Any:
         import pyarrow as pa
@@ -136,7 +137,7 @@ class ColumnTyper:
         return keys  # type: ignore[return-value]
 
 
-def _one_object(line: bytes) -> bool:
+def one_object(line: bytes) -> bool:
     """Whether a line is shaped like one JSON object: `{` first and `}` last. Arrow reads a run as
     one stream of values, so without this an object could span two lines (each only a part of
     one, to the row-by-row rule), a byte order mark could be skipped, and a `null` first in the

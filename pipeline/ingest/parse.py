@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -28,7 +29,7 @@ from pipeline.core.jcs import MAX_SAFE_INTEGER
 from pipeline.core.leaf import dedupe_key_function, leaf_function, timestamp_text
 from pipeline.datasets import Column, Dataset
 from pipeline.errors import CheckFailed
-from pipeline.ingest.columns import ColumnTyper, Typed
+from pipeline.ingest.columns import ColumnTyper, Typed, one_object
 from pipeline.ingest.partitions import read_shuffled_bytes, write_shuffled_bytes
 from pipeline.ingest.salts import salt_hex
 from pipeline.lake.columnar import arrow_table
@@ -64,38 +65,58 @@ class Record:
 
 @dataclass
 class Block:
-    """Records of one source in columns: what workers send back, cheap to pickle.
+    """Records of one source in columns, as Arrow arrays: what workers send back, cheap to pickle.
 
-    `table` holds the committed values of every record as Arrow (a null row where the record was
-    rejected); `leaf` and `key` are set for typed records once sealed.
+    `table` holds the committed values of every record (a null row where the record was rejected);
+    `reason` is null while a record stands; `leaf` and `key` are set for typed records once sealed.
     """
 
     source: int
-    line: list[int]
-    raw: list[bytes | str]
-    reason: list[str | None]
-    detail: list[str | None]
-    contributor: list[str | None]
+    line: Any  # int64: 1-based line or row number, 0 for the source as a whole
+    raw: Any  # binary: the record's text as read
+    reason: Any  # string
+    detail: Any  # string
+    contributor: Any  # string
     table: Any
-    leaf: list[bytes | None]
-    key: list[bytes | None]
+    leaf: Any  # binary(32)
+    key: Any  # binary(32)
 
     def __len__(self) -> int:
         return len(self.line)
 
+    @classmethod
+    def concat(cls, source: int, blocks: list[Block]) -> Block:
+        """The blocks of one source, one after another, as one."""
+        import pyarrow as pa
+
+        return cls(source, table=pa.concat_tables([b.table for b in blocks]),
+                   **{name: pa.concat_arrays([getattr(b, name) for b in blocks]) for name in block_types()})
+
+
+@cache
+def block_types() -> dict[str, Any]:
+    """The Arrow type of each column of a Block but its table."""
+    import pyarrow as pa
+
+    return {"line": pa.int64(), "raw": pa.binary(), "reason": pa.string(), "detail": pa.string(),
+            "contributor": pa.string(), "leaf": pa.binary(32), "key": pa.binary(32)}
+
 
 def to_block(source: int, records: list[Record], columns: tuple[Column, ...]) -> Block:
-    return Block(
-        source,
-        [r.line for r in records],
-        [r.raw for r in records],
-        [r.reason for r in records],
-        [r.detail for r in records],
-        [r.contributor for r in records],
-        _values(records, columns),
-        [r.leaf for r in records],
-        [r.key for r in records],
-    )
+    import pyarrow as pa
+
+    types = block_types()
+    lists = {"line": [r.line for r in records], "raw": [raw_bytes(r.raw) for r in records],
+             "reason": [r.reason for r in records], "detail": [r.detail for r in records],
+             "contributor": [r.contributor for r in records], "leaf": [r.leaf for r in records],
+             "key": [r.key for r in records]}
+    return Block(source, table=_values(records, columns),
+                 **{name: pa.array(values, types[name]) for name, values in lists.items()})
+
+
+def raw_bytes(raw: bytes | str) -> bytes:
+    """A record's text as bytes (a CSV record is read as text; lone surrogates kept as they were)."""
+    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
 
 
 def _values(records: list[Record], columns: tuple[Column, ...]) -> Any:
@@ -339,6 +360,55 @@ class LineRun:
     def blank(self) -> bool:
         return not self.long and (not self.data or self.data.isspace())
 
+    def columns(self) -> Lines:
+        """The lines that are not blank as columns. Read with numpy in the common case (no blank
+        line, no line over the limit, every line `{...}` with nothing around it); else from lines()."""
+        import numpy as np
+        import pyarrow as pa
+
+        found = self._plain_lines()
+        if found is not None:
+            starts, values = found
+            offsets = np.append(starts - np.arange(self.count), len(values)).astype(np.int32)
+            texts = pa.Array.from_buffers(pa.binary(), self.count, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+            return Lines(np.arange(self.first, self.first + self.count, dtype=np.int64), texts, True)
+        lines = [(number, line) for number, line, _ in self.lines()]
+        return Lines(np.array([number for number, _ in lines], np.int64), pa.array([line for _, line in lines], pa.binary()),
+                     not self.long and all(one_object(line) for _, line in lines))
+
+    def _plain_lines(self) -> tuple[Any, bytes] | None:
+        """(where each line starts, the lines' bytes without their newlines), if every line is
+        `{` .. `}` with nothing around it: then the lines are their own text. Else None."""
+        import numpy as np
+
+        if self.long or not self.count or len(self.data) >= 1 << 31:
+            return None
+        octets = np.frombuffer(self.data, np.uint8)
+        ends = np.flatnonzero(octets == 0x0A)
+        if len(ends) == self.count - 1:
+            ends = np.append(ends, len(self.data))  # the last line has no newline
+        if len(ends) != self.count:
+            return None
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        if (starts >= ends).any() or (octets[starts] != 0x7B).any() or (octets[ends - 1] != 0x7D).any():
+            return None
+        return starts, self.data.replace(b"\n", b"")
+
+
+@dataclass(frozen=True)
+class Lines:
+    """A run's lines that are not blank, as columns: their numbers (numpy int64), their text
+    without its line end (Arrow binary), and whether each is shaped like one JSON object."""
+
+    numbers: Any
+    texts: Any
+    shaped: bool
+
+    def at(self, positions: Any) -> Iterator[tuple[int, bytes, bool]]:
+        """(number, text, over the limit: never) of the lines at `positions`."""
+        texts = self.texts.take(positions).to_pylist()
+        return ((int(self.numbers[i]), text, False) for i, text in zip(positions, texts, strict=True))
+
 
 def _line_runs(body: IO[bytes], limit: int, max_lines: int, size: int = RUN_BYTES) -> Iterator[LineRun]:
     """The lines of a JSONL source in runs of about `size` bytes, holding at most `limit` bytes of
@@ -528,35 +598,34 @@ def _jsonl_run(dataset: Dataset, index: int, run: LineRun | RunRef | RunFile) ->
     if not isinstance(run, LineRun):
         run = run.read()
     state = _state(dataset)
-    lines = run.lines()
-    typed = (state.columns.type(index, run.data, lines)
-             if state.columns is not None and not run.long else None)
-    if typed is None:
-        return to_block(index, state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, iter(lines)))),
+    lines = run.columns() if state.columns is not None else None
+    typed = state.columns.type(index, run.data, lines.numbers) if state.columns and lines and lines.shaped else None
+    if lines is None or typed is None:
+        return to_block(index, state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, iter(run.lines())))),
                         state.sealer.columns)
-    doubted = state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, (lines[i] for i in typed.doubtful))))
-    return _merged(index, lines, typed, doubted, state.sealer.columns)
+    doubted = state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, lines.at(typed.doubtful))))
+    return _merged(index, lines, typed, to_block(index, doubted, state.sealer.columns))
 
 
-def _merged(index: int, lines: list[tuple[int, bytes, bool]], typed: Typed, doubted: list[Record],
-            columns: tuple[Column, ...]) -> Block:
+def _merged(index: int, lines: Lines, typed: Typed, doubted: Block) -> Block:
     """One block of a run's lines: those typed column-wise, and the doubted ones typed row by row."""
     import numpy as np
     import pyarrow as pa
 
-    size = len(lines)
-    block = Block(index, [n for n, _, _ in lines], [line for _, line, _ in lines], [None] * size, [None] * size,
-                  [None] * size, typed.table, [None] * size, [None] * size)
-    for i, who, leaf, key in zip(typed.rows, typed.contributor, typed.leaf, typed.key, strict=True):
-        block.contributor[i], block.leaf[i], block.key[i] = who, leaf, key
-    if not doubted:
-        return block
-    for i, r in zip(typed.doubtful, doubted, strict=True):
-        block.reason[i], block.detail[i], block.contributor[i] = r.reason, r.detail, r.contributor
-        block.leaf[i], block.key[i] = r.leaf, r.key
-    table = pa.concat_tables([typed.table, _values(doubted, columns)])
-    block.table = table.take(pa.array(np.argsort(np.array(typed.rows + typed.doubtful)), pa.int64()))
-    return block
+    size = len(lines.numbers)
+    line = pa.array(lines.numbers)
+    if not len(doubted):
+        nothing = pa.nulls(size, pa.string())
+        return Block(index, line, lines.texts, nothing, nothing, typed.contributor, typed.table, typed.leaf, typed.key)
+    order = pa.array(np.argsort(np.concatenate([typed.rows, typed.doubtful])), pa.int64())
+    nothing = pa.nulls(len(typed.rows), pa.string())
+
+    def merged(column: Any, rest: Any) -> Any:
+        return pa.concat_arrays([column, rest]).take(order)
+
+    return Block(index, line, lines.texts, merged(nothing, doubted.reason), merged(nothing, doubted.detail),
+                 merged(typed.contributor, doubted.contributor), pa.concat_tables([typed.table, doubted.table]).take(order),
+                 merged(typed.leaf, doubted.leaf), merged(typed.key, doubted.key))
 
 
 def _jsonl_runs(dataset: Dataset, index: int, body: IO[bytes], pool: Executor,
@@ -595,7 +664,7 @@ def parse_source(dataset: Dataset, index: int, key: str, stream: IO[bytes], pool
         for item in _parse_blocks(dataset, state.typer, index, key, stream, pool, stored):
             if isinstance(item, Block):
                 produced += len(item)
-                last_line = item.line[-1] if item.line else last_line
+                last_line = item.line[-1].as_py() if len(item) else last_line
                 yield item
             else:
                 future, last_line = item
@@ -660,15 +729,10 @@ def _csv_items(dataset: Dataset, typer: RecordTyper, index: int, key: str, body:
 
 def _csv_source(dataset: Dataset, index: int, key: str, ref: RunRef) -> Block:
     """Worker: parse, type and seal a whole CSV source, read from the store by reference."""
-    import pyarrow as pa
 
     data = ref.read().data  # parsed here, as a whole: nothing of it goes to a pool
     blocks = cast(list[Block], list(parse_source(dataset, index, key, io.BytesIO(data), Executor())))
-    if len(blocks) == 1:
-        return blocks[0]
-    fields = ("line", "raw", "reason", "detail", "contributor", "leaf", "key")
-    joined = {name: [x for b in blocks for x in getattr(b, name)] for name in fields}
-    return Block(index, table=pa.concat_tables([b.table for b in blocks]), **joined)
+    return blocks[0] if len(blocks) == 1 else Block.concat(index, blocks)
 
 
 class _Prefixed(io.RawIOBase):
