@@ -289,15 +289,26 @@ def _words(column: Any) -> Any:
     either end (Arrow's regular expressions would take ten times as long)."""
     import pyarrow.compute as pc
 
-    octets = _octets(column)
-    for code in _WHITESPACE:
-        if code.encode() in octets:
-            column = pc.replace_substring(column, code, " ")
+    if _lowest_octet(column) < 0x20:  # every whitespace character but the space is below it
+        octets = _octets(column)
+        for code in _WHITESPACE:
+            if code.encode() in octets:
+                column = pc.replace_substring(column, code, " ")
     for _ in range(40):  # each pass halves every run of spaces: 2**40 bytes is more than a column holds
         if b"  " not in _octets(column):
             break
         column = pc.replace_substring(column, "  ", " ")
     return pc.utf8_trim(column, " ")
+
+
+def _lowest_octet(column: Any) -> int:
+    """The lowest byte behind a string column's values (one numpy pass, nothing copied); 0x100 for none."""
+    import numpy as np
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    buffers = [c.buffers()[2] for c in chunks]
+    return min((int(np.frombuffer(b, np.uint8).min()) for b in buffers if b is not None and b.size), default=0x100)
 
 
 def _octets(column: Any) -> bytes:
