@@ -216,13 +216,17 @@ class BatchBuilder:
 
     def finish(self, renew: Callable[[], None] = lambda: None) -> None:
         """Dedupe by key slice, then write the data parts and tree.bin by contributor partition, in
-        the engine's workers; `renew()` as work goes on (the writer's lease). Requires every block
-        added and settled, and the pool still running."""
+        the engine's workers; `renew()` as work goes on (the writer's lease). The duplicates and the
+        index slices are taken here while the workers write the parts. Requires every block added
+        and settled, and the pool still running."""
         shuffle = str(self.scratch)
         deduped = list(self._run(tasks.dedupe_slice, [
             tasks.DedupeJob(shuffle, self.dataset, self.files_of.lake, tasks.overlapping(self.history.index, k, self.slices),
                             k, self.slices, self.partitions, tuple(self.slice_chunks[k]), self.slice_rows[k])
             for k in range(self.slices)], renew))
+        self.tree_size = sum(sum(result.rows) for result in deduped)
+        jobs = self._partition_jobs(shuffle, deduped)
+        written = self._run(tasks.write_partition, jobs, renew)
         for k, result in enumerate(deduped):
             renew()
             for number in self.slice_chunks[k]:
@@ -230,17 +234,15 @@ class BatchBuilder:
             self._take_duplicates(k, result)
             self.index_files.append(self.files_of.move_file(layout.index_slice(k, self.slices),
                                                              tasks.index_file(shuffle, k)))
-        self.tree_size = sum(sum(result.rows) for result in deduped)
         if self.tree_size != self.counts["accepted"]:
             raise CheckFailed(f"dataset {self.dataset.name} batch {self.files_of.seq}: the partitions hold "
                               f"{self.tree_size} rows, {self.counts['accepted']} were accepted")
-        self._write_partitions(shuffle, deduped, renew)
+        self._take_partitions(shuffle, jobs, written, renew)
         if not self.files:
             self.write_empty_part()
 
-    def _write_partitions(self, shuffle: str, deduped: list[tasks.DedupeResult], renew: Callable[[], None]) -> None:
-        """The partition tasks: each writes its parts and whole tiles; here the parts are uploaded
-        in leaf order and the tiles folded into tree.bin."""
+    def _partition_jobs(self, shuffle: str, deduped: list[tasks.DedupeResult]) -> list[tasks.PartitionJob]:
+        """The partition tasks: each writes its parts and whole tiles."""
         jobs, first_part, first_leaf = [], 0, 0
         for p in range(self.partitions):
             sent = tuple(k for k, result in enumerate(deduped) if result.rows[p])
@@ -249,9 +251,14 @@ class BatchBuilder:
                                            self.chunk_records))
             first_part += -(-count // self.chunk_records)
             first_leaf += count
+        return jobs
+
+    def _take_partitions(self, shuffle: str, jobs: list[tasks.PartitionJob], results: Iterator[tasks.PartitionResult],
+                         renew: Callable[[], None]) -> None:
+        """Upload each partition's parts in leaf order, and fold its tiles into tree.bin."""
         with open(self.tree_path, "wb") as out:
             tree = TreeAssembler(self.tree_size, out.write)
-            for job, written in zip(jobs, self._run(tasks.write_partition, jobs, renew), strict=True):
+            for job, written in zip(jobs, results, strict=True):
                 for number, name, count in written.parts:
                     renew()
                     entry = self.files_of.move_file(layout.part(number), self.scratch / name)
@@ -275,15 +282,17 @@ class BatchBuilder:
         return lambda: self._result(future, renew)
 
     def _run(self, task: Callable[[Any], Any], jobs: list[Any], renew: Callable[[], None]) -> Iterator[Any]:
-        """Each job's result, in job order: from the engine's workers, or here without a pool."""
+        """Each job's result, in job order: sent to the engine's workers now (each result is waited
+        for as it is read), or done here as it is read, without a pool."""
         if self.pool is None:
-            for job in jobs:
-                renew()
-                yield task(job)
-            return
+            return (self._here(task, job, renew) for job in jobs)
         futures = [self.pool.submit(task, job) for job in jobs]
-        for future in futures:
-            yield self._result(future, renew)
+        return (self._result(future, renew) for future in futures)
+
+    @staticmethod
+    def _here(task: Callable[[Any], Any], job: Any, renew: Callable[[], None]) -> Any:
+        renew()
+        return task(job)
 
     @staticmethod
     def _result(future: Future[Any], renew: Callable[[], None]) -> Any:
