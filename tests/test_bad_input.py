@@ -828,3 +828,49 @@ def test_reading_parquet_never_aborts_the_process_across_fifty_runs(tmp_path: Pa
         runs = list(pool.map(lambda _: cli(env, "--json", "rewards", "--dataset", "instructions", check=False),
                              range(50)))
     assert [r.returncode for r in runs] == [0] * 50, next(r.stderr for r in runs if r.returncode)
+
+
+def _chunked(block: object) -> object:
+    """The block with every column cut into chunks, as a block of over 2 GiB of text comes."""
+    from dataclasses import replace
+
+    from pipeline.ingest.parse import block_types
+
+    def cut(column: pa.Array) -> pa.ChunkedArray:
+        half = len(column) // 2
+        return pa.chunked_array([column.slice(0, half), column.slice(half)], column.type)
+
+    return replace(block, table=pa.concat_tables([block.table.slice(0, 3), block.table.slice(3)]),  # type: ignore[type-var]
+                   **{name: cut(getattr(block, name)) for name in block_types()})
+
+
+def test_a_chunk_of_chunked_columns_spills_and_quarantines_what_one_of_whole_columns_does(tmp_path: Path) -> None:
+    """Blocks whose columns are chunked (as a run of Parquet row groups over 2 GiB of text comes:
+    Arrow cannot join it into one array, so the spill puts each record batch in slice order on its
+    own) go through a chunk task as blocks of whole columns do: the same rows in each key slice, in
+    arrival order, and the same quarantine."""
+    from pipeline.ingest import chunks
+    from pipeline.ingest import partitions as tasks
+    from pipeline.ingest.parse import parse_source
+
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    rows = [good(i, contributor=f"0x{i % 7:040x}") for i in range(40)]
+    rows[5]["consent"], rows[9]["language"] = False, "not a tag"
+    body = jsonl(*(line(r) for r in rows[:20]), b"{not json", *(line(r) for r in rows[20:]), line(rows[0]))
+    items = list(parse_source(dataset, 0, "a.jsonl", io.BytesIO(body), chunks.Deferring()))
+    blocks = [item if isinstance(item, chunks.Block) else item.result() for item in items]  # type: ignore[attr-defined]
+    found = []
+    for name, given in (("whole", blocks), ("chunked", [_chunked(b) for b in blocks])):
+        shuffle = tmp_path / name
+        shuffle.mkdir()
+        outcome = chunks.run_chunk(chunks.ChunkJob(str(shuffle), dataset, 3, tuple(given), 4))  # type: ignore[arg-type]
+        slices = [tasks.read_shuffled(tasks.slice_file(shuffle, k, 3)).to_pylist() if rows else []
+                  for k, rows in enumerate(outcome.slice_rows)]
+        found.append((outcome.counts, outcome.slice_rows, slices,
+                      tasks.read_shuffled(chunks.quarantine_file(shuffle, 3)).to_pylist()))
+    assert found[0] == found[1]
+    counts, slice_rows, slices, quarantine = found[0]
+    assert sum(slice_rows) == 39 and sum(1 for rows in slice_rows if rows) > 1  # the duplicate is the dedupe task's
+    assert all([r[tasks.ARRIVAL] for r in rows] == sorted(r[tasks.ARRIVAL] for r in rows) for rows in slices)
+    assert sorted((r["line"], r["reason"]) for r in quarantine) == [(6, "no_consent"), (10, "invalid_language"),
+                                                                     (21, "invalid_json")]

@@ -148,7 +148,7 @@ def _block_table(block: Block) -> Any:
 def read_block(index: int, path: str) -> Block:
     """Chunk task: the block of plan source `index` its reader wrote to `path`."""
     table = tasks.read_shuffled(Path(path))
-    columns = {field: table.column(name).combine_chunks() for field, name in _BLOCK_COLUMNS.items()}
+    columns = {field: table.column(name) for field, name in _BLOCK_COLUMNS.items()}
     return Block(index, table=table.drop_columns(list(_BLOCK_COLUMNS.values())), **columns)
 
 
@@ -172,7 +172,7 @@ class _Chunk:
         import numpy as np
         import pyarrow as pa
 
-        def joined(name: str) -> Any:
+        def joined(name: str) -> Any:  # a block's column may itself be chunked (past 2 GiB of text)
             return pa.chunked_array([getattr(b, name) for b in blocks], block_types()[name])
 
         reason, detail = joined("reason"), joined("detail")
@@ -245,19 +245,20 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
 
 def _check_signers(chunk: _Chunk, signers: dict[int, tuple[str | None, str]]) -> None:
     """A source without a valid signature is quarantined whole, and a row naming another
-    contributor than its source's signer is quarantined."""
+    contributor than its source's signer is quarantined. Requires an entry for every source."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    for source, (signer, unsigned) in signers.items():
-        rows = chunk.source == source
-        if signer is None:
-            for i in np.flatnonzero(rows).tolist():
-                chunk.reject(i, "unsigned_source", unsigned)
-            continue
-        other = pc.fill_null(pc.not_equal(chunk.contributor, signer), True).to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(rows & chunk.standing & other).tolist():
-            chunk.reject(i, "contributor_not_signer", f"the source is signed by {signer}")
+    sources = np.unique(chunk.source)
+    signer = pa.array([signers[source][0] for source in sources.tolist()], pa.string()).take(
+        pa.array(np.searchsorted(sources, chunk.source)))  # each row's source's signer
+    unsigned = signer.is_null().to_numpy(zero_copy_only=False)
+    other = pc.fill_null(pc.not_equal(chunk.contributor, signer), True).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(unsigned).tolist():
+        chunk.reject(i, "unsigned_source", signers[int(chunk.source[i])][1])
+    for i in np.flatnonzero(~unsigned & chunk.standing & other).tolist():
+        chunk.reject(i, "contributor_not_signer", f"the source is signed by {signers[int(chunk.source[i])][0]}")
 
 
 def _tally(chunk: _Chunk) -> tuple[list[tuple[str, int, int]], list[tuple[str, str, int]]]:
@@ -285,7 +286,8 @@ def _grouped(table: Any, keys: list[str], aggregate: tuple[str, str]) -> Iterato
 def _spill(job: ChunkJob, chunk: _Chunk) -> list[int]:
     """The rows that passed the gate, with their arrival number, leaf, key, source, line and raw
     text, into one file per key slice (each in arrival order); the rows each slice got. Each
-    slice's rows are filtered out of the chunk's columns: every value is copied once."""
+    record batch of the chunk is put in slice order by one take (a take over the whole chunk
+    would join its batches first, which fails past 2 GiB of text), then cut by slice."""
     import numpy as np
     import pyarrow as pa
 
@@ -296,10 +298,17 @@ def _spill(job: ChunkJob, chunk: _Chunk) -> list[int]:
     for name, column in {tasks.ARRIVAL: pa.array(arrival), tasks.LEAF: chunk.leaf, tasks.KEY: keys,
                          tasks.SOURCE: pa.array(chunk.source), tasks.LINE: chunk.line, tasks.RAW: chunk.raw}.items():
         rows = rows.append_column(name, column)
-    sent = []
-    for k in range(job.slices):
-        part = rows.filter(pa.array(chunk.standing & (owner == k)))
-        if part.num_rows:
-            tasks.write_arrow(tasks.slice_file(job.shuffle, k, job.number), part)
-        sent.append(part.num_rows)
-    return sent
+    pieces: list[list[Any]] = [[] for _ in range(job.slices)]
+    first = 0
+    for batch in rows.to_batches():
+        standing = first + np.flatnonzero(chunk.standing[first:first + batch.num_rows])
+        order = standing[np.argsort(owner[standing], kind="stable")]  # by slice, then arrival
+        bounds = np.searchsorted(owner[order], np.arange(job.slices + 1))
+        taken = batch.take(pa.array(order - first))
+        for k in np.flatnonzero(np.diff(bounds)).tolist():
+            pieces[k].append(taken.slice(bounds[k], bounds[k + 1] - bounds[k]))
+        first += batch.num_rows
+    for k, found in enumerate(pieces):
+        if found:
+            tasks.write_arrow(tasks.slice_file(job.shuffle, k, job.number), pa.Table.from_batches(found))
+    return [sum(piece.num_rows for piece in found) for found in pieces]
