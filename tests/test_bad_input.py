@@ -874,3 +874,28 @@ def test_a_chunk_of_chunked_columns_spills_and_quarantines_what_one_of_whole_col
     assert all([r[tasks.ARRIVAL] for r in rows] == sorted(r[tasks.ARRIVAL] for r in rows) for rows in slices)
     assert sorted((r["line"], r["reason"]) for r in quarantine) == [(6, "no_consent"), (10, "invalid_language"),
                                                                      (21, "invalid_json")]
+
+
+def test_a_small_parquet_upload_of_over_two_gib_of_text_is_quarantined_not_a_failed_chunk(tmp_path: Path) -> None:
+    """A helper's attack: 8,300 rows of one 256 KiB text, dictionary-encoded, a few KB of Parquet
+    in one row group. Its run holds over 2 GiB of text, which Arrow gives as a chunked column (one
+    array cannot hold it); the chunk task failed on it, and so did every retry of the commit. Now
+    the rows are typed and quarantined (the prompt is over its limit) like any others."""
+    from pipeline.ingest import chunks, parse
+
+    dataset = load_dataset(REPO_ROOT / "expectations", "instructions")
+    rows = 8_300
+    text = "y" * (dataset.max_record_bytes - 400)
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"prompt": pa.array([text] * rows), "response": ["r"] * rows, "language": ["en"] * rows,
+                             "consent": [True] * rows, "created_at": ["2024-01-01T00:00:00Z"] * rows,
+                             "contributor": [ALICE] * rows}), path, compression="zstd")
+    assert path.stat().st_size < 1 << 20
+    with open(path, "rb") as f:
+        parquet, texts = parse._parquet_file(dataset, f)
+    [run] = parse._row_group_runs(parquet.metadata, str(path), "s.parquet", texts)
+    shuffle = tmp_path / "shuffle"
+    shuffle.mkdir()
+    item = chunks.Deferred(parse._parquet_run, (dataset, 0, run), run.count)
+    outcome = chunks.run_chunk(chunks.ChunkJob(str(shuffle), dataset, 0, (item,), 4))
+    assert (outcome.counts, outcome.quarantined) == ([("quarantined", 0, rows)], rows)

@@ -225,6 +225,10 @@ class BatchBuilder:
                             k, self.slices, self.partitions, tuple(self.slice_chunks[k]), self.slice_rows[k])
             for k in range(self.slices)], renew))
         self.tree_size = sum(sum(result.rows) for result in deduped)
+        accepted = self.counts["accepted"] - sum(sum(r.duplicates_per_source.values()) for r in deduped)
+        if self.tree_size != accepted:
+            raise CheckFailed(f"dataset {self.dataset.name} batch {self.files_of.seq}: the partitions hold "
+                              f"{self.tree_size} rows, {accepted} were accepted")
         jobs = self._partition_jobs(shuffle, deduped)
         written = self._run(tasks.write_partition, jobs, renew)
         for k, result in enumerate(deduped):
@@ -234,9 +238,6 @@ class BatchBuilder:
             self._take_duplicates(k, result)
             self.index_files.append(self.files_of.move_file(layout.index_slice(k, self.slices),
                                                              tasks.index_file(shuffle, k)))
-        if self.tree_size != self.counts["accepted"]:
-            raise CheckFailed(f"dataset {self.dataset.name} batch {self.files_of.seq}: the partitions hold "
-                              f"{self.tree_size} rows, {self.counts['accepted']} were accepted")
         self._take_partitions(shuffle, jobs, written, renew)
         if not self.files:
             self.write_empty_part()

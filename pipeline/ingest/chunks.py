@@ -172,8 +172,11 @@ class _Chunk:
         import numpy as np
         import pyarrow as pa
 
-        def joined(name: str) -> Any:  # a block's column may itself be chunked (past 2 GiB of text)
-            return pa.chunked_array([getattr(b, name) for b in blocks], block_types()[name])
+        def joined(name: str) -> Any:  # a block's column is itself chunked past 2 GiB of text
+            columns = [getattr(b, name) for b in blocks]
+            return pa.chunked_array([piece for column in columns for piece in
+                                     (column.chunks if isinstance(column, pa.ChunkedArray) else [column])],
+                                    block_types()[name])
 
         reason, detail = joined("reason"), joined("detail")
         standing = reason.is_null().to_numpy(zero_copy_only=False)

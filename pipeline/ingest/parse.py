@@ -387,7 +387,7 @@ class LineRun:
         ends = np.flatnonzero(octets == 0x0A)
         if len(ends) == self.count - 1:
             ends = np.append(ends, len(self.data))  # the last line has no newline
-        if len(ends) != self.count:
+        if len(ends) != self.count or ends[-1] < len(self.data) - 1:  # no more lines than `count`, nothing after them
             return None
         starts = np.concatenate(([0], ends[:-1] + 1))
         if (starts >= ends).any() or (octets[starts] != 0x7B).any() or (octets[ends - 1] != 0x7D).any():
