@@ -106,7 +106,7 @@ def to_block(source: int, records: list[Record], columns: tuple[Column, ...]) ->
     import pyarrow as pa
 
     types = block_types()
-    lists = {"line": [r.line for r in records], "raw": [raw_bytes(r.raw) for r in records],
+    lists = {"line": [r.line for r in records], "raw": [_raw_bytes(r.raw) for r in records],
              "reason": [r.reason for r in records], "detail": [r.detail for r in records],
              "contributor": [r.contributor for r in records], "leaf": [r.leaf for r in records],
              "key": [r.key for r in records]}
@@ -114,7 +114,7 @@ def to_block(source: int, records: list[Record], columns: tuple[Column, ...]) ->
                  **{name: pa.array(values, types[name]) for name, values in lists.items()})
 
 
-def raw_bytes(raw: bytes | str) -> bytes:
+def _raw_bytes(raw: bytes | str) -> bytes:
     """A record's text as bytes (a CSV record is read as text; lone surrogates kept as they were)."""
     return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
 
