@@ -221,3 +221,17 @@ def test_a_runs_lines_as_columns_are_its_lines(lines: list[bytes], ended: bool, 
     assert columns.shaped == all(text.strip()[:1] == b"{" and text.strip()[-1:] == b"}" for _, text, _ in listed)
     plain = not extra and all(text[:1] == b"{" and text[-1:] == b"}" for text in lines)  # what numpy reads
     assert (run._plain_lines() is not None) == plain
+
+
+def test_each_text_of_an_array_or_a_slice_of_it_hashes_to_its_own_sha256() -> None:
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipeline.lake.columnar import digests, hash_each
+
+    texts = pa.array(["ab", "cdé", "f", "", "ghij"])
+    for piece in (texts, texts.slice(1, 3), texts.slice(4), texts.slice(3, 1), texts.slice(5)):
+        want = [hashlib.sha256(t.encode()).digest() for t in piece.to_pylist()]
+        assert hash_each(piece) == want
+        assert digests(want).to_pylist() == want and digests(want).type == pa.binary(32)

@@ -179,8 +179,10 @@ def hash_each(texts: Any) -> list[bytes]:
     if len(array) == 0:
         return []
     _, offsets, values = array.buffers()
-    bounds = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1, offset=array.offset * 4).tolist()
-    data, sha256 = values.to_pybytes(), hashlib.sha256  # slicing bytes is cheaper than slicing a memoryview
+    ends = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    bounds = (ends - ends[0]).tolist()
+    data = values.slice(int(ends[0]), int(ends[-1] - ends[0])).to_pybytes()  # only the array's own values
+    sha256 = hashlib.sha256  # slicing bytes is cheaper than slicing a memoryview
     return [sha256(data[a:b]).digest() for a, b in pairwise(bounds)]
 
 
