@@ -598,7 +598,7 @@ def _jsonl_run(dataset: Dataset, index: int, run: LineRun | RunRef | RunFile) ->
     if not isinstance(run, LineRun):
         run = run.read()
     state = _state(dataset)
-    lines = run.columns() if state.columns is not None else None
+    lines = run.columns() if state.columns is not None and not run.long else None  # a cut line goes row by row
     typed = state.columns.type(index, run.data, lines.numbers) if state.columns and lines and lines.shaped else None
     if lines is None or typed is None:
         return to_block(index, state.sealer.seal(list(_jsonl_lines(dataset, state.typer, index, iter(run.lines())))),

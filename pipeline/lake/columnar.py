@@ -146,16 +146,8 @@ def _escaped(column: Any) -> Any:
 def _may_need_escapes(column: Any) -> bool:
     """Whether the bytes behind a string column hold a control character, a quote or a backslash
     (a scan of its data buffers: bytes outside the values can only make it say True)."""
-    import numpy as np
-    import pyarrow as pa
-
-    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
-        values = chunk.buffers()[2]
-        if values is not None and values.size:
-            octets = np.frombuffer(values, dtype=np.uint8)
-            if octets.min() < 0x20 or (octets == ord('"')).any() or (octets == ord("\\")).any():
-                return True
-    return False
+    return any(octets.min() < 0x20 or (octets == ord('"')).any() or (octets == ord("\\")).any()
+               for octets in _value_octets(column))
 
 
 def _common_era(column: Any) -> bool:
@@ -305,17 +297,20 @@ def _words(column: Any) -> Any:
 
 def _lowest_octet(column: Any) -> int:
     """The lowest byte behind a string column's values (one numpy pass, nothing copied); 0x100 for none."""
-    import numpy as np
-    import pyarrow as pa
-
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    buffers = [c.buffers()[2] for c in chunks]
-    return min((int(np.frombuffer(b, np.uint8).min()) for b in buffers if b is not None and b.size), default=0x100)
+    return min((int(octets.min()) for octets in _value_octets(column)), default=0x100)
 
 
 def _octets(column: Any) -> bytes:
     """The bytes behind a string column's values (a sliced column: perhaps more around them)."""
+    return b"".join(octets.tobytes() for octets in _value_octets(column))
+
+
+def _value_octets(column: Any) -> list[Any]:
+    """The data buffers behind a string column's values, a numpy uint8 view of each chunk's that
+    holds any (nothing copied; a sliced column: perhaps more around them)."""
+    import numpy as np
     import pyarrow as pa
 
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    return b"".join(c.buffers()[2].to_pybytes() for c in chunks if c.buffers()[2] is not None)
+    buffers = [chunk.buffers()[2] for chunk in chunks]
+    return [np.frombuffer(b, np.uint8) for b in buffers if b is not None and b.size]
