@@ -217,11 +217,14 @@ def test_a_receipts_range_that_is_not_one_small_gzip_receipt_is_refused(
         files.receipt(f"0x{1:040x}")
 
 
-@pytest.mark.parametrize("data, problem", [
-    (b"", "is cut short"), (b"not gzip", "is not gzip"), (gzip.compress(b"x" * 100)[:-1], "is cut short"),
-    (gzip.compress(b"a") + b"trailing", "is not gzip"), (gzip.compress(b"x" * 101), "unpacks to more than 100 bytes"),
-    (gzip.compress(b"a") + b"\0" * 8, "is not gzip"), (gzip.compress(b"a") + b"\0" + packed(b"forged"), "is not gzip"),
-    (gzip.compress(b"a") + b"\x1f", "is cut short"),
+@pytest.mark.parametrize("data, problem", [  # mtime 0: a test's id must be the same on every xdist worker
+    (b"", "is cut short"), (b"not gzip", "is not gzip"),
+    (gzip.compress(b"x" * 100, mtime=0)[:-1], "is cut short"),
+    (gzip.compress(b"a", mtime=0) + b"trailing", "is not gzip"),
+    (gzip.compress(b"x" * 101, mtime=0), "unpacks to more than 100 bytes"),
+    (gzip.compress(b"a", mtime=0) + b"\0" * 8, "is not gzip"),
+    (gzip.compress(b"a", mtime=0) + b"\0" + packed(b"forged"), "is not gzip"),
+    (gzip.compress(b"a", mtime=0) + b"\x1f", "is cut short"),
 ])
 def test_unpacked_refuses_what_is_not_whole_gzip_within_its_bound(data: bytes, problem: str) -> None:
     with pytest.raises(FormatError, match=problem):
